@@ -1,0 +1,55 @@
+# dinp's entry points. `make` alone lists the targets (each one's `## ` comment).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help setup venv services images demo stop test test-unit lint bench clean
+
+help: ## List the targets
+	@echo "usage: make TARGET [PYTEST_ARGS='...']"
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+setup: ## Install packages, .venv, start dockerd/registry/MariaDB/Redis, build images
+	@bash scripts/setup.sh
+
+venv: ## Only create/update .venv (pip install -e '.[dev]')
+	@bash scripts/setup.sh venv
+
+services: ## Only start dockerd, the registry, MariaDB and Redis
+	@bash scripts/setup.sh services
+
+images: ## Only build dinp/busybox:1, dinp-examples/hello:1 and push hello:1
+	@bash scripts/setup.sh images
+
+demo: setup ## Run `dinp up` in the background and deploy 3 instances of the hello app
+	@bash scripts/demo.sh
+
+stop: ## Stop the demo's `dinp up` and remove its containers
+	@bash scripts/demo.sh stop
+
+test: setup ## Run the whole test suite (PYTEST_ARGS='-k foo' to pass arguments)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: venv ## Run the unit tests only (no services needed)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv ## ruff check and mypy
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+
+bench: setup ## Run the benchmarks (benchmarks/run.py; BENCH_ARGS='...')
+	@if [ -f benchmarks/run.py ]; then \
+		$(PY) benchmarks/run.py $(BENCH_ARGS); \
+	else \
+		echo "no benchmarks/run.py yet"; exit 1; \
+	fi
+
+clean: ## Stop the demo, remove state/, build/ and caches (keeps .venv and images)
+	@if [ -f state/dinp-up.pid ]; then bash scripts/demo.sh stop; fi
+	rm -rf state build .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
+	find . -path ./.venv -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf

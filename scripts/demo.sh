@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The demo: the whole platform on this machine with `dinp up`, and the hello app on it.
+#
+#   scripts/demo.sh         start `dinp up --state-dir ./state` in the background (unless it
+#                           runs), create the app hello (3 instances) and print its URL
+#   scripts/demo.sh stop    stop that `dinp up` and remove the containers of its node `local`
+#
+# Run `make demo` rather than this script: it runs scripts/setup.sh first.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+STATE=state
+PID_FILE="$STATE/dinp-up.pid"
+LOG_FILE="$STATE/dinp-up.log"
+DINP=${DINP:-.venv/bin/dinp}  # overridable for testing this script
+HEALTH_URL=http://127.0.0.1:7070/api/v1/health
+NODE=local
+APP=hello
+IMAGE=127.0.0.1:5000/hello:1
+
+say() { printf 'demo: %s\n' "$*" >&2; }
+die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# The pid in the pid file if that process is alive and is a `dinp up`, else nothing.
+running_pid() {
+    local pid
+    pid=$(cat "$PID_FILE" 2>/dev/null || true)
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+    [ -r "/proc/$pid/cmdline" ] || return 0
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'dinp.* up' || return 0
+    echo "$pid"
+}
+
+stop() {
+    local pid
+    pid=$(running_pid)
+    if [ -n "$pid" ]; then
+        say "stopping dinp up (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            say "dinp up did not exit within 10 s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    else
+        say "dinp up is not running"
+    fi
+    rm -f "$PID_FILE"
+    local ids
+    ids=$(docker ps -aq --filter label=io.dinp.managed=true --filter "label=io.dinp.node=$NODE")
+    if [ -n "$ids" ]; then
+        say "removing $(wc -w <<<"$ids") container(s) of node $NODE"
+        # shellcheck disable=SC2086  # one id per word
+        docker rm -f $ids >/dev/null
+    fi
+}
+
+start() {
+    [ -x "$DINP" ] || die "$DINP is missing: run 'make setup' first"
+    mkdir -p "$STATE"
+    local pid
+    pid=$(running_pid)
+    if [ -n "$pid" ]; then
+        say "dinp up is already running (pid $pid, log $LOG_FILE)"
+    else
+        if curl -fs --max-time 2 -o /dev/null "$HEALTH_URL"; then
+            die "something already answers $HEALTH_URL (another dinp up or server?); stop it first"
+        fi
+        say "starting dinp up --state-dir ./$STATE (log: $LOG_FILE)"
+        setsid "$DINP" up --state-dir "./$STATE" >"$LOG_FILE" 2>&1 </dev/null &
+        pid=$!
+        echo "$pid" >"$PID_FILE"
+    fi
+    local tries=300
+    until curl -fs --max-time 2 -o /dev/null "$HEALTH_URL"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            rm -f "$PID_FILE"
+            tail -n 30 "$LOG_FILE" >&2 || true
+            die "dinp up exited (full log: $LOG_FILE)"
+        fi
+        tries=$((tries - 1))
+        [ "$tries" -gt 0 ] || die "dinp up did not answer $HEALTH_URL within 60 s (log: $LOG_FILE)"
+        sleep 0.2
+    done
+
+    if "$DINP" app show "$APP" --json >/dev/null 2>&1; then
+        say "app $APP exists already"
+    else
+        say "creating app $APP: $IMAGE, 3 instances of 64m"
+        "$DINP" app create "$APP" --image "$IMAGE" --instances 3 --memory 64m --wait \
+            || die "dinp app create failed (server log: $LOG_FILE)"
+    fi
+    local url
+    url=$("$DINP" app show "$APP" --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["url"])') \
+        || die "could not read the app's url from 'dinp app show $APP --json'"
+    cat <<EOF
+
+  The hello app runs at: $url
+    curl $url        (each answer names the instance that served it)
+  Try:  $DINP app list;  $DINP app show $APP;  $DINP node list
+  Log:  $LOG_FILE
+  Stop: make stop
+EOF
+}
+
+case "${1:-start}" in
+    start) start ;;
+    stop) stop ;;
+    *) die "usage: $0 [start|stop]" ;;
+esac

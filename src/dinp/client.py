@@ -1,0 +1,121 @@
+"""The API client the CLI uses: where the server is, which token, and error translation.
+
+The server URL and token come from flags, then DINP_SERVER / DINP_TOKEN, then the file
+`dinp login` (or `dinp up`) wrote in the user's config directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dinp.const import API_PREFIX
+from dinp.errors import (
+    Conflict, DinpError, InvalidInput, NotFound, Unauthorized, Unavailable,
+)
+
+DEFAULT_SERVER = "http://127.0.0.1:7070"
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "dinp"
+
+
+def credentials_path() -> Path:
+    return config_dir() / "cli.json"
+
+
+def save_credentials(server: str, token: str) -> Path:
+    """Remember the server and token for later CLI calls (file readable by the user only)."""
+    path = credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_text(json.dumps({"server": server, "token": token}, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_credentials() -> dict[str, str]:
+    path = credentials_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise DinpError(f"cannot read {path}: {exc}", hint="Run `dinp login` again.") from exc
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+@dataclass
+class Client:
+    server: str
+    token: str
+    timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, server: str | None = None, token: str | None = None) -> Client:
+        saved = load_credentials()
+        return cls(
+            server=(server or os.environ.get("DINP_SERVER") or saved.get("server")
+                    or DEFAULT_SERVER).rstrip("/"),
+            token=token or os.environ.get("DINP_TOKEN") or saved.get("token") or "",
+        )
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                timeout: float | None = None) -> Any:
+        """Call the API; return decoded JSON or raise the DinpError the server described."""
+        url = f"{self.server}{API_PREFIX}{path}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise _api_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise Unavailable(
+                f"dinp server at {self.server} is unreachable: {reason}",
+                hint="Is it running? Set DINP_SERVER or run `dinp login URL`.",
+            ) from None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self.request("POST", path, body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+
+def _api_error(exc: urllib.error.HTTPError) -> DinpError:
+    try:
+        body = json.loads(exc.read() or b"{}")
+    except ValueError:
+        body = {}
+    message = body.get("error") or f"HTTP {exc.code} {exc.reason}"
+    hint = body.get("hint")
+    if exc.code == 400:
+        return InvalidInput(body.get("field", "request"), message.split(": ", 1)[-1])
+    if exc.code == 401:
+        return Unauthorized(message, hint=hint or "Run `dinp login`, or set DINP_TOKEN.")
+    if exc.code == 404:
+        return NotFound(message, hint=hint)
+    if exc.code == 409:
+        return Conflict(message, hint=hint)
+    if exc.code == 503:
+        return Unavailable(message, hint=hint)
+    return DinpError(message, hint=hint)

@@ -1,0 +1,1 @@
+"""CLI verbs: thin typer adapters over the client and the roles."""

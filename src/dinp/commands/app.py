@@ -1,0 +1,187 @@
+"""`dinp app …`: the user verbs on apps."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import typer
+from rich.status import Status
+
+from dinp import validation
+from dinp.client import Client
+from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
+from dinp.const import DEFAULT_APP_PORT
+from dinp.errors import DinpError, Timeout
+from dinp.output import console, err_console, print_json, table
+
+cli = typer.Typer(no_args_is_help=True)
+
+WaitOpt = typer.Option(False, "--wait", help="Return only when every instance serves "
+                       "through the router.")
+TimeoutOpt = typer.Option(120.0, "--timeout", help="Seconds --wait may take.")
+
+
+def _memory(value: str) -> str:
+    try:
+        validation.memory_mb(value)
+    except DinpError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    return value
+
+
+def _name(value: str) -> str:
+    try:
+        return validation.app_name(value)
+    except DinpError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
+@cli.command("create")
+def create(
+    name: str = typer.Argument(..., callback=_name, help="App name: a lowercase DNS label."),
+    image: str = typer.Option(..., "--image", help="Image reference, e.g. reg:5000/app:1."),
+    instances: int = typer.Option(1, "--instances", "-i", min=0,
+                                  max=validation.MAX_INSTANCES),
+    memory: str = typer.Option("256m", "--memory", "-m", callback=_memory,
+                               help="Memory per instance, e.g. 256m or 1g."),
+    port: int = typer.Option(DEFAULT_APP_PORT, "--port", min=1, max=65535,
+                             help="Port the app listens on (given to it as $PORT)."),
+    env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE, repeatable."),
+    health_path: str | None = typer.Option(None, "--health-path",
+                                           help="HTTP path checked for health "
+                                           "(default: a TCP connect)."),
+    wait: bool = WaitOpt,
+    timeout: float = TimeoutOpt,
+    as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
+    token: str | None = TokenOpt,
+) -> None:
+    """Create an app and run INSTANCES of IMAGE."""
+    api = client(server, token)
+    body = {"name": name, "image": image, "instances": instances, "memory": memory,
+            "port": port, "env": validation.env_pairs(env), "health_path": health_path}
+    app = api.post("/apps", body)
+    if wait:
+        app = wait_serving(api, name, timeout=timeout, quiet=as_json)
+    if as_json:
+        print_json(app)
+    else:
+        console.print(f"created [bold]{name}[/]: {instances} x {image} → {app['url']}")
+
+
+@cli.command("list")
+def list_apps(as_json: bool = JsonOpt, server: str | None = ServerOpt,
+              token: str | None = TokenOpt) -> None:
+    """List apps with their instance counts."""
+    apps = client(server, token).get("/apps")
+    if as_json:
+        print_json(apps)
+        return
+    table(None, ["APP", "IMAGE", "WANTED", "HEALTHY", "ROUTED", "MEMORY", "URL"], [
+        (a["name"], a["image"], a["instances"], a["status"]["healthy"], a["status"]["routed"],
+         f"{a['memory_mb']}m", a["url"]) for a in apps
+    ])
+
+
+@cli.command("show")
+def show(name: str = typer.Argument(..., help="App name."), as_json: bool = JsonOpt,
+         server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Show an app and each of its instances: node, address, state, health."""
+    app = client(server, token).get(f"/apps/{name}")
+    if as_json:
+        print_json(app)
+        return
+    s = app["status"]
+    console.print(f"[bold]{app['name']}[/]  {app['url']}\n"
+                  f"image {app['image']}  release {app['release']}  memory {app['memory_mb']}m"
+                  f"  port {app['port']}  health {app['health_path'] or 'tcp'}\n"
+                  f"instances: {app['instances']} wanted, {s['placed']} placed, "
+                  f"{s['healthy']} healthy, {s['routed']} routed")
+    table(None, ["INSTANCE", "NODE", "ADDRESS", "STATE", "HEALTH", "RELEASE"], [
+        (i["id"], i["node"] + ("" if i["node_status"] == "ready" else f" ({i['node_status']})"),
+         i["address"], i["state"], i["health"], i["release"]) for i in app["instance_list"]
+    ])
+    if app["env"]:
+        console.print("env: " + " ".join(f"{k}=…" for k in sorted(app["env"])))
+
+
+@cli.command("scale")
+def scale(
+    name: str = typer.Argument(..., help="App name."),
+    instances: int = typer.Argument(..., min=0, max=validation.MAX_INSTANCES),
+    wait: bool = WaitOpt,
+    timeout: float = TimeoutOpt,
+    as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
+    token: str | None = TokenOpt,
+) -> None:
+    """Change how many instances of an app run."""
+    api = client(server, token)
+    app = api.post(f"/apps/{name}/scale", {"instances": instances})
+    if wait:
+        app = wait_serving(api, name, timeout=timeout, quiet=as_json)
+    if as_json:
+        print_json(app)
+    else:
+        console.print(f"{name}: {instances} instance(s)")
+
+
+@cli.command("delete")
+def delete(
+    name: str = typer.Argument(..., help="App name."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    server: str | None = ServerOpt,
+    token: str | None = TokenOpt,
+) -> None:
+    """Delete an app: its instances stop and its routes go away."""
+    if not yes:
+        typer.confirm(f"Delete app {name} and stop all its instances?", abort=True)
+    client(server, token).delete(f"/apps/{name}")
+    console.print(f"deleted {name}")
+
+
+def _serving(app: dict[str, Any]) -> bool:
+    s = app["status"]
+    want = app["instances"]
+    current = [i for i in app["instance_list"] if i["release"] == app["release"]]
+    return (s["placed"] == want and s["healthy"] == want and s["routed"] == want
+            and len(current) == want)
+
+
+def probe_router(app: dict[str, Any]) -> bool:
+    """One request through the router, as a user would make it."""
+    if app["instances"] == 0:
+        return True
+    router = app.get("router_url") or app["url"]
+    req = urllib.request.Request(router, headers={"Host": app["host"]})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500 and exc.headers.get("X-Dinp-Error") is None
+    except OSError:
+        return False
+
+
+def wait_serving(api: Client, name: str, *, timeout: float, quiet: bool) -> dict[str, Any]:
+    """Poll until every wanted instance is healthy, routed and answers via the router."""
+    deadline = time.monotonic() + timeout
+    app: dict[str, Any] = api.get(f"/apps/{name}")
+    with Status("waiting for instances", console=err_console) as status:
+        if quiet:
+            status.stop()
+        while time.monotonic() < deadline:
+            app = api.get(f"/apps/{name}")
+            s = app["status"]
+            status.update(f"{name}: {s['placed']}/{app['instances']} placed, "
+                          f"{s['healthy']} healthy, {s['routed']} routed")
+            if _serving(app) and probe_router(app):
+                return app
+            time.sleep(0.1)
+    states = ", ".join(f"{i['id']}@{i['node']}: {i['state']}/{i['health']}"
+                       for i in app["instance_list"]) or "none placed"
+    raise Timeout(f"{name} is not serving after {timeout:.0f} s ({states})",
+                  hint=f"`dinp app show {name}` and the server's events tell why.")

@@ -1,0 +1,27 @@
+"""`dinp node …`: the machines that run apps."""
+
+from __future__ import annotations
+
+import typer
+
+from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
+from dinp.output import print_json, table
+
+cli = typer.Typer(no_args_is_help=True)
+
+
+@cli.command("list")
+def list_nodes(as_json: bool = JsonOpt, server: str | None = ServerOpt,
+               token: str | None = TokenOpt) -> None:
+    """List nodes with their memory and instances."""
+    nodes = client(server, token).get("/nodes")
+    if as_json:
+        print_json(nodes)
+        return
+    table(None, ["NODE", "ADDRESS", "STATUS", "CAPACITY", "RESERVED", "FREE", "INSTANCES",
+                 "LAST SEEN"], [
+        (n["name"], n["address"], n["status"], f"{n['capacity_mb']}m", f"{n['reserved_mb']}m",
+         f"{n['free_mb']}m" if n["free_mb"] is not None else None, n["instances"],
+         f"{n['last_seen_s']}s ago" if n["last_seen_s"] is not None else "never")
+        for n in nodes
+    ])

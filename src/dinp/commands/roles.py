@@ -1,0 +1,100 @@
+"""`dinp server|agent|router|up`: start a role. Thin adapters over `dinp.roles`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dinp import config as cfg
+from dinp.roles import lifecycle
+
+ConfigOpt = typer.Option(None, "--config", "-c", envvar="DINP_CONFIG",
+                         help="dinp.toml to read (default ./dinp.toml, /etc/dinp/dinp.toml).")
+
+
+def server(
+    config: Path | None = ConfigOpt,
+    listen: str | None = typer.Option(None, "--listen", help="API address, host:port."),
+    database_url: str | None = typer.Option(None, "--database-url"),
+    redis_url: str | None = typer.Option(None, "--redis-url"),
+    domain: str | None = typer.Option(None, "--domain", help="Apps are served at "
+                                      "<app>.<domain>."),
+    router_url: str | None = typer.Option(None, "--router-url"),
+    node_timeout: float | None = typer.Option(None, "--node-timeout",
+                                              help="Seconds of silence before a node is down."),
+) -> None:
+    """Run the API server and the reconcile loop."""
+    from dinp.roles import api
+
+    conf = cfg.load(cfg.ServerConfig, "server", path=cfg.find_config_file(_s(config)), flags={
+        "api_listen": listen, "database_url": database_url, "redis_url": redis_url,
+        "domain": domain, "router_url": router_url, "node_timeout": node_timeout,
+    })
+    lifecycle.run(lambda: api.serve(conf))
+
+
+def agent(
+    config: Path | None = ConfigOpt,
+    node_name: str | None = typer.Option(None, "--node-name", help="This node's name."),
+    advertise: str | None = typer.Option(None, "--advertise",
+                                         help="Address where this node's instances are "
+                                         "published."),
+    server_url: str | None = typer.Option(None, "--server", help="The server's URL."),
+    capacity: str | None = typer.Option(None, "--capacity",
+                                        help="Memory offered to apps, e.g. 4g."),
+    heartbeat_interval: float | None = typer.Option(None, "--heartbeat-interval"),
+) -> None:
+    """Run a node: start and stop containers as the server assigns them."""
+    from dinp import validation
+    from dinp.roles import agent as agent_role
+
+    conf = cfg.load(cfg.AgentConfig, "agent", path=cfg.find_config_file(_s(config)), flags={
+        "node_name": node_name, "advertise": advertise, "server": server_url,
+        "capacity_mb": validation.size_mb(capacity, "capacity") if capacity else None,
+        "heartbeat_interval": heartbeat_interval,
+    })
+    lifecycle.run(lambda: agent_role.serve(conf))
+
+
+def router(
+    config: Path | None = ConfigOpt,
+    listen: str | None = typer.Option(None, "--listen", help="HTTP address, host:port."),
+    admin: str | None = typer.Option(None, "--admin", help="Admin (health) address."),
+    redis_url: str | None = typer.Option(None, "--redis-url"),
+) -> None:
+    """Run an HTTP router that follows the route table in Redis."""
+    from dinp.roles import router as router_role
+
+    conf = cfg.load(cfg.RouterConfig, "router", path=cfg.find_config_file(_s(config)), flags={
+        "http_listen": listen, "admin_listen": admin, "redis_url": redis_url,
+    })
+    lifecycle.run(lambda: router_role.serve(conf))
+
+
+def up(
+    config: Path | None = ConfigOpt,
+    state_dir: Path | None = typer.Option(None, "--state-dir",
+                                          help="Where the SQLite database and tokens live."),
+    http_port: int | None = typer.Option(None, "--http-port", help="Router port for apps."),
+    api_port: int | None = typer.Option(None, "--api-port", help="API port."),
+    admin_port: int | None = typer.Option(None, "--admin-port", help="Router admin port."),
+    domain: str | None = typer.Option(None, "--domain"),
+) -> None:
+    """Run server, agent and router in one process on this machine."""
+    from dinp.roles import allinone
+
+    conf = cfg.load(cfg.UpConfig, "up", path=cfg.find_config_file(_s(config)), flags={
+        "state_dir": str(state_dir) if state_dir else None, "http_port": http_port,
+        "api_port": api_port, "admin_port": admin_port, "domain": domain,
+    })
+    lifecycle.run(lambda: allinone.serve(conf))
+
+
+def _s(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+def register(cli: typer.Typer) -> None:
+    for fn in (server, agent, router, up):
+        cli.command(fn.__name__)(fn)

@@ -1,0 +1,178 @@
+"""Configuration of each role: defaults, then `dinp.toml`, then `DINP_*` env, then flags.
+
+Each role has one frozen dataclass. A key `foo_bar` in the role's section of dinp.toml is
+overridden by the environment variable `DINP_FOO_BAR`, which is overridden by a flag.
+Keys that mean the same thing for several roles (redis_url, cluster_token, domain) share
+one name, so one environment variable sets them for all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from dinp.errors import ConfigError
+
+ENV_PREFIX = "DINP_"
+DEFAULT_CONFIG_PATHS = (Path("dinp.toml"), Path("/etc/dinp/dinp.toml"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    api_listen: str = "127.0.0.1:7070"
+    database_url: str = "sqlite:///dinp.db"
+    # Empty: keep the route table in this process only (the default of `dinp up`).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    domain: str = "localhost"
+    # Where users reach the routers; used for app URLs and for `--wait` checks.
+    router_url: str = "http://127.0.0.1:8080"
+    cluster_token: str = ""
+    # Used only when the database has no admin token yet (first start).
+    admin_token: str = ""
+    node_timeout: float = 6.0
+    reconcile_interval: float = 1.0
+    heartbeat_interval: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    node_name: str = ""
+    advertise: str = "127.0.0.1"
+    server: str = "http://127.0.0.1:7070"
+    cluster_token: str = ""
+    # Memory this node offers to apps, in MB; 0 means the machine's total less 512 MB.
+    capacity_mb: int = 0
+    heartbeat_interval: float = 2.0
+    health_interval: float = 2.0
+    stop_timeout: float = 10.0
+    docker_host: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RouterConfig:
+    http_listen: str = "0.0.0.0:8080"
+    admin_listen: str = "127.0.0.1:8081"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    resync_interval: float = 30.0
+    connect_timeout: float = 3.0
+    backend_timeout: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UpConfig:
+    """`dinp up`: every role in one process, state in one directory."""
+
+    state_dir: str = "~/.local/share/dinp"
+    http_port: int = 8080
+    api_port: int = 7070
+    admin_port: int = 8081
+    domain: str = "localhost"
+    # Empty: the route table stays inside the process. Set it to also publish to Redis.
+    redis_url: str = ""
+    node_name: str = "local"
+    capacity_mb: int = 0
+
+
+C = TypeVar("C")
+
+
+def find_config_file(explicit: str | None = None) -> Path | None:
+    """The config file in use: --config, then $DINP_CONFIG, then ./dinp.toml, /etc/dinp."""
+    chosen = explicit or os.environ.get("DINP_CONFIG")
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    return next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+
+
+def read_section(path: Path | None, section: str) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    value = data.get(section, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{section}] must be a table")
+    return value
+
+
+def _coerce(name: str, kind: Any, raw: Any, source: str) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind is int and not isinstance(raw, bool):
+            return int(raw)
+        if kind is float and not isinstance(raw, bool):
+            return float(raw)
+        if kind is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{source}: {name} = {raw!r} is not a valid {kind.__name__}")
+
+
+def load(
+    cls: type[C],
+    section: str,
+    *,
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> C:
+    """Build `cls` from defaults, the file's [section], DINP_* env and non-None flags."""
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    file_values = read_section(path, section)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(file_values) - names
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) in [{section}]: {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    values: dict[str, Any] = {}
+    for name in names:
+        kind = hints[name]
+        if isinstance(kind, types.UnionType):  # pragma: no cover - no optional keys yet
+            kind = typing.get_args(kind)[0]
+        if name in file_values:
+            values[name] = _coerce(name, kind, file_values[name], str(path))
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in env:
+            values[name] = _coerce(name, kind, env[env_name], f"${env_name}")
+        if flags and flags.get(name) is not None:
+            values[name] = _coerce(name, kind, flags[name], f"--{name.replace('_', '-')}")
+    return cls(**values)
+
+
+def split_hostport(value: str, *, default_port: int) -> tuple[str, int]:
+    """`host:port`, `:port` or `host` into a (host, port) pair."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    try:
+        return host.strip("[]") or "0.0.0.0", int(port)
+    except ValueError as exc:
+        raise ConfigError(f"{value!r} is not host:port") from exc

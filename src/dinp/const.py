@@ -1,0 +1,31 @@
+"""Every name that crosses a process boundary: labels, Redis keys, defaults.
+
+These are wire formats (see docs/architecture.md): extend them, never rename them.
+"""
+
+from __future__ import annotations
+
+# Container labels: the truth about what runs on a node.
+LABEL_MANAGED = "io.dinp.managed"
+LABEL_APP = "io.dinp.app"
+LABEL_INSTANCE = "io.dinp.instance"
+LABEL_RELEASE = "io.dinp.release"
+LABEL_NODE = "io.dinp.node"
+
+
+def container_name(app: str, instance: str) -> str:
+    """The Docker name of an instance's container."""
+    return f"dinp-{app}-{instance}"
+
+
+# Redis route table, in the layout of the original DINP routers.
+RS_PREFIX = "/rs/"
+CNAME_PREFIX = "/cname/"
+# dinp's extension: host -> app name for every app that exists, so a router can tell
+# "no healthy instance" (503) from "no such app" (404); a Redis list cannot be empty.
+HOSTS_KEY = "dinp:hosts"
+ROUTES_REV_KEY = "dinp:routes:rev"
+ROUTES_CHANNEL = "dinp:routes:changed"
+
+API_PREFIX = "/api/v1"
+DEFAULT_APP_PORT = 8080

@@ -1,0 +1,188 @@
+"""A thin wrapper around the Docker engine for dinp's containers.
+
+Labels are the truth about what runs: an agent sees only containers labelled
+`io.dinp.managed=true` and `io.dinp.node=<its node>`, so several agents can share one
+engine, and nothing dinp did not start is ever touched. Every call here blocks; the
+agent runs them in threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from dinp import const
+from dinp.errors import DinpError, Unavailable
+from dinp.wire import Assignment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    app: str
+    instance: str
+    release: int
+    state: str  # Docker's: created, running, exited, dead, …
+    host_port: int | None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> Container:
+        """Build from an entry of the engine's container list (no inspect needed)."""
+        labels = summary.get("Labels") or {}
+        host_port = next(
+            (p.get("PublicPort") for p in summary.get("Ports") or [] if p.get("PublicPort")),
+            None,
+        )
+        try:
+            release = int(labels.get(const.LABEL_RELEASE, "0"))
+        except ValueError:
+            release = 0
+        return cls(
+            id=summary["Id"], name=(summary.get("Names") or ["?"])[0].lstrip("/"),
+            app=labels.get(const.LABEL_APP, ""), instance=labels.get(const.LABEL_INSTANCE, ""),
+            release=release, state=summary.get("State", "unknown"), host_port=host_port,
+        )
+
+
+class StartFailed(DinpError):
+    """An instance's container could not be started (bad image, engine refused, …)."""
+
+
+class DockerRuntime:
+    """The containers of one node on one Docker engine."""
+
+    def __init__(self, *, node: str, advertise: str, base_url: str = "") -> None:
+        self.node = node
+        self.advertise = advertise
+        self.base_url = base_url or "the default socket (DOCKER_HOST or /var/run/docker.sock)"
+        with self.errors():
+            self.client = (docker.DockerClient(base_url=base_url, timeout=60) if base_url
+                           else docker.from_env(timeout=60))
+            self.client.ping()
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Engine unreachable becomes one message saying where and what to check."""
+        try:
+            yield
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+            if isinstance(exc, docker.errors.APIError) and exc.response is not None:
+                raise
+            raise Unavailable(
+                f"Docker engine at {self.base_url} is unreachable: {exc}",
+                hint="Is dockerd running? Start it, or set docker_host (DINP_DOCKER_HOST).",
+            ) from exc
+
+    def _filters(self) -> dict[str, Any]:
+        return {"label": [f"{const.LABEL_MANAGED}=true", f"{const.LABEL_NODE}={self.node}"]}
+
+    def list(self) -> list[Container]:
+        with self.errors():
+            summaries = self.client.api.containers(all=True, filters=self._filters())
+        # The engine filtered by label already; check again so a stray container can
+        # never be taken for ours.
+        return [
+            Container.from_summary(s) for s in summaries
+            if (s.get("Labels") or {}).get(const.LABEL_NODE) == self.node
+            and (s.get("Labels") or {}).get(const.LABEL_MANAGED) == "true"
+        ]
+
+    def start(self, a: Assignment) -> Container:
+        """Create and start the container of assignment `a`, pulling its image if needed."""
+        labels = {
+            const.LABEL_MANAGED: "true", const.LABEL_APP: a.app, const.LABEL_INSTANCE: a.id,
+            const.LABEL_RELEASE: str(a.release), const.LABEL_NODE: self.node,
+        }
+        env = {**a.env, "PORT": str(a.port), "DINP_APP": a.app, "DINP_INSTANCE": a.id,
+               "DINP_RELEASE": str(a.release)}
+        name = const.container_name(a.app, a.id)
+        with self.errors():
+            try:
+                self._remove_by_name(name)
+                self._ensure_image(a.image)
+                c = self.client.containers.run(
+                    a.image, name=name, detach=True, labels=labels, environment=env,
+                    mem_limit=f"{a.memory_mb}m", memswap_limit=f"{a.memory_mb}m",
+                    ports={f"{a.port}/tcp": (self.advertise, None)},
+                    init=True, privileged=False, restart_policy={"Name": "no"},
+                    log_config={"Type": "json-file", "Config": {"max-size": "10m",
+                                                                  "max-file": "3"}},
+                )
+                c.reload()
+            except docker.errors.APIError as exc:
+                raise StartFailed(f"cannot start {name} from {a.image}: "
+                                  f"{exc.explanation or exc}") from exc
+        ports = c.attrs["NetworkSettings"]["Ports"].get(f"{a.port}/tcp") or []
+        host_port = int(ports[0]["HostPort"]) if ports else None
+        return Container(id=c.id, name=name, app=a.app, instance=a.id, release=a.release,
+                         state=c.status, host_port=host_port)
+
+    def _ensure_image(self, image: str) -> None:
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            log.info("pulling %s", image)
+            repo, tag = _split_tag(image)
+            self.client.images.pull(repo, tag=tag)
+
+    def _remove_by_name(self, name: str) -> None:
+        """A leftover container with our name (crashed start, dead instance) goes first,
+        but only if it is ours."""
+        try:
+            old = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return
+        if old.labels.get(const.LABEL_NODE) == self.node:
+            old.remove(force=True)
+
+    def stop(self, container: Container, *, timeout: float) -> None:
+        """Stop (SIGTERM, then SIGKILL after `timeout`) and remove one of our containers."""
+        with self.errors():
+            try:
+                c = self.client.containers.get(container.id)
+                if c.labels.get(const.LABEL_NODE) != self.node:
+                    return
+                if c.status == "running":
+                    c.stop(timeout=int(timeout))
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """A blocking stream of this node's container events; ends when closed."""
+        with self.errors():
+            stream = self.client.events(decode=True, filters={
+                "type": "container", "label": [f"{const.LABEL_NODE}={self.node}"],
+            })
+        self._events = stream
+        yield from stream
+
+    def close(self) -> None:
+        events = getattr(self, "_events", None)
+        if events is not None:
+            events.close()
+        self.client.close()
+
+
+def _split_tag(image: str) -> tuple[str, str | None]:
+    if "@" in image:
+        return image, None
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = image.rsplit(":", 1)
+        return repo, tag
+    return image, "latest"

@@ -1,0 +1,53 @@
+"""Instance health checks: a TCP connect to the published port, or an HTTP GET of the
+app's health path. An instance is `starting` until its first success, `healthy` after it,
+and `unhealthy` after `FAILURES` checks in a row fail."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+FAILURES = 3
+CHECK_TIMEOUT = 2.0
+
+
+@dataclass
+class HealthState:
+    status: str = "starting"
+    failures: int = 0
+
+    def record(self, ok: bool) -> bool:
+        """Record one check; return True when the reported status changed."""
+        before = self.status
+        if ok:
+            self.status, self.failures = "healthy", 0
+        else:
+            self.failures += 1
+            if self.status == "healthy" and self.failures >= FAILURES:
+                self.status = "unhealthy"
+        return self.status != before
+
+
+async def check(host: str, port: int, path: str | None, *, timeout: float = CHECK_TIMEOUT) -> bool:
+    """One check: True if the instance accepts a connection (and answers `path` < 400)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        if path is None:
+            return True
+        request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                   "User-Agent: dinp-health\r\nConnection: close\r\n\r\n")
+        writer.write(request.encode())
+        status_line = await asyncio.wait_for(reader.readline(), timeout)
+        parts = status_line.split()
+        return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
+    except (OSError, TimeoutError, ValueError):
+        return False
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass

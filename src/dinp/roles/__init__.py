@@ -1,0 +1,1 @@
+"""The long-running roles: server, agent, router, and all of them in one process (`up`)."""

@@ -1,0 +1,338 @@
+"""The agent: makes one node run exactly the instances the server assigned to it.
+
+Loop: list this node's containers (by label), check their health, send a heartbeat with
+all of it, receive the node's whole assignment, converge. A long-poll to the server and
+the engine's event stream wake the loop at once, so new work and dead containers are
+handled without waiting for the next heartbeat.
+
+Safety: it touches only containers labelled for its node; it removes a container only on
+a fresh assignment from the server (never on a guess); while the server is unreachable it
+keeps every container running and restarts dead assigned ones from the last assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from dinp import node as nodeinfo
+from dinp import validation
+from dinp.config import AgentConfig
+from dinp.const import API_PREFIX
+from dinp.container import Container, DockerRuntime, StartFailed
+from dinp.errors import ConfigError, DinpError, InvalidInput
+from dinp.health import HealthState, check
+from dinp.roles.lifecycle import run_until_stopped
+from dinp.wire import Assignment, ContainerInfo, Heartbeat, parse_assignments
+
+log = logging.getLogger(__name__)
+
+LONG_POLL_SECONDS = 25.0
+# A removal needs an assignment at most this old: older ones are not "fresh information".
+FRESH_SECONDS = 15.0
+# Unrouted instances keep running this long so requests in flight can finish.
+DRAIN_SECONDS = 1.0
+MAX_START_BACKOFF = 30.0
+
+
+@dataclass
+class _Retry:
+    failures: int = 0
+    next_at: float = 0.0
+    message: str = ""
+
+
+@dataclass
+class AgentState:
+    """What the agent knows; kept apart from I/O so it can be read in tests and logs."""
+
+    assignment: list[Assignment] | None = None  # None: never heard from the server
+    assignment_rev: str = ""
+    assignment_at: float = 0.0
+    health: dict[str, HealthState] = field(default_factory=dict)
+    unassigned_since: dict[str, float] = field(default_factory=dict)
+    retries: dict[str, _Retry] = field(default_factory=dict)
+    server_ok: bool = False
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, runtime: DockerRuntime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.state = AgentState()
+        self.capacity_mb = config.capacity_mb or nodeinfo.default_capacity_mb()
+        self._kick = asyncio.Event()
+        self._converge_lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        self._containers: list[Container] = []
+        self._stopping = threading.Event()
+
+    # -- server I/O -------------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                base_url=self.config.server.rstrip("/") + "/",
+                headers={"Authorization": f"Bearer {self.config.cluster_token}"},
+            )
+        return self._session
+
+    def _url(self, suffix: str) -> str:
+        return f"{API_PREFIX.lstrip('/')}/nodes/{self.config.node_name}/{suffix}"
+
+    def heartbeat_body(self) -> Heartbeat:
+        return Heartbeat(
+            node=self.config.node_name, address=self.config.advertise,
+            capacity_mb=self.capacity_mb, free_mb=nodeinfo.free_mb(),
+            containers=tuple(
+                ContainerInfo(
+                    instance=c.instance, app=c.app, release=c.release, state=c.state,
+                    health=self.state.health.get(c.instance, HealthState()).status
+                    if c.running else "unhealthy",
+                    port=c.host_port,
+                )
+                for c in self._containers if c.instance and c.app and c.release
+            ),
+        )
+
+    async def send_heartbeat(self) -> bool:
+        """Report; on a reply take the assignment. False when the server did not answer."""
+        body = self.heartbeat_body().to_json()
+        try:
+            async with self.session.post(self._url("heartbeat"), json=body,
+                                         timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status != 200:
+                    raise InvalidInput("heartbeat", str(data.get("error", resp.status)))
+        except (aiohttp.ClientError, TimeoutError, ValueError, DinpError) as exc:
+            self._server_lost(exc)
+            return False
+        self._server_back()
+        self.take_assignment(data)
+        return True
+
+    def _server_lost(self, exc: BaseException) -> None:
+        if self.state.server_ok or self.state.assignment is None:
+            log.warning("server %s unreachable (%s); keeping every container running",
+                        self.config.server, exc or type(exc).__name__)
+        self.state.server_ok = False
+
+    def _server_back(self) -> None:
+        if not self.state.server_ok:
+            log.info("connected to server %s as node %s", self.config.server,
+                     self.config.node_name)
+        self.state.server_ok = True
+
+    def take_assignment(self, data: object) -> None:
+        try:
+            rev, items = parse_assignments(data)
+        except InvalidInput as exc:
+            log.warning("ignoring a malformed assignment from the server: %s", exc)
+            return
+        changed = rev != self.state.assignment_rev
+        self.state.assignment, self.state.assignment_rev = items, rev
+        self.state.assignment_at = time.monotonic()
+        if changed:
+            log.info("assignment %s: %d instance(s)", rev, len(items))
+            self._kick.set()
+
+    async def long_poll(self) -> None:
+        """Hold a request open so the server can hand out new work at once."""
+        while True:
+            try:
+                params = {"rev": self.state.assignment_rev, "wait": str(LONG_POLL_SECONDS)}
+                async with self.session.get(
+                    self._url("assignments"), params=params,
+                    timeout=aiohttp.ClientTimeout(total=LONG_POLL_SECONDS + 10),
+                ) as resp:
+                    data = await resp.json(content_type=None)
+                    if resp.status == 200:
+                        self.take_assignment(data)
+                        continue
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    # -- local state ------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        self._containers = await asyncio.to_thread(self.runtime.list)
+
+    async def check_health(self, *, only_starting: bool = False) -> bool:
+        """Check running containers; True if any reported status changed."""
+        by_instance = {a.id: a for a in self.state.assignment or []}
+        targets = [
+            c for c in self._containers
+            if c.running and c.host_port
+            and (not only_starting or self.state.health.get(c.instance, HealthState()).status
+                 != "healthy")
+        ]
+
+        async def one(c: Container) -> bool:
+            a = by_instance.get(c.instance)
+            ok = await check(self.config.advertise, c.host_port or 0,
+                             a.health_path if a else None)
+            return self.state.health.setdefault(c.instance, HealthState()).record(ok)
+
+        results = await asyncio.gather(*(one(c) for c in targets))
+        live = {c.instance for c in self._containers}
+        for gone in set(self.state.health) - live:
+            del self.state.health[gone]
+        return any(results)
+
+    # -- converge ---------------------------------------------------------------------
+
+    async def converge(self) -> None:
+        """Start what is assigned and missing; stop what is not assigned (fresh info only)."""
+        async with self._converge_lock:
+            await self.refresh()
+            assignment = self.state.assignment
+            if assignment is None:
+                return
+            now = time.monotonic()
+            fresh = self.state.server_ok and now - self.state.assignment_at < FRESH_SECONDS
+            wanted = {a.id: a for a in assignment}
+            by_instance: dict[str, list[Container]] = {}
+            for c in self._containers:
+                by_instance.setdefault(c.instance, []).append(c)
+
+            starts: list[Assignment] = []
+            stops: list[Container] = []
+            for a in assignment:
+                existing = by_instance.get(a.id, [])
+                alive = [c for c in existing if c.running]
+                stops.extend(c for c in existing if not c.running)  # dead: replace it
+                stops.extend(alive[1:])  # never two containers for one instance
+                if not alive and self._may_start(a.id, now):
+                    starts.append(a)
+            for instance, containers in by_instance.items():
+                if instance in wanted:
+                    self.state.unassigned_since.pop(instance, None)
+                    continue
+                if not fresh:
+                    continue
+                since = self.state.unassigned_since.setdefault(instance, now)
+                live = any(c.running for c in containers)
+                if not live or now - since >= DRAIN_SECONDS:
+                    stops.extend(containers)
+                else:
+                    self._kick_later(DRAIN_SECONDS - (now - since))
+
+            if stops:
+                await asyncio.gather(*(self._stop(c) for c in stops))
+            if starts:
+                await asyncio.gather(*(self._start(a) for a in starts))
+            if stops or starts:
+                await self.refresh()
+
+    def _may_start(self, instance: str, now: float) -> bool:
+        retry = self.state.retries.get(instance)
+        return retry is None or now >= retry.next_at
+
+    async def _start(self, a: Assignment) -> None:
+        try:
+            c = await asyncio.to_thread(self.runtime.start, a)
+        except (StartFailed, DinpError) as exc:
+            retry = self.state.retries.setdefault(a.id, _Retry())
+            retry.failures += 1
+            delay = min(MAX_START_BACKOFF, 2.0 ** retry.failures)
+            retry.next_at = time.monotonic() + delay
+            retry.message = str(exc)
+            log.error("%s (retrying in %.0f s)", exc, delay)
+            self._kick_later(delay)
+            return
+        self.state.retries.pop(a.id, None)
+        self.state.health[a.id] = HealthState()
+        log.info("started %s (%s) on port %s", c.name, a.image, c.host_port)
+
+    async def _stop(self, c: Container) -> None:
+        log.info("stopping %s (%s)", c.name, c.state)
+        try:
+            await asyncio.to_thread(self.runtime.stop, c, timeout=self.config.stop_timeout)
+        except DinpError as exc:
+            log.error("cannot stop %s: %s", c.name, exc)
+        self.state.unassigned_since.pop(c.instance, None)
+
+    def _kick_later(self, delay: float) -> None:
+        asyncio.get_running_loop().call_later(max(0.05, delay), self._kick.set)
+
+    # -- loops ------------------------------------------------------------------------
+
+    def _watch_events(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Thread: wake the main loop when one of our containers dies or starts."""
+        while not self._stopping.is_set():
+            try:
+                for event in self.runtime.events():
+                    if event.get("status") in {"die", "start", "destroy", "oom"}:
+                        loop.call_soon_threadsafe(self._kick.set)
+            except Exception as exc:  # the stream breaks when the engine restarts
+                if self._stopping.is_set():
+                    return
+                log.debug("event stream ended: %s", exc)
+            self._stopping.wait(1.0)
+
+    async def health_loop(self) -> None:
+        """Check new containers often (fast routing) and healthy ones every interval."""
+        last_full = 0.0
+        while True:
+            await asyncio.sleep(0.2)
+            full = time.monotonic() - last_full >= self.config.health_interval
+            if full:
+                last_full = time.monotonic()
+            if await self.check_health(only_starting=not full):
+                self._kick.set()
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        loop = asyncio.get_running_loop()
+        watcher = threading.Thread(target=self._watch_events, args=(loop,),
+                                   name="dinp-docker-events", daemon=True)
+        watcher.start()
+        # Adopt what runs: health is known before the first report, so a restarted agent
+        # never makes its healthy instances look new.
+        await self.refresh()
+        await self.check_health()
+        tasks = [asyncio.create_task(self.long_poll()), asyncio.create_task(self.health_loop())]
+        try:
+            while True:
+                await self.converge()
+                await self.send_heartbeat()
+                await self.converge()
+                try:
+                    await asyncio.wait_for(self._kick.wait(), self.config.heartbeat_interval)
+                except TimeoutError:
+                    pass
+                self._kick.clear()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._stopping.set()
+            if self._session is not None:
+                await self._session.close()
+            await asyncio.to_thread(self.runtime.close)
+
+
+async def serve(config: AgentConfig) -> None:
+    """`dinp agent`: converge this node until a signal; containers keep running after."""
+    if not config.node_name:
+        raise ConfigError("the agent needs a node name",
+                          hint="Pass --node-name or set DINP_NODE_NAME.")
+    validation.node_name(config.node_name)
+    if not config.cluster_token:
+        raise ConfigError("no cluster token is set",
+                          hint="Set cluster_token in [agent] of dinp.toml or DINP_CLUSTER_TOKEN (the server's).")
+    runtime = await asyncio.to_thread(
+        lambda: DockerRuntime(node=config.node_name, advertise=config.advertise,
+                              base_url=config.docker_host)
+    )
+    agent = Agent(config, runtime)
+    log.info("agent %s advertising %s, %d MB for apps, server %s", config.node_name,
+             config.advertise, agent.capacity_mb, config.server)
+    await run_until_stopped(agent.run())

@@ -1,0 +1,291 @@
+"""The server's HTTP API (aiohttp, JSON under /api/v1/), the dashboard and OpenAPI.
+
+Handlers validate input, call the Server, and shape JSON; errors become JSON bodies with
+a status code and a message naming the field. Users authenticate with an API token,
+agents with the cluster token (both as `Authorization: Bearer …`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import redis
+from aiohttp import web
+
+from dinp import validation, wire
+from dinp.config import ServerConfig, split_hostport
+from dinp.const import API_PREFIX, DEFAULT_APP_PORT
+from dinp.errors import (
+    ConfigError, Conflict, DinpError, InvalidInput, NotFound, Unauthorized, Unavailable,
+)
+from dinp.roles.lifecycle import run_until_stopped, start_site
+from dinp.roles.server import Server
+from dinp.routes import RedisRouteStore, RouteStore, redis_error
+from dinp.store import Store
+
+log = logging.getLogger(__name__)
+SERVER_KEY = web.AppKey("server", Server)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATUS = {InvalidInput: 400, Unauthorized: 401, NotFound: 404, Conflict: 409, Unavailable: 503}
+PUBLIC = {f"{API_PREFIX}/health", f"{API_PREFIX}/openapi.json", "/", "/favicon.ico"}
+MAX_LONG_POLL = 60.0
+
+
+def error_body(exc: DinpError) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": exc.message}
+    if exc.hint:
+        body["hint"] = exc.hint
+    if isinstance(exc, InvalidInput):
+        body["field"] = exc.field
+    return body
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DinpError as exc:
+        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+        return web.json_response(error_body(exc), status=status)
+
+
+class TokenCache:
+    """Remembers valid user tokens for a minute so every request does not hit the database."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._valid: dict[str, float] = {}
+
+    async def role(self, token: str) -> str | None:
+        if self._valid.get(token, 0) > time.monotonic():
+            return "admin"
+        role = await self.server.db(self.server.store.token_role, token)
+        if role:
+            self._valid[token] = time.monotonic() + 60
+        return role
+
+
+def bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing API token",
+                           hint="Run `dinp login`, or set DINP_TOKEN.")
+    return token.strip()
+
+
+def auth_middleware(server: Server) -> Any:
+    cache = TokenCache(server)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path in PUBLIC or not path.startswith(API_PREFIX):
+            return await handler(request)
+        token = bearer(request)
+        if path.startswith(f"{API_PREFIX}/nodes/") and path.count("/") >= 5:
+            # Agent endpoints: /api/v1/nodes/{name}/heartbeat|assignments
+            expected = server.config.cluster_token
+            if not expected or not hmac.compare_digest(token, expected):
+                raise Unauthorized("invalid cluster token",
+                                   hint="The agent's cluster_token must match the server's.")
+        elif await cache.role(token) is None:
+            raise Unauthorized("invalid API token", hint="Run `dinp login` again.")
+        return await handler(request)
+
+    return middleware
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput("body", f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("body", "expected a JSON object")
+    return data
+
+
+def srv(request: web.Request) -> Server:
+    return request.app[SERVER_KEY]
+
+
+# -- handlers ---------------------------------------------------------------------------
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def list_apps(request: web.Request) -> web.Response:
+    server = srv(request)
+    apps = sorted(server.snapshot.apps.values(), key=lambda a: a.name)
+    return web.json_response([server.app_view(a, detail=False) for a in apps])
+
+
+async def create_app(request: web.Request) -> web.Response:
+    server = srv(request)
+    data = await json_body(request)
+    unknown = set(data) - {"name", "image", "instances", "memory", "port", "env", "health_path"}
+    if unknown:
+        raise InvalidInput(sorted(unknown)[0], "unknown field")
+    spec = {
+        "name": validation.app_name(data.get("name")),
+        "image": validation.image(data.get("image")),
+        "instances": validation.instances(data.get("instances", 1)),
+        "memory_mb": validation.memory_mb(data.get("memory", "256m")),
+        "port": validation.port(data.get("port", DEFAULT_APP_PORT)),
+        "env": validation.env(data.get("env")),
+        "health_path": validation.health_path(data.get("health_path")),
+    }
+    app = await server.db(server.store.create_app, **spec)
+    server.snapshot = await server.db(server.store.snapshot)
+    server.wake()
+    log.info("app %s created: %s x%d", app.name, app.image, app.instances)
+    return web.json_response(server.app_view(app, detail=True), status=201)
+
+
+async def get_app(request: web.Request) -> web.Response:
+    server = srv(request)
+    name = request.match_info["name"]
+    app = server.snapshot.apps.get(name)
+    if app is None:
+        # The snapshot may lag a write made through another server: ask the database.
+        app = await server.db(server.store.get_app, name)
+    return web.json_response(server.app_view(app, detail=True))
+
+
+async def scale_app(request: web.Request) -> web.Response:
+    server = srv(request)
+    data = await json_body(request)
+    count = validation.instances(data.get("instances"))
+    app = await server.db(server.store.scale_app, request.match_info["name"], count)
+    server.snapshot = await server.db(server.store.snapshot)
+    server.wake()
+    return web.json_response(server.app_view(app, detail=True))
+
+
+async def delete_app(request: web.Request) -> web.Response:
+    server = srv(request)
+    name = request.match_info["name"]
+    await server.db(server.store.delete_app, name)
+    server.snapshot = await server.db(server.store.snapshot)
+    server.wake()
+    return web.json_response({"deleted": name})
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    return web.json_response(srv(request).node_views())
+
+
+async def list_events(request: web.Request) -> web.Response:
+    server = srv(request)
+    app = request.query.get("app")
+    try:
+        limit = min(int(request.query.get("limit", "50")), 1000)
+    except ValueError as exc:
+        raise InvalidInput("limit", "expected a whole number") from exc
+    rows = await server.db(server.store.events, app=app, limit=limit)
+    return web.json_response([
+        {"at": r.at, "app": r.app, "node": r.node, "message": r.message} for r in rows
+    ])
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    server = srv(request)
+    data = await json_body(request)
+    hb = wire.parse_heartbeat(request.match_info["node"], data)
+    return web.json_response(await server.heartbeat(hb))
+
+
+async def assignments(request: web.Request) -> web.Response:
+    server = srv(request)
+    node = validation.node_name(request.match_info["node"])
+    try:
+        wait = min(float(request.query.get("wait", "0")), MAX_LONG_POLL)
+    except ValueError as exc:
+        raise InvalidInput("wait", "expected seconds") from exc
+    reply = await server.wait_assignment(node, request.query.get("rev", ""), wait)
+    return web.json_response(reply)
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    page = resources.files("dinp").joinpath("static/dashboard.html").read_text()
+    return web.Response(text=page, content_type="text/html")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    spec = resources.files("dinp").joinpath("static/openapi.json").read_text()
+    return web.Response(text=spec, content_type="application/json")
+
+
+def make_app(server: Server) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(server)], client_max_size=1 << 20
+    )
+    app[SERVER_KEY] = server
+    p = API_PREFIX
+    app.router.add_get("/", dashboard)
+    app.router.add_get(f"{p}/health", health)
+    app.router.add_get(f"{p}/openapi.json", openapi)
+    app.router.add_get(f"{p}/apps", list_apps)
+    app.router.add_post(f"{p}/apps", create_app)
+    app.router.add_get(f"{p}/apps/{{name}}", get_app)
+    app.router.add_post(f"{p}/apps/{{name}}/scale", scale_app)
+    app.router.add_delete(f"{p}/apps/{{name}}", delete_app)
+    app.router.add_get(f"{p}/nodes", list_nodes)
+    app.router.add_get(f"{p}/events", list_events)
+    app.router.add_post(f"{p}/nodes/{{node}}/heartbeat", heartbeat)
+    app.router.add_get(f"{p}/nodes/{{node}}/assignments", assignments)
+    return app
+
+
+async def start(config: ServerConfig, route_store: RouteStore | None = None) -> tuple[
+    Server, web.AppRunner
+]:
+    """Open the database and Redis, make the first admin token, listen. Fails with a
+    clear error when any of them is unreachable, before anything is served."""
+    if not config.cluster_token:
+        raise ConfigError("no cluster token is set",
+                          hint="Set cluster_token in [server] of dinp.toml or "
+                          "DINP_CLUSTER_TOKEN; agents need the same value.")
+    store = await asyncio.to_thread(Store, config.database_url)
+    if route_store is None:
+        redis_store = RedisRouteStore(config.redis_url)
+        try:
+            await asyncio.to_thread(redis_store.client.ping)
+        except redis.RedisError as exc:
+            store.close()
+            raise redis_error(config.redis_url, exc) from exc
+        route_store = redis_store
+    token = await asyncio.to_thread(store.ensure_admin_token, config.admin_token)
+    if token and not config.admin_token:
+        # Shown once: only its digest is stored.
+        print(f"dinp: admin API token (shown once, keep it): {token}", flush=True)
+    server = Server(config, store, route_store)
+    host, port = split_hostport(config.api_listen, default_port=7070)
+    try:
+        runner = await start_site(make_app(server), host, port)
+    except Unavailable:
+        server.close()
+        raise
+    log.info("server API on http://%s:%d%s (database %s, domain %s)", host, port, API_PREFIX,
+             store.safe_url, config.domain)
+    return server, runner
+
+
+async def serve(config: ServerConfig) -> None:
+    """`dinp server`: the API and the reconcile loop until a signal."""
+    server, runner = await start(config)
+    try:
+        await run_until_stopped(server.run())
+    finally:
+        await runner.cleanup()
+        server.close()

@@ -1,0 +1,77 @@
+"""Start-up and shut-down shared by every role (after uvicorn's server lifecycle).
+
+SIGINT/SIGTERM ask for a graceful stop; a second one forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from dinp.errors import Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def stop_event() -> asyncio.Event:
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if event.is_set():
+            log.warning("%s again: exiting now", sig.name)
+            os._exit(1)
+        log.info("%s received: shutting down", sig.name)
+        event.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return event
+
+
+async def run_until_stopped(*tasks: Awaitable[object]) -> None:
+    """Run the role's tasks until a signal arrives or one of them fails."""
+    stop = stop_event()
+    running = [asyncio.ensure_future(t) for t in tasks]
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([*running, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in [*running, stopper]:
+            task.cancel()
+        await asyncio.gather(*running, stopper, return_exceptions=True)
+
+
+async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}",
+                          hint="Another process uses that port? Choose another.") from exc
+    return runner
+
+
+def run(main: Callable[[], Awaitable[T]], *, fast_loop: bool = True) -> T:
+    """asyncio.run with uvloop when it is installed (it is a dependency)."""
+    if fast_loop and sys.platform != "win32":
+        try:
+            import uvloop
+
+            return uvloop.run(main())  # type: ignore[no-any-return]
+        except ImportError:  # pragma: no cover
+            pass
+    return asyncio.run(main())

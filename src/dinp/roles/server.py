@@ -1,0 +1,291 @@
+"""The server's brain: desired state from the database, real state from heartbeats,
+the reconcile loop that plans and executes, and the route table it publishes.
+
+HTTP lives in `roles/api.py`; this module holds no request handling. All database and
+Redis calls run in one worker thread (`Server.db`) so the event loop never blocks and
+writes are serialised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dinp import routes, scheduler
+from dinp.config import ServerConfig
+from dinp.errors import DinpError, Unavailable
+from dinp.models import AppRow
+from dinp.scheduler import ContainerReport, NodeReport, Real, Unplaceable
+from dinp.store import Snapshot, Store
+from dinp.wire import Assignment, Heartbeat, assignments_rev
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodeAssignment:
+    rev: str
+    instances: list[Assignment]
+
+    def to_json(self, node: str, status: str, heartbeat_interval: float) -> dict[str, Any]:
+        return {"node": node, "status": status, "rev": self.rev,
+                "heartbeat_interval": heartbeat_interval,
+                "instances": [a.to_json() for a in self.instances]}
+
+
+def container_report(hb: Heartbeat) -> tuple[ContainerReport, ...]:
+    return tuple(
+        ContainerReport(
+            instance=c.instance, app=c.app, release=c.release, running=c.state == "running",
+            healthy=c.health == "healthy",
+            address=f"{hb.address}:{c.port}" if c.port else None,
+        )
+        for c in hb.containers
+    )
+
+
+class Server:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        route_store: routes.RouteStore,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.route_store = route_store
+        self.started = time.monotonic()
+        self.snapshot: Snapshot = store.snapshot()
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self.reports: dict[str, NodeReport] = {}
+        self.assignments: dict[str, NodeAssignment] = {}
+        self.routes = routes.RouteTable()
+        self.routes_published = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dinp-db")
+        self._wake = asyncio.Event()
+        self._assignments_changed = asyncio.Event()
+        self._unplaceable_logged: dict[str, float] = {}
+        self._last_error = ""
+        self._update_assignments()
+
+    # -- helpers ----------------------------------------------------------------------
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store or Redis call on the single worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def wake(self) -> None:
+        """Ask for a reconcile now instead of at the next tick."""
+        self._wake.set()
+
+    def real(self) -> Real:
+        """What the agents reported, and whether that is enough to act on."""
+        waited = time.monotonic() - self.started >= self.config.node_timeout
+        known_ready = {n.name for n in self.snapshot.nodes.values() if n.status == "ready"}
+        complete = waited or known_ready <= set(self.reports)
+        return Real(reports=dict(self.reports), complete=complete)
+
+    # -- heartbeats -------------------------------------------------------------------
+
+    async def heartbeat(self, hb: Heartbeat) -> dict[str, Any]:
+        """Record a node's real state and answer with the instances it must run."""
+        known = self.snapshot.nodes.get(hb.node)
+        if known is None or known.address != hb.address or known.capacity_mb != hb.capacity_mb:
+            await self.db(self.store.upsert_node, name=hb.node, address=hb.address,
+                          capacity_mb=hb.capacity_mb)
+            self.snapshot = await self.db(self.store.snapshot)
+            self.wake()
+        previous = self.reports.get(hb.node)
+        containers = container_report(hb)
+        self.heartbeats[hb.node] = hb
+        self.reports[hb.node] = NodeReport(hb.node, time.time(), hb.capacity_mb, containers)
+        if previous is None or previous.containers != containers:
+            self.wake()
+        elif self.snapshot.nodes[hb.node].status == scheduler.DOWN:
+            self.wake()
+        return self.assignment_reply(hb.node)
+
+    def assignment_reply(self, node: str) -> dict[str, Any]:
+        assignment = self.assignments.get(node) or NodeAssignment(assignments_rev([]), [])
+        row = self.snapshot.nodes.get(node)
+        return assignment.to_json(node, row.status if row else "unknown",
+                                  self.config.heartbeat_interval)
+
+    async def wait_assignment(self, node: str, rev: str, timeout: float) -> dict[str, Any]:
+        """Long-poll: return as soon as the node's assignment differs from `rev`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.assignments.get(node)
+            if (current.rev if current else assignments_rev([])) != rev:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            event = self._assignments_changed
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                break
+        return self.assignment_reply(node)
+
+    def _update_assignments(self) -> None:
+        apps = self.snapshot.apps
+        per_node: dict[str, list[Assignment]] = {}
+        for inst in sorted(self.snapshot.desired.instances, key=lambda i: i.id):
+            app = apps.get(inst.app)
+            if app is None:
+                continue
+            per_node.setdefault(inst.node, []).append(Assignment(
+                id=inst.id, app=app.name, release=inst.release, image=app.image,
+                memory_mb=inst.memory_mb, port=app.port, env=app.env,
+                health_path=app.health_path,
+            ))
+        new = {node: NodeAssignment(assignments_rev(items), items)
+               for node, items in per_node.items()}
+        changed = {n for n in set(new) | set(self.assignments)
+                   if (new.get(n) and new[n].rev) != (self.assignments.get(n)
+                                                      and self.assignments[n].rev)}
+        self.assignments = new
+        if changed:
+            event, self._assignments_changed = self._assignments_changed, asyncio.Event()
+            event.set()
+
+    # -- reconcile --------------------------------------------------------------------
+
+    async def reconcile_once(self) -> None:
+        """Plan against fresh desired state and execute; change nothing on any failure."""
+        try:
+            snapshot = await self.db(self.store.snapshot)
+            real = self.real()
+            actions = scheduler.plan(snapshot.desired, real, now=time.time(),
+                                     node_timeout=self.config.node_timeout)
+            changes = [a for a in actions if not isinstance(a, Unplaceable)]
+            if changes:
+                for action in changes:
+                    log.info("reconcile: %s", action)
+                await self.db(self.store.apply, changes)
+                snapshot = await self.db(self.store.snapshot)
+            self.snapshot = snapshot
+            self._update_assignments()
+            await self._report_unplaceable([a for a in actions if isinstance(a, Unplaceable)])
+            if real.complete:
+                await self.publish_routes(real)
+            if self._last_error:
+                log.info("reconcile works again")
+                self._last_error = ""
+        except DinpError as exc:
+            if str(exc) != self._last_error:
+                log.warning("reconcile paused, nothing changed: %s", exc)
+                self._last_error = str(exc)
+
+    async def publish_routes(self, real: Real) -> None:
+        table = routes.compute(
+            self.snapshot.desired, real, domain=self.config.domain,
+            custom_domains={a.name: a.domains for a in self.snapshot.apps.values()},
+        )
+        if self.routes_published and table.same_routes(self.routes):
+            return
+        # Its own thread: a slow Redis must not hold up the database queue.
+        rev = await asyncio.to_thread(self.route_store.publish, table)
+        self.routes = routes.RouteTable(backends=table.backends, cnames=table.cnames,
+                                        hosts=table.hosts, rev=rev)
+        self.routes_published = True
+
+    async def _report_unplaceable(self, items: list[Unplaceable]) -> None:
+        now = time.monotonic()
+        for item in items:
+            if now - self._unplaceable_logged.get(item.app, -1e9) < 60:
+                continue
+            self._unplaceable_logged[item.app] = now
+            message = (f"cannot place {item.missing} instance(s) of {item.app}: no ready node "
+                       f"has {item.memory_mb} MB free")
+            log.warning(message)
+            try:
+                await self.db(self.store.add_event, message, app=item.app)
+            except Unavailable:
+                pass
+
+    async def run(self) -> None:
+        """Reconcile on every wake-up and at least every reconcile_interval, until cancelled."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.reconcile_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.reconcile_once()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
+
+    # -- views for the API ------------------------------------------------------------
+
+    def app_url(self, name: str) -> str:
+        scheme, _, rest = self.config.router_url.partition("://")
+        port = rest.rsplit(":", 1)[1].rstrip("/") if ":" in rest else ""
+        default = "443" if scheme == "https" else "80"
+        suffix = f":{port}" if port and port != default else ""
+        return f"{scheme}://{routes.app_host(name, self.config.domain)}{suffix}/"
+
+    def app_view(self, app: AppRow, *, detail: bool) -> dict[str, Any]:
+        real = Real(self.reports, complete=True)
+        host = routes.app_host(app.name, self.config.domain)
+        rows = [i for i in self.snapshot.desired.instances if i.app == app.name]
+        instances = []
+        running = healthy = 0
+        for inst in sorted(rows, key=lambda i: (i.node, i.id)):
+            c = real.container(inst)
+            node = self.snapshot.nodes.get(inst.node)
+            running += bool(c and c.running)
+            healthy += bool(c and c.running and c.healthy)
+            state = ("running" if c.running else "stopped") if c else "pending"
+            hb = self.heartbeats.get(inst.node)
+            if c and hb:
+                state = next((x.state for x in hb.containers if x.instance == inst.id), state)
+            instances.append({
+                "id": inst.id, "node": inst.node, "release": inst.release,
+                "node_status": node.status if node else "unknown",
+                "address": c.address if c else None, "state": state,
+                "health": ("healthy" if c.healthy else "unhealthy" if c.running else "-")
+                if c else "unknown",
+            })
+        view: dict[str, Any] = {
+            "name": app.name, "image": app.image, "instances": app.instances,
+            "memory_mb": app.memory_mb, "port": app.port, "health_path": app.health_path,
+            "release": app.release, "url": self.app_url(app.name), "host": host,
+            "router_url": self.config.router_url,
+            "created_at": app.created_at, "updated_at": app.updated_at,
+            "status": {"placed": len(rows), "running": running, "healthy": healthy,
+                       "routed": len(self.routes.backends.get(host, ()))
+                       if self.routes_published else 0},
+        }
+        if detail:
+            view["env"] = app.env
+            view["domains"] = app.domains
+            view["instance_list"] = instances
+        return view
+
+    def node_views(self) -> list[dict[str, Any]]:
+        out = []
+        for node in sorted(self.snapshot.nodes.values(), key=lambda n: n.name):
+            placed = [i for i in self.snapshot.desired.instances if i.node == node.name]
+            hb = self.heartbeats.get(node.name)
+            report = self.reports.get(node.name)
+            out.append({
+                "name": node.name, "address": node.address, "status": node.status,
+                "capacity_mb": node.capacity_mb,
+                "reserved_mb": sum(i.memory_mb for i in placed),
+                "free_mb": hb.free_mb if hb else None,
+                "instances": len(placed),
+                "containers": len(hb.containers) if hb else None,
+                "last_seen_s": round(time.time() - report.received_at, 1) if report else None,
+            })
+        return out

@@ -1,0 +1,294 @@
+"""The route table: which `addr:port` backends serve each host.
+
+The server computes it from desired and real state and writes it to a RouteStore; routers
+read it. In Redis it keeps the original DINP layout (see const.py and
+docs/architecture.md): `/rs/<host>` lists, `/cname/<domain>` strings, plus dinp's
+`dinp:hosts` hash so a router can answer 503 (app exists, nothing healthy) apart from 404.
+Every change is one MULTI/EXEC that also bumps `dinp:routes:rev` and publishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio as aioredis
+
+from dinp import const
+from dinp.errors import Unavailable
+from dinp.scheduler import Desired, Real
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """An immutable snapshot; routers swap whole snapshots, never edit one in place."""
+
+    backends: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    cnames: Mapping[str, str] = field(default_factory=dict)  # custom domain -> host
+    hosts: Mapping[str, str] = field(default_factory=dict)  # host -> app
+    rev: int = 0
+
+    def resolve(self, host: str) -> tuple[str | None, tuple[str, ...]]:
+        """(app, backends) for a request's Host; app is None when nothing is served there."""
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        host = host.lower().rstrip(".")
+        target = self.cnames.get(host, host)
+        return self.hosts.get(target), self.backends.get(target, ())
+
+    def same_routes(self, other: RouteTable) -> bool:
+        return (self.backends, self.cnames, self.hosts) == (
+            other.backends, other.cnames, other.hosts,
+        )
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+
+def app_host(app: str, domain: str) -> str:
+    return f"{app}.{domain}"
+
+
+def compute(
+    desired: Desired,
+    real: Real,
+    *,
+    domain: str,
+    custom_domains: Mapping[str, Iterable[str]] | None = None,
+) -> RouteTable:
+    """Healthy, running containers of placed instances, by the host of their app.
+
+    An instance counts while its row exists, even on a node that went silent: its last
+    report is the best knowledge there is, and the planner removes the row only once
+    enough replacements are healthy.
+    """
+    backends: dict[str, list[str]] = {}
+    for inst in sorted(desired.instances, key=lambda i: (i.app, i.node, i.id)):
+        if inst.app not in desired.apps:
+            continue
+        c = real.container(inst)
+        if c is not None and c.running and c.healthy and c.address:
+            backends.setdefault(app_host(inst.app, domain), []).append(c.address)
+    hosts = {app_host(name, domain): name for name in desired.apps}
+    cnames = {
+        d: app_host(app, domain)
+        for app, domains in (custom_domains or {}).items()
+        if app in desired.apps
+        for d in domains
+    }
+    return RouteTable(
+        backends={h: tuple(b) for h, b in backends.items()}, cnames=cnames, hosts=hosts
+    )
+
+
+class RouteStore(Protocol):
+    """Where the server publishes the table, and where an in-process router reads it."""
+
+    def publish(self, table: RouteTable) -> int:
+        """Make `table` the current one; return its revision."""
+        ...
+
+
+class MemoryRouteStore:
+    """The route table inside one process (`dinp up` without Redis)."""
+
+    def __init__(self) -> None:
+        self.table = RouteTable()
+        self._listeners: list[Callable[[RouteTable], None]] = []
+
+    def publish(self, table: RouteTable) -> int:
+        if not table.same_routes(self.table):
+            self.table = RouteTable(
+                backends=table.backends, cnames=table.cnames, hosts=table.hosts,
+                rev=self.table.rev + 1,
+            )
+            for listener in self._listeners:
+                listener(self.table)
+        return self.table.rev
+
+    def subscribe(self, listener: Callable[[RouteTable], None]) -> None:
+        self._listeners.append(listener)
+        listener(self.table)
+
+
+def _rs_key(host: str) -> str:
+    return const.RS_PREFIX + host
+
+
+def _cname_target(value: str) -> str:
+    """A `/cname/` value names the `/rs/<host>` key; older writers stored the bare host."""
+    return value[len(const.RS_PREFIX):] if value.startswith(const.RS_PREFIX) else value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def read_redis(client: redis.Redis) -> RouteTable:
+    """The whole table from Redis, with SCAN (never KEYS) so a big table never blocks it."""
+    backends: dict[str, tuple[str, ...]] = {}
+    cnames: dict[str, str] = {}
+    for key in client.scan_iter(match=const.RS_PREFIX + "*", count=1000):
+        host = _text(key)[len(const.RS_PREFIX):]
+        backends[host] = tuple(_text(v) for v in client.lrange(key, 0, -1))
+    for key in client.scan_iter(match=const.CNAME_PREFIX + "*", count=1000):
+        value = client.get(key)
+        if value is not None:
+            cnames[_text(key)[len(const.CNAME_PREFIX):]] = _cname_target(_text(value))
+    hosts = {_text(k): _text(v) for k, v in client.hgetall(const.HOSTS_KEY).items()}
+    # Tables written by an original DINP server have no hosts hash: every /rs/ key is an app.
+    for host in backends:
+        hosts.setdefault(host, host.split(".", 1)[0])
+    rev = client.get(const.ROUTES_REV_KEY)
+    return RouteTable(backends=backends, cnames=cnames, hosts=hosts, rev=int(rev or 0))
+
+
+def redis_error(url: str, exc: Exception) -> Unavailable:
+    return Unavailable(
+        f"Redis at {url} is unreachable: {exc}",
+        hint="Check that Redis runs and that redis_url (DINP_REDIS_URL) points at it.",
+    )
+
+
+class RedisRouteStore:
+    """Writes the table to Redis as the smallest atomic change against what is there.
+
+    The first write after start (and any write that finds the revision key missing, as
+    after a Redis restart) compares against a full SCAN of Redis, so stale keys of deleted
+    apps are removed and an emptied Redis is rebuilt.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=3, socket_connect_timeout=3
+        )
+        self._written: RouteTable | None = None
+
+    def publish(self, table: RouteTable) -> int:
+        try:
+            return self._publish(table)
+        except redis.RedisError as exc:
+            self._written = None  # whatever Redis holds now, the next write re-reads it
+            raise redis_error(self.url, exc) from exc
+
+    def _publish(self, table: RouteTable) -> int:
+        if self._written is None or not self.client.exists(const.ROUTES_REV_KEY):
+            self._written = read_redis(self.client)
+        before = self._written
+        if table.same_routes(before) and before.rev:
+            return before.rev
+        pipe = self.client.pipeline(transaction=True)
+        for host in set(before.backends) - set(table.backends):
+            pipe.delete(_rs_key(host))
+        for host, addrs in table.backends.items():
+            if before.backends.get(host) != addrs:
+                pipe.delete(_rs_key(host))
+                pipe.rpush(_rs_key(host), *addrs)
+        for domain in set(before.cnames) - set(table.cnames):
+            pipe.delete(const.CNAME_PREFIX + domain)
+        for domain, host in table.cnames.items():
+            if before.cnames.get(domain) != host:
+                pipe.set(const.CNAME_PREFIX + domain, _rs_key(host))
+        gone = set(before.hosts) - set(table.hosts)
+        if gone:
+            pipe.hdel(const.HOSTS_KEY, *gone)
+        added = {h: a for h, a in table.hosts.items() if before.hosts.get(h) != a}
+        if added:
+            pipe.hset(const.HOSTS_KEY, mapping=added)
+        pipe.incr(const.ROUTES_REV_KEY)
+        results: list[Any] = pipe.execute()
+        rev = int(results[-1])
+        self.client.publish(const.ROUTES_CHANNEL, str(rev))
+        self._written = RouteTable(
+            backends=table.backends, cnames=table.cnames, hosts=table.hosts, rev=rev
+        )
+        log.debug("route table rev %d: %d hosts", rev, len(table.hosts))
+        return rev
+
+
+class RedisRouteFollower:
+    """Keeps a router's table current: full read at start, re-read on each notification
+    and every `resync_interval`; keeps the last table while Redis is down and reconnects
+    with backoff."""
+
+    def __init__(
+        self,
+        url: str,
+        on_table: Callable[[RouteTable], None],
+        *,
+        resync_interval: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.on_table = on_table
+        self.resync_interval = resync_interval
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_timeout=3, socket_connect_timeout=3
+        )
+        self.connected = asyncio.Event()
+        self.last_loaded = 0.0
+
+    async def load(self) -> RouteTable:
+        client = self.client
+        backends: dict[str, tuple[str, ...]] = {}
+        cnames: dict[str, str] = {}
+        async for key in client.scan_iter(match=const.RS_PREFIX + "*", count=1000):
+            host = _text(key)[len(const.RS_PREFIX):]
+            backends[host] = tuple(_text(v) for v in await client.lrange(key, 0, -1))
+        async for key in client.scan_iter(match=const.CNAME_PREFIX + "*", count=1000):
+            value = await client.get(key)
+            if value is not None:
+                cnames[_text(key)[len(const.CNAME_PREFIX):]] = _cname_target(_text(value))
+        raw_hosts = await client.hgetall(const.HOSTS_KEY)
+        hosts = {_text(k): _text(v) for k, v in raw_hosts.items()}
+        for host in backends:
+            hosts.setdefault(host, host.split(".", 1)[0])
+        rev = await client.get(const.ROUTES_REV_KEY)
+        return RouteTable(backends=backends, cnames=cnames, hosts=hosts, rev=int(rev or 0))
+
+    async def _reload(self) -> None:
+        table = await self.load()
+        self.last_loaded = asyncio.get_running_loop().time()
+        self.on_table(table)
+
+    async def run(self) -> None:
+        """Follow Redis until cancelled."""
+        backoff = 0.1
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(const.ROUTES_CHANNEL)
+                await self._reload()
+                self.connected.set()
+                backoff = 0.1
+                loop = asyncio.get_running_loop()
+                while True:
+                    timeout = max(0.0, self.last_loaded + self.resync_interval - loop.time())
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+                    if msg is not None:
+                        # Coalesce a burst of notifications into one read.
+                        while await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=0.001):
+                            pass
+                    await self._reload()
+            except asyncio.CancelledError:
+                raise
+            except (redis.RedisError, OSError) as exc:
+                if self.connected.is_set():
+                    log.warning("Redis at %s lost (%s); serving the last table", self.url, exc)
+                self.connected.clear()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except (redis.RedisError, OSError):
+                    pass
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,261 @@
+"""The database of desired state: every read and write the server makes.
+
+Blocking (SQLAlchemy/PyMySQL): the server calls it from one worker thread, so writes are
+serialised and the event loop never waits on the database. Every failure to reach the
+database becomes `Unavailable` naming where it is; a write either happens whole or not
+at all (one transaction each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+from sqlalchemy import create_engine, delete, text
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel, select
+
+from dinp.errors import Conflict, NotFound, Unavailable
+from dinp.models import AppRow, EventRow, InstanceRow, NodeRow, ReleaseRow, TokenRow
+from dinp.scheduler import (
+    Action, AppSpec, Desired, NodeSpec, Place, Placed, Remove, SetNodeStatus, Unplaceable,
+)
+
+log = logging.getLogger(__name__)
+
+
+def new_id() -> str:
+    """A short random instance id: 10 hex digits, unique enough per cluster."""
+    return secrets.token_hex(5)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Desired state as the planner sees it, plus the app rows the API and agents need."""
+
+    desired: Desired
+    apps: dict[str, AppRow]
+    nodes: dict[str, NodeRow]
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.safe_url = make_url(url).render_as_string(hide_password=True)
+        self.engine = self._connect(url)
+
+    # -- connection -----------------------------------------------------------------
+
+    def _connect(self, url: str) -> Engine:
+        parsed = make_url(url)
+        kwargs: dict[str, object] = {"pool_pre_ping": True}
+        if parsed.get_backend_name() == "sqlite":
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        else:
+            kwargs["pool_recycle"] = 600
+            kwargs["connect_args"] = {"connect_timeout": 5, "read_timeout": 10,
+                                      "write_timeout": 10}
+        engine = create_engine(url, **kwargs)  # type: ignore[arg-type]
+        with self.errors():
+            if parsed.get_backend_name() == "mysql" and parsed.database:
+                self._create_database(parsed.set(database=""), parsed.database, kwargs)
+            SQLModel.metadata.create_all(engine)
+        return engine
+
+    @staticmethod
+    def _create_database(server_url: object, name: str, kwargs: dict[str, object]) -> None:
+        server = create_engine(server_url, **kwargs)  # type: ignore[call-overload]
+        try:
+            with server.connect() as conn:
+                conn.execute(text(
+                    f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4"
+                ))
+        finally:
+            server.dispose()
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn driver failures into one message naming the database and what to do."""
+        try:
+            yield
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            reason = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+            raise Unavailable(
+                f"database {self.safe_url} is unreachable: {reason}",
+                hint="Check that the database runs and database_url (DINP_DATABASE_URL) "
+                "points at it.",
+            ) from exc
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.errors(), Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- reads ----------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        with self.session() as s:
+            apps = {a.name: a for a in s.exec(select(AppRow))}
+            rows = list(s.exec(select(InstanceRow)))
+            nodes = {n.name: n for n in s.exec(select(NodeRow))}
+        desired = Desired(
+            apps={a.name: AppSpec(a.name, a.instances, a.memory_mb, a.release)
+                  for a in apps.values()},
+            instances=tuple(
+                Placed(r.id, r.app, r.release, r.node, r.memory_mb, r.created_at) for r in rows
+            ),
+            nodes={n.name: NodeSpec(n.name, n.status, n.capacity_mb) for n in nodes.values()},
+        )
+        return Snapshot(desired, apps, nodes)
+
+    def get_app(self, name: str) -> AppRow:
+        with self.session() as s:
+            app = s.get(AppRow, name)
+        if app is None:
+            raise NotFound(f"no app named {name!r}", hint="`dinp app list` shows the apps.")
+        return app
+
+    def releases(self, app: str) -> list[ReleaseRow]:
+        with self.session() as s:
+            return list(s.exec(
+                select(ReleaseRow).where(ReleaseRow.app == app)
+                .order_by(ReleaseRow.version.desc())  # type: ignore[attr-defined]
+            ))
+
+    def events(self, *, app: str | None = None, limit: int = 50) -> list[EventRow]:
+        with self.session() as s:
+            query = select(EventRow)
+            if app is not None:
+                query = query.where(EventRow.app == app)
+            query = query.order_by(EventRow.id.desc()).limit(limit)  # type: ignore[union-attr]
+            return list(s.exec(query))
+
+    # -- app writes -----------------------------------------------------------------
+
+    def create_app(
+        self, *, name: str, image: str, instances: int, memory_mb: int, port: int,
+        env: dict[str, str], health_path: str | None,
+    ) -> AppRow:
+        app = AppRow(
+            name=name, image=image, instances=instances, memory_mb=memory_mb, port=port,
+            env_json=json.dumps(env, sort_keys=True), health_path=health_path, release=1,
+        )
+        with self.session() as s:
+            if s.get(AppRow, name) is not None:
+                raise Conflict(f"an app named {name!r} already exists")
+            s.add(app)
+            s.add(ReleaseRow(app=name, version=1, image=image, env_json=app.env_json))
+            s.add(EventRow(app=name, message=f"created with {instances} instance(s) of {image}"))
+            try:
+                s.commit()
+            except sqlalchemy.exc.IntegrityError as exc:
+                raise Conflict(f"an app named {name!r} already exists") from exc
+        return app
+
+    def scale_app(self, name: str, instances: int) -> AppRow:
+        with self.session() as s:
+            app = s.get(AppRow, name)
+            if app is None:
+                raise NotFound(f"no app named {name!r}")
+            if app.instances != instances:
+                s.add(EventRow(app=name, message=f"scaled from {app.instances} to {instances}"))
+                app.instances = instances
+                app.updated_at = time.time()
+                s.add(app)
+                s.commit()
+            return app
+
+    def delete_app(self, name: str) -> None:
+        """Delete the app; its instance rows go too, so agents stop its containers."""
+        with self.session() as s:
+            app = s.get(AppRow, name)
+            if app is None:
+                raise NotFound(f"no app named {name!r}")
+            s.exec(delete(InstanceRow).where(InstanceRow.app == name))  # type: ignore[call-overload]
+            s.exec(delete(ReleaseRow).where(ReleaseRow.app == name))  # type: ignore[call-overload]
+            s.delete(app)
+            s.add(EventRow(app=name, message="deleted"))
+            s.commit()
+
+    # -- nodes ----------------------------------------------------------------------
+
+    def upsert_node(self, *, name: str, address: str, capacity_mb: int) -> NodeRow:
+        """Record a node on its first heartbeat, or when its address or capacity change."""
+        with self.session() as s:
+            node = s.get(NodeRow, name)
+            if node is None:
+                node = NodeRow(name=name, address=address, capacity_mb=capacity_mb)
+                s.add(EventRow(node=name, message=f"node {name} joined at {address} "
+                               f"with {capacity_mb} MB"))
+            else:
+                node.address, node.capacity_mb, node.updated_at = address, capacity_mb, time.time()
+            s.add(node)
+            s.commit()
+            return node
+
+    # -- the planner's actions ------------------------------------------------------
+
+    def apply(self, actions: Sequence[Action]) -> None:
+        """Carry out a plan in one transaction: all of it or none."""
+        with self.session() as s:
+            for action in actions:
+                if isinstance(action, Place):
+                    inst = InstanceRow(id=new_id(), app=action.app, release=action.release,
+                                       node=action.node, memory_mb=action.memory_mb)
+                    s.add(inst)
+                    s.add(EventRow(app=action.app, node=action.node,
+                                   message=f"placed instance {inst.id} on {action.node}"))
+                elif isinstance(action, Remove):
+                    row = s.get(InstanceRow, action.instance)
+                    if row is not None:
+                        s.delete(row)
+                    s.add(EventRow(app=action.app, node=action.node,
+                                   message=f"removed instance {action.instance} "
+                                   f"from {action.node}: {action.reason}"))
+                elif isinstance(action, SetNodeStatus):
+                    node = s.get(NodeRow, action.node)
+                    if node is not None:
+                        node.status = action.status
+                        node.updated_at = time.time()
+                        s.add(node)
+                        s.add(EventRow(node=action.node,
+                                       message=f"node {action.node} is {action.status}"))
+                elif isinstance(action, Unplaceable):
+                    pass  # reported by the server, rate-limited: not a state change
+            s.commit()
+
+    def add_event(self, message: str, *, app: str | None = None, node: str | None = None) -> None:
+        with self.session() as s:
+            s.add(EventRow(app=app, node=node, message=message))
+            s.commit()
+
+    # -- tokens ---------------------------------------------------------------------
+
+    def ensure_admin_token(self, preset: str = "") -> str | None:
+        """Create the first admin token if there is none; return it (shown once) or None."""
+        with self.session() as s:
+            if s.exec(select(TokenRow).where(TokenRow.role == "admin")).first() is not None:
+                return None
+            token = preset or "dinp_" + secrets.token_urlsafe(24)
+            s.add(TokenRow(name="admin", digest=token_digest(token), role="admin"))
+            s.commit()
+            return token
+
+    def token_role(self, token: str) -> str | None:
+        with self.session() as s:
+            row = s.exec(select(TokenRow).where(TokenRow.digest == token_digest(token))).first()
+            return row.role if row else None

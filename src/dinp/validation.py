@@ -1,0 +1,155 @@
+"""Checks for every value a user can hand dinp. Each raises InvalidInput naming the field.
+
+Kept free of I/O so the API, the CLI and the tests all share the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dinp.errors import InvalidInput
+
+# DNS label (RFC 1123), lowercase only; the app name becomes `<app>.<domain>`.
+_APP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+RESERVED_NAMES = frozenset(
+    {"api", "admin", "www", "dinp", "dashboard", "router", "registry", "static", "status",
+     "health", "metrics", "default", "localhost", "mail", "ns", "ns1", "ns2"}
+)
+_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Reserved for dinp itself: an app cannot override what the platform sets.
+RESERVED_ENV = frozenset({"PORT", "DINP_APP", "DINP_INSTANCE", "DINP_RELEASE"})
+# docker/distribution reference grammar, simplified but strict enough to reject junk.
+_IMAGE = re.compile(
+    r"^(?:(?P<registry>[a-zA-Z0-9.-]+(?::[0-9]+)?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS_MB = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+MIN_MEMORY_MB = 16
+MAX_MEMORY_MB = 64 * 1024
+MAX_INSTANCES = 100
+MAX_ENV_VARS = 200
+MAX_ENV_VALUE = 32 * 1024
+
+
+def app_name(value: object) -> str:
+    """An app name is a lowercase DNS label that is not reserved."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("name", "an app name is required")
+    if len(value) > 63:
+        raise InvalidInput("name", f"{value[:20]!r}… is longer than 63 characters")
+    if not _APP_NAME.match(value):
+        raise InvalidInput(
+            "name",
+            f"{value!r} is not a valid app name: use lowercase letters, digits and '-', "
+            "starting with a letter and not ending with '-'",
+        )
+    if value in RESERVED_NAMES:
+        raise InvalidInput("name", f"{value!r} is reserved; choose another name")
+    return value
+
+
+def node_name(value: object) -> str:
+    if not isinstance(value, str) or not _NODE_NAME.match(value):
+        raise InvalidInput(
+            "node", f"{value!r} is not a valid node name (lowercase letters, digits, '.', '-')"
+        )
+    return value
+
+
+def size_mb(value: object, field: str = "memory") -> int:
+    """Parse `256m`, `1g`, `512MiB` or a bare number of megabytes into whole megabytes."""
+    if isinstance(value, bool):
+        raise InvalidInput(field, "expected a size such as 256m or 1g")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m and (m.group(2) or not m.group(3)):
+            return int(float(m.group(1)) * _UNITS_MB[(m.group(2) or "m").lower()])
+        raise InvalidInput(field, f"{value!r} is not a size; use e.g. 256m or 1g")
+    raise InvalidInput(field, "expected a size such as 256m or 1g")
+
+
+def memory_mb(value: object) -> int:
+    """An instance's memory: a size between MIN_MEMORY_MB and MAX_MEMORY_MB."""
+    mb = size_mb(value)
+    if not MIN_MEMORY_MB <= mb <= MAX_MEMORY_MB:
+        raise InvalidInput(
+            "memory", f"{value!r} is out of range: between {MIN_MEMORY_MB}m and "
+            f"{MAX_MEMORY_MB // 1024}g"
+        )
+    return mb
+
+
+def instances(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        else:
+            raise InvalidInput("instances", f"{value!r} is not a whole number")
+    assert isinstance(value, int)
+    if not 0 <= value <= MAX_INSTANCES:
+        raise InvalidInput("instances", f"{value} is out of range: 0 to {MAX_INSTANCES}")
+    return value
+
+
+def port(value: object, field: str = "port") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidInput(field, f"{value!r} is not a TCP port (1-65535)")
+    return value
+
+
+def image(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("image", "an image reference is required, e.g. registry:5000/app:1")
+    if len(value) > 255 or not _IMAGE.match(value):
+        raise InvalidInput("image", f"{value!r} is not a valid image reference")
+    return value
+
+
+def env(value: object) -> dict[str, str]:
+    """Env vars: a mapping of valid names to strings; platform names are refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("env", "expected an object of NAME: value")
+    if len(value) > MAX_ENV_VARS:
+        raise InvalidInput("env", f"too many variables (at most {MAX_ENV_VARS})")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not _ENV_KEY.match(k):
+            raise InvalidInput("env", f"{k!r} is not a valid variable name")
+        if k in RESERVED_ENV:
+            raise InvalidInput("env", f"{k} is set by dinp and cannot be overridden")
+        if not isinstance(v, str):
+            raise InvalidInput("env", f"the value of {k} must be a string")
+        if len(v) > MAX_ENV_VALUE or "\x00" in v:
+            raise InvalidInput("env", f"the value of {k} is too long or contains NUL")
+        out[k] = v
+    return out
+
+
+def env_pairs(pairs: list[str]) -> dict[str, str]:
+    """Parse CLI `K=V` pairs into a mapping, then check it like any other env."""
+    raw: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, val = pair.partition("=")
+        if not sep:
+            raise InvalidInput("env", f"{pair!r} is not KEY=VALUE")
+        raw[key] = val
+    return env(raw)
+
+
+def health_path(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > 200 or any(
+        c.isspace() for c in value
+    ):
+        raise InvalidInput("health_path", f"{value!r} must be a URL path starting with '/'")
+    return value

@@ -1,0 +1,133 @@
+"""The agent <-> server messages, parsed strictly so a malformed heartbeat harms nothing.
+
+A heartbeat carries the node's whole real state; the reply carries the node's whole
+assignment, so a lost message is repaired by the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from dinp import validation
+from dinp.errors import InvalidInput
+
+CONTAINER_STATES = frozenset(
+    {"created", "running", "restarting", "paused", "exited", "dead", "removing"}
+)
+HEALTH_STATES = frozenset({"starting", "healthy", "unhealthy"})
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    instance: str
+    app: str
+    release: int
+    state: str
+    health: str
+    port: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"instance": self.instance, "app": self.app, "release": self.release,
+                "state": self.state, "health": self.health, "port": self.port}
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    node: str
+    address: str
+    capacity_mb: int
+    free_mb: int
+    containers: tuple[ContainerInfo, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "address": self.address, "capacity_mb": self.capacity_mb,
+                "free_mb": self.free_mb, "containers": [c.to_json() for c in self.containers]}
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One instance a node must run, with everything the agent needs to start it."""
+
+    id: str
+    app: str
+    release: int
+    image: str
+    memory_mb: int
+    port: int
+    env: dict[str, str]
+    health_path: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "app": self.app, "release": self.release, "image": self.image,
+                "memory_mb": self.memory_mb, "port": self.port, "env": self.env,
+                "health_path": self.health_path}
+
+
+def _int(data: dict[str, Any], key: str, *, low: int = 0, high: int = 1 << 40) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(key, f"expected a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
+def _str(data: dict[str, Any], key: str, *, max_len: int = 255) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise InvalidInput(key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def parse_heartbeat(node: str, data: object) -> Heartbeat:
+    if not isinstance(data, dict):
+        raise InvalidInput("heartbeat", "expected a JSON object")
+    containers = data.get("containers")
+    if not isinstance(containers, list) or len(containers) > 10_000:
+        raise InvalidInput("containers", "expected a list")
+    parsed = []
+    for c in containers:
+        if not isinstance(c, dict):
+            raise InvalidInput("containers", "each container must be an object")
+        state, health = _str(c, "state"), _str(c, "health")
+        if state not in CONTAINER_STATES:
+            raise InvalidInput("state", f"unknown container state {state!r}")
+        if health not in HEALTH_STATES:
+            raise InvalidInput("health", f"unknown health {health!r}")
+        port = c.get("port")
+        if port is not None:
+            validation.port(port, "port")
+        parsed.append(ContainerInfo(
+            instance=_str(c, "instance", max_len=16), app=validation.app_name(c.get("app")),
+            release=_int(c, "release", low=1), state=state, health=health, port=port,
+        ))
+    return Heartbeat(
+        node=validation.node_name(node), address=_str(data, "address"),
+        capacity_mb=_int(data, "capacity_mb", low=0), free_mb=_int(data, "free_mb", low=0),
+        containers=tuple(parsed),
+    )
+
+
+def parse_assignments(data: object) -> tuple[str, list[Assignment]]:
+    """The agent's side: (revision, instances) from a heartbeat reply or a long-poll."""
+    if not isinstance(data, dict) or not isinstance(data.get("instances"), list):
+        raise InvalidInput("assignments", "expected an object with an 'instances' list")
+    out = []
+    for item in data["instances"]:
+        if not isinstance(item, dict):
+            raise InvalidInput("assignments", "each instance must be an object")
+        out.append(Assignment(
+            id=_str(item, "id", max_len=16), app=validation.app_name(item.get("app")),
+            release=_int(item, "release", low=1), image=validation.image(item.get("image")),
+            memory_mb=_int(item, "memory_mb", low=1), port=validation.port(item.get("port")),
+            env=validation.env(item.get("env")),
+            health_path=validation.health_path(item.get("health_path")),
+        ))
+    return str(data.get("rev", "")), out
+
+
+def assignments_rev(items: list[Assignment]) -> str:
+    """A short digest of a node's assignment, so a long-poll knows when it changed."""
+    blob = json.dumps([a.to_json() for a in items], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
