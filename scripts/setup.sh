@@ -75,6 +75,11 @@ step_packages() {
         show_log "$log" 30
         die "apt-get install ${missing[*]} failed (full log: $log)"
     fi
+    # Where policy-rc.d lets packages start their services, Debian's own registry would
+    # now hold :5000 (with htpasswd auth); dinp runs its own (see ensure_registry).
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && [ -x /etc/init.d/docker-registry ]; then
+        /etc/init.d/docker-registry stop >/dev/null 2>&1 9>&- || true
+    fi
 }
 
 # --- venv ----------------------------------------------------------------------------------
@@ -238,7 +243,7 @@ main() {
     for s in "${steps[@]}"; do
         case "$s" in
             packages|venv|services|images|all) ;;
-            -h|--help|help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            -h|--help|help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; exit 0 ;;
             *) die "unknown step '$s' (steps: packages venv services images all)" ;;
         esac
     done

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dinp.const import API_PREFIX
-from dinp.errors import (
-    Conflict, DinpError, InvalidInput, NotFound, Unauthorized, Unavailable,
-)
+from dinp.errors import Conflict, DinpError, InvalidInput, NotFound, Unauthorized, Unavailable
 
 DEFAULT_SERVER = "http://127.0.0.1:7070"
 

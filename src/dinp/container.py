@@ -114,7 +114,7 @@ class DockerRuntime:
             try:
                 self._remove_by_name(name)
                 self._ensure_image(a.image)
-                c = self.client.containers.run(
+                c = self.client.containers.run(  # type: ignore[call-overload]
                     a.image, name=name, detach=True, labels=labels, environment=env,
                     mem_limit=f"{a.memory_mb}m", memswap_limit=f"{a.memory_mb}m",
                     ports={f"{a.port}/tcp": (self.advertise, None)},

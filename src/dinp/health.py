@@ -5,6 +5,7 @@ and `unhealthy` after `FAILURES` checks in a row fail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 FAILURES = 3
@@ -47,7 +48,5 @@ async def check(host: str, port: int, path: str | None, *, timeout: float = CHEC
         return False
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await writer.wait_closed()
-        except OSError:
-            pass

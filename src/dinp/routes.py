@@ -10,6 +10,7 @@ Every change is one MULTI/EXEC that also bumps `dinp:routes:rev` and publishes i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -198,9 +199,9 @@ class RedisRouteStore:
         gone = set(before.hosts) - set(table.hosts)
         if gone:
             pipe.hdel(const.HOSTS_KEY, *gone)
-        added = {h: a for h, a in table.hosts.items() if before.hosts.get(h) != a}
-        if added:
-            pipe.hset(const.HOSTS_KEY, mapping=added)
+        for host, app in table.hosts.items():
+            if before.hosts.get(host) != app:
+                pipe.hset(const.HOSTS_KEY, host, app)
         pipe.incr(const.ROUTES_REV_KEY)
         results: list[Any] = pipe.execute()
         rev = int(results[-1])
@@ -285,10 +286,8 @@ class RedisRouteFollower:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                try:
-                    await pubsub.aclose()
-                except (redis.RedisError, OSError):
-                    pass
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -253,12 +253,12 @@ def _plan_app(
 
     # Replaced instances go once enough current ones serve; unhealthy ones go first.
     keep = max(0, app.instances - sum(1 for i in current if real.healthy(i)))
-    ranked_leaving = sorted(leaving, key=lambda i: (not real.healthy(i), i.created, i.id))
+    ranked_leaving = sorted(leaving, key=lambda i: (real.healthy(i), i.created, i.id))
     for inst in ranked_leaving[: max(0, len(leaving) - keep)]:
-        node = nodes.get(inst.node)
+        spec = nodes.get(inst.node)
         reason = (
             "old release" if inst.release != app.release
-            else f"node {inst.node} is {node.status if node else 'gone'}"
+            else f"node {inst.node} is {spec.status if spec else 'gone'}"
         )
         yield Remove(inst.id, app.name, inst.node, reason)
         ledger.drop(inst.node, app.name, inst.memory_mb)

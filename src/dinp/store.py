@@ -20,12 +20,20 @@ from dataclasses import dataclass
 import sqlalchemy.exc
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, SQLModel, col, select
 
 from dinp.errors import Conflict, NotFound, Unavailable
 from dinp.models import AppRow, EventRow, InstanceRow, NodeRow, ReleaseRow, TokenRow
 from dinp.scheduler import (
-    Action, AppSpec, Desired, NodeSpec, Place, Placed, Remove, SetNodeStatus, Unplaceable,
+    Action,
+    AppSpec,
+    Desired,
+    NodeSpec,
+    Place,
+    Placed,
+    Remove,
+    SetNodeStatus,
+    Unplaceable,
 )
 
 log = logging.getLogger(__name__)
@@ -66,7 +74,7 @@ class Store:
             kwargs["pool_recycle"] = 600
             kwargs["connect_args"] = {"connect_timeout": 5, "read_timeout": 10,
                                       "write_timeout": 10}
-        engine = create_engine(url, **kwargs)  # type: ignore[arg-type]
+        engine = create_engine(url, **kwargs)
         with self.errors():
             if parsed.get_backend_name() == "mysql" and parsed.database:
                 self._create_database(parsed.set(database=""), parsed.database, kwargs)
@@ -185,8 +193,8 @@ class Store:
             app = s.get(AppRow, name)
             if app is None:
                 raise NotFound(f"no app named {name!r}")
-            s.exec(delete(InstanceRow).where(InstanceRow.app == name))  # type: ignore[call-overload]
-            s.exec(delete(ReleaseRow).where(ReleaseRow.app == name))  # type: ignore[call-overload]
+            s.execute(delete(InstanceRow).where(col(InstanceRow.app) == name))
+            s.execute(delete(ReleaseRow).where(col(ReleaseRow.app) == name))
             s.delete(app)
             s.add(EventRow(app=name, message="deleted"))
             s.commit()

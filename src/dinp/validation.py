@@ -42,7 +42,7 @@ def app_name(value: object) -> str:
         raise InvalidInput("name", "an app name is required")
     if len(value) > 63:
         raise InvalidInput("name", f"{value[:20]!r}… is longer than 63 characters")
-    if not _APP_NAME.match(value):
+    if not _APP_NAME.fullmatch(value):
         raise InvalidInput(
             "name",
             f"{value!r} is not a valid app name: use lowercase letters, digits and '-', "
@@ -54,7 +54,7 @@ def app_name(value: object) -> str:
 
 
 def node_name(value: object) -> str:
-    if not isinstance(value, str) or not _NODE_NAME.match(value):
+    if not isinstance(value, str) or not _NODE_NAME.fullmatch(value):
         raise InvalidInput(
             "node", f"{value!r} is not a valid node name (lowercase letters, digits, '.', '-')"
         )
@@ -68,9 +68,12 @@ def size_mb(value: object, field: str = "memory") -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, str):
-        m = _SIZE.match(value)
+        m = _SIZE.fullmatch(value)
         if m and (m.group(2) or not m.group(3)):
-            return int(float(m.group(1)) * _UNITS_MB[(m.group(2) or "m").lower()])
+            try:
+                return int(float(m.group(1)) * _UNITS_MB[(m.group(2) or "m").lower()])
+            except OverflowError:
+                pass
         raise InvalidInput(field, f"{value!r} is not a size; use e.g. 256m or 1g")
     raise InvalidInput(field, "expected a size such as 256m or 1g")
 
@@ -88,7 +91,7 @@ def memory_mb(value: object) -> int:
 
 def instances(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             value = int(value)
         else:
             raise InvalidInput("instances", f"{value!r} is not a whole number")
@@ -107,7 +110,7 @@ def port(value: object, field: str = "port") -> int:
 def image(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidInput("image", "an image reference is required, e.g. registry:5000/app:1")
-    if len(value) > 255 or not _IMAGE.match(value):
+    if len(value) > 255 or not _IMAGE.fullmatch(value):
         raise InvalidInput("image", f"{value!r} is not a valid image reference")
     return value
 
@@ -122,7 +125,7 @@ def env(value: object) -> dict[str, str]:
         raise InvalidInput("env", f"too many variables (at most {MAX_ENV_VARS})")
     out: dict[str, str] = {}
     for k, v in value.items():
-        if not isinstance(k, str) or not _ENV_KEY.match(k):
+        if not isinstance(k, str) or not _ENV_KEY.fullmatch(k):
             raise InvalidInput("env", f"{k!r} is not a valid variable name")
         if k in RESERVED_ENV:
             raise InvalidInput("env", f"{k} is set by dinp and cannot be overridden")

@@ -406,14 +406,14 @@ def test_release_change_places_new_and_removes_old_only_once_new_are_healthy() -
     half = fresh_real(ns.values(), desired.instances, unhealthy=new_ids[:1])
     second = run(desired, half)
     assert len(second) == 1
-    assert removes(second) == second
-    assert second[0].instance in {"o1", "o2"}
-    assert second[0].reason == "old release"
+    [gone] = removes(second)
+    assert gone.instance in {"o1", "o2"}
+    assert gone.reason == "old release"
 
     # Both healthy: the rest goes.
     desired = apply(desired, second)
     third = run(desired, fresh_real(ns.values(), desired.instances))
-    assert [r.instance for r in removes(third)] == list({"o1", "o2"} - {second[0].instance})
+    assert [r.instance for r in removes(third)] == list({"o1", "o2"} - {gone.instance})
     assert places(third) == []
 
 
@@ -616,9 +616,10 @@ def test_an_app_placed_from_zero_on_equal_nodes_is_spread_evenly(
 
     actions = run(desired, fresh_real(ns.values()))
 
-    assert places(actions) == actions
+    placed = places(actions)
+    assert placed == actions
     for app in app_map.values():
-        per_node = Counter(p.node for p in actions if p.app == app.name)
+        per_node = Counter(p.node for p in placed if p.app == app.name)
         counts = [per_node[name] for name in ns]
         assert sum(counts) == app.instances
         assert max(counts) - min(counts) <= 1, (app, per_node)
@@ -656,9 +657,9 @@ def test_current_instances_on_ready_nodes_go_only_when_there_are_too_many(
         assert len(gone) == max(0, len(current) - app.instances), (app, gone)
 
 
-# The planner keeps healthy old rows and removes unhealthy ones... or should: this is the
-# smallest case where it does the opposite (see test_old_release_unhealthy_instances_go_
-# before_healthy_ones).
+# The smallest world where a planner that ranked leaving rows healthy-first dropped the
+# app below its healthy count: wanted 2, one new instance healthy, two old ones of which
+# one is healthy. One old row may go, and it must be the broken one.
 _HEALTHY_OLD_REMOVED = (
     Desired(
         apps(AppSpec("a", 2, 100, 2)),

@@ -147,8 +147,8 @@ def _serving(app: dict[str, Any]) -> bool:
     s = app["status"]
     want = app["instances"]
     current = [i for i in app["instance_list"] if i["release"] == app["release"]]
-    return (s["placed"] == want and s["healthy"] == want and s["routed"] == want
-            and len(current) == want)
+    return bool(s["placed"] == want and s["healthy"] == want and s["routed"] == want
+                and len(current) == want)
 
 
 def probe_router(app: dict[str, Any]) -> bool:
@@ -159,9 +159,9 @@ def probe_router(app: dict[str, Any]) -> bool:
     req = urllib.request.Request(router, headers={"Host": app["host"]})
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status < 500
+            return bool(resp.status < 500)
     except urllib.error.HTTPError as exc:
-        return exc.code < 500 and exc.headers.get("X-Dinp-Error") is None
+        return bool(exc.code < 500 and exc.headers.get("X-Dinp-Error") is None)
     except OSError:
         return False
 

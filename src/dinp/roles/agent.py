@@ -13,6 +13,7 @@ keeps every container running and restarts dead assigned ones from the last assi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -304,10 +305,8 @@ class Agent:
                 await self.converge()
                 await self.send_heartbeat()
                 await self.converge()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), self.config.heartbeat_interval)
-                except TimeoutError:
-                    pass
                 self._kick.clear()
         finally:
             for task in tasks:
@@ -327,7 +326,8 @@ async def serve(config: AgentConfig) -> None:
     validation.node_name(config.node_name)
     if not config.cluster_token:
         raise ConfigError("no cluster token is set",
-                          hint="Set cluster_token in [agent] of dinp.toml or DINP_CLUSTER_TOKEN (the server's).")
+                          hint="Set cluster_token in [agent] of dinp.toml or "
+                          "DINP_CLUSTER_TOKEN (the server's).")
     runtime = await asyncio.to_thread(
         lambda: DockerRuntime(node=config.node_name, advertise=config.advertise,
                               base_url=config.docker_host)

@@ -23,7 +23,13 @@ from dinp import validation, wire
 from dinp.config import ServerConfig, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
 from dinp.errors import (
-    ConfigError, Conflict, DinpError, InvalidInput, NotFound, Unauthorized, Unavailable,
+    ConfigError,
+    Conflict,
+    DinpError,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+    Unavailable,
 )
 from dinp.roles.lifecycle import run_until_stopped, start_site
 from dinp.roles.server import Server

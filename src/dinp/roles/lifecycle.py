@@ -10,8 +10,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -65,13 +65,14 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
     return runner
 
 
-def run(main: Callable[[], Awaitable[T]], *, fast_loop: bool = True) -> T:
+def run(main: Callable[[], Coroutine[Any, Any, T]], *, fast_loop: bool = True) -> T:
     """asyncio.run with uvloop when it is installed (it is a dependency)."""
     if fast_loop and sys.platform != "win32":
         try:
             import uvloop
 
-            return uvloop.run(main())  # type: ignore[no-any-return]
+            result: T = uvloop.run(main())
+            return result
         except ImportError:  # pragma: no cover
             pass
     return asyncio.run(main())

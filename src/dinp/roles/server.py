@@ -9,6 +9,7 @@ writes are serialised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -106,9 +107,8 @@ class Server:
         containers = container_report(hb)
         self.heartbeats[hb.node] = hb
         self.reports[hb.node] = NodeReport(hb.node, time.time(), hb.capacity_mb, containers)
-        if previous is None or previous.containers != containers:
-            self.wake()
-        elif self.snapshot.nodes[hb.node].status == scheduler.DOWN:
+        came_back = self.snapshot.nodes[hb.node].status == scheduler.DOWN
+        if previous is None or previous.containers != containers or came_back:
             self.wake()
         return self.assignment_reply(hb.node)
 
@@ -207,18 +207,14 @@ class Server:
             message = (f"cannot place {item.missing} instance(s) of {item.app}: no ready node "
                        f"has {item.memory_mb} MB free")
             log.warning(message)
-            try:
+            with contextlib.suppress(Unavailable):
                 await self.db(self.store.add_event, message, app=item.app)
-            except Unavailable:
-                pass
 
     async def run(self) -> None:
         """Reconcile on every wake-up and at least every reconcile_interval, until cancelled."""
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.reconcile_interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self.reconcile_once()
 
@@ -239,6 +235,7 @@ class Server:
         real = Real(self.reports, complete=True)
         host = routes.app_host(app.name, self.config.domain)
         rows = [i for i in self.snapshot.desired.instances if i.app == app.name]
+        routed = set(self.routes.backends.get(host, ())) if self.routes_published else set()
         instances = []
         running = healthy = 0
         for inst in sorted(rows, key=lambda i: (i.node, i.id)):
@@ -254,6 +251,7 @@ class Server:
                 "id": inst.id, "node": inst.node, "release": inst.release,
                 "node_status": node.status if node else "unknown",
                 "address": c.address if c else None, "state": state,
+                "routed": bool(c and c.address in routed),
                 "health": ("healthy" if c.healthy else "unhealthy" if c.running else "-")
                 if c else "unknown",
             })
@@ -264,8 +262,7 @@ class Server:
             "router_url": self.config.router_url,
             "created_at": app.created_at, "updated_at": app.updated_at,
             "status": {"placed": len(rows), "running": running, "healthy": healthy,
-                       "routed": len(self.routes.backends.get(host, ()))
-                       if self.routes_published else 0},
+                       "routed": len(routed)},
         }
         if detail:
             view["env"] = app.env

@@ -1,0 +1,95 @@
+"""End-to-end fixtures: dinp as processes, the way an operator starts it."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    Dinp,
+    Proc,
+    base_env,
+    free_port,
+    http_get,
+    mysql_database,
+    redis_server,
+    remove_node_containers,
+    wait_for,
+)
+
+IMAGE = "127.0.0.1:5000/hello:1"  # through the local registry, as a team would deploy
+
+
+@dataclass
+class Cluster:
+    """`dinp server`, three `dinp agent`s as three nodes, one `dinp router`."""
+
+    workdir: Path
+    env: dict[str, str]
+    router_addr: str
+    cli: Dinp
+    server: Proc
+    router: Proc
+    agents: dict[str, Proc] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    def agent(self, name: str) -> Proc:
+        env = dict(self.env, DINP_NODE_NAME=name, DINP_ADVERTISE=self.addresses[name],
+                   DINP_CAPACITY_MB="1024")
+        proc = Proc(name, ["agent"], env, self.workdir / f"{name}.log")
+        self.agents[name] = proc
+        return proc
+
+    def get(self, host: str, path: str = "/") -> tuple[int, str]:
+        return http_get(self.router_addr, host, path)
+
+    def logs(self) -> str:
+        procs = [self.server, self.router, *self.agents.values()]
+        return "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in procs)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    api_port, router_port, admin_port = free_port(), free_port(), free_port()
+    prefix = f"e2e{secrets.token_hex(3)}"
+    with mysql_database() as db_url, redis_server() as (redis_url, _, _):
+        env = base_env(
+            workdir,
+            DINP_DATABASE_URL=db_url, DINP_REDIS_URL=redis_url,
+            DINP_CLUSTER_TOKEN=secrets.token_hex(8), DINP_ADMIN_TOKEN=secrets.token_hex(8),
+            DINP_API_LISTEN=f"127.0.0.1:{api_port}",
+            DINP_ROUTER_URL=f"http://127.0.0.1:{router_port}",
+            DINP_SERVER=f"http://127.0.0.1:{api_port}",
+            DINP_HTTP_LISTEN=f"127.0.0.1:{router_port}",
+            DINP_ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
+            DINP_DOMAIN="apps.test",
+        )
+        cli_env = dict(env, DINP_TOKEN=env["DINP_ADMIN_TOKEN"])
+        server = Proc("server", ["server"], env, workdir / "server.log").start()
+        router = Proc("router", ["router"], env, workdir / "router.log").start()
+        c = Cluster(workdir, env, f"127.0.0.1:{router_port}", Dinp(cli_env), server, router)
+        names = [f"{prefix}-n{i}" for i in (1, 2, 3)]
+        c.addresses = {n: f"127.0.0.{i}" for i, n in zip((2, 3, 4), names, strict=True)}
+        try:
+            wait_for(lambda: c.cli.run("node", "list", check=False).returncode == 0, 20,
+                     "the server to answer")
+            for name in names:
+                c.agent(name).start()
+            wait_for(lambda: len([n for n in c.cli.json("node", "list")
+                                  if n["status"] == "ready"]) == 3, 20, "three ready nodes")
+            wait_for(lambda: http_get(c.router_addr, "nothing.apps.test")[0] == 404, 10,
+                     "the router to answer")
+            yield c
+        except BaseException:
+            print(c.logs())
+            raise
+        finally:
+            for proc in [*c.agents.values(), router, server]:
+                proc.stop()
+            for name in names:
+                remove_node_containers(name)

@@ -1,0 +1,487 @@
+"""The server's HTTP API in-process over a real Store and a real Redis route table.
+
+Each test runs its own event loop (`asyncio.run`) with aiohttp's TestServer/TestClient,
+so no pytest plugin is needed. The reconcile loop is not running: tests call
+`server.reconcile_once()` where the real loop would, to see each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from aiohttp.test_utils import TestClient, TestServer
+
+from dinp.config import ServerConfig
+from dinp.roles.api import make_app
+from dinp.roles.server import Server
+from dinp.routes import RedisRouteStore
+from dinp.store import Store
+
+ADMIN = "at"
+CLUSTER = "ct"
+NODE = "n1"
+
+
+@dataclass
+class Api:
+    server: Server
+    store: Store
+    client: TestClient  # type: ignore[type-arg]
+
+    async def call(self, method: str, path: str, *, token: str | None = ADMIN,
+                   body: Any = None, raw: str | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        kwargs: dict[str, Any] = {"headers": headers}
+        if raw is not None:
+            kwargs["data"] = raw
+            headers["Content-Type"] = "application/json"
+        elif body is not None:
+            kwargs["json"] = body
+        async with self.client.request(method, "/api/v1" + path, **kwargs) as resp:
+            text = await resp.text()
+        try:
+            return resp.status, json.loads(text)
+        except json.JSONDecodeError:
+            return resp.status, text
+
+    async def heartbeat(self, node: str = NODE, *, containers: list[dict[str, Any]] | None = None,
+                        address: str = "127.0.0.2", capacity_mb: int = 4096,
+                        free_mb: int = 3000) -> tuple[int, Any]:
+        body = {"node": node, "address": address, "capacity_mb": capacity_mb,
+                "free_mb": free_mb, "containers": containers or []}
+        return await self.call("POST", f"/nodes/{node}/heartbeat", token=CLUSTER, body=body)
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        status, body = await self.call("GET", "/nodes")
+        assert status == 200, body
+        return list(body)
+
+
+@contextlib.asynccontextmanager
+async def running_api(database_url: str, redis_url: str,
+                      node_timeout: float = 30.0) -> AsyncIterator[Api]:
+    store = Store(database_url)
+    store.ensure_admin_token(ADMIN)
+    route_store = RedisRouteStore(redis_url)
+    config = ServerConfig(cluster_token=CLUSTER, redis_url=redis_url,
+                          database_url=database_url, node_timeout=node_timeout)
+    server = Server(config, store, route_store)
+    try:
+        async with TestClient(TestServer(make_app(server))) as client:
+            yield Api(server, store, client)
+    finally:
+        server.close()
+        route_store.client.close()
+
+
+def run(database_url: str, redis_url: str,
+        body: Callable[[Api], Awaitable[None]], **kwargs: Any) -> None:
+    async def main() -> None:
+        async with running_api(database_url, redis_url, **kwargs) as api:
+            await body(api)
+
+    asyncio.run(main())
+
+
+def instance_json(instance: str, app: str, *, port: int | None, state: str = "running",
+                  health: str = "healthy", release: int = 1) -> dict[str, Any]:
+    return {"instance": instance, "app": app, "release": release, "state": state,
+            "health": health, "port": port}
+
+
+# -- auth --------------------------------------------------------------------------------
+
+def test_auth(sqlite_url: str, redis_url: str) -> None:
+    async def body(api: Api) -> None:
+        assert (await api.call("GET", "/apps"))[0] == 200
+        status, reply = await api.call("GET", "/apps", token=None)
+        assert status == 401 and "token" in reply["error"]
+        assert (await api.call("GET", "/apps", token="wrong"))[0] == 401
+        assert (await api.call("POST", "/apps", token="wrong",
+                               body={"name": "web", "image": "hello:1"}))[0] == 401
+        # The cluster token is for agents only, the admin token for users only.
+        assert (await api.call("GET", "/apps", token=CLUSTER))[0] == 401
+        status, _ = await api.call("POST", f"/nodes/{NODE}/heartbeat", token=ADMIN,
+                                   body={"address": "127.0.0.2", "capacity_mb": 1,
+                                         "free_mb": 1, "containers": []})
+        assert status == 401
+        assert (await api.call("GET", f"/nodes/{NODE}/assignments", token=ADMIN))[0] == 401
+        assert (await api.call("GET", f"/nodes/{NODE}/assignments", token=None))[0] == 401
+        # ... and nothing was registered by the refused heartbeat.
+        assert await api.nodes() == []
+        assert (await api.heartbeat())[0] == 200
+        assert (await api.call("GET", f"/nodes/{NODE}/assignments", token=CLUSTER))[0] == 200
+        # Public endpoints need no token.
+        assert (await api.call("GET", "/health", token=None))[0] == 200
+        # Nothing was created by a refused request.
+        assert api.store.snapshot().apps == {}
+
+    run(sqlite_url, redis_url, body)
+
+
+# -- input validation ----------------------------------------------------------------------
+
+GOOD = {"name": "web", "image": "127.0.0.1:5000/hello:1", "instances": 1, "memory": "64m"}
+
+BAD_INPUTS = [
+    ({"name": "bad name"}, "name"),
+    ({"name": "Web"}, "name"),
+    ({"name": "UPPER"}, "name"),
+    ({"name": "web\n"}, "name"),
+    ({"name": "-web"}, "name"),
+    ({"name": "web-"}, "name"),
+    ({"name": "api"}, "name"),
+    ({"name": "dashboard"}, "name"),
+    ({"name": "a" * 64}, "name"),
+    ({"name": ""}, "name"),
+    ({"name": 5}, "name"),
+    ({"memory": "abc"}, "memory"),
+    ({"memory": "1k"}, "memory"),
+    ({"memory": "999g"}, "memory"),
+    ({"memory": "-5m"}, "memory"),
+    ({"memory": True}, "memory"),
+    ({"instances": -1}, "instances"),
+    ({"instances": 101}, "instances"),
+    ({"instances": "x"}, "instances"),
+    ({"instances": 1.5}, "instances"),
+    ({"instances": True}, "instances"),
+    ({"image": "UPPER CASE"}, "image"),
+    ({"image": ""}, "image"),
+    ({"image": "hello:1; rm -rf /"}, "image"),
+    ({"env": {"1BAD": "x"}}, "env"),
+    ({"env": {"PORT": "9000"}}, "env"),
+    ({"env": {"DINP_APP": "x"}}, "env"),
+    ({"env": {"OK": 5}}, "env"),
+    ({"env": ["A=1"]}, "env"),
+    ({"port": 0}, "port"),
+    ({"port": 70000}, "port"),
+    ({"port": "8080"}, "port"),
+    ({"health_path": "health"}, "health_path"),
+    ({"frobnicate": 1}, "frobnicate"),
+]
+
+
+def test_bad_input_is_400_naming_the_field_and_creates_nothing(
+    sqlite_url: str, redis_url: str
+) -> None:
+    async def body(api: Api) -> None:
+        failures = []
+        for change, field in BAD_INPUTS:
+            status, reply = await api.call("POST", "/apps", body={**GOOD, **change})
+            if status != 400 or not isinstance(reply, dict) or reply.get("field") != field:
+                failures.append((change, status, reply))
+            elif field not in reply["error"]:
+                failures.append((change, "error does not name the field", reply))
+        for raw, field in [("{not json", "body"), ("[1, 2]", "body"), ('"web"', "body"),
+                           ("", "body")]:
+            status, reply = await api.call("POST", "/apps", raw=raw)
+            if status != 400 or reply.get("field") != field:
+                failures.append((raw, status, reply))
+        assert failures == []
+
+        assert (await api.call("GET", "/apps"))[1] == []
+        snap = api.store.snapshot()
+        assert snap.apps == {} and snap.desired.instances == ()
+        assert api.store.releases("web") == []
+
+        # The same body without the bad value is accepted.
+        status, reply = await api.call("POST", "/apps", body=GOOD)
+        assert status == 201, reply
+
+    run(sqlite_url, redis_url, body)
+
+
+# -- app lifecycle ---------------------------------------------------------------------------
+
+async def _lifecycle(api: Api) -> None:
+    status, created = await api.call("POST", "/apps", body={
+        **GOOD, "instances": 2, "env": {"GREETING": "hi"}, "health_path": "/health"})
+    assert status == 201, created
+    assert created["name"] == "web" and created["instances"] == 2
+    assert created["memory_mb"] == 64 and created["env"] == {"GREETING": "hi"}
+
+    status, shown = await api.call("GET", "/apps/web")
+    assert status == 200
+    assert (shown["image"], shown["instances"], shown["port"], shown["health_path"]) == (
+        "127.0.0.1:5000/hello:1", 2, 8080, "/health")
+    assert shown["host"] == "web.localhost"
+    assert [a["name"] for a in (await api.call("GET", "/apps"))[1]] == ["web"]
+
+    status, reply = await api.call("POST", "/apps", body={**GOOD, "image": "other:2"})
+    assert status == 409 and "web" in reply["error"]
+    assert (await api.call("GET", "/apps/web"))[1]["image"] == "127.0.0.1:5000/hello:1"
+    assert len(api.store.releases("web")) == 1
+
+    status, scaled = await api.call("POST", "/apps/web/scale", body={"instances": 3})
+    assert status == 200 and scaled["instances"] == 3
+    assert (await api.call("GET", "/apps/web"))[1]["instances"] == 3
+    status, reply = await api.call("POST", "/apps/web/scale", body={"instances": "x"})
+    assert status == 400 and reply["field"] == "instances"
+    status, reply = await api.call("POST", "/apps/web/scale", body={"instances": 101})
+    assert status == 400 and reply["field"] == "instances"
+    assert api.store.get_app("web").instances == 3
+    assert (await api.call("POST", "/apps/ghost/scale", body={"instances": 1}))[0] == 404
+
+    assert (await api.call("GET", "/apps/ghost"))[0] == 404
+    assert (await api.call("DELETE", "/apps/ghost"))[0] == 404
+    status, reply = await api.call("DELETE", "/apps/web")
+    assert status == 200 and reply == {"deleted": "web"}
+    assert (await api.call("GET", "/apps/web"))[0] == 404
+    assert (await api.call("GET", "/apps"))[1] == []
+    assert (await api.call("DELETE", "/apps/web"))[0] == 404
+
+
+def test_app_lifecycle_sqlite(sqlite_url: str, redis_url: str) -> None:
+    run(sqlite_url, redis_url, _lifecycle)
+
+
+def test_app_lifecycle_mariadb(mysql_url: str, redis_url: str) -> None:
+    run(mysql_url, redis_url, _lifecycle)
+
+
+# -- heartbeats -------------------------------------------------------------------------
+
+def test_malformed_heartbeats_are_rejected_and_change_nothing(
+    sqlite_url: str, redis_url: str
+) -> None:
+    good_container = instance_json("abc123", "web", port=32000)
+
+    async def body(api: Api) -> None:
+        status, reply = await api.heartbeat(containers=[good_container], free_mb=3000)
+        assert status == 200, reply
+        before = await api.nodes()
+        assert len(before) == 1
+        assert (before[0]["name"], before[0]["address"], before[0]["capacity_mb"],
+                before[0]["free_mb"], before[0]["containers"]) == (
+            NODE, "127.0.0.2", 4096, 3000, 1)
+        await asyncio.sleep(0.3)
+
+        base = {"node": NODE, "address": "127.0.0.9", "capacity_mb": 1, "free_mb": 1,
+                "containers": []}
+        bad_bodies: list[Any] = [
+            [1, 2, 3],
+            "heartbeat",
+            None,
+            {**base, "containers": [{**good_container, "state": "zombie"}]},
+            {**base, "containers": [{**good_container, "health": "great"}]},
+            {**base, "containers": [{**good_container, "port": 0}]},
+            {**base, "containers": [{**good_container, "port": 70000}]},
+            {**base, "containers": [{**good_container, "port": "80"}]},
+            # One good container then a bad one: nothing of it is recorded.
+            {**base, "containers": [good_container, {**good_container, "app": "BAD"}]},
+            {**base, "containers": [{**good_container, "release": 0}]},
+            {**base, "containers": ["not-an-object"]},
+            {**base, "containers": "none"},
+            {k: v for k, v in base.items() if k != "address"},
+            {k: v for k, v in base.items() if k != "capacity_mb"},
+            {k: v for k, v in base.items() if k != "free_mb"},
+            {k: v for k, v in base.items() if k != "containers"},
+            {**base, "capacity_mb": -1},
+            {**base, "capacity_mb": "4096"},
+            {**base, "address": ""},
+        ]
+        failures = []
+        for bad in bad_bodies:
+            status, reply = await api.call("POST", f"/nodes/{NODE}/heartbeat", token=CLUSTER,
+                                           body=bad if bad is not None else None,
+                                           raw="null" if bad is None else None)
+            if status != 400 or not isinstance(reply, dict) or "field" not in reply:
+                failures.append((bad, status, reply))
+        status, reply = await api.call("POST", f"/nodes/{NODE}/heartbeat", token=CLUSTER,
+                                       raw="{broken")
+        if status != 400:
+            failures.append(("{broken", status, reply))
+        # A bad node name in the path registers nothing either.
+        status, reply = await api.call("POST", "/nodes/Bad_Node/heartbeat", token=CLUSTER,
+                                       body={**base, "node": "Bad_Node"})
+        if status != 400 or reply.get("field") != "node":
+            failures.append(("Bad_Node", status, reply))
+        assert failures == []
+
+        after = await api.nodes()
+        assert [n["name"] for n in after] == [NODE]  # no node registered by a bad one
+        keys = ("name", "address", "status", "capacity_mb", "free_mb", "containers")
+        assert {k: after[0][k] for k in keys} == {k: before[0][k] for k in keys}
+        # The node's last report is still the good one, not refreshed by the bad ones.
+        assert after[0]["last_seen_s"] >= 0.3
+        assert api.store.snapshot().nodes[NODE].address == "127.0.0.2"
+
+    run(sqlite_url, redis_url, body)
+
+
+def test_heartbeat_registers_node_and_returns_assignment(sqlite_url: str, redis_url: str) -> None:
+    async def body(api: Api) -> None:
+        status, reply = await api.heartbeat()
+        assert status == 200, reply
+        assert reply["node"] == NODE and reply["status"] == "ready"
+        assert reply["instances"] == [] and reply["rev"]
+        assert isinstance(reply["heartbeat_interval"], int | float)
+        node = api.store.snapshot().nodes[NODE]
+        assert (node.address, node.capacity_mb, node.status) == ("127.0.0.2", 4096, "ready")
+        nodes = await api.nodes()
+        assert [(n["name"], n["status"]) for n in nodes] == [(NODE, "ready")]
+
+    run(sqlite_url, redis_url, body)
+
+
+# -- reconcile, assignments, long-poll, routes ---------------------------------------------
+
+def test_reconcile_assigns_long_poll_wakes_and_routes_follow_health(
+    sqlite_url: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def body(api: Api) -> None:
+        status, first = await api.heartbeat()
+        assert status == 200
+        old_rev = first["rev"]
+
+        # An agent waiting on the long-poll...
+        poll = asyncio.create_task(api.call(
+            "GET", f"/nodes/{NODE}/assignments?rev={old_rev}&wait=5", token=CLUSTER))
+        await asyncio.sleep(0.3)
+        assert not poll.done()  # nothing changed yet: it waits
+
+        # ... is answered as soon as the app is created and placed.
+        t0 = time.monotonic()
+        status, reply = await api.call("POST", "/apps", body={**GOOD, "instances": 2})
+        assert status == 201, reply
+        await api.server.reconcile_once()
+        status, polled = await asyncio.wait_for(poll, 5)
+        elapsed = time.monotonic() - t0
+        assert status == 200
+        assert elapsed < 2.0, f"long-poll answered after {elapsed:.2f} s"
+        assert polled["rev"] != old_rev
+        assert len(polled["instances"]) == 2
+        first_inst = polled["instances"][0]
+        assert first_inst["app"] == "web" and first_inst["image"] == GOOD["image"]
+        assert first_inst["memory_mb"] == 64 and first_inst["port"] == 8080
+
+        # A long-poll with the current rev and wait=0 answers at once with the same thing.
+        status, same = await api.call(
+            "GET", f"/nodes/{NODE}/assignments?rev={polled['rev']}&wait=0", token=CLUSTER)
+        assert status == 200 and same["rev"] == polled["rev"]
+        assert same["instances"] == polled["instances"]
+        # The heartbeat reply carries the same assignment.
+        status, hb = await api.heartbeat()
+        assert hb["rev"] == polled["rev"] and hb["instances"] == polled["instances"]
+        ids = sorted(i["id"] for i in polled["instances"])
+
+        # The app exists, so its host is known to routers, but nothing runs: no backends.
+        await api.server.reconcile_once()
+        assert redis_client.hgetall("dinp:hosts") == {"web.localhost": "web"}
+        assert not redis_client.exists("/rs/web.localhost")
+
+        # One instance running and healthy, the other still starting: only one route.
+        await api.heartbeat(containers=[
+            instance_json(ids[0], "web", port=31001),
+            instance_json(ids[1], "web", port=31002, health="starting"),
+        ])
+        await api.server.reconcile_once()
+        assert redis_client.lrange("/rs/web.localhost", 0, -1) == ["127.0.0.2:31001"]
+        rev1 = int(redis_client.get("dinp:routes:rev") or 0)
+        assert rev1 >= 1
+
+        # Both healthy: both routed, in one atomic change.
+        await api.heartbeat(containers=[
+            instance_json(ids[0], "web", port=31001),
+            instance_json(ids[1], "web", port=31002),
+        ])
+        await api.server.reconcile_once()
+        assert sorted(redis_client.lrange("/rs/web.localhost", 0, -1)) == [
+            "127.0.0.2:31001", "127.0.0.2:31002"]
+        assert int(redis_client.get("dinp:routes:rev") or 0) > rev1
+        status, shown = await api.call("GET", "/apps/web")
+        assert shown["status"]["healthy"] == 2 and shown["status"]["routed"] == 2
+
+        # A container that is not running, or not healthy, is unrouted.
+        await api.heartbeat(containers=[
+            instance_json(ids[0], "web", port=31001, state="exited", health="unhealthy"),
+            instance_json(ids[1], "web", port=31002, health="unhealthy"),
+        ])
+        await api.server.reconcile_once()
+        assert not redis_client.exists("/rs/web.localhost")
+        assert redis_client.hgetall("dinp:hosts") == {"web.localhost": "web"}
+
+        # Delete: every key of the app goes, the node's assignment is emptied.
+        await api.heartbeat(containers=[
+            instance_json(ids[0], "web", port=31001), instance_json(ids[1], "web", port=31002),
+        ])
+        await api.server.reconcile_once()
+        assert redis_client.exists("/rs/web.localhost")
+        redis_client.set("unrelated:key", "keep me")
+        assert (await api.call("DELETE", "/apps/web"))[0] == 200
+        await api.server.reconcile_once()
+        assert not redis_client.exists("/rs/web.localhost")
+        assert redis_client.hgetall("dinp:hosts") == {}
+        assert redis_client.get("unrelated:key") == "keep me"
+        status, hb = await api.heartbeat()
+        assert hb["instances"] == []
+
+    run(sqlite_url, redis_url, body)
+
+
+def test_long_poll_times_out_with_unchanged_assignment(sqlite_url: str, redis_url: str) -> None:
+    async def body(api: Api) -> None:
+        _, first = await api.heartbeat()
+        t0 = time.monotonic()
+        status, reply = await api.call(
+            "GET", f"/nodes/{NODE}/assignments?rev={first['rev']}&wait=0.5", token=CLUSTER)
+        elapsed = time.monotonic() - t0
+        assert status == 200 and reply["rev"] == first["rev"]
+        assert 0.4 <= elapsed < 3.0
+        status, reply = await api.call(
+            "GET", f"/nodes/{NODE}/assignments?wait=soon", token=CLUSTER)
+        assert status == 400 and reply["field"] == "wait"
+
+    run(sqlite_url, redis_url, body)
+
+
+def test_nothing_is_placed_before_known_nodes_report(sqlite_url: str, redis_url: str) -> None:
+    """After a restart the server waits for heartbeats before acting (safety rule)."""
+    setup = Store(sqlite_url)
+    setup.upsert_node(name="n1", address="127.0.0.2", capacity_mb=4096)
+    setup.upsert_node(name="n2", address="127.0.0.3", capacity_mb=4096)
+    setup.close()
+
+    async def body(api: Api) -> None:
+        assert (await api.call("POST", "/apps", body={**GOOD, "instances": 2}))[0] == 201
+        await api.heartbeat("n1")
+        await api.server.reconcile_once()
+        assert api.store.snapshot().desired.instances == ()  # n2 has not reported yet
+        snap = api.store.snapshot()
+        assert snap.nodes["n2"].status == "ready"  # and is not declared down either
+        await api.heartbeat("n2", address="127.0.0.3")
+        await api.server.reconcile_once()
+        placed = api.store.snapshot().desired.instances
+        assert sorted(i.node for i in placed) == ["n1", "n2"]  # spread
+
+    run(sqlite_url, redis_url, body)
+
+
+def test_reconcile_on_mariadb(mysql_url: str, redis_url: str,
+                              redis_client: redis.Redis) -> None:
+    async def body(api: Api) -> None:
+        await api.heartbeat()
+        assert (await api.call("POST", "/apps", body={**GOOD, "instances": 3}))[0] == 201
+        await api.server.reconcile_once()
+        _, hb = await api.heartbeat()
+        assert len(hb["instances"]) == 3
+        await api.heartbeat(containers=[
+            instance_json(i["id"], "web", port=31000 + n)
+            for n, i in enumerate(hb["instances"])
+        ])
+        await api.server.reconcile_once()
+        assert len(redis_client.lrange("/rs/web.localhost", 0, -1)) == 3
+        status, _ = await api.call("POST", "/apps/web/scale", body={"instances": 1})
+        assert status == 200
+        await api.server.reconcile_once()
+        _, hb = await api.heartbeat()
+        assert len(hb["instances"]) == 1
+
+    run(mysql_url, redis_url, body)

@@ -1,0 +1,245 @@
+"""The desired-state store against real databases: every test runs on MariaDB and SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import text
+
+from dinp.errors import Conflict, NotFound, Unavailable
+from dinp.scheduler import AppSpec, Place, Remove, SetNodeStatus, Unplaceable
+from dinp.store import Store
+
+from .conftest import free_port
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def count(store: Store, table: str) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
+
+
+def create(store: Store, name: str = "web", **overrides: object) -> None:
+    spec: dict[str, object] = {
+        "name": name, "image": "127.0.0.1:5000/hello:1", "instances": 2, "memory_mb": 128,
+        "port": 8080, "env": {"GREETING": "héllo 🚀", "DB_URL": "mysql://x"},
+        "health_path": "/health",
+    }
+    spec.update(overrides)
+    store.create_app(**spec)  # type: ignore[arg-type]
+
+
+def test_create_get_and_snapshot(store: Store) -> None:
+    create(store, "web")
+    create(store, "api-2", instances=1, memory_mb=64, env={}, health_path=None)
+
+    app = store.get_app("web")
+    assert (app.image, app.instances, app.memory_mb, app.port, app.release) == (
+        "127.0.0.1:5000/hello:1", 2, 128, 8080, 1)
+    assert app.env == {"GREETING": "héllo 🚀", "DB_URL": "mysql://x"}  # utf8mb4 round trip
+    assert app.health_path == "/health"
+
+    snap = store.snapshot()
+    assert sorted(snap.apps) == ["api-2", "web"]
+    assert snap.desired.apps["web"] == AppSpec("web", 2, 128, 1)
+    assert snap.desired.apps["api-2"] == AppSpec("api-2", 1, 64, 1)
+    assert snap.desired.instances == ()  # nothing placed until the planner says so
+    assert snap.apps["api-2"].health_path is None
+
+    releases = store.releases("web")
+    assert [(r.version, r.image) for r in releases] == [(1, "127.0.0.1:5000/hello:1")]
+    assert any("created" in e.message for e in store.events(app="web"))
+
+    with pytest.raises(NotFound, match="nope"):
+        store.get_app("nope")
+
+
+def test_snapshot_is_seen_by_a_second_store(store: Store) -> None:
+    """Another server process on the same database sees the write (it was committed)."""
+    create(store, "web")
+    other = Store(store.url)
+    try:
+        assert other.snapshot().desired.apps["web"].instances == 2
+    finally:
+        other.close()
+
+
+def test_duplicate_name_is_a_conflict_and_creates_nothing(store: Store) -> None:
+    create(store, "web")
+    before = (count(store, "apps"), count(store, "releases"), count(store, "events"))
+
+    with pytest.raises(Conflict, match="web"):
+        create(store, "web", image="other:2", instances=5)
+
+    assert (count(store, "apps"), count(store, "releases"), count(store, "events")) == before
+    app = store.get_app("web")
+    assert (app.image, app.instances) == ("127.0.0.1:5000/hello:1", 2)  # untouched
+    assert [r.image for r in store.releases("web")] == ["127.0.0.1:5000/hello:1"]
+
+
+def test_scale(store: Store) -> None:
+    create(store, "web")
+    assert store.scale_app("web", 5).instances == 5
+    assert store.snapshot().desired.apps["web"].instances == 5
+    assert any("scaled from 2 to 5" in e.message for e in store.events(app="web"))
+
+    events = count(store, "events")
+    store.scale_app("web", 5)  # no change, no event
+    assert count(store, "events") == events
+
+    assert store.scale_app("web", 0).instances == 0
+    with pytest.raises(NotFound):
+        store.scale_app("ghost", 1)
+
+
+def test_delete_removes_instances_and_releases(store: Store) -> None:
+    store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=4096)
+    create(store, "web")
+    create(store, "keep")
+    store.apply([Place("web", 1, "n1", 128), Place("web", 1, "n1", 128),
+                 Place("keep", 1, "n1", 128)])
+    assert len(store.snapshot().desired.instances) == 3
+
+    store.delete_app("web")
+
+    snap = store.snapshot()
+    assert "web" not in snap.apps
+    assert [i.app for i in snap.desired.instances] == ["keep"]
+    assert store.releases("web") == []
+    assert len(store.releases("keep")) == 1
+    with pytest.raises(NotFound):
+        store.get_app("web")
+    with pytest.raises(NotFound):
+        store.delete_app("web")
+    # The name is free again.
+    create(store, "web", image="hello:2")
+    assert [r.image for r in store.releases("web")] == ["hello:2"]
+
+
+def test_apply_places_removes_and_sets_status_in_one_transaction(store: Store) -> None:
+    store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=4096)
+    store.upsert_node(name="n2", address="127.0.0.3", capacity_mb=2048)
+    create(store, "web")
+
+    store.apply([
+        Place("web", 1, "n1", 128), Place("web", 1, "n2", 128),
+        SetNodeStatus("n2", "draining"),
+        Unplaceable("web", 1, 128),  # a report, not a change: ignored
+    ])
+    snap = store.snapshot()
+    placed = sorted(snap.desired.instances, key=lambda i: i.node)
+    assert [(i.app, i.release, i.node, i.memory_mb) for i in placed] == [
+        ("web", 1, "n1", 128), ("web", 1, "n2", 128)]
+    assert len({i.id for i in placed}) == 2
+    assert snap.nodes["n2"].status == "draining"
+    assert snap.desired.nodes["n2"].status == "draining"
+    assert snap.nodes["n1"].status == "ready"
+
+    on_n2 = placed[1]
+    store.apply([Remove(on_n2.id, "web", "n2", "node n2 is draining"),
+                 SetNodeStatus("n2", "down")])
+    snap = store.snapshot()
+    assert [i.id for i in snap.desired.instances] == [placed[0].id]
+    assert snap.nodes["n2"].status == "down"
+    # Removing a row that is already gone, or a status for an unknown node, is harmless.
+    store.apply([Remove(on_n2.id, "web", "n2", "again"), SetNodeStatus("ghost", "down")])
+    assert [i.id for i in store.snapshot().desired.instances] == [placed[0].id]
+
+
+def test_apply_is_all_or_nothing(store: Store) -> None:
+    store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=4096)
+    create(store, "web")
+    store.apply([Place("web", 1, "n1", 128)])
+    before = store.snapshot()
+    events = count(store, "events")
+
+    # The last action cannot be written (memory_mb is NOT NULL): the whole plan must fail,
+    # including the placement and status change before it.
+    bad = Place("web", 1, "n1", None)  # type: ignore[arg-type]
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        store.apply([Place("web", 1, "n1", 128), SetNodeStatus("n1", "down"), bad])
+
+    after = store.snapshot()
+    assert after.desired.instances == before.desired.instances
+    assert after.nodes["n1"].status == "ready"
+    assert count(store, "events") == events
+    # The store is still usable after the failed transaction.
+    store.apply([Place("web", 1, "n1", 128)])
+    assert len(store.snapshot().desired.instances) == 2
+
+
+def test_upsert_node(store: Store) -> None:
+    store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=1024)
+    store.upsert_node(name="n1", address="127.0.0.9", capacity_mb=2048)
+    node = store.snapshot().nodes["n1"]
+    assert (node.address, node.capacity_mb, node.status) == ("127.0.0.9", 2048, "ready")
+    assert count(store, "nodes") == 1
+
+
+def test_admin_token_created_once_and_only_its_digest_stored(store: Store) -> None:
+    token = store.ensure_admin_token()
+    assert token is not None and token.startswith("dinp_") and len(token) > 20
+    assert store.ensure_admin_token() is None
+    assert store.ensure_admin_token("preset-ignored") is None
+    assert count(store, "tokens") == 1
+
+    assert store.token_role(token) == "admin"
+    assert store.token_role("dinp_wrong") is None
+    assert store.token_role("") is None
+
+    with store.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(text("SELECT * FROM tokens"))]
+    dump = repr(rows)
+    assert token not in dump
+    assert hashlib.sha256(token.encode()).hexdigest() in dump
+
+
+def test_admin_token_preset(store: Store) -> None:
+    assert store.ensure_admin_token("my-preset-token") == "my-preset-token"
+    assert store.token_role("my-preset-token") == "admin"
+    with store.engine.connect() as conn:
+        dump = repr([tuple(r) for r in conn.execute(text("SELECT * FROM tokens"))])
+    assert "my-preset-token" not in dump
+
+
+def test_unreachable_mysql_is_unavailable_naming_the_database() -> None:
+    port = free_port()
+    url = f"mysql+pymysql://root:s3cret-pw@127.0.0.1:{port}/dinp_nowhere"
+    with pytest.raises(Unavailable) as info:
+        Store(url)
+    message = str(info.value)
+    assert f"127.0.0.1:{port}/dinp_nowhere" in message
+    assert "unreachable" in message
+    assert "s3cret-pw" not in message  # the password is never shown
+    assert info.value.hint and "database_url" in info.value.hint
+
+
+def test_mysql_database_is_created_if_missing(mysql_url: str) -> None:
+    """A database that does not exist yet is created on first start (no manual step)."""
+    import pymysql
+
+    missing = mysql_url + "_new"
+    name = missing.rsplit("/", 1)[1]
+    store = Store(missing)
+    try:
+        create(store, "web")
+        assert store.get_app("web").env["GREETING"] == "héllo 🚀"
+    finally:
+        store.close()
+        conn = pymysql.connect(host="127.0.0.1", user="root")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()

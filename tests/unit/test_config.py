@@ -1,0 +1,223 @@
+"""Role configuration: defaults, then dinp.toml, then DINP_* env, then flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dinp.config import (
+    AgentConfig,
+    RouterConfig,
+    ServerConfig,
+    find_config_file,
+    load,
+    read_section,
+    split_hostport,
+)
+from dinp.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dinp.toml"
+    path.write_text(text)
+    return path
+
+
+SAMPLE = """
+[server]
+domain = "apps.example.com"
+node_timeout = 9
+api_listen = "0.0.0.0:7070"
+
+[agent]
+node_name = "node1"
+capacity_mb = 4096
+
+[router]
+resync_interval = 5.5
+"""
+
+
+def test_defaults_without_file_env_or_flags() -> None:
+    assert load(ServerConfig, "server", env={}) == ServerConfig()
+    assert load(AgentConfig, "agent", env={}) == AgentConfig()
+    assert load(RouterConfig, "router", env={}) == RouterConfig()
+
+
+def test_file_section_sets_its_role_only(tmp_path: Path) -> None:
+    path = write(tmp_path, SAMPLE)
+
+    server = load(ServerConfig, "server", path=path, env={})
+    agent = load(AgentConfig, "agent", path=path, env={})
+    router = load(RouterConfig, "router", path=path, env={})
+
+    assert server == ServerConfig(
+        domain="apps.example.com", node_timeout=9.0, api_listen="0.0.0.0:7070"
+    )
+    assert isinstance(server.node_timeout, float)  # an integer in TOML, a float key
+    assert agent == AgentConfig(node_name="node1", capacity_mb=4096)
+    assert router == RouterConfig(resync_interval=5.5)
+
+
+def test_missing_section_gives_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\nnode_name = "n"\n')
+    assert load(ServerConfig, "server", path=path, env={}) == ServerConfig()
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, SAMPLE)
+    env = {"DINP_DOMAIN": "env.example.com", "DINP_NODE_TIMEOUT": "12.5"}
+
+    server = load(ServerConfig, "server", path=path, env=env)
+
+    assert server.domain == "env.example.com"
+    assert server.node_timeout == 12.5
+    assert server.api_listen == "0.0.0.0:7070"  # from the file, not overridden
+
+
+def test_env_values_are_converted_to_the_key_type() -> None:
+    agent = load(AgentConfig, "agent", env={"DINP_CAPACITY_MB": "2048"})
+    assert agent.capacity_mb == 2048
+
+
+def test_one_env_variable_sets_a_shared_key_for_every_role() -> None:
+    env = {"DINP_REDIS_URL": "redis://cache:6379/1", "DINP_CLUSTER_TOKEN": "s3cret"}
+
+    assert load(ServerConfig, "server", env=env).redis_url == "redis://cache:6379/1"
+    assert load(RouterConfig, "router", env=env).redis_url == "redis://cache:6379/1"
+    assert load(ServerConfig, "server", env=env).cluster_token == "s3cret"
+    assert load(AgentConfig, "agent", env=env).cluster_token == "s3cret"
+
+
+def test_unknown_env_variables_are_ignored() -> None:
+    assert load(ServerConfig, "server", env={"DINP_NO_SUCH_KEY": "x"}) == ServerConfig()
+
+
+def test_flags_override_file_and_env(tmp_path: Path) -> None:
+    path = write(tmp_path, SAMPLE)
+    env = {"DINP_DOMAIN": "env.example.com", "DINP_NODE_TIMEOUT": "12.5"}
+    flags = {"domain": "flag.example.com", "node_timeout": None, "reconcile_interval": 0.25}
+
+    server = load(ServerConfig, "server", path=path, env=env, flags=flags)
+
+    assert server.domain == "flag.example.com"
+    assert server.node_timeout == 12.5  # a None flag was not given
+    assert server.reconcile_interval == 0.25
+    assert server.api_listen == "0.0.0.0:7070"
+
+
+def test_flag_values_are_converted_to_the_key_type() -> None:
+    agent = load(AgentConfig, "agent", env={}, flags={"capacity_mb": "1024"})
+    assert agent.capacity_mb == 1024
+
+
+def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DINP_DOMAIN", "from-os.example.com")
+    assert load(ServerConfig, "server").domain == "from-os.example.com"
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\ndomain = "x"\nnode_timout = 3\n')
+
+    with pytest.raises(ConfigError, match="node_timout") as info:
+        load(ServerConfig, "server", path=path, env={})
+    assert "node_timeout" in str(info.value)  # the known keys are listed
+    assert info.value.exit_code == 2
+
+
+def test_key_of_another_role_is_unknown_in_this_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "[router]\ncapacity_mb = 3\n")
+    with pytest.raises(ConfigError, match="capacity_mb"):
+        load(RouterConfig, "router", path=path, env={})
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'node_timeout = "soon"',
+        "node_timeout = true",  # a bool is not a number
+        "node_timeout = [1]",
+    ],
+)
+def test_bad_type_in_file_is_an_error(tmp_path: Path, line: str) -> None:
+    path = write(tmp_path, f"[server]\n{line}\n")
+    with pytest.raises(ConfigError, match="node_timeout"):
+        load(ServerConfig, "server", path=path, env={})
+
+
+def test_bad_type_in_env_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"\$DINP_CAPACITY_MB"):
+        load(AgentConfig, "agent", env={"DINP_CAPACITY_MB": "lots"})
+
+
+def test_bad_type_in_flag_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--node-timeout"):
+        load(ServerConfig, "server", env={}, flags={"node_timeout": "later"})
+
+
+def test_section_that_is_not_a_table_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "server = 3\n")
+    with pytest.raises(ConfigError, match="must be a table"):
+        read_section(path, "server")
+
+
+def test_broken_toml_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_section(path, "server")
+
+
+def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_section(tmp_path / "absent.toml", "server")
+
+
+def test_no_file_means_no_values() -> None:
+    assert read_section(None, "server") == {}
+
+
+def test_explicit_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path, SAMPLE)
+    assert find_config_file(str(path)) == path
+
+
+def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_config_file(str(tmp_path / "absent.toml"))
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, SAMPLE)
+    monkeypatch.setenv("DINP_CONFIG", str(path))
+    assert find_config_file() == path
+
+
+def test_config_file_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DINP_CONFIG", raising=False)
+    write(tmp_path, SAMPLE)
+    monkeypatch.chdir(tmp_path)
+    assert find_config_file() == Path("dinp.toml")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("example.com:80", ("example.com", 80)),
+        ("127.0.0.1:7070", ("127.0.0.1", 7070)),
+        (":8080", ("0.0.0.0", 8080)),
+        ("example.com", ("example.com", 9999)),
+        ("[::1]:8081", ("::1", 8081)),
+        ("[::]:80", ("::", 80)),
+    ],
+)
+def test_split_hostport(value: str, expected: tuple[str, int]) -> None:
+    assert split_hostport(value, default_port=9999) == expected
+
+
+@pytest.mark.parametrize("value", ["example.com:http", "example.com:", "host:80x"])
+def test_split_hostport_rejects_a_bad_port(value: str) -> None:
+    with pytest.raises(ConfigError, match="host:port"):
+        split_hostport(value, default_port=80)
