@@ -87,16 +87,23 @@ def mysql_database() -> Iterator[str]:
         conn.close()
 
 
-def http_get(addr: str, host: str, path: str = "/", timeout: float = 5) -> tuple[int, str]:
+def http_request(addr: str, host: str, path: str = "/",
+                 timeout: float = 5) -> tuple[int, dict[str, str], str]:
     """GET through the router at `addr` (host:port) with a Host header, as a browser would."""
     h, _, p = addr.rpartition(":")
     conn = http.client.HTTPConnection(h, int(p), timeout=timeout)
     try:
         conn.request("GET", path, headers={"Host": host})
         resp = conn.getresponse()
-        return resp.status, resp.read().decode(errors="replace")
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        return resp.status, headers, resp.read().decode(errors="replace")
     finally:
         conn.close()
+
+
+def http_get(addr: str, host: str, path: str = "/", timeout: float = 5) -> tuple[int, str]:
+    status, _, body = http_request(addr, host, path, timeout)
+    return status, body
 
 
 def docker_ids(*labels: str) -> list[str]:

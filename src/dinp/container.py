@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,8 @@ class DockerRuntime:
     def __init__(self, *, node: str, advertise: str, base_url: str = "") -> None:
         self.node = node
         self.advertise = advertise
-        self.base_url = base_url or "the default socket (DOCKER_HOST or /var/run/docker.sock)"
+        self.base_url = (base_url or os.environ.get("DOCKER_HOST")
+                         or "unix:///var/run/docker.sock")
         with self.errors():
             self.client = (docker.DockerClient(base_url=base_url, timeout=60) if base_url
                            else docker.from_env(timeout=60))

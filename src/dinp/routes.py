@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,7 +38,10 @@ class RouteTable:
 
     def resolve(self, host: str) -> tuple[str | None, tuple[str, ...]]:
         """(app, backends) for a request's Host; app is None when nothing is served there."""
-        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if host.startswith("["):  # [IPv6]:port
+            host = host[: host.find("]") + 1]
+        elif host.count(":") == 1:
+            host = host.rsplit(":", 1)[0]
         host = host.lower().rstrip(".")
         target = self.cnames.get(host, host)
         return self.hosts.get(target), self.backends.get(target, ())
@@ -130,28 +134,70 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def read_redis(client: redis.Redis) -> RouteTable:
-    """The whole table from Redis, with SCAN (never KEYS) so a big table never blocks it."""
+def _scan_patterns() -> tuple[str, str]:
+    return const.RS_PREFIX + "*", const.CNAME_PREFIX + "*"
+
+
+def _queue_reads(pipe: Any, rs_keys: list[Any], cname_keys: list[Any]) -> None:
+    """Queue the value reads in one MULTI, so they see one consistent table."""
+    for key in rs_keys:
+        pipe.lrange(key, 0, -1)
+    for key in cname_keys:
+        pipe.get(key)
+    pipe.hgetall(const.HOSTS_KEY)
+    pipe.get(const.ROUTES_REV_KEY)
+
+
+def _assemble(rs_keys: list[Any], cname_keys: list[Any], results: list[Any]) -> RouteTable:
+    """A RouteTable from SCANned keys and the replies of `_queue_reads`."""
     backends: dict[str, tuple[str, ...]] = {}
-    cnames: dict[str, str] = {}
-    for key in client.scan_iter(match=const.RS_PREFIX + "*", count=1000):
-        host = _text(key)[len(const.RS_PREFIX):]
-        backends[host] = tuple(_text(v) for v in client.lrange(key, 0, -1))
-    for key in client.scan_iter(match=const.CNAME_PREFIX + "*", count=1000):
-        value = client.get(key)
-        if value is not None:
-            cnames[_text(key)[len(const.CNAME_PREFIX):]] = _cname_target(_text(value))
-    hosts = {_text(k): _text(v) for k, v in client.hgetall(const.HOSTS_KEY).items()}
+    for key, values in zip(rs_keys, results, strict=False):
+        if values:  # a key deleted between SCAN and MULTI reads as an empty list
+            backends[_text(key)[len(const.RS_PREFIX):]] = tuple(_text(v) for v in values)
+    cnames = {
+        _text(key)[len(const.CNAME_PREFIX):]: _cname_target(_text(value))
+        for key, value in zip(cname_keys, results[len(rs_keys):], strict=False)
+        if value is not None
+    }
+    hosts = {_text(k): _text(v) for k, v in (results[-2] or {}).items()}
     # Tables written by an original DINP server have no hosts hash: every /rs/ key is an app.
     for host in backends:
         hosts.setdefault(host, host.split(".", 1)[0])
-    rev = client.get(const.ROUTES_REV_KEY)
-    return RouteTable(backends=backends, cnames=cnames, hosts=hosts, rev=int(rev or 0))
+    return RouteTable(backends=backends, cnames=cnames, hosts=hosts, rev=int(results[-1] or 0))
+
+
+def read_redis(client: redis.Redis) -> RouteTable:
+    """The whole table from Redis: keys by SCAN (never KEYS), values in one MULTI."""
+    rs_pattern, cname_pattern = _scan_patterns()
+    rs_keys = list(client.scan_iter(match=rs_pattern, count=1000))
+    cname_keys = list(client.scan_iter(match=cname_pattern, count=1000))
+    pipe = client.pipeline(transaction=True)
+    _queue_reads(pipe, rs_keys, cname_keys)
+    return _assemble(rs_keys, cname_keys, pipe.execute())
+
+
+async def read_redis_async(client: aioredis.Redis) -> RouteTable:
+    """`read_redis` for the router's event loop."""
+    rs_pattern, cname_pattern = _scan_patterns()
+    rs_keys = [k async for k in client.scan_iter(match=rs_pattern, count=1000)]
+    cname_keys = [k async for k in client.scan_iter(match=cname_pattern, count=1000)]
+    pipe = client.pipeline(transaction=True)
+    _queue_reads(pipe, rs_keys, cname_keys)
+    return _assemble(rs_keys, cname_keys, await pipe.execute())
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs: any password replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return str(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
 
 
 def redis_error(url: str, exc: Exception) -> Unavailable:
     return Unavailable(
-        f"Redis at {url} is unreachable: {exc}",
+        f"Redis at {redact(url)} is unreachable: {exc}",
         hint="Check that Redis runs and that redis_url (DINP_REDIS_URL) points at it.",
     )
 
@@ -233,28 +279,25 @@ class RedisRouteFollower:
         )
         self.connected = asyncio.Event()
         self.last_loaded = 0.0
+        self._last = RouteTable()
+        self._warned_empty = False
 
     async def load(self) -> RouteTable:
-        client = self.client
-        backends: dict[str, tuple[str, ...]] = {}
-        cnames: dict[str, str] = {}
-        async for key in client.scan_iter(match=const.RS_PREFIX + "*", count=1000):
-            host = _text(key)[len(const.RS_PREFIX):]
-            backends[host] = tuple(_text(v) for v in await client.lrange(key, 0, -1))
-        async for key in client.scan_iter(match=const.CNAME_PREFIX + "*", count=1000):
-            value = await client.get(key)
-            if value is not None:
-                cnames[_text(key)[len(const.CNAME_PREFIX):]] = _cname_target(_text(value))
-        raw_hosts = await client.hgetall(const.HOSTS_KEY)
-        hosts = {_text(k): _text(v) for k, v in raw_hosts.items()}
-        for host in backends:
-            hosts.setdefault(host, host.split(".", 1)[0])
-        rev = await client.get(const.ROUTES_REV_KEY)
-        return RouteTable(backends=backends, cnames=cnames, hosts=hosts, rev=int(rev or 0))
+        return await read_redis_async(self.client)
 
     async def _reload(self) -> None:
         table = await self.load()
         self.last_loaded = asyncio.get_running_loop().time()
+        if not table.rev and not table.hosts and len(self._last):
+            # Redis restarted empty: the server rewrites the table within a reconcile;
+            # until then the last table is better than answering 404 to everything.
+            if not self._warned_empty:
+                log.warning("Redis holds no route table; serving the last one (rev %d) "
+                            "until the server rewrites it", self._last.rev)
+                self._warned_empty = True
+            return
+        self._warned_empty = False
+        self._last = table
         self.on_table(table)
 
     async def run(self) -> None:
@@ -281,7 +324,8 @@ class RedisRouteFollower:
                 raise
             except (redis.RedisError, OSError) as exc:
                 if self.connected.is_set():
-                    log.warning("Redis at %s lost (%s); serving the last table", self.url, exc)
+                    log.warning("Redis at %s lost (%s); serving the last table",
+                                redact(self.url), exc)
                 self.connected.clear()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from tests.e2e.conftest import IMAGE, Cluster
-from tests.support import docker_ids, wait_for
+from tests.support import docker_ids, http_request, wait_for
 
 
 def served_instances(c: Cluster, host: str, requests: int) -> Counter[str]:
@@ -51,7 +51,9 @@ def test_create_spreads_across_nodes_and_serves_through_router(cluster: Cluster)
 
 def test_unknown_host_is_404_and_app_without_instances_is_503(cluster: Cluster) -> None:
     c = cluster
-    assert c.get("nope.apps.test")[0] == 404
+    status, headers, body = http_request(c.router_addr, "nope.apps.test")
+    assert status == 404 and "nope.apps.test" in body
+    assert headers["x-dinp-error"] == "404"  # the router answered, not an app
     c.cli.run("app", "create", "idle", "--image", IMAGE, "--instances", "0", "--memory", "32m")
     wait_for(lambda: c.get("idle.apps.test")[0] == 503, 10, "503 for an app with no instance")
 

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+import uvloop
 from aiohttp import web
 
 from dinp.config import RouterConfig
@@ -62,6 +63,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0)
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every scenario runs on both loops: `dinp router` runs on uvloop when it can."""
+    if request.param == "uvloop":
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield str(request.param)
+    finally:
+        asyncio.set_event_loop_policy(None)
 
 
 @pytest.fixture
@@ -448,6 +460,9 @@ def test_back_pressure_both_ways() -> None:
         assert b.streamed == stalled  # the backend is held, not buffered into the router
         assert stalled < 128 * MB  # socket buffers only
         await client.close()
+        # The client went away: its connection and the backend's are gone, none pooled.
+        assert await eventually(_no_connections(router))
+        assert router.proxy.pool.idle_count() == 0
 
         # Upload of 256 MB to a backend that reads nothing for a second.
         client = await RawClient.open(stack, router)
@@ -469,6 +484,13 @@ def test_back_pressure_both_ways() -> None:
         assert resp.status == 200 and resp.json()["size"] == 256 * MB
 
     run(scenario)
+
+
+def _no_connections(router: Router) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not router.proxy.connections
+
+    return check
 
 
 def test_chunked_request_body() -> None:
@@ -507,6 +529,12 @@ def test_http10_clients() -> None:
         assert resp.status == 200 and resp.json()["path"] == "/one"
         assert resp.headers["connection"] == "close"
         assert await client.at_eof()
+
+        # One that half-closes once its request is sent still gets the answer.
+        client = await RawClient.open(stack, router)
+        await client.send(b"GET /half HTTP/1.0\r\nHost: web.localhost\r\n\r\n")
+        client.writer.write_eof()
+        assert (await client.response()).json()["path"] == "/half"
 
         # HTTP/1.0 asking for keep-alive gets it, as long as the length is known.
         client = await RawClient.open(stack, router)
@@ -555,6 +583,55 @@ def test_keep_alive_and_pipelining() -> None:
         assert (third["path"], third["body"]) == ("/p3", "hello")
         assert (await client.response()).status == 404
         assert (await client.response()).json()["path"] == "/p5"
+
+    run(scenario)
+
+
+def test_stale_pooled_connection_is_retried_only_for_safe_requests() -> None:
+    """A backend may close a kept-alive connection just as the router reuses it. A GET
+    is then sent again on a new connection; a POST is not (it may have been acted on)."""
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        accepted = 0
+
+        async def one_answer_per_connection(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            nonlocal accepted
+            accepted += 1
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                await reader.readuntil(b"\r\n\r\n")  # the next request: hang up on it
+            writer.close()
+
+        backend = await asyncio.start_server(one_answer_per_connection, "127.0.0.1", 0)
+        stack.push_async_callback(backend.wait_closed)
+        stack.callback(backend.close)
+        addr = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
+        router = await start_router(stack, table({"web": [addr]}))
+        http = await session(stack)
+        assert await fetch(http, router, "web.localhost") == (200, "ok")
+        assert await fetch(http, router, "web.localhost") == (200, "ok")
+        assert accepted == 2  # the pooled one, then a new one for the retry
+        url = f"http://127.0.0.1:{router.bound_http_port}/"
+        async with http.post(url, data=b"x", headers={"Host": "web.localhost"}) as resp:
+            assert resp.status == 502
+        assert accepted == 2
+
+    run(scenario)
+
+
+def test_oversized_request_head_431() -> None:
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        router = await start_router(stack, table({"web": []}))
+        client = await RawClient.open(stack, router)
+        await client.send(b"GET / HTTP/1.1\r\nHost: web.localhost\r\nX-Big: ")
+        await client.send(b"a" * 200_000)
+        resp = await client.response()
+        assert resp.status == 431
+        assert await client.at_eof()
 
     run(scenario)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from dinp.config import (
     AgentConfig,
     RouterConfig,
     ServerConfig,
+    UpConfig,
     find_config_file,
     load,
     read_section,
@@ -221,3 +224,14 @@ def test_split_hostport(value: str, expected: tuple[str, int]) -> None:
 def test_split_hostport_rejects_a_bad_port(value: str) -> None:
     with pytest.raises(ConfigError, match="host:port"):
         split_hostport(value, default_port=80)
+
+
+def test_example_config_documents_every_key_and_loads() -> None:
+    """examples/dinp.toml is the reference of every key: it must stay in step."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "dinp.toml"
+    data = tomllib.loads(example.read_text())
+    for cls, section in [(ServerConfig, "server"), (AgentConfig, "agent"),
+                         (RouterConfig, "router"), (UpConfig, "up")]:
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert set(data[section]) == names, section
+        load(cls, section, path=example, env={})

@@ -26,7 +26,7 @@ from dinp import validation
 from dinp.config import AgentConfig
 from dinp.const import API_PREFIX
 from dinp.container import Container, DockerRuntime, StartFailed
-from dinp.errors import ConfigError, DinpError, InvalidInput
+from dinp.errors import ConfigError, DinpError, InvalidInput, Unavailable
 from dinp.health import HealthState, check
 from dinp.roles.lifecycle import run_until_stopped
 from dinp.wire import Assignment, ContainerInfo, Heartbeat, parse_assignments
@@ -72,6 +72,7 @@ class Agent:
         self._session: aiohttp.ClientSession | None = None
         self._containers: list[Container] = []
         self._stopping = threading.Event()
+        self._engine_error = ""
 
     # -- server I/O -------------------------------------------------------------------
 
@@ -289,6 +290,22 @@ class Agent:
             if await self.check_health(only_starting=not full):
                 self._kick.set()
 
+    async def step(self) -> None:
+        """One round: converge, report, converge to the reply. Without the Docker engine
+        there is nothing true to report, so no heartbeat goes out and the node will be
+        seen as down."""
+        try:
+            await self.converge()
+            if await self.send_heartbeat():
+                await self.converge()
+            if self._engine_error:
+                log.info("Docker engine reachable again")
+                self._engine_error = ""
+        except Unavailable as exc:
+            if str(exc) != self._engine_error:
+                log.error("%s; not reporting until it is back", exc)
+                self._engine_error = str(exc)
+
     async def run(self) -> None:
         """Run until cancelled."""
         loop = asyncio.get_running_loop()
@@ -297,14 +314,13 @@ class Agent:
         watcher.start()
         # Adopt what runs: health is known before the first report, so a restarted agent
         # never makes its healthy instances look new.
-        await self.refresh()
-        await self.check_health()
+        with contextlib.suppress(Unavailable):  # step() reports it
+            await self.refresh()
+            await self.check_health()
         tasks = [asyncio.create_task(self.long_poll()), asyncio.create_task(self.health_loop())]
         try:
             while True:
-                await self.converge()
-                await self.send_heartbeat()
-                await self.converge()
+                await self.step()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), self.config.heartbeat_interval)
                 self._kick.clear()

@@ -28,6 +28,8 @@ log = logging.getLogger("dinp.router")
 
 # Request body held for a request that has no backend yet (connecting, or pipelined).
 BUFFER_LIMIT = 256 * 1024
+# A request head (request line and headers) larger than this is refused (431).
+HEAD_LIMIT = 64 * 1024
 # An idle pooled connection older than this is not reused: many servers close theirs sooner.
 IDLE_BACKEND_TTL = 30.0
 # Requests that may be sent again when a pooled connection turns out to be closed.
@@ -197,7 +199,6 @@ class Proxy:
         self.pool = BackendPool(self, max_idle=max_idle_per_backend)
         self.connections: set[ClientConnection] = set()
         self.closing = False
-        self.drained = asyncio.Event()
         self._next: dict[str, int] = {}  # app -> index of its next backend
         self._warned: dict[str, float] = {}
 
@@ -222,8 +223,6 @@ class Proxy:
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
-        if self.closing and not self.connections:
-            self.drained.set()
 
     def warn(self, key: str, message: str, *args: object) -> None:
         """Log a backend problem at most every few seconds per backend: a dead instance
@@ -249,10 +248,13 @@ class ClientConnection(asyncio.Protocol):
         self._cur: Request | None = None  # the request the parser is in
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_size = 0
         self._paused = 0
         self._writing_paused = False
         self._raw = False  # after an upgrade request, the bytes that follow are not HTTP
         self._broken = False  # a parse error after requests that still get their answer
+        self._eof = False  # the client sent all it will send
         self._task: asyncio.Task[None] | None = None
         self._idle_since = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -284,6 +286,12 @@ class ClientConnection(asyncio.Protocol):
             if self._cur is not None:
                 self._feed(self._cur, data)
             return
+        if self._in_head:
+            # llhttp sets no limit on a head; a client that never ends one gets cut off.
+            self._head_size += len(data)
+            if self._head_size > HEAD_LIMIT:
+                self._parse_failed(None)
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -297,9 +305,11 @@ class ClientConnection(asyncio.Protocol):
             self._start_next()
 
     def eof_received(self) -> bool:
-        # A client that half-closes has nothing more to send; answering it is not worth
-        # the bookkeeping of a half-open socket.
-        return False
+        """Some clients half-close right after their request: answer what they asked
+        (keep the socket open for writing), then close."""
+        self._eof = True
+        req = self.active
+        return (req is not None and req.complete) or bool(self.queue and self.queue[0].complete)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -316,6 +326,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._in_head = True
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -324,6 +336,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         p = self.parser
         req = Request(
             p.get_method(), self._url, p.get_http_version(), self._headers,
@@ -384,7 +397,8 @@ class ClientConnection(asyncio.Protocol):
                 return
         self._timer = self.loop.call_later(left, self._check_idle)
 
-    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+    def _parse_failed(self, exc: httptools.HttpParserError | None) -> None:
+        """The bytes from the client are not HTTP (None: a head over HEAD_LIMIT)."""
         if isinstance(exc, httptools.HttpParserCallbackError):
             log.error("router bug while parsing a request", exc_info=exc.__context__ or exc)
         self._pause(_STOPPED)
@@ -396,7 +410,11 @@ class ClientConnection(asyncio.Protocol):
             if cur in self.queue:
                 self.queue.remove(cur)
         if self.active is None and not self.queue:
-            self._write_error(400, "the request is not valid HTTP/1.1", keep=False)
+            if exc is None:
+                self._write_error(431, "the request head is larger than "
+                                  f"{HEAD_LIMIT // 1024} KB", keep=False)
+            else:
+                self._write_error(400, "the request is not valid HTTP/1.1", keep=False)
             self.close()
         else:
             self._broken = True
@@ -501,9 +519,11 @@ class ClientConnection(asyncio.Protocol):
         connection = b"" if keep and not http10 else (
             b"Connection: keep-alive\r\n" if keep else b"Connection: close\r\n")
         self.transport.write(
+            # X-Dinp-Error tells clients (and `--wait`) the router answered, not the app.
             b"HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nCache-Control: no-store\r\n%b\r\n%b"
-            % (status, HTTPStatus(status).phrase.encode(), len(body), connection,
+            b"Content-Length: %d\r\nCache-Control: no-store\r\nX-Dinp-Error: %d\r\n"
+            b"%b\r\n%b"
+            % (status, HTTPStatus(status).phrase.encode(), len(body), status, connection,
                b"" if head_only else body)
         )
 
@@ -516,9 +536,10 @@ class ClientConnection(asyncio.Protocol):
         self._unpause(_BACKEND_FULL)
         if self.closed:
             return
+        no_more = self._broken or self._eof  # only what is parsed already gets answered
         if (
             req.close_after or not req.complete or self._raw or self.proxy.closing
-            or (self._broken and not (self.queue and self.queue[0].complete))
+            or (no_more and not (self.queue and self.queue[0].complete))
         ):
             self.close()
             return
@@ -830,7 +851,7 @@ class BackendConnection(asyncio.Protocol):
         self.abort()
         if req is None or client is None or client.closed:
             return
-        self.proxy.warn(self.addr, "app %s: %s (%s): %d", req.app, message, self.addr, status)
+        self.proxy.warn(self.addr, "%d: %s (instance %s)", status, message, self.addr)
         if self._started:
             client.abort()
         else:
@@ -900,6 +921,9 @@ class BackendPool:
             return
         conn.idle_since = asyncio.get_running_loop().time()
         conns.append(conn)
+
+    def idle_count(self) -> int:
+        return sum(len(conns) for conns in self._idle.values())
 
     def forget(self, conn: BackendConnection) -> None:
         conns = self._idle.get(conn.addr)

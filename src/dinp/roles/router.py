@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -27,7 +26,7 @@ from dinp.config import RouterConfig, split_hostport
 from dinp.errors import Unavailable
 from dinp.roles.lifecycle import run_until_stopped, start_site
 from dinp.roles.proxy_http import Proxy
-from dinp.routes import RedisRouteFollower, RouteTable
+from dinp.routes import RedisRouteFollower, RouteTable, redact
 
 log = logging.getLogger("dinp.router")
 
@@ -110,21 +109,24 @@ class Router:
         """Stop accepting, let requests in flight finish for up to `grace` seconds, then
         cut what is left. Idle keep-alive connections are closed at once."""
         proxy = self.proxy
-        proxy.closing = True
+        proxy.closing = True  # from now on a connection closes after its response
         for server in self._servers:
             server.close()
-        for conn in list(proxy.connections):
-            conn.close_if_idle()
-        if proxy.connections:
-            log.info("waiting up to %g s for %d connection(s) to finish",
-                     grace, len(proxy.connections))
-            try:
-                async with asyncio.timeout(grace):
-                    await proxy.drained.wait()
-            except TimeoutError:
-                pass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while proxy.connections:
+            # Again each round: a connection accepted just before the listener closed
+            # may show up late, and it must not hold the stop up for its idle timeout.
             for conn in list(proxy.connections):
-                conn.abort()
+                conn.close_if_idle()
+            if not proxy.connections or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        if proxy.connections:
+            log.warning("cutting %d connection(s) still busy after %g s",
+                        len(proxy.connections), grace)
+        for conn in list(proxy.connections):
+            conn.abort()
         proxy.pool.close()
         if self._admin is not None:
             await self._admin.cleanup()
@@ -132,18 +134,6 @@ class Router:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
-
-    def force_close(self) -> None:
-        """End close()'s wait for requests in flight now."""
-        self.proxy.drained.set()
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"***@{netloc[2]}"))
 
 
 async def serve(config: RouterConfig) -> None:
@@ -160,7 +150,7 @@ async def serve(config: RouterConfig) -> None:
     follower = RedisRouteFollower(config.redis_url, router.set_table,
                                   resync_interval=config.resync_interval)
     router.follower = follower
-    redis_url = _without_password(config.redis_url)
+    redis_url = redact(config.redis_url)
     follow = asyncio.create_task(follower.run(), name="dinp-route-follower")
     try:
         try:

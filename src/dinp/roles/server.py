@@ -190,8 +190,8 @@ class Server:
             self.snapshot.desired, real, domain=self.config.domain,
             custom_domains={a.name: a.domains for a in self.snapshot.apps.values()},
         )
-        if self.routes_published and table.same_routes(self.routes):
-            return
+        # Published on every round even when unchanged: the store's check is cheap and is
+        # how an emptied Redis (restarted) gets the whole table back.
         # Its own thread: a slow Redis must not hold up the database queue.
         rev = await asyncio.to_thread(self.route_store.publish, table)
         self.routes = routes.RouteTable(backends=table.backends, cnames=table.cnames,
