@@ -97,11 +97,13 @@ class DockerRuntime:
             summaries = self.client.api.containers(all=True, filters=self._filters())
         # The engine filtered by label already; check again so a stray container can
         # never be taken for ours.
-        return [
-            Container.from_summary(s) for s in summaries
-            if (s.get("Labels") or {}).get(const.LABEL_NODE) == self.node
-            and (s.get("Labels") or {}).get(const.LABEL_MANAGED) == "true"
-        ]
+        return [Container.from_summary(s) for s in summaries if self._ours(s.get("Labels"))]
+
+    def _ours(self, labels: dict[str, str] | None) -> bool:
+        """Managed by dinp and labelled for this node: the only containers we touch."""
+        labels = labels or {}
+        return (labels.get(const.LABEL_MANAGED) == "true"
+                and labels.get(const.LABEL_NODE) == self.node)
 
     def start(self, a: Assignment) -> Container:
         """Create and start the container of assignment `a`, pulling its image if needed."""
@@ -148,7 +150,7 @@ class DockerRuntime:
             old = self.client.containers.get(name)
         except docker.errors.NotFound:
             return
-        if old.labels.get(const.LABEL_NODE) == self.node:
+        if self._ours(old.labels):
             old.remove(force=True)
 
     def stop(self, container: Container, *, timeout: float) -> None:
@@ -156,7 +158,7 @@ class DockerRuntime:
         with self.errors():
             try:
                 c = self.client.containers.get(container.id)
-                if c.labels.get(const.LABEL_NODE) != self.node:
+                if not self._ours(c.labels):
                     return
                 if c.status == "running":
                     c.stop(timeout=int(timeout))

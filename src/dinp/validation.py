@@ -34,6 +34,8 @@ MAX_MEMORY_MB = 64 * 1024
 MAX_INSTANCES = 100
 MAX_ENV_VARS = 200
 MAX_ENV_VALUE = 32 * 1024
+# All of an app's env together: it is stored in one TEXT column (64 KiB on MySQL).
+MAX_ENV_TOTAL = 60 * 1024
 
 
 def app_name(value: object) -> str:
@@ -134,6 +136,9 @@ def env(value: object) -> dict[str, str]:
         if len(v) > MAX_ENV_VALUE or "\x00" in v:
             raise InvalidInput("env", f"the value of {k} is too long or contains NUL")
         out[k] = v
+    if sum(len(k) + len(v.encode()) for k, v in out.items()) > MAX_ENV_TOTAL:
+        raise InvalidInput("env", f"the variables are too large together (at most "
+                           f"{MAX_ENV_TOTAL // 1024} KiB)")
     return out
 
 

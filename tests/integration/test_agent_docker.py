@@ -208,10 +208,8 @@ def _half_labelled(docker_client: docker.DockerClient, node_name: str,
 # DockerRuntime.stop() and _remove_by_name() check only io.dinp.node, not
 # io.dinp.managed=true, so a container someone else labelled with the node name is
 # removed. The design: agents never touch containers without the dinp labels.
-UNMANAGED_BUG = "container.py: stop()/_remove_by_name() ignore the io.dinp.managed label"
 
 
-@pytest.mark.xfail(reason=UNMANAGED_BUG, strict=True)
 def test_stop_refuses_a_container_without_the_managed_label(
     runtime: DockerRuntime, docker_client: docker.DockerClient, node_name: str
 ) -> None:
@@ -221,7 +219,6 @@ def test_stop_refuses_a_container_without_the_managed_label(
     assert running(docker_client, half.id)
 
 
-@pytest.mark.xfail(reason=UNMANAGED_BUG, strict=True)
 def test_start_never_removes_an_unmanaged_container_of_the_same_name(
     runtime: DockerRuntime, docker_client: docker.DockerClient, node_name: str
 ) -> None:

@@ -441,6 +441,13 @@ def test_long_poll_times_out_with_unchanged_assignment(sqlite_url: str, redis_ur
         status, reply = await api.call(
             "GET", f"/nodes/{NODE}/assignments?wait=soon", token=CLUSTER)
         assert status == 400 and reply["field"] == "wait"
+        # Odd numbers never hold a request open: they mean "answer now".
+        for wait in ("nan", "-5"):
+            t0 = time.monotonic()
+            status, reply = await asyncio.wait_for(api.call(
+                "GET", f"/nodes/{NODE}/assignments?rev={first['rev']}&wait={wait}",
+                token=CLUSTER), 5)
+            assert status == 200 and time.monotonic() - t0 < 1.0, wait
 
     run(sqlite_url, redis_url, body)
 
@@ -490,18 +497,12 @@ def test_reconcile_on_mariadb(mysql_url: str, redis_url: str,
     run(mysql_url, redis_url, body)
 
 
-# Server.publish_routes (src/dinp/roles/server.py) returns early when the computed table
-# equals the one it last published, so RedisRouteStore.publish (which notices a missing
-# revision key and rewrites everything) is never called: after Redis restarts empty, the
-# route table stays empty until some route changes. The design: "the server rewrites the
-# whole table ... whenever it finds Redis empty (after a Redis restart)".
-REDIS_RESTART_BUG = "server.py publish_routes skips publishing an unchanged table"
-
-
-@pytest.mark.xfail(reason=REDIS_RESTART_BUG, strict=True)
 def test_routes_are_rebuilt_after_redis_restarts_empty(
     sqlite_url: str, redis_server: RedisServer
 ) -> None:
+    """Redis holds nothing that cannot be rebuilt: after a restart (empty), the next
+    reconcile writes the whole table again though no route changed."""
+
     async def body(api: Api) -> None:
         await api.heartbeat()
         assert (await api.call("POST", "/apps", body=GOOD))[0] == 201
@@ -522,3 +523,22 @@ def test_routes_are_rebuilt_after_redis_restarts_empty(
             assert client.hgetall("dinp:hosts") == {"web.localhost": "web"}
 
     run(sqlite_url, redis_server.url, body)
+
+
+# apps.env_json is a TEXT column (64 KB on MariaDB): an env larger than that must be
+# refused as input (400 naming "env"), never fail in the database with a 500.
+
+
+def test_big_env_is_stored_or_refused_clearly_on_mariadb(mysql_url: str, redis_url: str) -> None:
+    env = {f"VAR_{i}": "x" * 30_000 for i in range(3)}  # 90 KB, each value within limits
+
+    async def body(api: Api) -> None:
+        status, reply = await api.call("POST", "/apps", body={**GOOD, "env": env})
+        assert status in (201, 400), (status, reply)
+        if status == 400:
+            assert reply["field"] == "env"
+            assert api.store.snapshot().apps == {}
+        else:
+            assert (await api.call("GET", "/apps/web"))[1]["env"] == env
+
+    run(mysql_url, redis_url, body)

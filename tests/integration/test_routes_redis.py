@@ -13,7 +13,7 @@ import redis
 from dinp.errors import Unavailable
 from dinp.routes import RedisRouteFollower, RedisRouteStore, RouteTable, read_redis
 
-from .conftest import RedisServer
+from .conftest import RedisServer, free_port
 
 TABLE = RouteTable(
     backends={"web.localhost": ("127.0.0.2:31001", "127.0.0.3:31002"),
@@ -204,6 +204,18 @@ def test_redis_down_is_unavailable_then_rebuilt_after_restart(
         assert_in_redis(client, changed)
 
 
+def test_unavailable_message_hides_the_redis_password() -> None:
+    port = free_port()
+    store = RedisRouteStore(f"redis://:s3cret-pw@127.0.0.1:{port}/0")
+    try:
+        with pytest.raises(Unavailable) as info:
+            store.publish(TABLE)
+    finally:
+        store.client.close()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "s3cret-pw" not in str(info.value)
+
+
 # -- the router's side: RedisRouteFollower --------------------------------------------------
 
 def test_follower_loads_follows_and_survives_redis_restart(
@@ -252,8 +264,13 @@ def test_follower_loads_follows_and_survives_redis_restart(
                 assert len(tables) == count
                 assert tables[-1].same_routes(changed)
 
-                # Redis is back (empty) and the server rebuilds it: the follower reloads.
+                # Redis is back, empty: the follower reconnects but keeps serving the last
+                # table rather than an empty one until the server rebuilds it ...
                 await asyncio.to_thread(redis_server.start)
+                await asyncio.wait_for(follower.connected.wait(), 10)
+                await asyncio.sleep(0.3)
+                assert len(tables) == count and tables[-1].same_routes(changed)
+                # ... and takes the rebuilt table as soon as it is written.
                 again = RouteTable(backends={"web.localhost": ("127.0.0.7:7",)},
                                    hosts={"web.localhost": "web"})
                 await asyncio.to_thread(route_store.publish, again)
@@ -262,6 +279,7 @@ def test_follower_loads_follows_and_survives_redis_restart(
                     await asyncio.sleep(0.05)
                 assert tables[-1].same_routes(again)
                 assert follower.connected.is_set()
+                assert all(len(t) for t in tables)  # never handed an empty table
             finally:
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):

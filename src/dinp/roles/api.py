@@ -215,7 +215,7 @@ async def assignments(request: web.Request) -> web.Response:
     server = srv(request)
     node = validation.node_name(request.match_info["node"])
     try:
-        wait = min(float(request.query.get("wait", "0")), MAX_LONG_POLL)
+        wait = max(0.0, min(float(request.query.get("wait", "0")), MAX_LONG_POLL))  # NaN -> 0
     except ValueError as exc:
         raise InvalidInput("wait", "expected seconds") from exc
     reply = await server.wait_assignment(node, request.query.get("rev", ""), wait)
