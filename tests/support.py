@@ -141,7 +141,8 @@ class Proc:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def stop(self, timeout: float = 15) -> None:
+    def stop(self, timeout: float = 15) -> bool:
+        """SIGTERM; True if the process exited by itself, False if it had to be killed."""
         if self.alive():
             assert self.popen is not None
             self.popen.send_signal(signal.SIGTERM)
@@ -149,6 +150,8 @@ class Proc:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+                return False
+        return True
 
     def kill(self) -> None:
         if self.alive():

@@ -60,8 +60,22 @@ class RouterConfig:
     admin_listen: str = "127.0.0.1:8081"
     redis_url: str = "redis://127.0.0.1:6379/0"
     resync_interval: float = 30.0
+    # Worker processes sharing http_listen (SO_REUSEPORT); 0: one per core.
+    workers: int = 0
     connect_timeout: float = 3.0
+    # Longest wait on an instance that owes an answer (504 after it).
     backend_timeout: float = 60.0
+    # An idle keep-alive client, or one that stops sending or reading, is cut after this.
+    client_timeout: float = 60.0
+    # A request head must arrive whole within this (408 after it).
+    header_timeout: float = 10.0
+    max_header_size: int = 65536  # bytes of request line and headers (431 beyond)
+    max_request_line: int = 8192  # bytes of URL (414 beyond)
+    # An instance that failed (connect, reset, timeout) is skipped for this long; 0: never.
+    fail_timeout: float = 5.0
+    max_idle_per_backend: int = 512  # pooled keep-alive connections per instance
+    # Access log: empty for none, "-" for stdout, else a file (appended to).
+    access_log: str = ""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,6 +91,45 @@ class UpConfig:
     redis_url: str = ""
     node_name: str = "local"
     capacity_mb: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    """`dinp build`: where images go, what they start from, how much an archive may hold."""
+
+    # Images are tagged and pushed as <registry>/<app>:<version>.
+    registry: str = "127.0.0.1:5000"
+    push: bool = True
+    docker_host: str = ""
+    # Where a build unpacks its archive (its own subdirectory, removed afterwards).
+    tmp_dir: str = ""
+    # An archive that expands past either limit is refused while it is being read.
+    max_unpacked_mb: int = 1024
+    max_files: int = 20000
+    # Base image of each type; empty: <registry>/dinp/<type>:<debian_suite>, the image
+    # `dinp build base-images` makes.
+    base_war: str = ""
+    base_binary: str = ""
+    base_python: str = ""
+    base_node: str = ""
+    base_php: str = ""
+    base_static: str = ""
+    # What `dinp build base-images` makes its Debian root from.
+    debian_suite: str = "bookworm"
+    debian_mirror: str = "http://deb.debian.org/debian"
+    # For python apps that bring a requirements.txt instead of vendored libraries.
+    pip_index_url: str = ""
+    # A CA bundle (PEM) pip trusts during such builds, e.g. behind a TLS-inspecting proxy.
+    pip_ca_bundle: str = ""
+
+    def base_image(self, app_type: str) -> str:
+        """The image an app of `app_type` is built FROM."""
+        configured: str = getattr(self, f"base_{app_type}", "")
+        return configured or self.default_base_image(app_type)
+
+    def default_base_image(self, app_type: str) -> str:
+        """The name `dinp build base-images` gives the base image of `app_type`."""
+        return f"{self.registry}/dinp/{app_type}:{self.debian_suite}"
 
 
 C = TypeVar("C")

@@ -55,3 +55,11 @@ class Timeout(DinpError):
 
 class ConfigError(DinpError):
     exit_code = 2
+
+
+class BuildFailed(DinpError):
+    """`dinp build` could not make or push the image: a Dockerfile step failed, a base
+    image is missing, the registry refused the push. The message names the failing step
+    and ends with its last lines of output."""
+
+    exit_code = 8

@@ -117,7 +117,7 @@ def test_killed_container_is_replaced_and_rerouted(cluster: Cluster) -> None:
 def test_server_restart_recreates_nothing_and_traffic_continues(cluster: Cluster) -> None:
     c = cluster
     before = docker_ids("io.dinp.app=web")
-    c.server.stop()
+    assert c.server.stop(), "the server must exit by itself on SIGTERM"
     assert c.get("web.apps.test")[0] == 200  # the router keeps its table
     c.server.start()
     wait_for(lambda: c.cli.run("app", "show", "web", check=False).returncode == 0, 20,

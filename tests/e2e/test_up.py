@@ -96,7 +96,7 @@ def test_scale_and_restart_keep_containers(up: Up) -> None:
     wait_for(lambda: len(docker_ids(f"io.dinp.node={up.node}")) == 1, 20,
              "scale down to one container")
     before = docker_ids(f"io.dinp.node={up.node}")
-    up.proc.stop()
+    assert up.proc.stop(), "dinp up must exit by itself on SIGTERM"
     assert docker_ids(f"io.dinp.node={up.node}") == before  # stopping dinp keeps apps running
     up.proc.start()
     wait_for(lambda: up.get("hello.localhost")[0] == 200, 30, "serving after restart")

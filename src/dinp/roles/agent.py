@@ -261,6 +261,13 @@ class Agent:
             log.error("cannot stop %s: %s", c.name, exc)
         self.state.unassigned_since.pop(c.instance, None)
 
+    def _kick_after_event(self) -> None:
+        """Wake now, and again shortly: the engine sends `die` a moment before its
+        container list shows the container as exited."""
+        self._kick.set()
+        for delay in (0.05, 0.2, 0.5):
+            self._kick_later(delay)
+
     def _kick_later(self, delay: float) -> None:
         asyncio.get_running_loop().call_later(max(0.05, delay), self._kick.set)
 
@@ -271,8 +278,10 @@ class Agent:
         while not self._stopping.is_set():
             try:
                 for event in self.runtime.events():
+                    log.debug("engine event %s %s", event.get("status"),
+                              event.get("Actor", {}).get("Attributes", {}).get("name"))
                     if event.get("status") in {"die", "start", "destroy", "oom"}:
-                        loop.call_soon_threadsafe(self._kick.set)
+                        loop.call_soon_threadsafe(self._kick_after_event)
             except Exception as exc:  # the stream breaks when the engine restarts
                 if self._stopping.is_set():
                     return

@@ -82,6 +82,7 @@ async def serve(conf: UpConfig) -> None:
                  api_url, conf.domain, conf.http_port, path)
         await run_until_stopped(server.run(), agent.run())
     finally:
+        server.release_waiters()
         await router.close()
         await runner.cleanup()
         server.close()

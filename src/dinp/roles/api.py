@@ -293,5 +293,6 @@ async def serve(config: ServerConfig) -> None:
     try:
         await run_until_stopped(server.run())
     finally:
+        server.release_waiters()
         await runner.cleanup()
         server.close()

@@ -54,7 +54,8 @@ async def run_until_stopped(*tasks: Awaitable[object]) -> None:
 
 
 async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Requests still open after 5 s of shutdown are cut: nothing here is worth waiting for.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True).start()

@@ -1,13 +1,18 @@
-"""The router's data path: HTTP/1.1 reverse proxying on raw asyncio protocols + httptools.
+"""The router's data path: HTTP/1.x reverse proxying on raw asyncio protocols + httptools.
 
 Why not aiohttp here: every request of every app crosses the router, so bytes go from one
-transport to the other inside protocol callbacks, with no task and no queue per chunk; a
-task exists only while a new backend connection is being opened.
+transport to the other inside protocol callbacks. In the steady state (a keep-alive client,
+a pooled backend connection) a request makes no task, no future and no timer: it is parsed,
+its head rewritten (mostly from pre-encoded pieces: the X-Forwarded-* lines are computed
+once per connection and per Host), written to the backend in one call, and its response
+goes back in one `writelines` per read (proxy_client.py). Timeouts are checked by one tick
+per worker over all connections, and metrics are a dict update and a bisect
+(proxy_metrics.py). A task exists only while a new backend connection is being opened.
 
 A ClientConnection answers its requests one at a time and in order: pipelined requests
-wait, already parsed, while reading from the client is paused. Each request borrows one
-BackendConnection from the BackendPool. The two protocols stream bodies to each other and
-pause the other side's reading while their own write buffer is full, so memory per
+wait, already parsed, and reading from the client pauses when too many wait or their
+bodies fill BUFFER_LIMIT. Each request borrows one BackendConnection from the pool. The two
+protocols pause each other's reading while their own write buffer is full, so memory per
 connection stays bounded whatever the body size.
 """
 
@@ -16,44 +21,80 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import os
+import time
 from collections import deque
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
 
 import httptools
 
+from dinp.roles.proxy_client import (
+    BackendConnection,
+    BackendPool,
+    Stop,
+    connection_tokens,
+)
+from dinp.roles.proxy_metrics import CONNECT, AccessLog, AppStats, Snapshot
 from dinp.routes import RouteTable
 
 log = logging.getLogger("dinp.router")
 
 # Request body held for a request that has no backend yet (connecting, or pipelined).
 BUFFER_LIMIT = 256 * 1024
-# A request head (request line and headers) larger than this is refused (431).
-HEAD_LIMIT = 64 * 1024
-# An idle pooled connection older than this is not reused: many servers close theirs sooner.
-IDLE_BACKEND_TTL = 30.0
+# Parsed requests waiting behind the one being answered before reading pauses.
+PIPELINE_LIMIT = 16
+# Hosts whose resolution is cached (the cache is emptied with each new table).
+ROUTE_CACHE = 4096
+# How long a connection closed after an error keeps reading what the client still sends,
+# so that closing it does not reset the connection before the client reads the answer.
+LINGER = 2.0
 # Requests that may be sent again when a pooled connection turns out to be closed.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
-# Hop-by-hop headers (RFC 9110 7.6.1) plus the X-Forwarded-* ones the router sets itself.
-_REQUEST_DROP = frozenset({
-    b"connection", b"keep-alive", b"te", b"trailer",
-    b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
-})
-_RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"})
+_clock = time.perf_counter
+
+# Request headers the router handles itself; any other passes through as it came.
+(_DROP, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _XFF, _UPGRADE,
+ _REQUEST_ID, _REFERER, _USER_AGENT) = range(10)
+_REQUEST_SPECIAL = {
+    b"host": _HOST, b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING, b"connection": _CONNECTION,
+    b"x-forwarded-for": _XFF, b"upgrade": _UPGRADE, b"x-request-id": _REQUEST_ID,
+    # Hop-by-hop (RFC 9110 7.6.1), and the X-Forwarded-* headers the router sets itself.
+    b"keep-alive": _DROP, b"te": _DROP, b"trailer": _DROP, b"proxy-connection": _DROP,
+    b"x-forwarded-proto": _DROP, b"x-forwarded-host": _DROP, b"x-forwarded-port": _DROP,
+}
+# With an access log, two more are noted on the way (and still passed on).
+_REQUEST_SPECIAL_LOGGED = {**_REQUEST_SPECIAL, b"referer": _REFERER,
+                           b"user-agent": _USER_AGENT}
 
 # Why reading from a client is paused (a bit set: reading resumes when it is empty).
-_PIPELINE = 1  # a complete request waits for its response
+_PIPELINE = 1  # PIPELINE_LIMIT requests wait for their responses
 _BACKEND_FULL = 2  # the backend's write buffer is full
 _BUFFER_FULL = 4  # BUFFER_LIMIT reached before a backend was attached
 _STOPPED = 8  # the stream cannot be parsed any further
 
-# How a response body is framed towards the client.
-_NONE, _LENGTH, _CHUNKED, _EOF = range(4)
 
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """The limits and timeouts of one router (see RouterConfig for their meaning)."""
 
-class _Stop(Exception):
-    """Raised from a parser callback to stop parsing on purpose."""
+    connect_timeout: float = 3.0
+    backend_timeout: float = 60.0
+    client_timeout: float = 60.0
+    header_timeout: float = 10.0
+    max_header_size: int = 64 * 1024
+    max_request_line: int = 8 * 1024
+    fail_timeout: float = 5.0
+    max_idle_per_backend: int = 512
+
+    @property
+    def tick(self) -> float:
+        """How often timeouts are checked: often enough to be a fraction of the shortest."""
+        shortest = min(self.backend_timeout, self.client_timeout, self.header_timeout)
+        return min(1.0, max(0.02, shortest / 5))
 
 
 def error_page(status: int, message: str) -> bytes:
@@ -71,7 +112,8 @@ def hostname(host: str) -> str:
     return (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).lower().rstrip(".")
 
 
-def _host_port(host: bytes) -> bytes:
+def host_port(host: bytes) -> bytes:
+    """The port a Host header names, or 80."""
     if host.startswith(b"["):  # IPv6 literal
         rest = host.partition(b"]")[2]
         return rest[1:] if rest[:1] == b":" and rest[1:].isdigit() else b"80"
@@ -79,158 +121,301 @@ def _host_port(host: bytes) -> bytes:
     return port if sep and port.isdigit() else b"80"
 
 
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
-    """Header names listed in Connection: hop-by-hop too, by the sender's choice."""
-    return {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-    }
+class AppState:
+    """What the router keeps per app across tables: its round robin and its counters."""
+
+    __slots__ = ("next", "stats")
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.stats = AppStats()
 
 
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
+class Route:
+    """What a Host value resolves to in the current table, computed once per table."""
+
+    __slots__ = ("app", "backends", "forwarded", "name", "state")
+
+    def __init__(self, app: str | None, backends: tuple[str, ...], forwarded: bytes,
+                 name: str, state: AppState) -> None:
+        self.app = app  # None: no app is served there
+        self.backends = backends
+        self.forwarded = forwarded  # the X-Forwarded-Host and -Port lines
+        self.name = name  # the host as a person would write it
+        self.state = state
 
 
 class Request:
     """One client request: its head as sent to the backend, and its body in transit."""
 
     __slots__ = (
-        "app", "backend", "chunked", "close_after", "complete", "done", "has_body", "head",
-        "host", "http10", "index", "keep_alive", "method", "order", "pending",
-        "pending_size", "sink", "upgrade",
+        "agent", "backend", "chunked", "close_after", "complete", "done", "error",
+        "has_body", "head", "host", "http10", "index", "keep_alive", "method", "pending",
+        "pending_size", "referer", "request_id", "retryable", "route", "sent", "sink",
+        "start", "status", "upgrade", "url",
     )
 
-    def __init__(
-        self,
-        method: bytes,
-        url: bytes,
-        version: str,
-        headers: list[tuple[bytes, bytes]],
-        *,
-        peer: str,
-        keep_alive: bool,
-        upgrade: bool,
-    ) -> None:
-        self.method = method
-        self.http10 = version in ("1.0", "0.9")
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
+    def __init__(self, conn: ClientConnection, url: bytes,
+                 headers: list[tuple[bytes, bytes]]) -> None:
+        parser = conn.parser
+        proxy = conn.proxy
+        self.start = _clock()
+        self.method = method = parser.get_method()
+        self.url = url
+        self.http10 = parser.get_http_version() != "1.1"
+        self.keep_alive = parser.should_keep_alive()
+        self.upgrade = upgrade = parser.should_upgrade()
         self.complete = False  # the whole request has been parsed
         self.done = False  # its response has been given
         self.close_after = False
-        self.pending: list[bytes] = []
+        self.error: str | None = None  # why it is a bad request (400)
+        self.pending: list[bytes] | None = None  # body waiting for a backend
         self.pending_size = 0
         self.sink: asyncio.Transport | None = None  # the backend's, once attached
         self.backend: BackendConnection | None = None
-        self.app = ""
-        self.order: tuple[str, ...] = ()
-        self.index = 0
-        self.head, self.host, self.chunked, self.has_body = self._forwarded_head(
-            url, headers, peer.encode()
-        )
+        self.index = 0  # of the backend in route.backends
+        self.status = 0
+        self.sent = 0  # response body bytes
+        self.referer: bytes | None = None
+        self.agent: bytes | None = None
 
-    def _forwarded_head(
-        self, url: bytes, headers: list[tuple[bytes, bytes]], peer: bytes
-    ) -> tuple[bytes, str | None, bool, bool]:
-        """The head sent to the backend: HTTP/1.1, hop-by-hop headers removed, the
-        X-Forwarded-* headers set. Host and Content-Length always pass through."""
-        tokens = _connection_tokens(headers)
-        out = [self.method, b" ", url, b" HTTP/1.1\r\n"]
+        # The head for the backend: HTTP/1.1, hop-by-hop headers removed, X-Forwarded-*
+        # and X-Request-Id set. Host and Content-Length pass through.
+        special = proxy.special
+        out = [method, b" ", url, b" HTTP/1.1\r\n"]
         host: bytes | None = None
         xff: bytes | None = None
+        request_id: bytes | None = None
         upgrade_to = b""
         chunked = has_body = False
+        drop: set[bytes] | None = None
         for name, value in headers:
             lname = name.lower()
-            if lname == b"host":
+            kind = special.get(lname)
+            if kind is None:
+                if not lname.startswith(b"proxy-"):
+                    out += (name, b": ", value, b"\r\n")
+                continue
+            if kind == _HOST:
                 if host is not None:
-                    continue
+                    self.error = "the request has more than one Host header"
                 host = value
-            elif lname == b"content-length":
+            elif kind == _CONTENT_LENGTH:
                 has_body = value.strip() != b"0"
-            elif lname == b"transfer-encoding":
+            elif kind == _TRANSFER_ENCODING:
                 chunked = has_body = True
                 continue  # re-framed below: the body is decoded and chunked again
-            elif lname == b"x-forwarded-for":
+            elif kind == _CONNECTION:
+                tokens = connection_tokens(value)
+                if tokens:
+                    drop = tokens if drop is None else drop | tokens
+                continue
+            elif kind == _XFF:
                 xff = value if xff is None else xff + b", " + value
                 continue
-            elif lname == b"upgrade":
+            elif kind == _UPGRADE:
                 upgrade_to = value
                 continue
-            elif lname in _REQUEST_DROP or lname.startswith(b"proxy-") or lname in tokens:
+            elif kind == _REQUEST_ID:
+                request_id = value
+            elif kind == _REFERER:
+                self.referer = value
+            elif kind == _USER_AGENT:
+                self.agent = value
+            else:  # _DROP
                 continue
             out += (name, b": ", value, b"\r\n")
-        if self.upgrade:
+        if drop is not None:  # rare: the headers the client's Connection header names go
+            drop.add(b"connection")  # and the Connection header itself, or this repeats
+            Request.__init__(self, conn, url,
+                             [(n, v) for n, v in headers if n.lower() not in drop])
+            return
+        self.host = host
+        self.route = route = proxy.route(host)
+        self.chunked = chunked
+        self.has_body = has_body
+        self.retryable = method in IDEMPOTENT and not has_body
+        if upgrade:
             out += (b"Connection: upgrade\r\nUpgrade: ", upgrade_to, b"\r\n")
         if chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
-        out += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n")
-        out.append(b"X-Forwarded-Proto: http\r\n")
-        if host is not None:
-            out += (b"X-Forwarded-Host: ", host, b"\r\nX-Forwarded-Port: ", _host_port(host),
-                    b"\r\n")
-        out.append(b"\r\n")
-        return b"".join(out), None if host is None else host.decode("latin-1"), chunked, has_body
-
-    @property
-    def retryable(self) -> bool:
-        """Safe to send again: no body, and a method that changes nothing."""
-        return self.method in IDEMPOTENT and not self.has_body and self.complete
+        if xff is None:
+            out.append(conn.forwarded)  # X-Forwarded-For and -Proto
+        else:
+            out += (b"X-Forwarded-For: ", xff, b", ", conn.peer,
+                    b"\r\nX-Forwarded-Proto: http\r\n")
+        out.append(route.forwarded)
+        if request_id is None:
+            request_id = proxy.request_id()
+            out += (b"X-Request-Id: ", request_id, b"\r\n\r\n")
+        else:
+            out.append(b"\r\n")
+        self.request_id = request_id
+        self.head = b"".join(out)
 
 
 class Proxy:
-    """What every connection of one router shares: the table, the pool, the counters."""
+    """What every connection of one router worker shares: the table, the pool, the
+    counters, and the tick that checks timeouts."""
 
-    def __init__(
-        self,
-        *,
-        connect_timeout: float,
-        backend_timeout: float,
-        keepalive_timeout: float,
-        max_idle_per_backend: int,
-    ) -> None:
+    def __init__(self, settings: Settings, *, access_log: AccessLog | None = None) -> None:
+        self.settings = settings
+        self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
         self.table = RouteTable()
-        self.connect_timeout = connect_timeout
-        self.backend_timeout = backend_timeout
-        self.keepalive_timeout = keepalive_timeout
-        self.pool = BackendPool(self, max_idle=max_idle_per_backend)
+        self.table_time = time.monotonic()
+        self.routes: dict[bytes | None, Route] = {}
+        self.apps: dict[str, AppState] = {}
+        self.no_app = AppState()  # requests that matched no app
+        self.down: dict[str, float] = {}  # backend -> until when it is skipped
+        self.pool = BackendPool(self, max_idle=settings.max_idle_per_backend)
         self.connections: set[ClientConnection] = set()
         self.closing = False
-        self._next: dict[str, int] = {}  # app -> index of its next backend
+        self.access_log = access_log
+        self.special = _REQUEST_SPECIAL_LOGGED if access_log else _REQUEST_SPECIAL
+        self._request_prefix = os.urandom(8).hex().encode() + b"-"
+        self._request_count = 0
         self._warned: dict[str, float] = {}
+        self._tick: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Bind to the running loop and start the tick (idempotent)."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        if self._tick is None:
+            self._tick = self.loop.call_later(self.settings.tick, self._on_tick)
+
+    def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        if self.access_log is not None:
+            self.access_log.flush()
+
+    # --- routing ---
 
     def set_table(self, table: RouteTable) -> None:
         """Swap the snapshot; requests in flight keep the backend they already have."""
+        if not table.same_routes(self.table):
+            addrs = {a for backends in table.backends.values() for a in backends}
+            self.pool.retain(addrs)
+            self.down = {a: t for a, t in self.down.items() if a in addrs}
         self.table = table
-        if self._next:
-            apps = set(table.hosts.values())
-            self._next = {a: i for a, i in self._next.items() if a in apps}
+        self.table_time = time.monotonic()
+        self.routes = {}
 
-    def rotation(self, app: str, backends: tuple[str, ...]) -> tuple[str, ...]:
-        """The app's backends in the order to try them: round robin, then the others."""
+    def route(self, host: bytes | None) -> Route:
+        """Where requests for this Host go (cached for the current table)."""
+        route = self.routes.get(host)
+        if route is not None:
+            return route
+        if host is None:
+            route = Route(None, (), b"", "", self.no_app)
+        else:
+            text = host.decode("latin-1")
+            app, backends = self.table.resolve(text)
+            if app is None:
+                state = self.no_app
+            else:
+                state = self.apps.get(app) or self.apps.setdefault(app, AppState())
+            forwarded = (b"X-Forwarded-Host: " + host + b"\r\nX-Forwarded-Port: "
+                         + host_port(host) + b"\r\n")
+            route = Route(app, backends, forwarded, hostname(text), state)
+        if len(self.routes) >= ROUTE_CACHE:
+            self.routes = {}
+        self.routes[host] = route
+        return route
+
+    def pick(self, route: Route) -> int:
+        """The index of the backend for the next request: round robin over the app's
+        backends, skipping those that failed within fail_timeout (unless all did)."""
+        backends = route.backends
         n = len(backends)
         if n == 1:
-            return backends
-        i = self._next.get(app, 0) % n
-        self._next[app] = i + 1
-        return backends[i:] + backends[:i]
+            return 0
+        state = route.state
+        i = state.next % n
+        state.next = i + 1
+        down = self.down
+        if down:
+            now = self.loop.time()
+            for k in range(n):
+                j = (i + k) % n
+                if down.get(backends[j], 0.0) <= now:
+                    return j
+        return i
+
+    def is_down(self, addr: str) -> bool:
+        return bool(self.down) and self.down.get(addr, 0.0) > self.loop.time()
+
+    def backend_failed(self, addr: str, kind: str, req: Request, why: str) -> None:
+        """Count a failed exchange and skip the backend for fail_timeout (passive health)."""
+        req.route.state.stats.error(kind)
+        if self.settings.fail_timeout > 0:
+            self.down[addr] = self.loop.time() + self.settings.fail_timeout
+        self.warn(addr, "app %s: instance %s: %s", req.route.app, addr, why)
+
+    def backend_ok(self, addr: str) -> None:
+        self.down.pop(addr, None)
+
+    def request_id(self) -> bytes:
+        """A new X-Request-Id: this worker's random prefix and a counter."""
+        self._request_count += 1
+        return b"%s%x" % (self._request_prefix, self._request_count)
+
+    # --- connections ---
 
     def protocol(self) -> ClientConnection:
         return ClientConnection(self)
 
-    def connection_closed(self, conn: ClientConnection) -> None:
-        self.connections.discard(conn)
+    def record(self, conn: ClientConnection, req: Request, backend: str) -> None:
+        """Count a response given (and log it, with an access log)."""
+        seconds = _clock() - req.start
+        req.route.state.stats.record(req.status, seconds)
+        if self.access_log is not None:
+            self.access_log.write(
+                peer=conn.peer, method=req.method, url=req.url, http10=req.http10,
+                status=req.status, size=req.sent, referer=req.referer, agent=req.agent,
+                host=req.host, app=req.route.app or "", backend=backend, seconds=seconds,
+                request_id=req.request_id,
+            )
 
     def warn(self, key: str, message: str, *args: object) -> None:
         """Log a backend problem at most every few seconds per backend: a dead instance
         under load must not flood the log."""
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         if now - self._warned.get(key, -1e9) >= 5.0:
             self._warned[key] = now
             log.warning(message, *args)
+
+    def _on_tick(self) -> None:
+        now = self.loop.time()
+        try:
+            for conn in list(self.connections):
+                conn.check(now)
+            self.pool.prune(now)
+            if self.access_log is not None:
+                self.access_log.flush()
+        finally:
+            self._tick = self.loop.call_later(self.settings.tick, self._on_tick)
+
+    def snapshot(self) -> Snapshot:
+        apps = {app: state.stats.snapshot() for app, state in self.apps.items()}
+        if self.no_app.stats.codes:
+            apps[""] = self.no_app.stats.snapshot()
+        now = self.loop.time() if self.loop is not None else 0.0
+        table = self.table
+        return {
+            "apps": apps,
+            "connections": len(self.connections),
+            "idle_backends": self.pool.idle_count(),
+            "backends_down": sum(1 for t in self.down.values() if t > now),
+            "routes": len(table),
+            "backends": len({a for bs in table.backends.values() for a in bs}),
+            "rev": table.rev,
+            "table_age": round(time.monotonic() - self.table_time, 3),
+            "redis": None,
+            "workers": 1,
+        }
 
 
 class ClientConnection(asyncio.Protocol):
@@ -238,10 +423,11 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self.loop = asyncio.get_running_loop()
+        self.loop = proxy.loop
         self.transport = cast(asyncio.Transport, None)
         self.parser = httptools.HttpRequestParser(self)
-        self.peer = ""
+        self.peer = b"unknown"
+        self.forwarded = b""  # the X-Forwarded-For and -Proto lines for this client
         self.queue: deque[Request] = deque()  # parsed, not started yet
         self.active: Request | None = None
         self.closed = False
@@ -250,48 +436,57 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
         self._head_size = 0
+        self._refusal: tuple[int, str] | None = None  # why parsing stopped on purpose
         self._paused = 0
         self._writing_paused = False
         self._raw = False  # after an upgrade request, the bytes that follow are not HTTP
         self._broken = False  # a parse error after requests that still get their answer
         self._eof = False  # the client sent all it will send
+        self._lingering = False
+        self._answered = 0
         self._task: asyncio.Task[None] | None = None
-        self._idle_since = self.loop.time()
-        self._timer: asyncio.TimerHandle | None = None
+        now = self.loop.time()
+        self._last_read = now
+        self._idle_since = now
+        self._head_began = now
+        self._write_paused_at = now
 
     # --- asyncio callbacks ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        if isinstance(peer, tuple):
+            self.peer = str(peer[0]).encode()
+        self.forwarded = b"X-Forwarded-For: " + self.peer + b"\r\nX-Forwarded-Proto: http\r\n"
         self.proxy.connections.add(self)
-        self._timer = self.loop.call_later(self.proxy.keepalive_timeout, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.proxy.connection_closed(self)
-        if self._timer is not None:
-            self._timer.cancel()
+        self.proxy.connections.discard(self)
         if self._task is not None:
             self._task.cancel()
+            self._task = None
         req = self.active
-        if req is not None and req.backend is not None:
-            req.backend.abandon()
+        if req is not None:
+            backend = req.backend
+            if backend is not None:
+                backend.abandon()
+            if not req.done:
+                req.done = True
+                req.status = 499  # as nginx logs it: the client closed the request
+                self.proxy.record(self, req, backend.addr if backend else "")
         self.active = None
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
         if self._raw:
             if self._cur is not None:
                 self._feed(self._cur, data)
             return
-        if self._in_head:
-            # llhttp sets no limit on a head; a client that never ends one gets cut off.
-            self._head_size += len(data)
-            if self._head_size > HEAD_LIMIT:
-                self._parse_failed(None)
-                return
+        if self._lingering:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -301,6 +496,13 @@ class ClientConnection(asyncio.Protocol):
                 self._feed(self._cur, rest)
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
+        if self._in_head:
+            # llhttp sets no limit on a head; one that grows past the limit is refused.
+            self._head_size += len(data)
+            if self._head_size > self.proxy.settings.max_header_size:
+                self._refuse(431, "the request head is larger than "
+                                  f"{self.proxy.settings.max_header_size // 1024} KB")
+                return
         if self.active is None and self.queue:
             self._start_next()
 
@@ -309,10 +511,16 @@ class ClientConnection(asyncio.Protocol):
         (keep the socket open for writing), then close."""
         self._eof = True
         req = self.active
+        if self._raw and req is not None and req.backend is not None:
+            transport = req.backend.transport
+            if transport.can_write_eof():
+                transport.write_eof()  # a tunnel passes the half-close on
+            return True
         return (req is not None and req.complete) or bool(self.queue and self.queue[0].complete)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._write_paused_at = self.loop.time()
         if self.active is not None and self.active.backend is not None:
             self.active.backend.pause_response()
 
@@ -328,21 +536,21 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._in_head = True
         self._head_size = 0
+        self._head_began = self._last_read
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.proxy.settings.max_request_line:
+            self._refusal = (414, "the request's URL is longer than "
+                                  f"{self.proxy.settings.max_request_line} bytes")
+            raise Stop("URL too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        p = self.parser
-        req = Request(
-            p.get_method(), self._url, p.get_http_version(), self._headers,
-            peer=self.peer, keep_alive=p.should_keep_alive(), upgrade=p.should_upgrade(),
-        )
-        self._cur = req
+        req = self._cur = Request(self, self._url, self._headers)
         self.queue.append(req)
 
     def on_body(self, body: bytes) -> None:
@@ -357,9 +565,10 @@ class ClientConnection(asyncio.Protocol):
         if req.chunked:
             self._feed(req, b"0\r\n\r\n")
         req.complete = True
-        self._pause(_PIPELINE)
         if req.backend is not None:
             req.backend.request_sent()
+        elif len(self.queue) > PIPELINE_LIMIT:
+            self._pause(_PIPELINE)
 
     # --- flow control ---
 
@@ -374,48 +583,112 @@ class ClientConnection(asyncio.Protocol):
             if not self._paused and not self.closed:
                 self.transport.resume_reading()
 
+    def set_backend_full(self, full: bool) -> None:
+        """The backend's write buffer is full (or no longer): stop (resume) reading."""
+        if full:
+            self._pause(_BACKEND_FULL)
+        else:
+            self._unpause(_BACKEND_FULL)
+
     def _feed(self, req: Request, data: bytes) -> None:
         """Request bytes go straight to the backend, or wait (bounded) until there is one."""
-        if req.sink is not None:
-            req.sink.write(data)
+        sink = req.sink
+        if sink is not None:
+            sink.write(data)
         elif not req.done:
-            req.pending.append(data)
+            if req.pending is None:
+                req.pending = [data]
+            else:
+                req.pending.append(data)
             req.pending_size += len(data)
             if req.pending_size > BUFFER_LIMIT:
                 self._pause(_BUFFER_FULL)
 
-    def _check_idle(self) -> None:
-        """Close a keep-alive connection idle for keepalive_timeout, and a client that
-        takes that long to send a request head."""
+    # --- timeouts (from the proxy's tick) ---
+
+    def check(self, now: float) -> None:
         if self.closed:
             return
-        left = self.proxy.keepalive_timeout
-        if self.active is None:
-            left += self._idle_since - self.loop.time()
-            if left <= 0:
-                self.close()
+        settings = self.proxy.settings
+        req = self.active
+        if self._lingering:
+            if now - self._idle_since >= LINGER:
+                self.transport.close()
+        elif req is None:
+            if self.queue or self._task is not None:
                 return
-        self._timer = self.loop.call_later(left, self._check_idle)
+            if self._in_head or not self._answered:
+                # A head must arrive whole within header_timeout of its first byte (or of
+                # the connection, for the first one): a client that trickles it is cut.
+                if now - self._head_began >= settings.header_timeout:
+                    if self._in_head:
+                        self._refuse(408, "the request head did not arrive within "
+                                          f"{settings.header_timeout:g} s")
+                    else:
+                        self.close()
+            elif now - self._idle_since >= settings.client_timeout:
+                self.close()  # an idle keep-alive connection
+        elif self._raw and req.done:
+            pass  # a tunnel idles as long as its ends like
+        else:
+            if req.backend is not None:
+                req.backend.check(now)
+                if self.closed or req.done:
+                    return
+            if self._writing_paused and now - self._write_paused_at >= settings.client_timeout:
+                self.abort()  # the client stopped reading its response
+            elif (not req.complete and not self._paused
+                  and now - self._last_read >= settings.client_timeout):
+                # The client stopped sending its body.
+                if req.status:
+                    self.abort()
+                else:
+                    self._fail_active(408, "the request body stopped arriving for "
+                                           f"{settings.client_timeout:g} s")
 
-    def _parse_failed(self, exc: httptools.HttpParserError | None) -> None:
-        """The bytes from the client are not HTTP (None: a head over HEAD_LIMIT)."""
-        if isinstance(exc, httptools.HttpParserCallbackError):
+    def _fail_active(self, status: int, message: str) -> None:
+        req = self.active
+        if req is None:
+            return
+        if req.backend is not None:
+            req.backend.abandon()
+            req.backend = None
+        self.respond_error(req, status, message)
+
+    # --- refusing bad input ---
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        """The bytes from the client are not HTTP, or a callback stopped the parser."""
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
+            return
+        if isinstance(exc, httptools.HttpParserCallbackError) and not isinstance(
+            exc.__context__, Stop
+        ):
             log.error("router bug while parsing a request", exc_info=exc.__context__ or exc)
+        self._refuse(400, "the request is not valid HTTP/1.1")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Stop reading requests: answer those already parsed, or `status` if none."""
         self._pause(_STOPPED)
+        self._in_head = False
         cur = self._cur
         if cur is not None and not cur.complete:
             if cur is self.active:
-                self.close()
+                # The body of the request being answered is broken: the response can't
+                # be trusted to end where the client expects.
+                if cur.status:
+                    self.abort()
+                else:
+                    self._broken = True
+                    self._fail_active(status, message)
                 return
             if cur in self.queue:
                 self.queue.remove(cur)
         if self.active is None and not self.queue:
-            if exc is None:
-                self._write_error(431, "the request head is larger than "
-                                  f"{HEAD_LIMIT // 1024} KB", keep=False)
-            else:
-                self._write_error(400, "the request is not valid HTTP/1.1", keep=False)
-            self.close()
+            self._write_error(status, message, keep=False)
+            self.proxy.no_app.stats.record(status, 0.0)
+            self._linger()
         else:
             self._broken = True
 
@@ -425,38 +698,56 @@ class ClientConnection(asyncio.Protocol):
         if self.active is not None or not self.queue or self.closed:
             return
         req = self.active = self.queue.popleft()
-        if not req.complete:
+        if not self.queue:
             self._unpause(_PIPELINE)
-        if req.host is None:
-            return self.respond_error(req, 400, "the request has no Host header")
-        if req.method == b"CONNECT":
-            return self.respond_error(req, 405, "this router does not tunnel CONNECT")
-        app, backends = self.proxy.table.resolve(req.host)
-        if app is None:
-            return self.respond_error(req, 404, f"no app is served at {hostname(req.host)}")
-        if not backends:
-            return self.respond_error(req, 503, f"app {app} has no healthy instance right now")
-        req.app = app
-        req.order = self.proxy.rotation(app, backends)
-        conn = self.proxy.pool.take(req.order[0])
+        route = req.route
+        if not route.backends or req.error is not None or req.method == b"CONNECT":
+            self.respond_error(req, *self._refusal_of(req))
+            return
+        index = self.proxy.pick(route)
+        conn = self.proxy.pool.take(route.backends[index])
         if conn is not None:
-            self.attach(req, conn, 0)
+            self.attach(req, conn, index)
         else:
-            self._task = self.loop.create_task(self._connect(req, 0, fresh=False))
+            self._task = self.loop.create_task(self._connect(req, index, fresh=False))
+
+    @staticmethod
+    def _refusal_of(req: Request) -> tuple[int, str]:
+        """The status and message for a request the router answers itself."""
+        route = req.route
+        if req.error is not None:
+            return 400, req.error
+        if req.host is None:
+            return 400, "the request has no Host header"
+        if req.method == b"CONNECT":
+            return 405, "this router does not tunnel CONNECT"
+        if route.app is None:
+            return 404, f"no app is served at {route.name}"
+        return 503, f"app {route.app} has no healthy instance right now"
 
     async def _connect(self, req: Request, start: int, *, fresh: bool) -> None:
-        """Open a connection to the first backend that accepts one. Trying the next is
-        safe: no byte of the request reached a backend that refused the connection."""
-        pool = self.proxy.pool
-        for index in range(start, len(req.order)):
-            addr = req.order[index]
-            conn = None if fresh and index == start else pool.take(addr)
+        """Open a connection to the first backend that accepts one, from `start` on.
+        Trying the next is safe: no byte of the request reached a backend that refused
+        the connection. Backends that failed lately are skipped, unless all did."""
+        proxy = self.proxy
+        pool = proxy.pool
+        backends = req.route.backends
+        n = len(backends)
+        skip_down = any(not proxy.is_down(a) for a in backends)
+        tried = 0
+        for k in range(n):
+            index = (start + k) % n
+            addr = backends[index]
+            if k and skip_down and proxy.is_down(addr):
+                continue
+            conn = None if fresh and not k else pool.take(addr)
             if conn is None:
+                tried += 1
                 try:
                     conn = await pool.connect(addr)
                 except (OSError, TimeoutError) as exc:
                     why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-                    self.proxy.warn(addr, "app %s: cannot connect to %s: %s", req.app, addr, why)
+                    proxy.backend_failed(addr, CONNECT, req, f"cannot connect: {why}")
                     continue
             self._task = None
             if self.closed or req.done:
@@ -465,11 +756,9 @@ class ClientConnection(asyncio.Protocol):
                 self.attach(req, conn, index)
             return
         self._task = None
-        tried = len(req.order) - start
         self.respond_error(
-            req, 502,
-            f"no instance of app {req.app} accepted a connection "
-            f"({tried} tried)",
+            req, 502, f"no instance of app {req.route.app} accepted a connection "
+                      f"({tried} tried)",
         )
 
     def attach(self, req: Request, conn: BackendConnection, index: int) -> None:
@@ -477,14 +766,16 @@ class ClientConnection(asyncio.Protocol):
         req.index = index
         req.backend = conn
         conn.begin(self, req)
-        if req.pending:
-            conn.transport.write(b"".join([req.head, *req.pending]))
-            req.pending.clear()
+        pending = req.pending
+        if pending is not None:
+            pending.insert(0, req.head)
+            conn.transport.writelines(pending)
+            req.pending = None
             req.pending_size = 0
+            self._unpause(_BUFFER_FULL)
         else:
             conn.transport.write(req.head)
         req.sink = conn.transport
-        self._unpause(_BUFFER_FULL)
         if req.complete:
             conn.request_sent()
         if self._writing_paused:
@@ -496,25 +787,28 @@ class ClientConnection(asyncio.Protocol):
         req.backend = req.sink = None
         self._task = self.loop.create_task(self._connect(req, req.index, fresh=True))
 
-    def start_tunnel(self) -> None:
+    def start_tunnel(self, req: Request) -> None:
         """The backend accepted the upgrade: from now on bytes flow raw both ways."""
+        req.done = True
         self._unpause(_PIPELINE)
+        backend = req.backend
+        self.proxy.record(self, req, backend.addr if backend else "")
 
     def respond_error(self, req: Request, status: int, message: str) -> None:
+        """Answer `req` with the router's own page."""
         req.done = True
         req.sink = None
+        req.status = status
         keep = req.keep_alive and req.complete and not self._raw and not self.proxy.closing
-        self._write_error(status, message, keep=keep, http10=req.http10,
-                          head_only=req.method == b"HEAD")
+        req.sent = self._write_error(status, message, keep=keep, http10=req.http10,
+                                     head_only=req.method == b"HEAD")
         req.close_after = not keep
         self.response_done(req)
 
-    def _write_error(
-        self, status: int, message: str, *, keep: bool, http10: bool = False,
-        head_only: bool = False,
-    ) -> None:
+    def _write_error(self, status: int, message: str, *, keep: bool, http10: bool = False,
+                     head_only: bool = False) -> int:
         if self.closed:
-            return
+            return 0
         body = error_page(status, message)
         connection = b"" if keep and not http10 else (
             b"Connection: keep-alive\r\n" if keep else b"Connection: close\r\n")
@@ -526,29 +820,53 @@ class ClientConnection(asyncio.Protocol):
             % (status, HTTPStatus(status).phrase.encode(), len(body), status, connection,
                b"" if head_only else body)
         )
+        return 0 if head_only else len(body)
 
     def response_done(self, req: Request) -> None:
         """The response to the active request is complete: on to the next one, or close."""
+        backend = req.backend
         req.done = True
         req.sink = None
         req.backend = None
         self.active = None
-        self._unpause(_BACKEND_FULL)
+        self._answered += 1
+        self.proxy.record(self, req, backend.addr if backend is not None else "")
+        if self._paused & _BACKEND_FULL:
+            self._unpause(_BACKEND_FULL)
         if self.closed:
             return
-        no_more = self._broken or self._eof  # only what is parsed already gets answered
-        if (
-            req.close_after or not req.complete or self._raw or self.proxy.closing
-            or (no_more and not (self.queue and self.queue[0].complete))
-        ):
-            self.close()
+        if req.close_after or not req.complete or self._raw or self.proxy.closing:
+            self._linger() if not req.complete else self.close()
             return
+        if self._broken or self._eof:  # only what is parsed already gets answered
+            if not (self.queue and self.queue[0].complete):
+                self.close()
+                return
         self._idle_since = self.loop.time()
         if self.queue:
             # Not from inside the backend's parser callback that got us here.
             self.loop.call_soon(self._start_next)
+
+    def abort_response(self, req: Request) -> None:
+        """The backend failed after the response head went out: the client must see
+        that its response is incomplete."""
+        req.done = True
+        self.proxy.record(self, req, req.backend.addr if req.backend is not None else "")
+        self.abort()
+
+    def _linger(self) -> None:
+        """Close after an answer given before the whole request arrived: stop writing, but
+        read (and drop) what the client still sends for a moment, so that closing does
+        not reset the connection before it read the answer."""
+        if self.closed:
+            return
+        self._lingering = True
+        self._idle_since = self.loop.time()
+        self._unpause(self._paused)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
         else:
-            self._unpause(_PIPELINE)
+            self.close()
 
     def close(self) -> None:
         if not self.closed:
@@ -561,386 +879,5 @@ class ClientConnection(asyncio.Protocol):
         self.transport.abort()
 
     def close_if_idle(self) -> None:
-        if self.active is None and not self.queue:
+        if self.active is None and not self.queue and self._task is None:
             self.close()
-
-
-class BackendConnection(asyncio.Protocol):
-    """One connection to an app instance; carries one exchange at a time."""
-
-    def __init__(self, proxy: Proxy, addr: str) -> None:
-        self.proxy = proxy
-        self.addr = addr
-        self.loop = asyncio.get_running_loop()
-        self.transport = cast(asyncio.Transport, None)
-        self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
-        self.req: Request | None = None
-        self.closed = False
-        self.reused = False
-        self.idle_since = 0.0
-        self._reading_paused = False
-        self._writing_paused = False
-        self._request_sent = False
-        self._last = 0.0  # when the backend last did something, or we began to wait on it
-        self._timer: asyncio.TimerHandle | None = None
-        self._reset()
-
-    def _reset(self) -> None:
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._got_bytes = False  # any byte of a response
-        self._started = False  # a response head went to the client
-        self._framing = _NONE
-        self._until_eof = False  # the response body ends when the backend closes
-        self._interim = False  # parsing a 1xx response
-        self._switching = False  # a 101 went to the client; raw bytes follow
-        self._tunnel = False
-        self._head_only = False  # answering HEAD: the body the head announces never comes
-        self._keep = False
-
-    def begin(self, client: ClientConnection, req: Request) -> None:
-        self.client, self.req = client, req
-        self._reset()
-        self._request_sent = False
-        self._last = self.loop.time()
-        self._timer = self.loop.call_later(self.proxy.backend_timeout, self._check_timeout)
-
-    def request_sent(self) -> None:
-        """The whole request is with the backend: from now on, waiting is its fault."""
-        self._request_sent = True
-        self._last = self.loop.time()
-
-    # --- asyncio callbacks ---
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.proxy.pool.forget(self)
-        req, client = self.req, self.client
-        if req is None or client is None:
-            return
-        if self._tunnel:
-            self._end()
-            client.close()
-        elif self._started and self._until_eof and not self._interim and exc is None:
-            self._finish(keep=False)
-        elif not self._got_bytes and self.reused and req.retryable and not client.closed:
-            self._end()
-            client.retry(req)
-        else:
-            self._fail(502, f"an instance of app {req.app} closed the connection "
-                            "before answering")
-
-    def data_received(self, data: bytes) -> None:
-        if self._tunnel:
-            if self.client is not None and not self.client.closed:
-                self.client.transport.write(data)
-            return
-        if self.req is None:  # nothing was asked: a confused backend, don't reuse it
-            self.close()
-            return
-        self._got_bytes = True
-        self._last = self.loop.time()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            if self._switching:
-                self._start_tunnel(data[exc.args[0]:])
-            elif self.req is not None:
-                self._fail(502, f"an instance of app {self.req.app} sent an invalid upgrade")
-        except httptools.HttpParserError as exc:
-            if self._head_only:
-                self._head_only = False
-                self.parser = httptools.HttpResponseParser(self)
-                self._finish(keep=self._keep)
-            elif self.req is None:
-                self.close()  # bytes after a complete response: never reuse this one
-            else:
-                if isinstance(exc, httptools.HttpParserCallbackError) and not isinstance(
-                    exc.__context__, _Stop
-                ):
-                    log.error("router bug while parsing a response",
-                              exc_info=exc.__context__ or exc)
-                self._fail(502, f"an instance of app {self.req.app} sent an invalid response")
-
-    def eof_received(self) -> bool:
-        return False
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-        self._last = self.loop.time()
-        if self.client is not None:
-            self.client._pause(_BACKEND_FULL)
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._last = self.loop.time()
-        if self.client is not None:
-            self.client._unpause(_BACKEND_FULL)
-
-    # --- back-pressure from the client ---
-
-    def pause_response(self) -> None:
-        if not self._reading_paused and not self.closed:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_response(self) -> None:
-        if self._reading_paused:
-            self._reading_paused = False
-            self._last = self.loop.time()
-            if not self.closed:
-                self.transport.resume_reading()
-
-    # --- httptools callbacks ---
-
-    def on_message_begin(self) -> None:
-        self._reason = b""
-        self._headers = []
-
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        req, client = self.req, self.client
-        if req is None or client is None:
-            raise _Stop("a response nobody asked for")
-        status = self.parser.get_status_code()
-        if status < 200 and status != 101:
-            self._interim = True
-            if not req.http10 and not client.closed:
-                client.transport.write(self._head(status, b""))
-            return
-        self._started = True
-        if status == 101:
-            if not req.upgrade:
-                raise _Stop("101 Switching Protocols without an upgrade request")
-            self._switching = True
-            upgrade = next((v for n, v in self._headers if n.lower() == b"upgrade"), b"")
-            if not client.closed:
-                client.transport.write(
-                    self._head(101, b"Connection: upgrade\r\nUpgrade: " + upgrade + b"\r\n"))
-            return
-        head = self._final_head(req, status)
-        if not client.closed:
-            client.transport.write(head)
-        if req.method == b"HEAD":
-            # The parser can't know this answers a HEAD and would wait for the body the
-            # head announces; stop it here and give this connection a fresh one.
-            self._keep = self.parser.should_keep_alive()
-            self._head_only = True
-            raise _Stop("HEAD")
-
-    def on_body(self, body: bytes) -> None:
-        client = self.client
-        if client is None or client.closed:
-            return
-        if self._framing == _CHUNKED:
-            client.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
-        else:
-            client.transport.write(body)
-
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._reset()
-            self._got_bytes = True
-        elif not self._switching:
-            self._finish(keep=self.parser.should_keep_alive())
-
-    # --- heads ---
-
-    def _head(self, status: int, extra: bytes) -> bytes:
-        """A response head with the backend's end-to-end headers, and `extra`."""
-        tokens = _connection_tokens(self._headers)
-        out = [b"HTTP/1.1 %d " % status, self._reason, b"\r\n"]
-        for name, value in self._headers:
-            lname = name.lower()
-            if not (lname in _RESPONSE_DROP or lname in tokens or lname.startswith(b"proxy-")
-                    or lname == b"transfer-encoding"):
-                out += (name, b": ", value, b"\r\n")
-        out += (extra, b"\r\n")
-        return b"".join(out)
-
-    def _final_head(self, req: Request, status: int) -> bytes:
-        """Choose how the body reaches the client, and whether the client connection
-        stays open after it: a Content-Length passes through; otherwise an HTTP/1.1
-        client gets chunks, an HTTP/1.0 client gets the body until the connection closes."""
-        length: bytes | None = None
-        chunked = False
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                length = value
-            elif lname == b"transfer-encoding":
-                chunked = True
-        self._headers = [(n, v) for n, v in self._headers if n.lower() != b"content-length"]
-        extra = []
-        body_allowed = req.method != b"HEAD" and status not in (204, 304)
-        if length is not None and not chunked:
-            extra.append(b"Content-Length: " + length + b"\r\n")
-            self._framing = _LENGTH if body_allowed else _NONE
-        elif not body_allowed:
-            self._framing = _NONE
-        elif not req.http10:
-            extra.append(b"Transfer-Encoding: chunked\r\n")
-            self._framing = _CHUNKED
-        else:
-            self._framing = _EOF
-        self._until_eof = body_allowed and length is None and not chunked
-        keep = (req.keep_alive and self._framing != _EOF and not req.upgrade
-                and not self.proxy.closing)
-        req.close_after = not keep
-        if not keep:
-            extra.append(b"Connection: close\r\n")
-        elif req.http10:
-            extra.append(b"Connection: keep-alive\r\n")
-        return self._head(status, b"".join(extra))
-
-    # --- endings ---
-
-    def _start_tunnel(self, rest: bytes) -> None:
-        client = self.client
-        if client is None:
-            return
-        self._tunnel = True
-        self._switching = False
-        if self._timer is not None:  # a tunnel may idle for as long as its ends like
-            self._timer.cancel()
-            self._timer = None
-        client.start_tunnel()
-        if rest and not client.closed:
-            client.transport.write(rest)
-
-    def _end(self) -> None:
-        """Detach from the client and its request."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.req is not None:
-            self.req.sink = None
-        if self.client is not None:
-            self.client._unpause(_BACKEND_FULL)
-        self.req = self.client = None
-        if self._reading_paused:
-            self.resume_response()
-
-    def _finish(self, *, keep: bool) -> None:
-        req, client = self.req, self.client
-        if req is None or client is None:
-            return
-        if self._framing == _CHUNKED and not client.closed:
-            client.transport.write(b"0\r\n\r\n")
-        self._end()
-        if keep and req.complete and not req.upgrade:
-            self.proxy.pool.put(self)
-        else:
-            self.close()
-        client.response_done(req)
-
-    def _fail(self, status: int, message: str) -> None:
-        """The exchange failed: an error page if the client has no response head yet,
-        else cut the client connection so it knows its response is incomplete."""
-        req, client = self.req, self.client
-        self._end()
-        self.abort()
-        if req is None or client is None or client.closed:
-            return
-        self.proxy.warn(self.addr, "%d: %s (instance %s)", status, message, self.addr)
-        if self._started:
-            client.abort()
-        else:
-            client.respond_error(req, status, message)
-
-    def _check_timeout(self) -> None:
-        self._timer = None
-        req = self.req
-        if req is None or self._tunnel:
-            return
-        timeout = self.proxy.backend_timeout
-        # Waiting on the backend: it has the whole request or stopped reading it, and
-        # the client is not the one holding things up.
-        if not self._reading_paused and (self._request_sent or self._writing_paused):
-            left = self._last + timeout - self.loop.time()
-            if left <= 0:
-                self._fail(504, f"app {req.app} did not answer within {timeout:g} s")
-                return
-        else:
-            left = timeout
-        self._timer = self.loop.call_later(left, self._check_timeout)
-
-    def abandon(self) -> None:
-        """The client went away: this exchange can't finish, so neither can the connection."""
-        tunnel = self._tunnel
-        self._end()
-        if tunnel:
-            self.close()
-        else:
-            self.abort()
-
-    def close(self) -> None:
-        self.closed = True
-        self.transport.close()
-
-    def abort(self) -> None:
-        self.closed = True
-        self.transport.abort()
-
-
-class BackendPool:
-    """Idle keep-alive connections per backend address, newest first, a few per address."""
-
-    def __init__(self, proxy: Proxy, *, max_idle: int) -> None:
-        self.proxy = proxy
-        self.max_idle = max_idle
-        self._idle: dict[str, list[BackendConnection]] = {}
-
-    def take(self, addr: str) -> BackendConnection | None:
-        conns = self._idle.get(addr)
-        now = asyncio.get_running_loop().time()
-        while conns:
-            conn = conns.pop()
-            if conn.closed:
-                continue
-            if now - conn.idle_since > IDLE_BACKEND_TTL:
-                conn.close()
-                continue
-            conn.reused = True
-            return conn
-        return None
-
-    def put(self, conn: BackendConnection) -> None:
-        conns = self._idle.setdefault(conn.addr, [])
-        if conn.closed or self.proxy.closing or len(conns) >= self.max_idle:
-            conn.close()
-            return
-        conn.idle_since = asyncio.get_running_loop().time()
-        conns.append(conn)
-
-    def idle_count(self) -> int:
-        return sum(len(conns) for conns in self._idle.values())
-
-    def forget(self, conn: BackendConnection) -> None:
-        conns = self._idle.get(conn.addr)
-        if conns and conn in conns:
-            conns.remove(conn)
-
-    async def connect(self, addr: str) -> BackendConnection:
-        host, port = _split_addr(addr)
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.proxy.connect_timeout):
-            _, conn = await loop.create_connection(
-                lambda: BackendConnection(self.proxy, addr), host, port
-            )
-        return conn
-
-    def close(self) -> None:
-        for conns in self._idle.values():
-            for conn in conns:
-                conn.close()
-        self._idle.clear()

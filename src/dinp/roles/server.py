@@ -73,6 +73,7 @@ class Server:
         self._assignments_changed = asyncio.Event()
         self._unplaceable_logged: dict[str, float] = {}
         self._last_error = ""
+        self.closing = False
         self._update_assignments()
 
     # -- helpers ----------------------------------------------------------------------
@@ -121,7 +122,7 @@ class Server:
     async def wait_assignment(self, node: str, rev: str, timeout: float) -> dict[str, Any]:
         """Long-poll: return as soon as the node's assignment differs from `rev`."""
         deadline = time.monotonic() + timeout
-        while True:
+        while not self.closing:
             current = self.assignments.get(node)
             if (current.rev if current else assignments_rev([])) != rev:
                 break
@@ -217,6 +218,11 @@ class Server:
                 await asyncio.wait_for(self._wake.wait(), self.config.reconcile_interval)
             self._wake.clear()
             await self.reconcile_once()
+
+    def release_waiters(self) -> None:
+        """Answer every open long-poll now, so shutting down never waits for them."""
+        self.closing = True
+        self._assignments_changed.set()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,166 @@
+"""`dinp build PATH …` and `dinp build base-images`: thin adapters over builder and
+baseimages that show progress and the build log with rich."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from rich.markup import escape
+from rich.status import Status
+from typer.core import TyperGroup
+
+from dinp import baseimages, builder, buildtypes
+from dinp import config as cfg
+from dinp.engine import Log, check_registry, no_log
+from dinp.errors import DinpError
+from dinp.output import console, err_console, print_json, table
+
+DEFAULT = "path"
+
+
+class _PathOrSubcommand(TyperGroup):
+    """`dinp build base-images` runs that subcommand; anything else (`dinp build PATH …`,
+    `dinp build --help`) goes to the hidden default command that builds PATH."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands:
+            args = [DEFAULT, *args]
+        return super().parse_args(ctx, args)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        # Usage and errors then read `dinp build PATH`, not `dinp build path PATH`.
+        return ("" if name == DEFAULT else name), command, rest
+
+
+cli = typer.Typer(cls=_PathOrSubcommand, no_args_is_help=True,
+                  help="Build an app's image: `dinp build PATH --app NAME --version V`.")
+
+ConfigOpt = typer.Option(None, "--config", "-c", envvar="DINP_CONFIG",
+                         help="dinp.toml to read (default ./dinp.toml, /etc/dinp/dinp.toml).")
+RegistryOpt = typer.Option(None, "--registry", "-r", help="Registry host[:port] to tag and "
+                           "push to (registry in [build], DINP_REGISTRY; default "
+                           "127.0.0.1:5000).")
+PushOpt = typer.Option(None, "--push/--no-push", help="Push to the registry (default: push "
+                       "in [build], true).", show_default=False)
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or build log (for CI); "
+                        "a failure still shows the failing step's output.")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON for scripts.")
+
+
+def _version(value: str) -> str:
+    try:
+        return builder.check_version(value)
+    except DinpError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
+def _app(value: str) -> str:
+    try:
+        return builder.check_app(value)
+    except DinpError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
+def _registry(value: str | None) -> str | None:
+    try:
+        return None if value is None else check_registry(value)
+    except DinpError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
+def _load(config: Path | None, **flags: Any) -> cfg.BuildConfig:
+    path = cfg.find_config_file(str(config) if config else None)
+    return cfg.load(cfg.BuildConfig, "build", path=path, flags=flags)
+
+
+@contextlib.contextmanager
+def _display(quiet: bool, first: str) -> Iterator[tuple[Log, Log]]:
+    """(log, progress) callbacks: build log lines dimmed on stderr, phases as a spinner
+    and a bold line; both silent with --quiet."""
+    if quiet:
+        yield no_log, no_log
+        return
+    with Status(first, console=err_console) as status:
+        def log(line: str) -> None:
+            err_console.print(line, style="dim", markup=False, highlight=False)
+
+        def progress(text: str) -> None:
+            status.update(text)
+            err_console.print(f"[bold]==>[/] {escape(text)}", highlight=False)
+
+        yield log, progress
+
+
+@cli.command(DEFAULT, hidden=True)
+def build(
+    path: Path = typer.Argument(..., help="A .tar.gz/.tgz/.tar, a .war, or a directory.",
+                                show_default=False),
+    app: str = typer.Option(..., "--app", "-a", callback=_app, help="The app's name."),
+    version: str = typer.Option(..., "--version", "-V", callback=_version,
+                                help="The image tag, e.g. 1.4.2 or a commit id."),
+    app_type: str | None = typer.Option(
+        None, "--type", "-t", click_type=click.Choice(buildtypes.TYPES),
+        help="The app's type (default: detected from its contents)."),
+    cmd: str | None = typer.Option(None, "--cmd", help="What starts the app (default: the "
+                                   "Procfile's web: line, else the type's default)."),
+    registry: str | None = RegistryOpt,
+    push: bool | None = PushOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Build PATH into <registry>/<app>:<version> and push it.
+
+    Types: war, binary, python, node, php, static, dockerfile (see docs/building.md).
+    `dinp build base-images` makes the base images every type starts from.
+    """
+    conf = _load(config, registry=registry, push=push)
+    with _display(quiet, f"building {app}:{version}") as (log, progress):
+        result = builder.build(path, app=app, version=version, config=conf,
+                               app_type=app_type, cmd=cmd, log=log, progress=progress)
+    if as_json:
+        print_json(result.to_json())
+    elif quiet:
+        console.print(result.reference, markup=False, highlight=False)
+    else:
+        what = f"pushed {result.image}" if result.pushed else f"built {result.image} (not pushed)"
+        err_console.print(f"[green]✓[/] {escape(what)}: {result.type}, "
+                          f"{result.size / 1e6:.1f} MB, {result.seconds:.1f} s",
+                          highlight=False)
+        console.print(result.reference, markup=False, highlight=False)
+
+
+@cli.command("base-images")
+def base_images(
+    types: list[str] = typer.Option(
+        [], "--type", "-t", click_type=click.Choice(buildtypes.BASE_TYPES),
+        help="Only this type's base image (repeatable; default: all)."),
+    registry: str | None = RegistryOpt,
+    push: bool | None = PushOpt,
+    force: bool = typer.Option(False, "--force", help="Rebuild even the current ones."),
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Make the base image of every type from Debian packages (no registry needed to pull
+    from), tag them <registry>/dinp/<type>:<suite> and push them. Quick when they exist."""
+    conf = _load(config, registry=_registry(registry), push=push)
+    with _display(quiet, "checking base images") as (log, progress):
+        outcomes = baseimages.ensure(conf, types=types or None, force=force, log=log,
+                                     progress=progress)
+    if as_json:
+        print_json([{"type": o.type, "image": o.ref, "action": o.action, "pushed": o.pushed,
+                     "seconds": round(o.seconds, 3), "note": o.note} for o in outcomes])
+    elif not quiet:
+        table(None, ["TYPE", "IMAGE", "ACTION", "PUSHED", "TIME"], [
+            (o.type, o.ref, o.action + (f" ({o.note})" if o.note else ""),
+             "yes" if o.pushed else "no", f"{o.seconds:.1f}s") for o in outcomes
+        ])

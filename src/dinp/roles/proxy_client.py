@@ -1,0 +1,502 @@
+"""The router's side towards app instances: one connection per exchange, kept alive in a pool.
+
+A BackendConnection carries one request at a time for a ClientConnection (proxy_http.py):
+it parses the response with httptools, rewrites its head for the client, and hands the
+head and body to the client's transport. Everything a response produces while one
+`data_received` is parsed is written with one `writelines` (a small response is one
+syscall), and nothing on this path makes a task, a future or a timer: timeouts are checked
+by the proxy's tick (`check`).
+
+Back-pressure both ways: when the client's write buffer is full it pauses reading from
+this connection (`pause_response`), and when this connection's write buffer is full it
+pauses reading from the client (`set_backend_full`), so a body of any size crosses the
+router in a few buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from dinp.roles.proxy_metrics import CLOSED, INVALID, TIMEOUT
+
+if TYPE_CHECKING:
+    from dinp.roles.proxy_http import ClientConnection, Proxy, Request
+
+log = logging.getLogger("dinp.router")
+
+# An idle pooled connection older than this is closed: many servers close theirs sooner,
+# and a request sent on a connection the server is closing may be lost.
+IDLE_BACKEND_TTL = 30.0
+
+# How a response body is framed towards the client.
+_NONE, _LENGTH, _CHUNKED, _EOF = range(4)
+
+# Response headers the router handles itself; any other passes through as it came.
+_KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE = range(6)
+_RESPONSE_SPECIAL = {
+    b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING, b"upgrade": _UPGRADE,
+    b"keep-alive": _DROP, b"te": _DROP, b"trailer": _DROP, b"proxy-connection": _DROP,
+}
+# Connection tokens that name no end-to-end header, so need no second pass.
+PLAIN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+class Stop(Exception):
+    """Raised from a parser callback to stop parsing on purpose."""
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """Header names listed in a Connection header, beyond the usual ones: hop-by-hop too,
+    by the sender's choice."""
+    return {t.strip().lower() for t in value.split(b",")} - PLAIN_TOKENS - {b""}
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class BackendConnection(asyncio.Protocol):
+    """One connection to an app instance; carries one exchange at a time."""
+
+    def __init__(self, proxy: Proxy, addr: str) -> None:
+        self.proxy = proxy
+        self.addr = addr
+        self.loop = proxy.loop
+        self.transport = cast(asyncio.Transport, None)
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientConnection | None = None
+        self.req: Request | None = None
+        self.closed = False
+        self.reused = False  # it came from the pool (so the server may have closed it)
+        self.pooled = False
+        self.idle_since = 0.0
+        self._out: list[bytes] = []  # for the client, written at the end of each read
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reading_paused = False
+        self._writing_paused = False
+        self._request_sent = False
+        self._last = 0.0  # when the backend last did something, or we began to wait on it
+        self._got_bytes = False  # any byte of a response
+        self._started = False  # a final response head is on its way to the client
+        self._framing = _NONE
+        self._until_eof = False  # the response body ends when the backend closes
+        self._interim = False  # parsing a 1xx response
+        self._switching = False  # a 101 is on its way to the client; raw bytes follow
+        self._tunnel = False
+        self._head_only = False  # answering HEAD: the body the head announces never comes
+        self._keep = False
+
+    def begin(self, client: ClientConnection, req: Request) -> None:
+        """Start an exchange; the caller writes the request."""
+        self.client, self.req = client, req
+        self._got_bytes = self._started = self._until_eof = self._interim = False
+        self._switching = self._head_only = self._request_sent = False
+        self._framing = _NONE
+        self._last = self.loop.time()
+
+    def request_sent(self) -> None:
+        """The whole request is with the backend: from now on, waiting is its fault."""
+        self._request_sent = True
+        self._last = self.loop.time()
+
+    # --- asyncio callbacks ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.pooled:
+            self.proxy.pool.forget(self)
+        req, client = self.req, self.client
+        if req is None or client is None:
+            return
+        if self._tunnel:
+            self._detach()
+            client.close()
+        elif self._started and self._until_eof and not self._interim and exc is None:
+            self._finish(keep=False)
+        elif not self._got_bytes and self.reused and req.retryable and not client.closed:
+            # A pooled connection the server closed as we reused it: nothing was acted on.
+            self._detach()
+            client.retry(req)
+        elif self._started:
+            self._fail(502, CLOSED, f"an instance of app {req.route.app} closed the "
+                                    "connection in the middle of its response")
+        else:
+            self._fail(502, CLOSED, f"an instance of app {req.route.app} closed the "
+                                    "connection before answering")
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel:
+            client = self.client
+            if client is not None and not client.closed:
+                client.transport.write(data)
+            return
+        if self.req is None:  # nothing was asked: a confused backend, don't reuse it
+            self.close()
+            return
+        self._got_bytes = True
+        self._last = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if self._switching:
+                self._start_tunnel(data[exc.args[0]:])
+            elif self.req is not None:
+                self._fail(502, INVALID,
+                           f"an instance of app {self.req.route.app} sent an invalid upgrade")
+            return
+        except httptools.HttpParserError as exc:
+            self._parse_error(exc)
+            return
+        if self._out:
+            self._flush()
+
+    def eof_received(self) -> bool:
+        self.closed = True  # not to be taken from the pool any more
+        return False
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._last = self.loop.time()
+        if self.client is not None:
+            self.client.set_backend_full(True)
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._last = self.loop.time()
+        if self.client is not None:
+            self.client.set_backend_full(False)
+
+    # --- back-pressure from the client ---
+
+    def pause_response(self) -> None:
+        if not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_response(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self._last = self.loop.time()
+            if not self.closed:
+                self.transport.resume_reading()
+
+    # --- httptools callbacks ---
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self.req
+        if req is None or self.client is None:
+            raise Stop("a response nobody asked for")
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self._interim = True
+            if not req.http10:
+                self._out.append(self._interim_head(status))
+            return
+        proxy = self.proxy
+        if proxy.down:
+            proxy.backend_ok(self.addr)
+        self._started = True
+        req.status = status
+        if status == 101:
+            if not req.upgrade:
+                raise Stop("101 Switching Protocols without an upgrade request")
+            self._switching = True
+            self._out.append(self._interim_head(101))
+            return
+        self._out.append(self._final_head(req, status))
+        if req.method == b"HEAD":
+            # The parser can't know this answers a HEAD and would wait for the body the
+            # head announces; stop it here and give this connection a fresh one.
+            self._keep = self.parser.should_keep_alive()
+            self._head_only = True
+            raise Stop("HEAD")
+
+    def on_body(self, body: bytes) -> None:
+        req = self.req
+        if req is None:
+            return
+        req.sent += len(body)
+        if self._framing == _CHUNKED:
+            self._out += (b"%x\r\n" % len(body), body, b"\r\n")
+        else:
+            self._out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif not self._switching:
+            self._finish(keep=self.parser.should_keep_alive())
+
+    # --- heads ---
+
+    def _scan(self, status: int) -> tuple[list[bytes], bytes | None, bool, bytes]:
+        """The status line and the backend's end-to-end headers (not yet ended by a blank
+        line), with its Content-Length, whether it was chunked, and its Upgrade value."""
+        out = [b"HTTP/1.1 %d " % status, self._reason, b"\r\n"]
+        length: bytes | None = None
+        chunked = False
+        upgrade = b""
+        drop: set[bytes] | None = None
+        for name, value in self._headers:
+            lname = name.lower()
+            kind = _RESPONSE_SPECIAL.get(lname)
+            if kind is None:
+                if not lname.startswith(b"proxy-"):
+                    out += (name, b": ", value, b"\r\n")
+            elif kind == _CONTENT_LENGTH:
+                length = value
+            elif kind == _TRANSFER_ENCODING:
+                chunked = True
+            elif kind == _CONNECTION:
+                tokens = connection_tokens(value)
+                if tokens:
+                    drop = tokens if drop is None else drop | tokens
+            elif kind == _UPGRADE:
+                upgrade = value
+        if drop is not None:  # rare: scan again without the headers Connection named
+            drop.add(b"connection")  # and the Connection header itself, or this repeats
+            self._headers = [(n, v) for n, v in self._headers if n.lower() not in drop]
+            return self._scan(status)
+        return out, length, chunked, upgrade
+
+    def _interim_head(self, status: int) -> bytes:
+        out, _, _, upgrade = self._scan(status)
+        if status == 101:
+            out += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    def _final_head(self, req: Request, status: int) -> bytes:
+        """Choose how the body reaches the client, and whether the client connection
+        stays open after it: a Content-Length passes through; otherwise an HTTP/1.1
+        client gets chunks, an HTTP/1.0 client gets the body until the connection closes."""
+        out, length, chunked, _ = self._scan(status)
+        body_allowed = req.method != b"HEAD" and status != 204 and status != 304
+        if length is not None and not chunked:
+            out += (b"Content-Length: ", length, b"\r\n")
+            self._framing = _LENGTH if body_allowed else _NONE
+        elif not body_allowed:
+            self._framing = _NONE
+        elif not req.http10:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+            self._framing = _CHUNKED
+        else:
+            self._framing = _EOF
+        self._until_eof = body_allowed and length is None and not chunked
+        keep = (req.keep_alive and self._framing != _EOF and not req.upgrade
+                and not self.proxy.closing)
+        req.close_after = not keep
+        if not keep:
+            out.append(b"Connection: close\r\n\r\n")
+        elif req.http10:
+            out.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            out.append(b"\r\n")
+        return b"".join(out)
+
+    # --- endings ---
+
+    def _flush(self) -> None:
+        out = self._out
+        client = self.client
+        if client is not None and not client.closed:
+            if len(out) == 1:
+                client.transport.write(out[0])
+            else:
+                client.transport.writelines(out)
+        out.clear()
+
+    def _start_tunnel(self, rest: bytes) -> None:
+        client, req = self.client, self.req
+        if client is None or req is None:
+            return
+        self._tunnel = True
+        self._switching = False
+        self._flush()
+        client.start_tunnel(req)
+        if rest and not client.closed:
+            client.transport.write(rest)
+
+    def _detach(self) -> None:
+        """Leave the client and its request."""
+        req, client = self.req, self.client
+        if req is not None:
+            req.sink = None
+        self.req = self.client = None
+        if client is not None:
+            client.set_backend_full(False)
+        if self._reading_paused:
+            self.resume_response()
+
+    def _finish(self, *, keep: bool) -> None:
+        req, client = self.req, self.client
+        if req is None or client is None:
+            return
+        if self._framing == _CHUNKED:
+            self._out.append(b"0\r\n\r\n")
+        self._flush()
+        self._detach()
+        if keep and req.complete and not req.upgrade:
+            self.proxy.pool.put(self)
+        else:
+            self.close()
+        client.response_done(req)
+
+    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        if self._head_only:
+            self._head_only = False
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish(keep=self._keep)
+        elif self.req is None:
+            self.close()  # bytes after a complete response: never reuse this one
+        else:
+            if isinstance(exc, httptools.HttpParserCallbackError) and not isinstance(
+                exc.__context__, Stop
+            ):
+                log.error("router bug while parsing a response", exc_info=exc.__context__ or exc)
+            self._fail(502, INVALID,
+                       f"an instance of app {self.req.route.app} sent an invalid response")
+
+    def _fail(self, status: int, kind: str, message: str) -> None:
+        """The exchange failed: an error page if the client has no response head yet,
+        else cut the client connection so it knows its response is incomplete."""
+        req, client = self.req, self.client
+        if self._out:
+            self._flush()  # a head already decided goes out, then the cut shows the rest is missing
+        started = self._started
+        self._detach()
+        self.abort()
+        if req is None or client is None or client.closed:
+            return
+        self.proxy.backend_failed(self.addr, kind, req, message)
+        if started:
+            client.abort_response(req)
+        else:
+            client.respond_error(req, status, message)
+
+    def check(self, now: float) -> None:
+        """Called by the proxy's tick: 504 when the backend owes an answer for too long.
+
+        It owes one when it has the whole request, or has stopped reading it, and the
+        client is not the one holding things up (not reading the response)."""
+        req = self.req
+        if req is None or self._tunnel or self._reading_paused:
+            return
+        if not (self._request_sent or self._writing_paused):
+            return
+        timeout = self.proxy.settings.backend_timeout
+        if now - self._last >= timeout:
+            self._fail(504, TIMEOUT, f"app {req.route.app} did not answer within {timeout:g} s")
+
+    def abandon(self) -> None:
+        """The client went away: this exchange can't finish, so neither can the connection."""
+        tunnel = self._tunnel
+        self._detach()
+        if tunnel:
+            self.close()
+        else:
+            self.abort()
+
+    def close(self) -> None:
+        self.closed = True
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.transport.abort()
+
+
+class BackendPool:
+    """Idle keep-alive connections per backend address, newest first."""
+
+    def __init__(self, proxy: Proxy, *, max_idle: int) -> None:
+        self.proxy = proxy
+        self.max_idle = max_idle
+        self._idle: dict[str, list[BackendConnection]] = {}
+
+    def take(self, addr: str) -> BackendConnection | None:
+        conns = self._idle.get(addr)
+        while conns:
+            conn = conns.pop()
+            conn.pooled = False
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    def put(self, conn: BackendConnection) -> None:
+        conns = self._idle.get(conn.addr)
+        if conns is None:
+            conns = self._idle[conn.addr] = []
+        if conn.closed or self.proxy.closing or len(conns) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = conn.loop.time()
+        conn.pooled = True
+        conns.append(conn)
+
+    def forget(self, conn: BackendConnection) -> None:
+        conn.pooled = False
+        conns = self._idle.get(conn.addr)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def prune(self, now: float) -> None:
+        """Close connections idle for longer than IDLE_BACKEND_TTL (the oldest are first)."""
+        for addr, conns in list(self._idle.items()):
+            stale = 0
+            while stale < len(conns) and now - conns[stale].idle_since > IDLE_BACKEND_TTL:
+                stale += 1
+            for conn in conns[:stale]:
+                conn.pooled = False
+                conn.close()
+            del conns[:stale]
+            if not conns:
+                del self._idle[addr]
+
+    def retain(self, addrs: set[str]) -> None:
+        """Close the idle connections to backends no longer in the table: their instances
+        are about to stop, and a request must not be sent to one that is stopping."""
+        for addr in [a for a in self._idle if a not in addrs]:
+            for conn in self._idle.pop(addr):
+                conn.pooled = False
+                conn.close()
+
+    def idle_count(self) -> int:
+        return sum(len(conns) for conns in self._idle.values())
+
+    async def connect(self, addr: str) -> BackendConnection:
+        host, port = split_addr(addr)
+        proxy = self.proxy
+        async with asyncio.timeout(proxy.settings.connect_timeout):
+            _, conn = await proxy.loop.create_connection(
+                lambda: BackendConnection(proxy, addr), host, port
+            )
+        return conn
+
+    def close(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.pooled = False
+                conn.close()
+        self._idle.clear()

@@ -1,0 +1,7 @@
+# dinp: a PHP app served by PHP's built-in web server with several workers.
+FROM {{ base }}
+WORKDIR /app
+COPY app/ /app/
+ENV PORT=8080 HOME=/tmp PHP_CLI_SERVER_WORKERS=4
+USER 65534:65534
+CMD {{ cmd }}
