@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from dinp import validation
@@ -41,10 +42,13 @@ class Heartbeat:
     capacity_mb: int
     free_mb: int
     containers: tuple[ContainerInfo, ...]
+    # Instances the agent could not start, with the reason (bad image, engine refused…).
+    failures: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"node": self.node, "address": self.address, "capacity_mb": self.capacity_mb,
-                "free_mb": self.free_mb, "containers": [c.to_json() for c in self.containers]}
+                "free_mb": self.free_mb, "containers": [c.to_json() for c in self.containers],
+                "failures": [{"instance": i, "message": m} for i, m in self.failures.items()]}
 
 
 @dataclass(frozen=True)
@@ -102,10 +106,18 @@ def parse_heartbeat(node: str, data: object) -> Heartbeat:
             instance=_str(c, "instance", max_len=16), app=validation.app_name(c.get("app")),
             release=_int(c, "release", low=1), state=state, health=health, port=port,
         ))
+    failures = data.get("failures", [])
+    if not isinstance(failures, list) or len(failures) > 10_000:
+        raise InvalidInput("failures", "expected a list")
+    failed: dict[str, str] = {}
+    for f in failures:
+        if not isinstance(f, dict):
+            raise InvalidInput("failures", "each failure must be an object")
+        failed[_str(f, "instance", max_len=16)] = _str(f, "message", max_len=2000)
     return Heartbeat(
         node=validation.node_name(node), address=_str(data, "address"),
         capacity_mb=_int(data, "capacity_mb", low=0), free_mb=_int(data, "free_mb", low=0),
-        containers=tuple(parsed),
+        containers=tuple(parsed), failures=failed,
     )
 
 

@@ -78,6 +78,19 @@ def test_bad_input_is_refused_and_creates_nothing(cluster: Cluster) -> None:
     assert "okname" not in names and "api" not in names
 
 
+def test_wait_fails_clearly_when_the_image_cannot_run(cluster: Cluster) -> None:
+    c = cluster
+    result = c.cli.run("app", "create", "broken", "--image", "127.0.0.1:5000/no-such:1",
+                       "--instances", "1", "--memory", "32m", "--wait", "--timeout", "8",
+                       check=False)
+    assert result.returncode == 7, result.stderr  # Timeout
+    assert "broken is not serving after 8 s" in result.stderr
+    assert "no-such" in result.stderr  # the agent's reason reached the user
+    instance = show(c, "broken")["instance_list"][0]
+    assert instance["state"] == "pending" and "no-such" in instance["error"]
+    c.cli.run("app", "delete", "broken", "--yes")
+
+
 def test_scale_up_then_down(cluster: Cluster) -> None:
     c = cluster
     c.cli.run("app", "create", "scaly", "--image", IMAGE, "--instances", "2", "--memory", "64m",

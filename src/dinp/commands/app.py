@@ -8,6 +8,7 @@ import urllib.request
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.status import Status
 
 from dinp import validation
@@ -104,6 +105,9 @@ def show(name: str = typer.Argument(..., help="App name."), as_json: bool = Json
         (i["id"], i["node"] + ("" if i["node_status"] == "ready" else f" ({i['node_status']})"),
          i["address"], i["state"], i["health"], i["release"]) for i in app["instance_list"]
     ])
+    for i in app["instance_list"]:
+        if i.get("error"):
+            console.print(f"[red]{i['id']} cannot start:[/] {escape(i['error'])}")
     if app["env"]:
         console.print("env: " + " ".join(f"{k}=…" for k in sorted(app["env"])))
 
@@ -181,7 +185,10 @@ def wait_serving(api: Client, name: str, *, timeout: float, quiet: bool) -> dict
             if _serving(app) and probe_router(app):
                 return app
             time.sleep(0.1)
-    states = ", ".join(f"{i['id']}@{i['node']}: {i['state']}/{i['health']}"
-                       for i in app["instance_list"]) or "none placed"
+    states = "; ".join(
+        f"{i['id']}@{i['node']}: {i['state']}/{i['health']}"
+        + (f" ({i['error']})" if i.get("error") else "")
+        for i in app["instance_list"]
+    ) or "none placed"
     raise Timeout(f"{name} is not serving after {timeout:.0f} s ({states})",
                   hint=f"`dinp app show {name}` and the server's events tell why.")

@@ -101,6 +101,7 @@ class Agent:
                 )
                 for c in self._containers if c.instance and c.app and c.release
             ),
+            failures={i: r.message[:2000] for i, r in self.state.retries.items()},
         )
 
     async def send_heartbeat(self) -> bool:

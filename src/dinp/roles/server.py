@@ -104,6 +104,7 @@ class Server:
                           capacity_mb=hb.capacity_mb)
             self.snapshot = await self.db(self.store.snapshot)
             self.wake()
+        await self._record_failures(hb)
         previous = self.reports.get(hb.node)
         containers = container_report(hb)
         self.heartbeats[hb.node] = hb
@@ -112,6 +113,18 @@ class Server:
         if previous is None or previous.containers != containers or came_back:
             self.wake()
         return self.assignment_reply(hb.node)
+
+    async def _record_failures(self, hb: Heartbeat) -> None:
+        """An event for each new reason an instance could not start (once, not per beat)."""
+        before = self.heartbeats.get(hb.node)
+        for instance, message in hb.failures.items():
+            if before is not None and before.failures.get(instance) == message:
+                continue
+            app = next((i.app for i in self.snapshot.desired.instances if i.id == instance), None)
+            log.warning("node %s cannot start %s: %s", hb.node, instance, message)
+            with contextlib.suppress(Unavailable):
+                await self.db(self.store.add_event, f"instance {instance} cannot start: "
+                              f"{message}", app=app, node=hb.node)
 
     def assignment_reply(self, node: str) -> dict[str, Any]:
         assignment = self.assignments.get(node) or NodeAssignment(assignments_rev([]), [])
@@ -246,11 +259,11 @@ class Server:
         running = healthy = 0
         for inst in sorted(rows, key=lambda i: (i.node, i.id)):
             c = real.container(inst)
+            hb = self.heartbeats.get(inst.node)
             node = self.snapshot.nodes.get(inst.node)
             running += bool(c and c.running)
             healthy += bool(c and c.running and c.healthy)
             state = ("running" if c.running else "stopped") if c else "pending"
-            hb = self.heartbeats.get(inst.node)
             if c and hb:
                 state = next((x.state for x in hb.containers if x.instance == inst.id), state)
             instances.append({
@@ -258,6 +271,7 @@ class Server:
                 "node_status": node.status if node else "unknown",
                 "address": c.address if c else None, "state": state,
                 "routed": bool(c and c.address in routed),
+                "error": hb.failures.get(inst.id) if hb else None,
                 "health": ("healthy" if c.healthy else "unhealthy" if c.running else "-")
                 if c else "unknown",
             })
