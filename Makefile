@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup venv services images demo stop test test-unit lint bench clean
+.PHONY: help setup venv services images demo stop test test-unit lint bench clean bench-router
 
 help: ## List the targets
 	@echo "usage: make TARGET [PYTEST_ARGS='...']"
@@ -23,7 +23,7 @@ venv: ## Only create/update .venv (pip install -e '.[dev]')
 services: ## Only start dockerd, the registry, MariaDB and Redis
 	@bash scripts/setup.sh services
 
-images: ## Only build dinp/busybox:1, dinp-examples/hello:1 and push hello:1
+images: ## Only build dinp/busybox:1, hello:1 and the base images of dinp build
 	@bash scripts/setup.sh images
 
 demo: setup ## Run `dinp up` in the background and deploy 3 instances of the hello app
@@ -42,12 +42,16 @@ lint: venv ## ruff check and mypy
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 
-bench: setup ## Run the benchmarks (benchmarks/run.py; BENCH_ARGS='...')
+bench: setup ## Run the benchmarks (benchmarks/run.py, then build.py; BENCH_ARGS='...')
 	@if [ -f benchmarks/run.py ]; then \
 		$(PY) benchmarks/run.py $(BENCH_ARGS); \
 	else \
 		echo "no benchmarks/run.py yet"; exit 1; \
 	fi
+	$(PY) benchmarks/build.py $(BENCH_ARGS)
+
+bench-router: venv ## dinp's router vs Caddy and nginx, one core each (wrk); updates docs/performance.md
+	$(PY) benchmarks/router.py --update-doc $(BENCH_ARGS)
 
 clean: ## Stop the demo, remove state/, build/ and caches (keeps .venv and images)
 	@if [ -f state/dinp-up.pid ]; then bash scripts/demo.sh stop; fi

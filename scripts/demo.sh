@@ -2,7 +2,9 @@
 # The demo: the whole platform on this machine with `dinp up`, and the hello app on it.
 #
 #   scripts/demo.sh         start `dinp up --state-dir ./state` in the background (unless it
-#                           runs), create the app hello (3 instances) and print its URL
+#                           runs), build examples/python with `dinp build` and push it to
+#                           the local registry, create the app hello from that image
+#                           (3 instances) and print its URL
 #   scripts/demo.sh stop    stop that `dinp up` and remove the containers of its node `local`
 #
 # Run `make demo` rather than this script: it runs scripts/setup.sh first.
@@ -18,7 +20,9 @@ DINP=${DINP:-.venv/bin/dinp}  # overridable for testing this script
 HEALTH_URL=http://127.0.0.1:7070/api/v1/health
 NODE=local
 APP=hello
-IMAGE=127.0.0.1:5000/hello:1
+REGISTRY=127.0.0.1:5000
+SOURCE=examples/python  # the Python example app, with its library vendored
+VERSION=py-1  # not 1: 127.0.0.1:5000/hello:1 is the busybox hello of scripts/images.sh
 
 say() { printf 'demo: %s\n' "$*" >&2; }
 die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -91,8 +95,15 @@ start() {
     if "$DINP" app show "$APP" --json >/dev/null 2>&1; then
         say "app $APP exists already"
     else
-        say "creating app $APP: $IMAGE, 3 instances of 64m"
-        "$DINP" app create "$APP" --image "$IMAGE" --instances 3 --memory 64m --wait \
+        # Needs the base images (scripts/setup.sh images makes them); cached after the
+        # first build, so a second run of the demo takes a second here.
+        say "building $SOURCE: dinp build $SOURCE --app $APP --version $VERSION --registry $REGISTRY"
+        local image
+        image=$("$DINP" build "$SOURCE" --app "$APP" --version "$VERSION" \
+                    --registry "$REGISTRY" --quiet) \
+            || die "dinp build $SOURCE failed"
+        say "creating app $APP: $image, 3 instances of 64m"
+        "$DINP" app create "$APP" --image "$image" --instances 3 --memory 64m --wait \
             || die "dinp app create failed (server log: $LOG_FILE)"
     fi
     local url

@@ -110,8 +110,8 @@ def unpack(source: Path, dest: Path, limits: Limits) -> Unpacked:
         else:
             unpack_zip(source, dest, budget)
         _check_links(dest)
-    return Unpacked(root=app_root(dest), kind=kind, sha256=sha256, files=budget.entries,
-                    bytes=budget.written)
+    return Unpacked(root=dest if kind == "war" else app_root(dest), kind=kind, sha256=sha256,
+                    files=budget.entries, bytes=budget.written)
 
 
 def unpack_war(source: Path, dest: Path, limits: Limits) -> None:
@@ -122,9 +122,11 @@ def unpack_war(source: Path, dest: Path, limits: Limits) -> None:
 
 
 def app_root(dest: Path) -> Path:
-    """`dest`, or its only entry when that is a directory (`tar czf app.tgz app/`)."""
+    """`dest`, or its only entry when that is a directory (`tar czf app.tgz app/`) other
+    than a web app's WEB-INF/ (a war of classes only)."""
     entries = list(dest.iterdir())
-    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+    if (len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink()
+            and entries[0].name not in ("WEB-INF", "META-INF")):
         return entries[0]
     return dest
 

@@ -115,8 +115,10 @@ def ensure(
                                         note=f"base_{t} is set in [build]"))
         if not own:
             return outcomes
-        outcomes.insert(0, _ensure_one(engine, debian, config, tmp, push=push, force=force,
-                                       debian=debian, log=log, progress=progress))
+        # --force with --type rebuilds those types, not the Debian root they share.
+        outcomes.insert(0, _ensure_one(engine, debian, config, tmp, push=push,
+                                       force=force and not types, debian=debian, log=log,
+                                       progress=progress))
         for t in own:
             recipe = type_recipe(config, t, debian)
             outcomes.append(_ensure_one(engine, recipe, config, tmp, push=push, force=force,

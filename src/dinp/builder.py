@@ -19,6 +19,7 @@ the app, the version, the archive's sha256, the type and the build time.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import tarfile
@@ -33,7 +34,7 @@ from typing import Any
 from dinp import archive, buildtypes, dockerfiles, validation
 from dinp.config import BuildConfig
 from dinp.engine import Engine, check_registry, no_log, registry_reachable
-from dinp.errors import BuildFailed, InvalidInput
+from dinp.errors import BuildFailed, ConfigError, InvalidInput
 
 LABEL_APP = "io.dinp.build.app"
 LABEL_VERSION = "io.dinp.build.version"
@@ -126,7 +127,11 @@ def build(
             engine = stack.enter_context(Engine(config.docker_host))
         if push:
             registry_reachable(registry)
-        tmp = Path(tempfile.mkdtemp(prefix="dinp-build-", dir=config.tmp_dir or None))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix="dinp-build-", dir=config.tmp_dir or None))
+        except OSError as exc:
+            raise ConfigError(f"tmp_dir {config.tmp_dir or tempfile.gettempdir()}: "
+                              f"{exc.strerror}") from exc
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
 
         with _timed(timings, "unpack"):
@@ -145,9 +150,14 @@ def build(
                     root = tmp / "war"
             log(f"{plan.type} app, {unpacked.files} entries, {unpacked.bytes} bytes, "
                 f"sha256 {unpacked.sha256[:12]}…")
+            if plan.type == "dockerfile" and cmd is not None:
+                log("note: --cmd does not apply to a dockerfile app; its own CMD starts it")
 
+        labels = {LABEL_APP: app, LABEL_VERSION: version, LABEL_SHA256: unpacked.sha256,
+                  LABEL_TYPE: plan.type,
+                  LABEL_TIME: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
         with _timed(timings, "context"):
-            context_dir, buildargs = _context(plan, root, tmp, config, log)
+            context_dir, buildargs = _context(plan, root, tmp, config, labels, log)
             context_tar = tmp / "context.tar"
             _tar(context_dir, context_tar)
 
@@ -166,13 +176,10 @@ def build(
                             f"{plan.type} in [build] of dinp.toml.",
                         ) from exc
 
-        labels = {LABEL_APP: app, LABEL_VERSION: version, LABEL_SHA256: unpacked.sha256,
-                  LABEL_TYPE: plan.type,
-                  LABEL_TIME: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
         with _timed(timings, "build"):
             progress(f"building {ref} ({plan.type})")
             with context_tar.open("rb") as ctx:
-                image_id = engine.build(ctx, labels=labels, log=log, buildargs=buildargs)
+                image_id = engine.build(ctx, labels={}, log=log, buildargs=buildargs)
 
         engine.tag(image_id, ref)
         digest = None
@@ -192,10 +199,18 @@ def build(
 
 
 def _context(plan: buildtypes.Plan, root: Path, tmp: Path, config: BuildConfig,
-             log: Callback) -> tuple[Path, dict[str, str]]:
+             labels: dict[str, str], log: Callback) -> tuple[Path, dict[str, str]]:
     """The build context directory: the app's own for a dockerfile app; otherwise the
     filled template as Dockerfile beside the app in app/."""
+    # The labels go in as one LABEL step at the end, rather than through the engine's
+    # `labels` parameter, which adds a step (a container) per label.
+    label_line = b"\nLABEL " + " ".join(
+        f"{k}={json.dumps(v)}" for k, v in sorted(labels.items())).encode() + b"\n"
     if plan.type == "dockerfile":
+        dockerfile = root / "Dockerfile"
+        own = dockerfile.read_bytes()
+        dockerfile.unlink()  # never write through a link, even one that stays inside
+        dockerfile.write_bytes(own.rstrip(b"\n") + label_line)
         return root, {}
     assert plan.command is not None
     context = tmp / "context"
@@ -204,7 +219,7 @@ def _context(plan: buildtypes.Plan, root: Path, tmp: Path, config: BuildConfig,
     text = dockerfiles.render(dockerfiles.read(f"app/{plan.template}"),
                               base=config.base_image(plan.type),
                               cmd=buildtypes.cmd_instruction(plan.command))
-    (context / "Dockerfile").write_text(text)
+    (context / "Dockerfile").write_bytes(text.rstrip("\n").encode() + label_line)
     log(f"start command: {plan.command}")
     buildargs: dict[str, str] = {}
     if plan.template == "python-pip.Dockerfile":

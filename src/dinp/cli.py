@@ -12,6 +12,7 @@ import typer
 
 from dinp import __version__
 from dinp.commands import app as app_cmd
+from dinp.commands import build as build_cmd
 from dinp.commands import node as node_cmd
 from dinp.commands import roles as roles_cmd
 from dinp.commands import session as session_cmd
@@ -24,6 +25,8 @@ cli = typer.Typer(
 )
 cli.add_typer(app_cmd.cli, name="app", help="Create, inspect, scale and delete apps.")
 cli.add_typer(node_cmd.cli, name="node", help="The machines that run apps.")
+cli.add_typer(build_cmd.cli, name="build", help="Build an app's image: dinp build PATH "
+              "--app NAME --version V (see dinp build --help); dinp build base-images.")
 roles_cmd.register(cli)
 session_cmd.register(cli)
 

@@ -117,6 +117,12 @@ class BuildConfig:
     # What `dinp build base-images` makes its Debian root from.
     debian_suite: str = "bookworm"
     debian_mirror: str = "http://deb.debian.org/debian"
+    # `dinp build serve`: where it listens, the token clients send (also what
+    # `dinp build --remote` sends), the largest upload, and builds run at once.
+    serve_listen: str = "127.0.0.1:7071"
+    build_token: str = ""
+    max_upload_mb: int = 1024
+    max_builds: int = 2
     # For python apps that bring a requirements.txt instead of vendored libraries.
     pip_index_url: str = ""
     # A CA bundle (PEM) pip trusts during such builds, e.g. behind a TLS-inspecting proxy.

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 
 from dinp import const
-from dinp.errors import DinpError, Unavailable
+from dinp.engine import engine_address, unreachable_engine
+from dinp.errors import DinpError
 from dinp.wire import Assignment
 
 log = logging.getLogger(__name__)
@@ -69,25 +68,14 @@ class DockerRuntime:
     def __init__(self, *, node: str, advertise: str, base_url: str = "") -> None:
         self.node = node
         self.advertise = advertise
-        self.base_url = (base_url or os.environ.get("DOCKER_HOST")
-                         or "unix:///var/run/docker.sock")
+        self.base_url = engine_address(base_url)
         with self.errors():
             self.client = (docker.DockerClient(base_url=base_url, timeout=60) if base_url
                            else docker.from_env(timeout=60))
             self.client.ping()
 
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """Engine unreachable becomes one message saying where and what to check."""
-        try:
-            yield
-        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
-            if isinstance(exc, docker.errors.APIError) and exc.response is not None:
-                raise
-            raise Unavailable(
-                f"Docker engine at {self.base_url} is unreachable: {exc}",
-                hint="Is dockerd running? Start it, or set docker_host (DINP_DOCKER_HOST).",
-            ) from exc
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        return unreachable_engine(self.base_url, section="agent")
 
     def _filters(self) -> dict[str, Any]:
         return {"label": [f"{const.LABEL_MANAGED}=true", f"{const.LABEL_NODE}={self.node}"]}

@@ -28,8 +28,30 @@ Log = Callable[[str], None]
 ENGINE_TIMEOUT = 900
 OUTPUT_LINES = 25
 _REGISTRY = re.compile(r"^(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _UNREACHABLE = ("connection refused", "no such host", "i/o timeout", "dial tcp",
                 "no route to host", "network is unreachable", "server gave http response")
+
+
+def engine_address(docker_host: str = "") -> str:
+    """Where the Docker SDK will connect, for messages."""
+    return docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+@contextlib.contextmanager
+def unreachable_engine(where: str, *, section: str) -> Iterator[None]:
+    """An engine that cannot be reached becomes one message saying where to look; an
+    error the engine itself answered (a bad request, a missing image) passes through."""
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+        if isinstance(exc, docker.errors.APIError) and exc.response is not None:
+            raise
+        raise Unavailable(
+            f"the Docker engine at {where} is unreachable: {exc}",
+            hint=f"Is dockerd running? Start it, or set docker_host in [{section}] "
+            "(DINP_DOCKER_HOST).",
+        ) from exc
 
 
 def no_log(line: str) -> None:
@@ -47,7 +69,7 @@ class Engine:
     """One connection to a Docker engine, used by a build from start to end."""
 
     def __init__(self, docker_host: str = "") -> None:
-        self.where = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self.where = engine_address(docker_host)
         with self.errors():
             self.client = (docker.DockerClient(base_url=docker_host, timeout=ENGINE_TIMEOUT)
                            if docker_host else docker.from_env(timeout=ENGINE_TIMEOUT))
@@ -63,19 +85,8 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """An engine that cannot be reached becomes one message saying where to look."""
-        try:
-            yield
-        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
-            if isinstance(exc, docker.errors.APIError) and exc.response is not None:
-                raise
-            raise Unavailable(
-                f"the Docker engine at {self.where} is unreachable: {exc}",
-                hint="Is dockerd running? Start it, or set docker_host in [build] "
-                "(DINP_DOCKER_HOST).",
-            ) from exc
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        return unreachable_engine(self.where, section="build")
 
     # -- images --------------------------------------------------------------------------
 
@@ -97,7 +108,10 @@ class Engine:
     def tag(self, image_id: str, ref: str) -> None:
         repo, tag = split_ref(ref)
         with self.errors():
-            self.api.tag(image_id, repo, tag, force=True)
+            try:
+                self.api.tag(image_id, repo, tag, force=True)
+            except docker.errors.APIError as exc:
+                raise BuildFailed(f"cannot tag {ref}: {exc.explanation or exc}") from exc
 
     def untag(self, ref: str) -> None:
         """Remove the tag `ref` (and the image if nothing else holds it); never raises."""
@@ -233,13 +247,15 @@ def _follow_build(stream: Iterable[dict[str, Any]], log: Log) -> str:
     pending = ""
     for chunk in stream:
         if "error" in chunk or "errorDetail" in chunk:
-            if pending:
-                output.append(pending)
+            if pending.strip():
+                output.append(_ANSI.sub("", pending).rstrip("\r"))
             detail = chunk.get("errorDetail") or {}
-            message = str(detail.get("message") or chunk.get("error")).strip()
-            where = f"step {step}" if step else "the build"
+            message = _ANSI.sub("", str(detail.get("message") or chunk.get("error"))).strip()
+            if len(message) > 300:
+                message = message[:300] + "…"
+            where = f"build failed at step {step}" if step else "build failed"
             tail = "\n".join(f"  | {line}" for line in output)
-            raise BuildFailed(f"{where} failed: {message}" + (f"\n{tail}" if tail else ""),
+            raise BuildFailed(f"{where}\n{message}" + (f"\n{tail}" if tail else ""),
                               hint=_hint(message))
         aux = chunk.get("aux")
         if isinstance(aux, dict) and aux.get("ID"):
@@ -252,18 +268,20 @@ def _follow_build(stream: Iterable[dict[str, Any]], log: Log) -> str:
         pending += str(text)
         *lines, pending = pending.split("\n")
         for raw in lines:
-            line = raw.rstrip("\r")
+            line = _ANSI.sub("", raw).rstrip("\r")
             m = re.match(r"^Step (\d+/\d+) : (.*)$", line)
             if m:
-                step = f"{m.group(1)} ({m.group(2)[:120]})"
+                instruction = m.group(2)
+                step = f"{m.group(1)}: " + (
+                    instruction if len(instruction) <= 160 else instruction[:160] + "…")
                 output.clear()
             elif line.startswith("Successfully built "):
                 image_id = image_id or line.split()[-1]
-            elif not line.startswith(" ---> "):
+            elif not line.startswith((" ---> ", "Removing intermediate container ")):
                 output.append(line)
             log(line)
-    if pending:
-        log(pending)
+    if pending.strip():
+        log(_ANSI.sub("", pending).rstrip("\r"))
     if not image_id:
         raise BuildFailed("the engine ended the build without an image id",
                           hint="\n".join(output) or None)

@@ -223,3 +223,8 @@ def make_node_name() -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def node_name(make_node_name: Callable[[], str]) -> str:
     return make_node_name()
+
+
+# The build tests' fixtures (engine, base_images, archives, config, app_name, …), shared by
+# test_build.py and test_build_remote.py. Imported last: builds.py uses TEST_LABEL above.
+from tests.integration.builds import app_name, archives, base_images, build_tmp, config, engine  # noqa: E402, F401

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 

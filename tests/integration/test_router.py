@@ -1,9 +1,11 @@
-"""The router against real things: aiohttp backends on ephemeral ports, real client sockets,
-and the real Redis (database 11, flushed before and after, since the route keys have fixed
-names).
+"""The router against real things: aiohttp backends on ephemeral ports, real client sockets
+(raw ones for what a library client would hide), the aiohttp websocket client, and a
+private redis-server on a free port (the `redis_server` fixture) for the table.
 
 Each test is a plain function that runs one scenario with asyncio.run; an AsyncExitStack
-closes every server, router and session the scenario opened, even when it fails.
+closes every server, router and session the scenario opened, even when it fails. The
+router runs in the test's process here, on asyncio and on uvloop; test_router_process.py
+runs `dinp router` as a process, as operators do.
 """
 
 from __future__ import annotations
@@ -11,25 +13,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import html
 import json
 import random
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import redis
 import uvloop
 from aiohttp import web
 
 from dinp.config import RouterConfig
 from dinp.roles.router import Router, serve
 from dinp.routes import RedisRouteFollower, RedisRouteStore, RouteTable
+from tests.integration.conftest import RedisServer
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
 MB = 1 << 20
 _BASE = random.Random(7).randbytes(MB)
 
@@ -77,19 +81,9 @@ def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_db() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
-    client.flushdb()
-    try:
-        yield REDIS_URL
-    finally:
-        client.flushdb()
-        client.close()
+def redis_db(redis_server: RedisServer) -> str:
+    """The URL of a private, empty Redis."""
+    return redis_server.url
 
 
 # -- backends ---------------------------------------------------------------------------
@@ -699,8 +693,9 @@ def test_route_change_in_redis_takes_effect(redis_db: str) -> None:
         assert await who(http, router, "www.example.com") == "one"
         rev = await publish(redis_db, table({"web": [two]}, cnames={"www.example.com": "web"}))
         assert await eventually(lambda: _answers(http, router, "www.example.com", "two"))
-        assert await health(http, router) == {"status": "ok", "routes": 1, "rev": rev,
-                                              "redis": True}
+        got = await health(http, router)
+        assert (got["status"], got["routes"], got["rev"], got["redis"]) == ("ok", 1, rev, True)
+        assert got["table_age"] < 1 and got["workers"] == 1
 
     run(scenario)
 
@@ -713,7 +708,8 @@ async def _answers(http: aiohttp.ClientSession, router: Router, host: str, name:
 class Cutter:
     """A TCP relay to Redis that the test can cut, as if Redis went away."""
 
-    def __init__(self) -> None:
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
         self.writers: set[asyncio.StreamWriter] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
@@ -722,10 +718,10 @@ class Cutter:
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{self.port}/11"
+        return f"redis://127.0.0.1:{self.port}/0"
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         self.writers |= {writer, up_writer}
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -750,7 +746,7 @@ def test_keeps_the_last_table_while_redis_is_away(redis_db: str) -> None:
     async def scenario(stack: contextlib.AsyncExitStack) -> None:
         (b,) = await backends(stack, "web")
         await publish(redis_db, table({"web": [b]}))
-        cutter = Cutter()
+        cutter = Cutter(int(redis_db.rsplit(":", 1)[1].split("/")[0]))
         url = await cutter.start()
         stack.push_async_callback(cutter.cut)
         router = await start_router(stack)
@@ -806,5 +802,235 @@ def test_serve_runs_the_role_until_cancelled(redis_db: str) -> None:
             await asyncio.gather(role, return_exceptions=True)
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.1", http_port)
+
+    run(scenario)
+
+
+# -- status pages, limits and timeouts --------------------------------------------------------
+
+async def page(client: RawClient, request: bytes) -> Response:
+    """Send `request` and read the router's own answer to it."""
+    await client.send(request)
+    resp = await client.response()
+    assert resp.headers["x-dinp-error"] == str(resp.status)
+    assert resp.headers["content-type"] == "text/html; charset=utf-8"
+    return resp
+
+
+def test_status_pages_for_bad_requests() -> None:
+    """400, 405, 414 and 431 each come with a page saying what was wrong."""
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (b,) = await backends(stack, "web")
+        router = await start_router(stack, table({"web": [b]}), max_request_line=2048,
+                                    max_header_size=16 * 1024)
+        cases = [
+            (b"GET / HTTP/1.0\r\n\r\n", 400, "the request has no Host header"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400,
+             "the request has more than one Host header"),
+            (b"GET / HTTP/1.1\r\nHost web.localhost\r\n\r\n", 400,
+             "the request is not valid HTTP/1.1"),
+            (b"CONNECT web.localhost:443 HTTP/1.1\r\nHost: web.localhost\r\n\r\n", 405,
+             "this router does not tunnel CONNECT"),
+            (b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: web.localhost\r\n\r\n", 414,
+             "the request's URL is longer than 2048 bytes"),
+            (b"GET / HTTP/1.1\r\nHost: web.localhost\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n",
+             431, "the request head is larger than 16 KB"),
+        ]
+        for request, status, message in cases:
+            client = await RawClient.open(stack, router)
+            resp = await page(client, request)
+            assert resp.status == status, (request[:40], resp)
+            assert f"<p>{html.escape(message)}</p>".encode() in resp.body
+            assert await client.at_eof()  # a client that sends such things is cut off
+
+    run(scenario)
+
+
+def test_slow_head_408_and_idle_clients_are_closed() -> None:
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (b,) = await backends(stack, "web")
+        router = await start_router(stack, table({"web": [b]}), header_timeout=0.3,
+                                    client_timeout=0.5)
+        # A head trickling in for longer than header_timeout.
+        slow = await RawClient.open(stack, router)
+        await slow.send(b"GET / HTTP/1.1\r\nHost: web.local")
+        started = time.monotonic()
+        resp = await page(slow, b"host\r\n")
+        assert resp.status == 408
+        assert b"the request head did not arrive within 0.3 s" in resp.body
+        assert 0.25 < time.monotonic() - started < 1.5
+        assert await slow.at_eof()
+
+        # A connection that never sends anything is closed after header_timeout.
+        silent = await RawClient.open(stack, router)
+        started = time.monotonic()
+        assert await silent.at_eof()
+        assert 0.25 < time.monotonic() - started < 1.5
+
+        # A keep-alive connection idle after its response is closed after client_timeout.
+        idle = await RawClient.open(stack, router)
+        await idle.send(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
+        assert (await idle.response()).status == 200
+        started = time.monotonic()
+        assert await idle.at_eof()
+        assert 0.4 < time.monotonic() - started < 1.5
+
+        # A client that stops sending its body gets a 408 after client_timeout.
+        stalled = await RawClient.open(stack, router)
+        await stalled.send(b"POST /upload HTTP/1.1\r\nHost: web.localhost\r\n"
+                           b"Content-Length: 100\r\n\r\nhalf")
+        resp = await page(stalled, b"")
+        assert resp.status == 408
+        assert b"the request body stopped arriving for 0.5 s" in resp.body
+
+    run(scenario)
+
+
+def test_connect_timeout_then_the_next_instance() -> None:
+    """An instance that does not accept in time is given up after connect_timeout, and
+    the request goes to the next one; with no other, a 502 says so."""
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (live,) = await backends(stack, "live")
+        # A listener that accepts nothing, its queue full: later SYNs go unanswered.
+        hole = socket.socket()
+        stack.callback(hole.close)
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(hole.getsockname())
+            fillers.append(filler)
+            stack.callback(filler.close)
+        await asyncio.sleep(0.1)
+        stuck = f"127.0.0.1:{hole.getsockname()[1]}"
+        router = await start_router(stack, table({"web": [stuck, live.addr], "stuck": [stuck]}),
+                                    connect_timeout=0.3)
+        http = await session(stack)
+        started = time.monotonic()
+        assert await who(http, router, "web.localhost") == "live"
+        assert await who(http, router, "web.localhost") == "live"
+        status, text = await fetch(http, router, "stuck.localhost")
+        assert status == 502 and "no instance of app stuck accepted a connection" in text
+        assert time.monotonic() - started < 2.5
+
+    run(scenario)
+
+
+def test_failing_instance_is_skipped_for_fail_timeout_then_tried_again() -> None:
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (live,) = await backends(stack, "live")
+        dead = f"127.0.0.1:{dead_port()}"
+        router = await start_router(stack, table({"web": [dead, live.addr]}),
+                                    fail_timeout=0.5)
+        http = await session(stack)
+
+        def connect_errors() -> int:
+            return router.snapshot()["apps"]["web"]["errors"].get("connect", 0)
+
+        assert [await who(http, router, "web.localhost") for _ in range(10)] == ["live"] * 10
+        assert connect_errors() == 1  # tried once, then skipped
+        assert router.snapshot()["backends_down"] == 1
+        await asyncio.sleep(0.6)
+        assert [await who(http, router, "web.localhost") for _ in range(4)] == ["live"] * 4
+        assert connect_errors() == 2  # tried again once its time was up
+
+    run(scenario)
+
+
+# -- request ids, metrics, access log ---------------------------------------------------------
+
+def test_request_id_generated_or_kept() -> None:
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (b,) = await backends(stack, "web")
+        router = await start_router(stack, table({"web": [b]}))
+        client = await RawClient.open(stack, router)
+        ids = []
+        for _ in range(3):
+            await client.send(b"GET / HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
+            headers = {k.lower(): v for k, v in (await client.response()).json()["headers"].items()}
+            ids.append(headers["x-request-id"])
+        assert len(set(ids)) == 3 and all(len(i) >= 18 for i in ids)
+        await client.send(b"GET / HTTP/1.1\r\nHost: web.localhost\r\nX-Request-ID: abc-123\r\n\r\n")
+        headers = (await client.response()).json()["headers"]
+        assert [v for k, v in headers.items() if k.lower() == "x-request-id"] == ["abc-123"]
+
+    run(scenario)
+
+
+def test_metrics_endpoint() -> None:
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (b,) = await backends(stack, "web")
+        router = await start_router(stack, table({"web": [b], "empty": []}))
+        http = await session(stack)
+        for _ in range(3):
+            await who(http, router, "web.localhost")
+        await fetch(http, router, "empty.localhost")
+        await fetch(http, router, "nope.localhost")
+        async with http.get(f"http://127.0.0.1:{router.bound_admin_port}/metrics") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = await resp.text()
+        values = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                      if line and not line.startswith("#"))
+        assert values['dinp_router_requests_total{app="web",code="200"}'] == "3"
+        assert values['dinp_router_requests_total{app="empty",code="503"}'] == "1"
+        assert values['dinp_router_requests_total{app="",code="404"}'] == "1"
+        assert values['dinp_router_request_duration_seconds_count{app="web"}'] == "3"
+        assert values['dinp_router_request_duration_seconds_bucket{app="web",le="+Inf"}'] == "3"
+        assert values["dinp_router_routes"] == "2"
+        assert values["dinp_router_route_backends"] == "1"
+        assert float(values["dinp_router_route_table_age_seconds"]) < 5
+        assert values["dinp_router_backend_idle_connections"] == "1"
+        assert "# TYPE dinp_router_request_duration_seconds histogram" in text
+
+    run(scenario)
+
+
+def test_access_log(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (b,) = await backends(stack, "web")
+        router = await start_router(stack, table({"web": [b]}), access_log=str(path))
+        client = await RawClient.open(stack, router)
+        await client.send(b'GET /a?q="x" HTTP/1.1\r\nHost: web.localhost\r\nReferer: http://r/\r\n'
+                          b"User-Agent: test/1\r\nX-Request-Id: rid-1\r\n\r\n")
+        body = (await client.response()).body
+        await client.send(b"GET / HTTP/1.0\r\nHost: nope.localhost\r\n\r\n")
+        await client.response()
+        await router.close()  # flushes the log
+        first, second = path.read_text().splitlines()
+        pattern = (r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
+                   r'"GET /a\?q=\\"x\\" HTTP/1\.1" 200 (\d+) "http://r/" "test/1" '
+                   rf"web\.localhost web {re.escape(b.addr)} \d+\.\d{{3}} rid-1")
+        match = re.fullmatch(pattern, first)
+        assert match, first
+        assert int(match.group(1)) == len(body)
+        assert re.fullmatch(r'127\.0\.0\.1 - - \[.*\] "GET / HTTP/1\.0" 404 \d+ "-" "-" '
+                            r"nope\.localhost - - \d+\.\d{3} [0-9a-f]{16}-[0-9a-f]+", second)
+
+    run(scenario)
+
+
+# -- route changes ----------------------------------------------------------------------------
+
+def test_table_change_keeps_requests_in_flight() -> None:
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        one, two = await backends(stack, "one", "two")
+        router = await start_router(stack, table({"web": [one]}))
+        http = await session(stack)
+        assert await who(http, router, "web.localhost") == "one"  # a pooled connection
+        slow = asyncio.create_task(fetch(http, router, "web.localhost", "/slow?s=0.5"))
+        await asyncio.sleep(0.1)
+        router.set_table(table({"web": [two]}))
+        assert await who(http, router, "web.localhost") == "two"
+        status, text = await slow
+        assert (status, json.loads(text)["name"]) == (200, "one")
+        assert router.proxy.pool.idle_count() == 1  # only two's: one's was not kept
 
     run(scenario)

@@ -10,6 +10,7 @@ import pytest
 
 from dinp.config import (
     AgentConfig,
+    BuildConfig,
     RouterConfig,
     ServerConfig,
     UpConfig,
@@ -231,7 +232,7 @@ def test_example_config_documents_every_key_and_loads() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "dinp.toml"
     data = tomllib.loads(example.read_text())
     for cls, section in [(ServerConfig, "server"), (AgentConfig, "agent"),
-                         (RouterConfig, "router"), (UpConfig, "up")]:
+                         (RouterConfig, "router"), (UpConfig, "up"), (BuildConfig, "build")]:
         names = {f.name for f in dataclasses.fields(cls)}
         assert set(data[section]) == names, section
         load(cls, section, path=example, env={})

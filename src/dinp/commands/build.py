@@ -4,21 +4,22 @@ baseimages that show progress and the build log with rich."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.markup import escape
 from rich.status import Status
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from dinp import baseimages, builder, buildtypes
 from dinp import config as cfg
+from dinp.buildclient import remote_build
 from dinp.engine import Log, check_registry, no_log
 from dinp.errors import DinpError
-from dinp.output import console, err_console, print_json, table
+from dinp.output import err_console, print_json, table
 
 DEFAULT = "path"
 
@@ -27,17 +28,25 @@ class _PathOrSubcommand(TyperGroup):
     """`dinp build base-images` runs that subcommand; anything else (`dinp build PATH …`,
     `dinp build --help`) goes to the hidden default command that builds PATH."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands:
             args = [DEFAULT, *args]
         return super().parse_args(ctx, args)
 
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
         name, command, rest = super().resolve_command(ctx, args)
         # Usage and errors then read `dinp build PATH`, not `dinp build path PATH`.
         return ("" if name == DEFAULT else name), command, rest
+
+
+class _PathContext(typer.Context):
+    @property
+    def command_path(self) -> str:
+        return super().command_path.rstrip()
+
+
+class _PathCommand(TyperCommand):
+    context_class = _PathContext
 
 
 cli = typer.Typer(cls=_PathOrSubcommand, no_args_is_help=True,
@@ -46,10 +55,10 @@ cli = typer.Typer(cls=_PathOrSubcommand, no_args_is_help=True,
 ConfigOpt = typer.Option(None, "--config", "-c", envvar="DINP_CONFIG",
                          help="dinp.toml to read (default ./dinp.toml, /etc/dinp/dinp.toml).")
 RegistryOpt = typer.Option(None, "--registry", "-r", help="Registry host[:port] to tag and "
-                           "push to (registry in [build], DINP_REGISTRY; default "
+                           "push to (registry in \\[build], DINP_REGISTRY; default "
                            "127.0.0.1:5000).")
 PushOpt = typer.Option(None, "--push/--no-push", help="Push to the registry (default: push "
-                       "in [build], true).", show_default=False)
+                       "in \\[build], true).", show_default=False)
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or build log (for CI); "
                         "a failure still shows the failing step's output.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON for scripts.")
@@ -76,6 +85,20 @@ def _registry(value: str | None) -> str | None:
         raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
 
 
+def _app_type(value: str | None) -> str | None:
+    if value is not None and value not in buildtypes.TYPES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(buildtypes.TYPES)}")
+    return value
+
+
+def _base_types(values: list[str]) -> list[str]:
+    for value in values:
+        if value not in buildtypes.BASE_TYPES:
+            raise typer.BadParameter(
+                f"{value!r} is not one of {', '.join(buildtypes.BASE_TYPES)}")
+    return values
+
+
 def _load(config: Path | None, **flags: Any) -> cfg.BuildConfig:
     path = cfg.find_config_file(str(config) if config else None)
     return cfg.load(cfg.BuildConfig, "build", path=path, flags=flags)
@@ -90,16 +113,18 @@ def _display(quiet: bool, first: str) -> Iterator[tuple[Log, Log]]:
         return
     with Status(first, console=err_console) as status:
         def log(line: str) -> None:
-            err_console.print(line, style="dim", markup=False, highlight=False)
+            err_console.print(line, style="dim", markup=False, highlight=False,
+                              soft_wrap=True)
 
         def progress(text: str) -> None:
             status.update(text)
-            err_console.print(f"[bold]==>[/] {escape(text)}", highlight=False)
+            err_console.print(f"[bold]==>[/] {escape(text)}", highlight=False,
+                              soft_wrap=True)
 
         yield log, progress
 
 
-@cli.command(DEFAULT, hidden=True)
+@cli.command(DEFAULT, hidden=True, cls=_PathCommand)
 def build(
     path: Path = typer.Argument(..., help="A .tar.gz/.tgz/.tar, a .war, or a directory.",
                                 show_default=False),
@@ -107,12 +132,17 @@ def build(
     version: str = typer.Option(..., "--version", "-V", callback=_version,
                                 help="The image tag, e.g. 1.4.2 or a commit id."),
     app_type: str | None = typer.Option(
-        None, "--type", "-t", click_type=click.Choice(buildtypes.TYPES),
-        help="The app's type (default: detected from its contents)."),
+        None, "--type", "-t", callback=_app_type,
+        help=f"The app's type, one of {', '.join(buildtypes.TYPES)} (default: detected "
+        "from its contents)."),
     cmd: str | None = typer.Option(None, "--cmd", help="What starts the app (default: the "
                                    "Procfile's web: line, else the type's default)."),
     registry: str | None = RegistryOpt,
     push: bool | None = PushOpt,
+    remote: str | None = typer.Option(
+        None, "--remote", envvar="DINP_BUILD_REMOTE", show_envvar=True,
+        help="Build on the `dinp build serve` at this URL (sends build_token / "
+        "DINP_BUILD_TOKEN) instead of the local engine."),
     as_json: bool = JsonOpt,
     quiet: bool = QuietOpt,
     config: Path | None = ConfigOpt,
@@ -122,30 +152,55 @@ def build(
     Types: war, binary, python, node, php, static, dockerfile (see docs/building.md).
     `dinp build base-images` makes the base images every type starts from.
     """
-    conf = _load(config, registry=registry, push=push)
+    conf = _load(config, registry=_registry(registry), push=push)
     with _display(quiet, f"building {app}:{version}") as (log, progress):
-        result = builder.build(path, app=app, version=version, config=conf,
-                               app_type=app_type, cmd=cmd, log=log, progress=progress)
+        if remote:
+            # The service's own [build] config decides the registry and base images.
+            result = remote_build(remote, conf.build_token, path, app=app, version=version,
+                                  app_type=app_type, cmd=cmd, push=push, log=log,
+                                  progress=progress)
+        else:
+            result = builder.build(path, app=app, version=version, config=conf,
+                                   app_type=app_type, cmd=cmd, log=log,
+                                   progress=progress).to_json()
     if as_json:
-        print_json(result.to_json())
+        print_json(result)
     elif quiet:
-        console.print(result.reference, markup=False, highlight=False)
+        sys.stdout.write(result["reference"] + "\n")
     else:
-        what = f"pushed {result.image}" if result.pushed else f"built {result.image} (not pushed)"
-        err_console.print(f"[green]✓[/] {escape(what)}: {result.type}, "
-                          f"{result.size / 1e6:.1f} MB, {result.seconds:.1f} s",
-                          highlight=False)
-        console.print(result.reference, markup=False, highlight=False)
+        image = result["image"]
+        what = f"pushed {image}" if result["pushed"] else f"built {image} (not pushed)"
+        err_console.print(f"[green]✓[/] {escape(what)}: {result['type']}, "
+                          f"{result['size'] / 1e6:.1f} MB, {result['seconds']:.1f} s",
+                          highlight=False, soft_wrap=True)
+        sys.stdout.write(result["reference"] + "\n")
+
+
+@cli.command("serve")
+def serve(
+    listen: str | None = typer.Option(None, "--listen", help="host:port (serve_listen in "
+                                      "\\[build]; default 127.0.0.1:7071)."),
+    registry: str | None = RegistryOpt,
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Run a build service: `dinp build PATH --remote URL` uploads to it and gets the
+    same result as a local build. Needs build_token (DINP_BUILD_TOKEN) and an engine."""
+    from dinp.roles import buildservice, lifecycle
+
+    conf = _load(config, registry=_registry(registry), serve_listen=listen)
+    lifecycle.run(lambda: buildservice.serve(conf))
 
 
 @cli.command("base-images")
 def base_images(
     types: list[str] = typer.Option(
-        [], "--type", "-t", click_type=click.Choice(buildtypes.BASE_TYPES),
-        help="Only this type's base image (repeatable; default: all)."),
+        [], "--type", "-t", callback=_base_types,
+        help=f"Only this type's base image, one of {', '.join(buildtypes.BASE_TYPES)} "
+        "(repeatable; default: all)."),
     registry: str | None = RegistryOpt,
     push: bool | None = PushOpt,
-    force: bool = typer.Option(False, "--force", help="Rebuild even the current ones."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even the current ones (with "
+                               "--type: those types, not the Debian root)."),
     as_json: bool = JsonOpt,
     quiet: bool = QuietOpt,
     config: Path | None = ConfigOpt,

@@ -60,14 +60,22 @@ def agent(
 def router(
     config: Path | None = ConfigOpt,
     listen: str | None = typer.Option(None, "--listen", help="HTTP address, host:port."),
-    admin: str | None = typer.Option(None, "--admin", help="Admin (health) address."),
+    admin: str | None = typer.Option(None, "--admin",
+                                      help="Admin address (/health, /metrics), host:port."),
     redis_url: str | None = typer.Option(None, "--redis-url"),
+    workers: int | None = typer.Option(None, "--workers", min=0,
+                                       help="Worker processes sharing the port; "
+                                       "0: one per core (the default)."),
+    access_log: str | None = typer.Option(None, "--access-log",
+                                          help="Write an access log to this file "
+                                          "('-': stdout)."),
 ) -> None:
     """Run an HTTP router that follows the route table in Redis."""
     from dinp.roles import router as router_role
 
     conf = cfg.load(cfg.RouterConfig, "router", path=cfg.find_config_file(_s(config)), flags={
         "http_listen": listen, "admin_listen": admin, "redis_url": redis_url,
+        "workers": workers, "access_log": access_log,
     })
     lifecycle.run(lambda: router_role.serve(conf))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -42,6 +43,16 @@ _RESPONSE_SPECIAL = {
     b"transfer-encoding": _TRANSFER_ENCODING, b"upgrade": _UPGRADE,
     b"keep-alive": _DROP, b"te": _DROP, b"trailer": _DROP, b"proxy-connection": _DROP,
 }
+# Status lines, with the standard reason phrase (the backend's own is not kept: HTTP/2 has
+# none, and taking it would cost a callback per response).
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
+                 for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+
+
 # Connection tokens that name no end-to-end header, so need no second pass.
 PLAIN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
@@ -50,10 +61,12 @@ class Stop(Exception):
     """Raised from a parser callback to stop parsing on purpose."""
 
 
-def connection_tokens(value: bytes) -> set[bytes]:
+def connection_tokens(value: bytes) -> set[bytes] | None:
     """Header names listed in a Connection header, beyond the usual ones: hop-by-hop too,
-    by the sender's choice."""
-    return {t.strip().lower() for t in value.split(b",")} - PLAIN_TOKENS - {b""}
+    by the sender's choice. None for the usual values (the fast path)."""
+    if value.lower() in PLAIN_TOKENS:
+        return None
+    return {t.strip().lower() for t in value.split(b",")} - PLAIN_TOKENS - {b""} or None
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -77,7 +90,6 @@ class BackendConnection(asyncio.Protocol):
         self.pooled = False
         self.idle_since = 0.0
         self._out: list[bytes] = []  # for the client, written at the end of each read
-        self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._reading_paused = False
         self._writing_paused = False
@@ -99,6 +111,7 @@ class BackendConnection(asyncio.Protocol):
         self._got_bytes = self._started = self._until_eof = self._interim = False
         self._switching = self._head_only = self._request_sent = False
         self._framing = _NONE
+        self._headers = []
         self._last = self.loop.time()
 
     def request_sent(self) -> None:
@@ -192,12 +205,8 @@ class BackendConnection(asyncio.Protocol):
 
     # --- httptools callbacks ---
 
-    def on_message_begin(self) -> None:
-        self._reason = b""
-        self._headers = []
-
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
+    # (No on_message_begin or on_status: _headers is emptied once a head is used, and the
+    # status line comes from the code.)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -211,6 +220,7 @@ class BackendConnection(asyncio.Protocol):
             self._interim = True
             if not req.http10:
                 self._out.append(self._interim_head(status))
+            self._headers = []
             return
         proxy = self.proxy
         if proxy.down:
@@ -222,8 +232,10 @@ class BackendConnection(asyncio.Protocol):
                 raise Stop("101 Switching Protocols without an upgrade request")
             self._switching = True
             self._out.append(self._interim_head(101))
+            self._headers = []
             return
         self._out.append(self._final_head(req, status))
+        self._headers = []
         if req.method == b"HEAD":
             # The parser can't know this answers a HEAD and would wait for the body the
             # head announces; stop it here and give this connection a fresh one.
@@ -252,7 +264,7 @@ class BackendConnection(asyncio.Protocol):
     def _scan(self, status: int) -> tuple[list[bytes], bytes | None, bool, bytes]:
         """The status line and the backend's end-to-end headers (not yet ended by a blank
         line), with its Content-Length, whether it was chunked, and its Upgrade value."""
-        out = [b"HTTP/1.1 %d " % status, self._reason, b"\r\n"]
+        out = [status_line(status)]
         length: bytes | None = None
         chunked = False
         upgrade = b""
@@ -343,7 +355,7 @@ class BackendConnection(asyncio.Protocol):
         if req is not None:
             req.sink = None
         self.req = self.client = None
-        if client is not None:
+        if client is not None and self._writing_paused:
             client.set_backend_full(False)
         if self._reading_paused:
             self.resume_response()
@@ -448,7 +460,9 @@ class BackendPool:
         conns = self._idle.get(conn.addr)
         if conns is None:
             conns = self._idle[conn.addr] = []
-        if conn.closed or self.proxy.closing or len(conns) >= self.max_idle:
+        proxy = self.proxy
+        if (conn.closed or proxy.closing or len(conns) >= self.max_idle
+                or conn.addr not in proxy.addrs):  # an instance no longer routed
             conn.close()
             return
         conn.idle_since = conn.loop.time()

@@ -30,12 +30,7 @@ from typing import cast
 
 import httptools
 
-from dinp.roles.proxy_client import (
-    BackendConnection,
-    BackendPool,
-    Stop,
-    connection_tokens,
-)
+from dinp.roles.proxy_client import BackendConnection, BackendPool, Stop, connection_tokens
 from dinp.roles.proxy_metrics import CONNECT, AccessLog, AppStats, Snapshot
 from dinp.routes import RouteTable
 
@@ -266,6 +261,7 @@ class Proxy:
         self.routes: dict[bytes | None, Route] = {}
         self.apps: dict[str, AppState] = {}
         self.no_app = AppState()  # requests that matched no app
+        self.addrs: set[str] = set()  # every backend in the table
         self.down: dict[str, float] = {}  # backend -> until when it is skipped
         self.pool = BackendPool(self, max_idle=settings.max_idle_per_backend)
         self.connections: set[ClientConnection] = set()
@@ -295,13 +291,14 @@ class Proxy:
 
     def set_table(self, table: RouteTable) -> None:
         """Swap the snapshot; requests in flight keep the backend they already have."""
-        if not table.same_routes(self.table):
+        if table is not self.table and not table.same_routes(self.table):
             addrs = {a for backends in table.backends.values() for a in backends}
+            self.addrs = addrs
             self.pool.retain(addrs)
             self.down = {a: t for a, t in self.down.items() if a in addrs}
+            self.routes = {}
         self.table = table
         self.table_time = time.monotonic()
-        self.routes = {}
 
     def route(self, host: bytes | None) -> Route:
         """Where requests for this Host go (cached for the current table)."""
@@ -435,7 +432,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
-        self._head_size = 0
+        self._head_size = 0  # bytes of a head received in earlier reads
+        self._chunk = 0  # bytes of the read being parsed
         self._refusal: tuple[int, str] | None = None  # why parsing stopped on purpose
         self._paused = 0
         self._writing_paused = False
@@ -487,6 +485,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._lingering:
             return
+        self._chunk = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -497,7 +496,8 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
         if self._in_head:
-            # llhttp sets no limit on a head; one that grows past the limit is refused.
+            # llhttp sets no limit on a head; one that grows past the limit is refused
+            # without waiting for its end.
             self._head_size += len(data)
             if self._head_size > self.proxy.settings.max_header_size:
                 self._refuse(431, "the request head is larger than "
@@ -531,16 +531,19 @@ class ClientConnection(asyncio.Protocol):
 
     # --- httptools callbacks ---
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._in_head = True
-        self._head_size = 0
-        self._head_began = self._last_read
+    # (No on_message_begin: on_url comes first in every request, and one callback less
+    # per request is worth it.)
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.proxy.settings.max_request_line:
+        if self._in_head:  # the URL came in pieces
+            url = self._url + url
+        else:  # a new request
+            self._headers = []
+            self._in_head = True
+            self._head_size = 0
+            self._head_began = self._last_read
+        self._url = url
+        if len(url) > self.proxy.settings.max_request_line:
             self._refusal = (414, "the request's URL is longer than "
                                   f"{self.proxy.settings.max_request_line} bytes")
             raise Stop("URL too long")
@@ -550,6 +553,12 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        limit = self.proxy.settings.max_header_size
+        if self._head_size + self._chunk > limit:  # else it is surely within the limit
+            size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
+            if size > limit:
+                self._refusal = (431, f"the request head is larger than {limit // 1024} KB")
+                raise Stop("head too large")
         req = self._cur = Request(self, self._url, self._headers)
         self.queue.append(req)
 
@@ -799,7 +808,8 @@ class ClientConnection(asyncio.Protocol):
         req.done = True
         req.sink = None
         req.status = status
-        keep = req.keep_alive and req.complete and not self._raw and not self.proxy.closing
+        keep = (req.keep_alive and req.complete and status != 400 and not self._raw
+                and not self.proxy.closing)
         req.sent = self._write_error(status, message, keep=keep, http10=req.http10,
                                      head_only=req.method == b"HEAD")
         req.close_after = not keep
@@ -830,18 +840,25 @@ class ClientConnection(asyncio.Protocol):
         req.backend = None
         self.active = None
         self._answered += 1
-        self.proxy.record(self, req, backend.addr if backend is not None else "")
+        proxy = self.proxy
+        if proxy.access_log is None:
+            req.route.state.stats.record(req.status, _clock() - req.start)
+        else:
+            proxy.record(self, req, backend.addr if backend is not None else "")
         if self._paused & _BACKEND_FULL:
             self._unpause(_BACKEND_FULL)
         if self.closed:
             return
-        if req.close_after or not req.complete or self._raw or self.proxy.closing:
-            self._linger() if not req.complete else self.close()
+        if not req.complete:
+            self._linger()
             return
-        if self._broken or self._eof:  # only what is parsed already gets answered
-            if not (self.queue and self.queue[0].complete):
-                self.close()
-                return
+        if (
+            req.close_after or self._raw or self.proxy.closing
+            # After a parse error or the client's EOF only what is parsed gets answered.
+            or ((self._broken or self._eof) and not (self.queue and self.queue[0].complete))
+        ):
+            self.close()
+            return
         self._idle_since = self.loop.time()
         if self.queue:
             # Not from inside the backend's parser callback that got us here.

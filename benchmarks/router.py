@@ -1,0 +1,481 @@
+"""dinp's router against Caddy and nginx, each on one core, driven by wrk.
+
+    .venv/bin/python benchmarks/router.py [--seconds 5] [--concurrency 16,64,256]
+                                          [--rounds 3] [--update-doc]
+
+(`make bench-router` runs it with --update-doc, which rewrites the table in
+docs/performance.md.)
+
+The setup, the same for the three proxies:
+
+- The backend is nginx with one worker serving a 13-byte static answer on two ports (two
+  "instances" of one app), far faster than any of the proxies, so it is never what limits.
+- Each proxy routes by Host to that app, balances round robin over its two instances over
+  keep-alive connections, and rewrites headers (X-Forwarded-For/-Proto/-Host/-Port and
+  X-Request-Id set): dinp's router from a 1001-host route table in a private Redis,
+  Caddy 2 (`reverse_proxy`, GOMAXPROCS=1) and nginx (`worker_processes 1`), with access
+  logs off and as many pooled upstream connections as the highest concurrency.
+- Fairness on two cores: each proxy runs alone, pinned to its own core (--proxy-cpu);
+  wrk (one thread) and the backend share the other (--load-cpu). The proxy measured is
+  the only thing on its core, so its number is what one core of it does; if the load core
+  saturates first (it does for nginx), that proxy's number is a floor, which the "proxy
+  CPU" column shows (under 100%: the proxy was waiting for the load side).
+- The proxies take turns within each round and concurrency (in a rotating order), after
+  a warm-up each; the table keeps the median of the rounds, because the machine is shared
+  and noisy: compare within one run.
+
+Missing tools (wrk, nginx-light, caddy, redis-server) are installed with apt-get (as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from dinp.routes import RedisRouteStore, RouteTable  # noqa: E402
+
+DINP = str(Path(sys.executable).parent / "dinp")
+HOST = "bench.localhost"
+DOC = ROOT / "docs" / "performance.md"
+BEGIN, END = "<!-- bench-router:begin -->", "<!-- bench-router:end -->"
+PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "caddy": "caddy",
+            "redis-server": "redis-server"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_tools() -> None:
+    missing = [pkg for tool, pkg in PACKAGES.items()
+               if not (shutil.which(tool) or Path("/usr/sbin", tool).exists())]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing {', '.join(missing)}: apt-get install them (needs root)")
+    print(f"installing {' '.join(missing)} …", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def nginx_bin() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def wait_http(url: str, host: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            req = urllib.request.Request(url, headers={"Host": host})
+            with urllib.request.urlopen(req, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} (Host: {host}) does not answer 200")
+        time.sleep(0.1)
+
+
+@dataclass
+class Proxy:
+    name: str
+    port: int
+    procs: list[subprocess.Popen[bytes]]
+
+    def pids(self) -> list[int]:
+        """The proxy's processes and their children (nginx's worker)."""
+        pids = []
+        for proc in self.procs:
+            pids.append(proc.pid)
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in children.read_text().split()]
+        return pids
+
+    def cpu_seconds(self) -> float:
+        ticks = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime + stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, name: str, cpu: int, argv: list[str],
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.work / f"{name}.log").open("ab")
+        proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=self.work)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # -- the parts ---------------------------------------------------------------------------
+
+    def backend(self) -> list[str]:
+        ports = [free_port(), free_port()]
+        conf = self.work / "backend.conf"
+        listens = "\n".join(f"    listen 127.0.0.1:{p} backlog=4096;" for p in ports)
+        conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {self.work}/backend.pid;
+error_log {self.work}/backend.err warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path {self.work}/tmp;
+  proxy_temp_path {self.work}/tmp;
+  server {{
+{listens}
+    location / {{ default_type text/plain; return 200 "hello, world\\n"; }}
+  }}
+}}
+""")
+        (self.work / "tmp").mkdir(exist_ok=True)
+        self.spawn("backend", self.args.load_cpu, [nginx_bin(), "-c", str(conf),
+                                                    "-p", str(self.work)])
+        addrs = [f"127.0.0.1:{p}" for p in ports]
+        for addr in addrs:
+            wait_http(f"http://{addr}/", HOST)
+        return addrs
+
+    def redis(self) -> str:
+        port = free_port()
+        self.spawn("redis", self.args.load_cpu, [
+            shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        url = f"redis://127.0.0.1:{port}/0"
+        store = RedisRouteStore(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                store.client.ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.redis_store = store
+        return url
+
+    def dinp(self, backends: list[str]) -> Proxy:
+        url = self.redis()
+        hosts = {f"app{i}.localhost": f"app{i}" for i in range(1000)}
+        table = RouteTable(
+            backends={**{h: (f"10.0.{i // 250}.{i % 250}:8080",)
+                         for i, h in enumerate(hosts)}, HOST: tuple(backends)},
+            hosts={**hosts, HOST: "bench"},
+        )
+        self.redis_store.publish(table)
+        port, admin = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DINP_")}
+        proc = self.spawn("dinp", self.args.proxy_cpu, [
+            DINP, "router", "--workers", "1", "--listen", f"127.0.0.1:{port}",
+            "--admin", f"127.0.0.1:{admin}", "--redis-url", url], env=env)
+        wait_http(f"http://127.0.0.1:{port}/", HOST)
+        return Proxy("dinp", port, [proc])
+
+    def caddy(self, backends: list[str]) -> Proxy:
+        port = free_port()
+        idle = max(self.args.concurrency)
+        conf = self.work / "Caddyfile"
+        conf.write_text(f"""{{
+  admin off
+  auto_https off
+}}
+http://{HOST}:{port} {{
+  reverse_proxy {' '.join(backends)} {{
+    lb_policy round_robin
+    header_up X-Forwarded-Port {{http.request.port}}
+    header_up X-Request-Id {{http.request.uuid}}
+    transport http {{
+      keepalive 60s
+      keepalive_idle_conns {2 * idle}
+      keepalive_idle_conns_per_host {idle}
+    }}
+  }}
+}}
+""")
+        env = dict(os.environ, GOMAXPROCS="1", HOME=str(self.work),
+                   XDG_DATA_HOME=str(self.work), XDG_CONFIG_HOME=str(self.work))
+        proc = self.spawn("caddy", self.args.proxy_cpu, [
+            shutil.which("caddy") or "caddy", "run", "--config", str(conf),
+            "--adapter", "caddyfile"], env=env)
+        wait_http(f"http://127.0.0.1:{port}/", HOST)
+        return Proxy("caddy", port, [proc])
+
+    def nginx(self, backends: list[str]) -> Proxy:
+        port = free_port()
+        conf = self.work / "proxy.conf"
+        servers = "\n".join(f"    server {b};" for b in backends)
+        conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {self.work}/proxy.pid;
+error_log {self.work}/proxy.err warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {self.work}/tmp;
+  proxy_temp_path {self.work}/tmp;
+  upstream bench {{
+{servers}
+    keepalive {max(self.args.concurrency)};
+  }}
+  server {{
+    listen 127.0.0.1:{port} default_server backlog=4096;
+    return 404;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    server_name {HOST};
+    location / {{
+      proxy_pass http://bench;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Port $server_port;
+      proxy_set_header X-Request-Id $request_id;
+    }}
+  }}
+}}
+""")
+        proc = self.spawn("nginx", self.args.proxy_cpu, [nginx_bin(), "-c", str(conf),
+                                                         "-p", str(self.work)])
+        wait_http(f"http://127.0.0.1:{port}/", HOST)
+        return Proxy("nginx", port, [proc])
+
+    # -- measuring ---------------------------------------------------------------------------
+
+    def wrk(self, proxy: Proxy, connections: int, seconds: int) -> Result:
+        before = proxy.cpu_seconds()
+        started = time.monotonic()
+        out = subprocess.run(
+            ["taskset", "-c", str(self.args.load_cpu), shutil.which("wrk") or "wrk", "-t1",
+             f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+             "-H", f"Host: {HOST}", f"http://127.0.0.1:{proxy.port}/"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        cpu = (proxy.cpu_seconds() - before) / (time.monotonic() - started)
+        return Result.parse(out, cpu)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+@dataclass
+class Result:
+    rps: float
+    p50: float  # ms
+    p99: float  # ms
+    cpu: float  # share of one core the proxy used
+    errors: int
+
+    @classmethod
+    def parse(cls, out: str, cpu: float) -> Result:
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.M)  # in the Latency Distribution
+        p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.M)
+        if not (rps and p50 and p99):
+            raise RuntimeError(f"cannot read wrk's output:\n{out}")
+        errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        errors += int(non2xx.group(1)) if non2xx else 0
+        return cls(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), cpu, errors)
+
+    @classmethod
+    def median(cls, results: list[Result]) -> Result:
+        return cls(statistics.median(r.rps for r in results),
+                   statistics.median(r.p50 for r in results),
+                   statistics.median(r.p99 for r in results),
+                   statistics.median(r.cpu for r in results),
+                   sum(r.errors for r in results))
+
+
+def versions() -> str:
+    def out(*argv: str) -> str:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except OSError:
+            return "?"
+        return (proc.stdout + proc.stderr).strip().splitlines()[0]
+
+    import httptools
+    import uvloop
+
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}; "
+            f"Python {platform.python_version()}, uvloop {uvloop.__version__}, "
+            f"httptools {httptools.__version__}; "
+            f"{out(nginx_bin(), '-v').replace('nginx version: ', '')}; "
+            f"Caddy {out('caddy', 'version').split()[0]}; {out('wrk', '--version').split()[1]} wrk")
+
+
+def table(results: dict[tuple[str, int], Result], names: list[str],
+          concurrency: list[int]) -> str:
+    lines = ["| connections | proxy | req/s | p50 ms | p99 ms | proxy CPU | req/s ÷ dinp "
+             "| p99 ÷ dinp | errors |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in concurrency:
+        ours = results[("dinp", c)]
+        for name in names:
+            r = results[(name, c)]
+            lines.append(f"| {c} | {name} | {r.rps:,.0f} | {r.p50:.2f} | {r.p99:.2f} | "
+                         f"{r.cpu:.0%} | {r.rps / ours.rps:.2f} | {r.p99 / ours.p99:.2f} | "
+                         f"{r.errors} |")
+    return "\n".join(lines)
+
+
+def verdict(results: dict[tuple[str, int], Result], concurrency: list[int]) -> str:
+    """The goals, per concurrency: more req/s than Caddy, a lower p99 than Caddy's, and
+    at least 60% of nginx's req/s."""
+    lines = []
+    for c in concurrency:
+        ours = results[("dinp", c)]
+        caddy, nginx = results.get(("caddy", c)), results.get(("nginx", c))
+        parts = [f"{c} connections:"]
+        if caddy:
+            faster = "met" if ours.rps > caddy.rps else "NOT met"
+            lower = "met" if ours.p99 < caddy.p99 else "NOT met"
+            parts.append(f"{ours.rps / caddy.rps:.2f} times Caddy's req/s ({faster}), "
+                         f"p99 {ours.p99:.2f} ms vs Caddy's {caddy.p99:.2f} ms ({lower});")
+        if nginx:
+            share = "met" if ours.rps >= 0.6 * nginx.rps else "NOT met"
+            parts.append(f"{ours.rps / nginx.rps:.0%} of nginx's req/s (60%: {share})")
+        lines.append("- " + " ".join(parts))
+    return "\n".join(lines)
+
+
+def update_doc(text: str) -> None:
+    doc = DOC.read_text() if DOC.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in doc or END not in doc:
+        doc += f"\n{BEGIN}\n{END}\n"
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    print(f"updated {DOC.relative_to(ROOT)}")
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="dinp-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument("--concurrency", default="16,64,256",
+                        help="wrk connections, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per cell (median kept)")
+    parser.add_argument("--proxy-cpu", type=int, default=1)
+    parser.add_argument("--load-cpu", type=int, default=0)
+    parser.add_argument("--only", default="dinp,caddy,nginx", help="proxies to run")
+    parser.add_argument("--update-doc", action="store_true",
+                        help=f"write the table into {DOC.relative_to(ROOT)}")
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    names = [n for n in ("dinp", "caddy", "nginx") if n in args.only.split(",")]
+    if "dinp" not in names:
+        sys.exit("--only must include dinp: the ratios are to it")
+    ensure_tools()
+    command = "make bench-router" if os.environ.get("MAKELEVEL") else \
+        " ".join(["benchmarks/router.py", *sys.argv[1:]])
+
+    with workdir() as work:
+        bench = Bench(args, work)
+        try:
+            addrs = bench.backend()
+            proxies = [getattr(bench, name)(addrs) for name in names]
+            for proxy in proxies:  # warm up: pools filled, caches hot
+                bench.wrk(proxy, max(args.concurrency), 1)
+            runs: dict[tuple[str, int], list[Result]] = {}
+            for round_ in range(args.rounds):
+                for c in args.concurrency:
+                    shift = (round_ + c) % len(proxies)
+                    for proxy in proxies[shift:] + proxies[:shift]:
+                        result = bench.wrk(proxy, c, args.seconds)
+                        runs.setdefault((proxy.name, c), []).append(result)
+                        print(f"round {round_ + 1}/{args.rounds} c={c:<4} {proxy.name:<6} "
+                              f"{result.rps:>9,.0f} req/s  p50 {result.p50:6.2f} ms  "
+                              f"p99 {result.p99:6.2f} ms  cpu {result.cpu:4.0%}"
+                              f"{f'  errors {result.errors}' if result.errors else ''}",
+                              flush=True)
+        except BaseException:
+            bench.stop_all()
+            for log in sorted(work.glob("*.log")):
+                print(f"--- {log.name} (last lines)\n"
+                      + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+            raise
+        finally:
+            bench.stop_all()
+    results = {key: Result.median(rs) for key, rs in runs.items()}
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    report = (f"Measured {when} with `{command}` (wrk -t1, {args.seconds:g} s per run, "
+              f"median of {args.rounds} rounds; proxies on CPU {args.proxy_cpu}, wrk and "
+              f"the backend on CPU {args.load_cpu}).\n{versions()}.\n\n"
+              f"{table(results, names, args.concurrency)}\n\n"
+              f"{verdict(results, args.concurrency)}")
+    print()
+    print(report)
+    if args.update_doc:
+        update_doc(report)
+
+
+if __name__ == "__main__":
+    main()
