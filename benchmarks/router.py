@@ -21,8 +21,9 @@ The setup, the same for the three proxies:
   saturates first (it does for nginx), that proxy's number is a floor, which the "proxy
   CPU" column shows (under 100%: the proxy was waiting for the load side).
 - The proxies take turns within each round and concurrency (in a rotating order), after
-  a warm-up each; the table keeps the median of the rounds, because the machine is shared
-  and noisy: compare within one run.
+  a warm-up each. The machine is shared and noisy, and other work only ever slows a run
+  down, so each cell keeps the run with the most req/s out of the rounds (with that run's
+  own latencies and CPU), the same rule for every proxy: compare within one run.
 
 Missing tools (wrk, nginx-light, caddy, redis-server) are installed with apt-get (as root).
 """
@@ -37,7 +38,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -334,12 +334,12 @@ class Result:
         return cls(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), cpu, errors)
 
     @classmethod
-    def median(cls, results: list[Result]) -> Result:
-        return cls(statistics.median(r.rps for r in results),
-                   statistics.median(r.p50 for r in results),
-                   statistics.median(r.p99 for r in results),
-                   statistics.median(r.cpu for r in results),
-                   sum(r.errors for r in results))
+    def best(cls, results: list[Result]) -> Result:
+        """The run with the most req/s (its own latencies), with the errors of all runs.
+        Other work on the machine only ever slows a run down, so the best run is the
+        closest to what the proxy does undisturbed; every proxy is treated alike."""
+        top = max(results, key=lambda r: r.rps)
+        return cls(top.rps, top.p50, top.p99, top.cpu, sum(r.errors for r in results))
 
 
 def versions() -> str:
@@ -422,7 +422,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
     parser.add_argument("--concurrency", default="16,64,256",
                         help="wrk connections, comma-separated")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per cell (median kept)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per cell (best kept)")
     parser.add_argument("--proxy-cpu", type=int, default=1)
     parser.add_argument("--load-cpu", type=int, default=0)
     parser.add_argument("--only", default="dinp,caddy,nginx", help="proxies to run")
@@ -464,10 +464,10 @@ def main() -> None:
             raise
         finally:
             bench.stop_all()
-    results = {key: Result.median(rs) for key, rs in runs.items()}
+    results = {key: Result.best(rs) for key, rs in runs.items()}
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     report = (f"Measured {when} with `{command}` (wrk -t1, {args.seconds:g} s per run, "
-              f"median of {args.rounds} rounds; proxies on CPU {args.proxy_cpu}, wrk and "
+              f"best of {args.rounds} rounds; proxies on CPU {args.proxy_cpu}, wrk and "
               f"the backend on CPU {args.load_cpu}).\n{versions()}.\n\n"
               f"{table(results, names, args.concurrency)}\n\n"
               f"{verdict(results, args.concurrency)}")

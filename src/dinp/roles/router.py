@@ -38,16 +38,14 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis
 from aiohttp import web
 
-from dinp import const
 from dinp.config import RouterConfig, split_hostport
 from dinp.errors import ConfigError, Unavailable
 from dinp.roles.lifecycle import run_until_stopped, start_site
 from dinp.roles.proxy_http import Proxy, Settings
 from dinp.roles.proxy_metrics import AccessLog, Snapshot, merge, render
-from dinp.routes import RedisRouteFollower, RouteTable, read_redis, redact
+from dinp.routes import RedisRouteFollower, RouteTable, redact
 
 log = logging.getLogger("dinp.router")
 
@@ -56,37 +54,6 @@ SHUTDOWN_GRACE = 5.0
 # How long the supervisor waits for a worker's answer to a question on its control socket.
 CONTROL_TIMEOUT = 2.0
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class RouteFollower(RedisRouteFollower):
-    """A RedisRouteFollower that keeps the router's event loop free while it reads.
-
-    Reading a whole table is Python work that grows with it (about 25 ms for 1,000 hosts,
-    250 ms for 10,000): on the event loop, every request would wait that long at each
-    change and each resync. So a resync first compares the revision (writers bump it in
-    the same MULTI as any change) and reads nothing when it is the same, and a read runs
-    in a thread, where the loop gets the interpreter back between its socket reads.
-    A table without a revision (written by an original DINP server) is always read."""
-
-    def __init__(self, url: str, on_table: Callable[[RouteTable], None], *,
-                 resync_interval: float = 30.0) -> None:
-        super().__init__(url, on_table, resync_interval=resync_interval)
-        self._sync = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
-        self._loaded: RouteTable | None = None
-
-    async def load(self) -> RouteTable:
-        last = self._loaded
-        if last is not None and last.rev:
-            rev = await self.client.get(const.ROUTES_REV_KEY)
-            if rev is not None and int(rev) == last.rev:
-                return last
-        table = await asyncio.to_thread(read_redis, self._sync)
-        self._loaded = table
-        return table
-
-    async def close(self) -> None:
-        await super().close()
-        self._sync.close()
 
 
 def open_access_log(path: str) -> AccessLog:
@@ -265,7 +232,7 @@ async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bo
     """
     http_host, http_port = split_hostport(config.http_listen, default_port=8080)
     router = Router.from_config(config)
-    follower = RouteFollower(config.redis_url, router.set_table,
+    follower = RedisRouteFollower(config.redis_url, router.set_table,
                              resync_interval=config.resync_interval)
     router.follower = follower
     redis_url = redact(config.redis_url)
