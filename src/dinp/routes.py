@@ -300,6 +300,8 @@ class RedisRouteFollower:
                 self._warned_empty = True
             return
         self._warned_empty = False
+        if table.rev == self._last.rev and table.same_routes(self._last) and len(table):
+            return  # nothing new: the router keeps the snapshot it has
         self._last = table
         self.on_table(table)
 
