@@ -6,9 +6,11 @@ The server URL and token come from flags, then DINP_SERVER / DINP_TOKEN, then th
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +71,8 @@ class Client:
     def request(self, method: str, path: str, body: Any = None, *,
                 timeout: float | None = None) -> Any:
         """Call the API; return decoded JSON or raise the DinpError the server described."""
-        url = f"{self.server}{API_PREFIX}{path}"
+        # Names come from users: quote them so "my app" is a 404, not a broken request.
+        url = f"{self.server}{API_PREFIX}{urllib.parse.quote(path, safe='/?=&')}"
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -82,6 +85,11 @@ class Client:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
+        except (ValueError, http.client.HTTPException) as exc:
+            raise DinpError(
+                f"{self.server} did not answer like a dinp server: {exc}",
+                hint="Check DINP_SERVER (or `dinp login URL`): it must be the API's URL.",
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unavailable(
@@ -103,6 +111,8 @@ def _api_error(exc: urllib.error.HTTPError) -> DinpError:
     try:
         body = json.loads(exc.read() or b"{}")
     except ValueError:
+        body = {}
+    if not isinstance(body, dict):
         body = {}
     message = body.get("error") or f"HTTP {exc.code} {exc.reason}"
     hint = body.get("hint")

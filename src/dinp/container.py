@@ -40,11 +40,14 @@ class Container:
         return self.state == "running"
 
     @classmethod
-    def from_summary(cls, summary: dict[str, Any]) -> Container:
-        """Build from an entry of the engine's container list (no inspect needed)."""
+    def from_summary(cls, summary: dict[str, Any], address: str | None = None) -> Container:
+        """Build from an entry of the engine's container list (no inspect needed). With
+        `address`, only a port published there counts (a node whose advertise address
+        changed must not check or route its containers' old ports)."""
         labels = summary.get("Labels") or {}
         host_port = next(
-            (p.get("PublicPort") for p in summary.get("Ports") or [] if p.get("PublicPort")),
+            (p.get("PublicPort") for p in summary.get("Ports") or []
+             if p.get("PublicPort") and (address is None or p.get("IP") == address)),
             None,
         )
         try:
@@ -85,7 +88,8 @@ class DockerRuntime:
             summaries = self.client.api.containers(all=True, filters=self._filters())
         # The engine filtered by label already; check again so a stray container can
         # never be taken for ours.
-        return [Container.from_summary(s) for s in summaries if self._ours(s.get("Labels"))]
+        return [Container.from_summary(s, self.advertise) for s in summaries
+                if self._ours(s.get("Labels"))]
 
     def _ours(self, labels: dict[str, str] | None) -> bool:
         """Managed by dinp and labelled for this node: the only containers we touch."""
@@ -139,7 +143,7 @@ class DockerRuntime:
         except docker.errors.NotFound:
             return
         if self._ours(old.labels):
-            old.remove(force=True)
+            old.remove(force=True, v=True)
 
     def stop(self, container: Container, *, timeout: float) -> None:
         """Stop (SIGTERM, then SIGKILL after `timeout`) and remove one of our containers."""
@@ -150,7 +154,7 @@ class DockerRuntime:
                     return
                 if c.status == "running":
                     c.stop(timeout=int(timeout))
-                c.remove(force=True)
+                c.remove(force=True, v=True)  # with its anonymous volumes
             except docker.errors.NotFound:
                 pass
 

@@ -44,7 +44,7 @@ def unreachable_engine(where: str, *, section: str) -> Iterator[None]:
     error the engine itself answered (a bad request, a missing image) passes through."""
     try:
         yield
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         if isinstance(exc, docker.errors.APIError) and exc.response is not None:
             raise
         raise Unavailable(

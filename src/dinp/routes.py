@@ -98,6 +98,10 @@ class RouteStore(Protocol):
         """Make `table` the current one; return its revision."""
         ...
 
+    def current(self) -> RouteTable:
+        """The table as published (by a previous server process too)."""
+        ...
+
 
 class MemoryRouteStore:
     """The route table inside one process (`dinp up` without Redis)."""
@@ -115,6 +119,9 @@ class MemoryRouteStore:
             for listener in self._listeners:
                 listener(self.table)
         return self.table.rev
+
+    def current(self) -> RouteTable:
+        return self.table
 
     def subscribe(self, listener: Callable[[RouteTable], None]) -> None:
         self._listeners.append(listener)
@@ -214,34 +221,55 @@ class RedisRouteStore:
             self._written = None  # whatever Redis holds now, the next write re-reads it
             raise redis_error(self.url, exc) from exc
 
-    def _publish(self, table: RouteTable) -> int:
-        if self._written is None or not self.client.exists(const.ROUTES_REV_KEY):
+    def current(self) -> RouteTable:
+        try:
             self._written = read_redis(self.client)
-        before = self._written
-        if table.same_routes(before) and before.rev:
-            return before.rev
-        pipe = self.client.pipeline(transaction=True)
-        for host in set(before.backends) - set(table.backends):
-            pipe.delete(_rs_key(host))
-        for host, addrs in table.backends.items():
-            if before.backends.get(host) != addrs:
+        except redis.RedisError as exc:
+            raise redis_error(self.url, exc) from exc
+        return self._written
+
+    def _publish(self, table: RouteTable) -> int:
+        for _ in range(5):
+            with contextlib.suppress(redis.WatchError):  # another writer came in between
+                return self._publish_once(table)
+        raise redis.RedisError("the route table kept changing under us (another writer?)")
+
+    def _publish_once(self, table: RouteTable) -> int:
+        with self.client.pipeline(transaction=True) as pipe:
+            # WATCH the revision: the change below applies only to the table we compared
+            # it with. If Redis holds another revision than we wrote (emptied, restored
+            # from an old snapshot, written by someone else), read it all again first.
+            pipe.watch(const.ROUTES_REV_KEY)  # type: ignore[no-untyped-call]
+            current = int(pipe.get(const.ROUTES_REV_KEY) or 0)
+            if self._written is None or current != self._written.rev:
+                self._written = read_redis(self.client)
+            before = self._written
+            if table.same_routes(before) and before.rev and before.rev == current:
+                return before.rev
+            pipe.multi()
+            for host in set(before.backends) - set(table.backends):
                 pipe.delete(_rs_key(host))
-                pipe.rpush(_rs_key(host), *addrs)
-        for domain in set(before.cnames) - set(table.cnames):
-            pipe.delete(const.CNAME_PREFIX + domain)
-        for domain, host in table.cnames.items():
-            if before.cnames.get(domain) != host:
-                pipe.set(const.CNAME_PREFIX + domain, _rs_key(host))
-        gone = set(before.hosts) - set(table.hosts)
-        if gone:
-            pipe.hdel(const.HOSTS_KEY, *gone)
-        for host, app in table.hosts.items():
-            if before.hosts.get(host) != app:
-                pipe.hset(const.HOSTS_KEY, host, app)
-        pipe.incr(const.ROUTES_REV_KEY)
-        results: list[Any] = pipe.execute()
-        rev = int(results[-1])
-        self.client.publish(const.ROUTES_CHANNEL, str(rev))
+            for host, addrs in table.backends.items():
+                if before.backends.get(host) != addrs:
+                    pipe.delete(_rs_key(host))
+                    pipe.rpush(_rs_key(host), *addrs)
+            for domain in set(before.cnames) - set(table.cnames):
+                pipe.delete(const.CNAME_PREFIX + domain)
+            for domain, host in table.cnames.items():
+                if before.cnames.get(domain) != host:
+                    pipe.set(const.CNAME_PREFIX + domain, _rs_key(host))
+            gone = set(before.hosts) - set(table.hosts)
+            if gone:
+                pipe.hdel(const.HOSTS_KEY, *gone)
+            for host, app in table.hosts.items():
+                if before.hosts.get(host) != app:
+                    pipe.hset(const.HOSTS_KEY, host, app)
+            rev = current + 1
+            pipe.incr(const.ROUTES_REV_KEY)
+            # The notification is in the same MULTI: a connection lost after EXEC cannot
+            # leave a change unannounced.
+            pipe.publish(const.ROUTES_CHANNEL, str(rev))
+            pipe.execute()
         self._written = RouteTable(
             backends=table.backends, cnames=table.cnames, hosts=table.hosts, rev=rev
         )

@@ -231,16 +231,15 @@ def _plan_app(
     leaving = [i for i in instances if i not in current]
 
     if len(current) > app.instances:
-        # Scale down: drop unhealthy ones first, then from the most crowded node, newest first.
+        # Scale down one at a time: unhealthy ones first, then from the node that is the
+        # most crowded *now* (so what stays is spread), newest first.
         crowd = Counter(i.node for i in current)
-        ranked = sorted(
-            current,
-            key=lambda i: (real.healthy(i), -crowd[i.node], -i.created, i.id),
-        )
-        for inst in ranked[: len(current) - app.instances]:
+        while len(current) > app.instances:
+            inst = min(current, key=lambda i: (real.healthy(i), -crowd[i.node], -i.created, i.id))
+            current.remove(inst)
+            crowd[inst.node] -= 1
             yield Remove(inst.id, app.name, inst.node, "scaled down")
             ledger.drop(inst.node, app.name, inst.memory_mb)
-        current = ranked[len(current) - app.instances :]
 
     missing = app.instances - len(current)
     for placed in range(missing):

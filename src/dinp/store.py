@@ -201,14 +201,26 @@ class Store:
 
     # -- nodes ----------------------------------------------------------------------
 
-    def upsert_node(self, *, name: str, address: str, capacity_mb: int) -> NodeRow:
-        """Record a node on its first heartbeat, or when its address or capacity change."""
+    def upsert_node(self, *, name: str, address: str, capacity_mb: int,
+                    running: Sequence[str] = ()) -> NodeRow:
+        """Record a node on its first heartbeat, or when its address or capacity change.
+        A new node's running instances unknown to this database are recorded as foreign."""
         with self.session() as s:
             node = s.get(NodeRow, name)
             if node is None:
-                node = NodeRow(name=name, address=address, capacity_mb=capacity_mb)
+                known = {r for (r,) in s.execute(select(InstanceRow.id))}
+                foreign = sorted(set(running) - known)
+                node = NodeRow(name=name, address=address, capacity_mb=capacity_mb,
+                               foreign_json=json.dumps(foreign))
                 s.add(EventRow(node=name, message=f"node {name} joined at {address} "
                                f"with {capacity_mb} MB"))
+                if foreign:
+                    log.warning("node %s runs %d instance(s) this database does not know; "
+                                "they are left running (remove them by hand if stale)",
+                                name, len(foreign))
+                    s.add(EventRow(node=name, message=f"node {name} runs instances this "
+                                   f"database does not know, left running: "
+                                   f"{', '.join(foreign)}"))
             else:
                 node.address, node.capacity_mb, node.updated_at = address, capacity_mb, time.time()
             s.add(node)

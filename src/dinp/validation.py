@@ -5,6 +5,7 @@ Kept free of I/O so the API, the CLI and the tests all share the same rules.
 
 from __future__ import annotations
 
+import json
 import re
 
 from dinp.errors import InvalidInput
@@ -38,8 +39,9 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_ENV_TOTAL = 60 * 1024
 
 
-def app_name(value: object) -> str:
-    """An app name is a lowercase DNS label that is not reserved."""
+def app_name(value: object, *, allow_reserved: bool = False) -> str:
+    """An app name is a lowercase DNS label that is not reserved (names already in use,
+    as reported by agents, may be reserved since: `allow_reserved`)."""
     if not isinstance(value, str) or not value:
         raise InvalidInput("name", "an app name is required")
     if len(value) > 63:
@@ -50,7 +52,7 @@ def app_name(value: object) -> str:
             f"{value!r} is not a valid app name: use lowercase letters, digits and '-', "
             "starting with a letter and not ending with '-'",
         )
-    if value in RESERVED_NAMES:
+    if value in RESERVED_NAMES and not allow_reserved:
         raise InvalidInput("name", f"{value!r} is reserved; choose another name")
     return value
 
@@ -136,7 +138,7 @@ def env(value: object) -> dict[str, str]:
         if len(v) > MAX_ENV_VALUE or "\x00" in v:
             raise InvalidInput("env", f"the value of {k} is too long or contains NUL")
         out[k] = v
-    if sum(len(k) + len(v.encode()) for k, v in out.items()) > MAX_ENV_TOTAL:
+    if len(json.dumps(out)) > MAX_ENV_TOTAL:  # as stored: JSON escapes grow the text
         raise InvalidInput("env", f"the variables are too large together (at most "
                            f"{MAX_ENV_TOTAL // 1024} KiB)")
     return out

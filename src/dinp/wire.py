@@ -103,7 +103,8 @@ def parse_heartbeat(node: str, data: object) -> Heartbeat:
         if port is not None:
             validation.port(port, "port")
         parsed.append(ContainerInfo(
-            instance=_str(c, "instance", max_len=16), app=validation.app_name(c.get("app")),
+            instance=_str(c, "instance", max_len=16),
+            app=validation.app_name(c.get("app"), allow_reserved=True),
             release=_int(c, "release", low=1), state=state, health=health, port=port,
         ))
     failures = data.get("failures", [])
@@ -130,7 +131,8 @@ def parse_assignments(data: object) -> tuple[str, list[Assignment]]:
         if not isinstance(item, dict):
             raise InvalidInput("assignments", "each instance must be an object")
         out.append(Assignment(
-            id=_str(item, "id", max_len=16), app=validation.app_name(item.get("app")),
+            id=_str(item, "id", max_len=16),
+            app=validation.app_name(item.get("app"), allow_reserved=True),
             release=_int(item, "release", low=1), image=validation.image(item.get("image")),
             memory_mb=_int(item, "memory_mb", low=1), port=validation.port(item.get("port")),
             env=validation.env(item.get("env")),

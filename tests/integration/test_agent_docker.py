@@ -457,3 +457,26 @@ def test_health_check_http_status_and_silence() -> None:
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_foreign_instances_are_never_stopped(runtime: DockerRuntime) -> None:
+    """A server whose database never knew this node's containers (empty or wrong
+    database) names them foreign: the agent starts what it assigns and stops none of them."""
+    app = app_name()
+    old, new = assignment(app), assignment(app)
+
+    async def main() -> None:
+        agent = make_agent(runtime.node, runtime)
+        give(agent, "r1", [old])
+        await agent.converge()
+        (kept,) = by_instance(runtime).values()
+        agent.take_assignment({"rev": "r2", "instances": [new.to_json()],
+                               "foreign": [old.id]})
+        await agent.converge()
+        await asyncio.sleep(1.2)  # past the drain
+        await agent.converge()
+        now = by_instance(runtime)
+        assert now[old.id].id == kept.id and now[old.id].running
+        assert now[new.id].running
+
+    asyncio.run(main())

@@ -74,7 +74,8 @@ async def running_api(database_url: str, redis_url: str,
     route_store = RedisRouteStore(redis_url)
     config = ServerConfig(cluster_token=CLUSTER, redis_url=redis_url,
                           database_url=database_url, node_timeout=node_timeout)
-    server = Server(config, store, route_store)
+    # As `api.start` does: the table a previous server published is inherited.
+    server = Server(config, store, route_store, inherited=route_store.current())
     try:
         async with TestClient(TestServer(make_app(server))) as client:
             yield Api(server, store, client)

@@ -123,6 +123,29 @@ def test_flushall_is_rebuilt_on_next_publish(
     assert redis_client.get("dinp:routes:rev") == str(rev)
 
 
+def test_redis_restored_from_an_old_snapshot_is_corrected(
+    route_store: RedisRouteStore, redis_client: redis.Redis
+) -> None:
+    """Redis restarts from an RDB/AOF file holding an older table *and* its revision: the
+    server's next publish must notice the revision is not the one it wrote and rewrite."""
+    old = RouteTable(backends={"web.localhost": ("10.0.0.1:1000",),
+                               "gone.localhost": ("10.0.0.1:1001",)},
+                     hosts={"web.localhost": "web", "gone.localhost": "gone"})
+    new = RouteTable(backends={"web.localhost": ("10.0.0.2:3000",)},
+                     hosts={"web.localhost": "web"})
+    route_store.publish(old)
+    snapshot = {k: redis_client.dump(k) for k in redis_client.keys("*")}
+    route_store.publish(new)
+    redis_client.flushall()
+    for key, value in snapshot.items():  # what a restore from the snapshot brings back
+        redis_client.restore(key, 0, value)
+    assert redis_client.get("dinp:routes:rev") == "1"
+    rev = route_store.publish(new)  # unchanged for the server: it must still repair Redis
+    assert_in_redis(redis_client, new)
+    assert not redis_client.exists("/rs/gone.localhost")
+    assert redis_client.get("dinp:routes:rev") == str(rev) and rev == 2
+
+
 def test_stale_keys_are_removed_at_first_publish(
     redis_url: str, redis_client: redis.Redis
 ) -> None:

@@ -256,6 +256,26 @@ def test_scale_down_removes_unhealthy_first_then_from_the_most_crowded_node() ->
     assert places(actions) == []
 
 
+def test_scale_down_keeps_what_stays_spread() -> None:
+    """a:3, b:2 scaled to 2 must leave one on each node, not both on b."""
+    ns = nodes(NodeSpec("a", READY, 4096), NodeSpec("b", READY, 4096))
+    rows = (
+        Placed("a0", "web", 1, "a", 256, created=1.0),
+        Placed("a1", "web", 1, "a", 256, created=2.0),
+        Placed("a2", "web", 1, "a", 256, created=3.0),
+        Placed("b0", "web", 1, "b", 256, created=4.0),
+        Placed("b1", "web", 1, "b", 256, created=5.0),
+    )
+    desired = Desired(apps(AppSpec("web", 2, 256, 1)), rows, ns)
+
+    actions = run(desired, fresh_real(ns.values(), rows))
+
+    removed = {r.instance for r in removes(actions)}
+    left = [r for r in rows if r.id not in removed]
+    assert sorted(r.node for r in left) == ["a", "b"]
+    assert removed == {"a2", "a1", "b1"}  # newest first on the node that is fullest then
+
+
 def test_scale_to_zero_removes_every_instance() -> None:
     ns = nodes(NodeSpec("a", READY, 4096))
     rows = (Placed("w1", "web", 1, "a", 256), Placed("w2", "web", 1, "a", 256))

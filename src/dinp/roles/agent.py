@@ -1,9 +1,11 @@
 """The agent: makes one node run exactly the instances the server assigned to it.
 
-Loop: list this node's containers (by label), check their health, send a heartbeat with
-all of it, receive the node's whole assignment, converge. A long-poll to the server and
-the engine's event stream wake the loop at once, so new work and dead containers are
-handled without waiting for the next heartbeat.
+Two loops that never wait for each other: the heartbeat loop lists this node's
+containers (by label) and reports them with their health, receiving the node's whole
+assignment in reply; the converge loop starts and stops containers until the node runs
+that assignment. A slow stop or image pull therefore never silences the node. A
+long-poll to the server and the engine's event stream wake them at once, so new work and
+dead containers are handled without waiting for the next heartbeat.
 
 Safety: it touches only containers labelled for its node; it removes a container only on
 a fresh assignment from the server (never on a guess); while the server is unreachable it
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+import docker.errors
 
 from dinp import node as nodeinfo
 from dinp import validation
@@ -30,6 +33,15 @@ from dinp.errors import ConfigError, DinpError, InvalidInput, Unavailable
 from dinp.health import HealthState, check
 from dinp.roles.lifecycle import run_until_stopped
 from dinp.wire import Assignment, ContainerInfo, Heartbeat, parse_assignments
+
+
+def parse_ok(data: object) -> bool:
+    """A reply the agent can act on; anything else is waited out, not retried at once."""
+    try:
+        parse_assignments(data)
+    except InvalidInput:
+        return False
+    return True
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +70,7 @@ class AgentState:
     health: dict[str, HealthState] = field(default_factory=dict)
     unassigned_since: dict[str, float] = field(default_factory=dict)
     retries: dict[str, _Retry] = field(default_factory=dict)
+    foreign: set[str] = field(default_factory=set)
     server_ok: bool = False
 
 
@@ -67,7 +80,8 @@ class Agent:
         self.runtime = runtime
         self.state = AgentState()
         self.capacity_mb = config.capacity_mb or nodeinfo.default_capacity_mb()
-        self._kick = asyncio.Event()
+        self._kick = asyncio.Event()  # converge now
+        self._report = asyncio.Event()  # report now
         self._converge_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._containers: list[Container] = []
@@ -112,7 +126,8 @@ class Agent:
                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 data = await resp.json(content_type=None)
                 if resp.status != 200:
-                    raise InvalidInput("heartbeat", str(data.get("error", resp.status)))
+                    reason = data.get("error") if isinstance(data, dict) else None
+                    raise InvalidInput("heartbeat", f"HTTP {resp.status}: {reason}")
         except (aiohttp.ClientError, TimeoutError, ValueError, DinpError) as exc:
             self._server_lost(exc)
             return False
@@ -141,6 +156,11 @@ class Agent:
         changed = rev != self.state.assignment_rev
         self.state.assignment, self.state.assignment_rev = items, rev
         self.state.assignment_at = time.monotonic()
+        # Instances the server's database never knew (it was empty or another one when
+        # this node first reported): not the server's to remove.
+        foreign = data.get("foreign") if isinstance(data, dict) else None
+        self.state.foreign = {f for f in foreign if isinstance(f, str)} if isinstance(
+            foreign, list) else set()
         if changed:
             log.info("assignment %s: %d instance(s)", rev, len(items))
             self._kick.set()
@@ -155,11 +175,13 @@ class Agent:
                     timeout=aiohttp.ClientTimeout(total=LONG_POLL_SECONDS + 10),
                 ) as resp:
                     data = await resp.json(content_type=None)
-                    if resp.status == 200:
+                    if resp.status == 200 and parse_ok(data):
                         self.take_assignment(data)
                         continue
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 pass
+            except Exception:  # never let the long-poll die silently
+                log.exception("long-poll failed")
             await asyncio.sleep(self.config.heartbeat_interval)
 
     # -- local state ------------------------------------------------------------------
@@ -201,6 +223,9 @@ class Agent:
             now = time.monotonic()
             fresh = self.state.server_ok and now - self.state.assignment_at < FRESH_SECONDS
             wanted = {a.id: a for a in assignment}
+            if fresh:  # failures of instances no longer ours are not worth reporting
+                for gone in set(self.state.retries) - set(wanted):
+                    del self.state.retries[gone]
             by_instance: dict[str, list[Container]] = {}
             for c in self._containers:
                 by_instance.setdefault(c.instance, []).append(c)
@@ -209,8 +234,9 @@ class Agent:
             stops: list[Container] = []
             for a in assignment:
                 existing = by_instance.get(a.id, [])
-                alive = [c for c in existing if c.running]
-                stops.extend(c for c in existing if not c.running)  # dead: replace it
+                # Dead, or not published on this node's address (it changed): replace it.
+                alive = [c for c in existing if c.running and c.host_port]
+                stops.extend(c for c in existing if c not in alive)
                 stops.extend(alive[1:])  # never two containers for one instance
                 if not alive and self._may_start(a.id, now):
                     starts.append(a)
@@ -218,7 +244,7 @@ class Agent:
                 if instance in wanted:
                     self.state.unassigned_since.pop(instance, None)
                     continue
-                if not fresh:
+                if not fresh or instance in self.state.foreign:
                     continue
                 since = self.state.unassigned_since.setdefault(instance, now)
                 live = any(c.running for c in containers)
@@ -233,6 +259,7 @@ class Agent:
                 await asyncio.gather(*(self._start(a) for a in starts))
             if stops or starts:
                 await self.refresh()
+                self._report.set()
 
     def _may_start(self, instance: str, now: float) -> bool:
         retry = self.state.retries.get(instance)
@@ -258,7 +285,7 @@ class Agent:
         log.info("stopping %s (%s)", c.name, c.state)
         try:
             await asyncio.to_thread(self.runtime.stop, c, timeout=self.config.stop_timeout)
-        except DinpError as exc:
+        except (DinpError, docker.errors.APIError) as exc:
             log.error("cannot stop %s: %s", c.name, exc)
         self.state.unassigned_since.pop(c.instance, None)
 
@@ -266,6 +293,7 @@ class Agent:
         """Wake now, and again shortly: the engine sends `die` a moment before its
         container list shows the container as exited."""
         self._kick.set()
+        self._report.set()
         for delay in (0.05, 0.2, 0.5):
             self._kick_later(delay)
 
@@ -297,24 +325,41 @@ class Agent:
             full = time.monotonic() - last_full >= self.config.health_interval
             if full:
                 last_full = time.monotonic()
-            if await self.check_health(only_starting=not full):
-                self._kick.set()
+            try:
+                if await self.check_health(only_starting=not full):
+                    self._report.set()
+            except Exception:  # never let health checks die silently
+                log.exception("health check failed")
 
-    async def step(self) -> None:
-        """One round: converge, report, converge to the reply. Without the Docker engine
-        there is nothing true to report, so no heartbeat goes out and the node will be
-        seen as down."""
-        try:
-            await self.converge()
-            if await self.send_heartbeat():
+    async def heartbeat_loop(self) -> None:
+        """Report every heartbeat interval, and at once when something changed. Without
+        the Docker engine there is nothing true to report, so no heartbeat goes out and
+        the node will be seen as down."""
+        while True:
+            try:
+                await self.refresh()
+                await self.send_heartbeat()
+                if self._engine_error:
+                    log.info("Docker engine reachable again")
+                    self._engine_error = ""
+            except Unavailable as exc:
+                if str(exc) != self._engine_error:
+                    log.error("%s; not reporting until it is back", exc)
+                    self._engine_error = str(exc)
+            except Exception:
+                log.exception("heartbeat failed")
+            await _wait(self._report, self.config.heartbeat_interval)
+
+    async def converge_loop(self) -> None:
+        """Converge on every change of assignment or containers, and every interval."""
+        while True:
+            try:
                 await self.converge()
-            if self._engine_error:
-                log.info("Docker engine reachable again")
-                self._engine_error = ""
-        except Unavailable as exc:
-            if str(exc) != self._engine_error:
-                log.error("%s; not reporting until it is back", exc)
-                self._engine_error = str(exc)
+            except Unavailable:
+                pass  # the heartbeat loop says so
+            except Exception:
+                log.exception("converge failed; trying again")
+            await _wait(self._kick, self.config.heartbeat_interval)
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -324,16 +369,14 @@ class Agent:
         watcher.start()
         # Adopt what runs: health is known before the first report, so a restarted agent
         # never makes its healthy instances look new.
-        with contextlib.suppress(Unavailable):  # step() reports it
+        with contextlib.suppress(Unavailable):  # the heartbeat loop reports it
             await self.refresh()
             await self.check_health()
-        tasks = [asyncio.create_task(self.long_poll()), asyncio.create_task(self.health_loop())]
+        tasks = [asyncio.create_task(t) for t in (
+            self.heartbeat_loop(), self.long_poll(), self.health_loop(),
+        )]
         try:
-            while True:
-                await self.step()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), self.config.heartbeat_interval)
-                self._kick.clear()
+            await self.converge_loop()
         finally:
             for task in tasks:
                 task.cancel()
@@ -342,6 +385,13 @@ class Agent:
             if self._session is not None:
                 await self._session.close()
             await asyncio.to_thread(self.runtime.close)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until `event` is set or `timeout` passes; then clear it for the next round."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+    event.clear()
 
 
 async def serve(config: AgentConfig) -> None:

@@ -35,6 +35,9 @@ class TeeRouteStore:
         self.memory.publish(table)
         return self.redis.publish(table)
 
+    def current(self) -> routes.RouteTable:
+        return self.redis.current()
+
 
 def _secret(path: Path) -> str:
     """A token kept in the state directory, made on first use."""
@@ -71,7 +74,13 @@ async def serve(conf: UpConfig) -> None:
     router = Router(connect_timeout=router_conf.connect_timeout,
                     backend_timeout=router_conf.backend_timeout)
     try:
-        memory.subscribe(router.set_table)
+        # The server publishes from a worker thread; the router lives on this loop.
+        loop = asyncio.get_running_loop()
+
+        def to_router(table: routes.RouteTable) -> None:
+            loop.call_soon_threadsafe(router.set_table, table)
+
+        memory.subscribe(to_router)
         await router.start_http("127.0.0.1", conf.http_port)
         await router.start_admin("127.0.0.1", conf.admin_port)
         agent = Agent(AgentConfig(node_name=conf.node_name, advertise="127.0.0.1",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -100,7 +99,7 @@ def auth_middleware(server: Server) -> Any:
         if path.startswith(f"{API_PREFIX}/nodes/") and path.count("/") >= 5:
             # Agent endpoints: /api/v1/nodes/{name}/heartbeat|assignments
             expected = server.config.cluster_token
-            if not expected or not hmac.compare_digest(token, expected):
+            if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
                 raise Unauthorized("invalid cluster token",
                                    hint="The agent's cluster_token must match the server's.")
         elif await cache.role(token) is None:
@@ -113,7 +112,7 @@ def auth_middleware(server: Server) -> Any:
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, LookupError, RecursionError) as exc:  # bad JSON, charset, nesting
         raise InvalidInput("body", f"not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidInput("body", "expected a JSON object")
@@ -195,9 +194,11 @@ async def list_events(request: web.Request) -> web.Response:
     server = srv(request)
     app = request.query.get("app")
     try:
-        limit = min(int(request.query.get("limit", "50")), 1000)
+        limit = int(request.query.get("limit", "50"))
     except ValueError as exc:
         raise InvalidInput("limit", "expected a whole number") from exc
+    if not 1 <= limit <= 1000:
+        raise InvalidInput("limit", "expected a whole number from 1 to 1000")
     rows = await server.db(server.store.events, app=app, limit=limit)
     return web.json_response([
         {"at": r.at, "app": r.app, "node": r.node, "message": r.message} for r in rows
@@ -275,7 +276,12 @@ async def start(config: ServerConfig, route_store: RouteStore | None = None) -> 
     if token and not config.admin_token:
         # Shown once: only its digest is stored.
         print(f"dinp: admin API token (shown once, keep it): {token}", flush=True)
-    server = Server(config, store, route_store)
+    try:
+        inherited = await asyncio.to_thread(route_store.current)
+    except Unavailable:
+        store.close()
+        raise
+    server = Server(config, store, route_store, inherited=inherited)
     host, port = split_hostport(config.api_listen, default_port=7070)
     try:
         runner = await start_site(make_app(server), host, port)

@@ -49,7 +49,8 @@ def error_line(exc: DinpError) -> dict[str, Any]:
 def _check_token(request: web.Request, config: BuildConfig) -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), config.build_token):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                             config.build_token.encode()):
         raise Unauthorized("invalid or missing build token",
                            hint="Set DINP_BUILD_TOKEN to the build service's build_token.")
 
@@ -128,9 +129,13 @@ async def create_build(request: web.Request) -> web.StreamResponse:
         task = asyncio.create_task(run())
         if request.app[SLOTS_KEY].locked():
             await response.write(b'{"progress": "waiting for a free build slot"}\n')
-        while (line := await lines.get()) is not None:
-            await response.write(json.dumps(line).encode() + b"\n")
-        await task
+        try:
+            while (line := await lines.get()) is not None:
+                await response.write(json.dumps(line).encode() + b"\n")
+        finally:
+            # Even when this handler is cancelled, the build thread must be done with the
+            # upload before it is removed.
+            await asyncio.shield(task)
         await response.write_eof()
         return response
     finally:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,9 +34,10 @@ class NodeAssignment:
     rev: str
     instances: list[Assignment]
 
-    def to_json(self, node: str, status: str, heartbeat_interval: float) -> dict[str, Any]:
+    def to_json(self, node: str, status: str, heartbeat_interval: float,
+                foreign: list[str]) -> dict[str, Any]:
         return {"node": node, "status": status, "rev": self.rev,
-                "heartbeat_interval": heartbeat_interval,
+                "heartbeat_interval": heartbeat_interval, "foreign": foreign,
                 "instances": [a.to_json() for a in self.instances]}
 
 
@@ -57,6 +58,8 @@ class Server:
         config: ServerConfig,
         store: Store,
         route_store: routes.RouteStore,
+        *,
+        inherited: routes.RouteTable | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -67,12 +70,15 @@ class Server:
         self.reports: dict[str, NodeReport] = {}
         self.assignments: dict[str, NodeAssignment] = {}
         self.routes = routes.RouteTable()
+        # The table published before this server started (see _carry_over).
+        self.inherited = inherited or routes.RouteTable()
         self.routes_published = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dinp-db")
         self._wake = asyncio.Event()
         self._assignments_changed = asyncio.Event()
         self._unplaceable_logged: dict[str, float] = {}
         self._last_error = ""
+        self._tasks: set[asyncio.Future[Any]] = set()
         self.closing = False
         self._update_assignments()
 
@@ -101,36 +107,51 @@ class Server:
         known = self.snapshot.nodes.get(hb.node)
         if known is None or known.address != hb.address or known.capacity_mb != hb.capacity_mb:
             await self.db(self.store.upsert_node, name=hb.node, address=hb.address,
-                          capacity_mb=hb.capacity_mb)
+                          capacity_mb=hb.capacity_mb,
+                          running=[c.instance for c in hb.containers])
             self.snapshot = await self.db(self.store.snapshot)
             self.wake()
-        await self._record_failures(hb)
+        before = self.heartbeats.get(hb.node)
         previous = self.reports.get(hb.node)
         containers = container_report(hb)
         self.heartbeats[hb.node] = hb
-        self.reports[hb.node] = NodeReport(hb.node, time.time(), hb.capacity_mb, containers)
+        self.reports[hb.node] = NodeReport(hb.node, time.monotonic(), hb.capacity_mb,
+                                           containers)
+        self._record_failures(hb, before)
         came_back = self.snapshot.nodes[hb.node].status == scheduler.DOWN
         if previous is None or previous.containers != containers or came_back:
             self.wake()
         return self.assignment_reply(hb.node)
 
-    async def _record_failures(self, hb: Heartbeat) -> None:
-        """An event for each new reason an instance could not start (once, not per beat)."""
-        before = self.heartbeats.get(hb.node)
+    def _record_failures(self, hb: Heartbeat, before: Heartbeat | None) -> None:
+        """An event for each new reason an instance could not start (once, not per beat),
+        written in the background: a slow database never delays a heartbeat."""
         for instance, message in hb.failures.items():
             if before is not None and before.failures.get(instance) == message:
                 continue
             app = next((i.app for i in self.snapshot.desired.instances if i.id == instance), None)
             log.warning("node %s cannot start %s: %s", hb.node, instance, message)
-            with contextlib.suppress(Unavailable):
-                await self.db(self.store.add_event, f"instance {instance} cannot start: "
-                              f"{message}", app=app, node=hb.node)
+            self._background(self.db(self.store.add_event, f"instance {instance} cannot "
+                                     f"start: {message}", app=app, node=hb.node))
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` without waiting for it; a database error there only loses an event."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and isinstance(t.exception(), Unavailable):
+                log.debug("event not recorded: %s", t.exception())
+
+        task.add_done_callback(done)
 
     def assignment_reply(self, node: str) -> dict[str, Any]:
         assignment = self.assignments.get(node) or NodeAssignment(assignments_rev([]), [])
         row = self.snapshot.nodes.get(node)
         return assignment.to_json(node, row.status if row else "unknown",
-                                  self.config.heartbeat_interval)
+                                  self.config.heartbeat_interval,
+                                  row.foreign if row else [])
 
     async def wait_assignment(self, node: str, rev: str, timeout: float) -> dict[str, Any]:
         """Long-poll: return as soon as the node's assignment differs from `rev`."""
@@ -178,7 +199,7 @@ class Server:
         try:
             snapshot = await self.db(self.store.snapshot)
             real = self.real()
-            actions = scheduler.plan(snapshot.desired, real, now=time.time(),
+            actions = scheduler.plan(snapshot.desired, real, now=time.monotonic(),
                                      node_timeout=self.config.node_timeout)
             changes = [a for a in actions if not isinstance(a, Unplaceable)]
             if changes:
@@ -187,10 +208,12 @@ class Server:
                 await self.db(self.store.apply, changes)
                 snapshot = await self.db(self.store.snapshot)
             self.snapshot = snapshot
-            self._update_assignments()
-            await self._report_unplaceable([a for a in actions if isinstance(a, Unplaceable)])
+            # Routes first: agents learn of a removal only once it is unrouted (and of a
+            # new instance once the table can take it). If publishing fails they wait.
             if real.complete:
                 await self.publish_routes(real)
+            self._update_assignments()
+            await self._report_unplaceable([a for a in actions if isinstance(a, Unplaceable)])
             if self._last_error:
                 log.info("reconcile works again")
                 self._last_error = ""
@@ -200,10 +223,10 @@ class Server:
                 self._last_error = str(exc)
 
     async def publish_routes(self, real: Real) -> None:
-        table = routes.compute(
+        table = self._carry_over(routes.compute(
             self.snapshot.desired, real, domain=self.config.domain,
             custom_domains={a.name: a.domains for a in self.snapshot.apps.values()},
-        )
+        ))
         # Published on every round even when unchanged: the store's check is cheap and is
         # how an emptied Redis (restarted) gets the whole table back.
         # Its own thread: a slow Redis must not hold up the database queue.
@@ -211,6 +234,26 @@ class Server:
         self.routes = routes.RouteTable(backends=table.backends, cnames=table.cnames,
                                         hosts=table.hosts, rev=rev)
         self.routes_published = True
+
+    def _carry_over(self, table: routes.RouteTable) -> routes.RouteTable:
+        """Keep the routes published before this server started for the instances of
+        nodes that have not reported since: not having heard from them yet is no reason to
+        unroute what they serve. Their instance rows still decide which apps they serve."""
+        silent = {n.name: n.address for n in self.snapshot.nodes.values()
+                  if n.name not in self.reports}
+        if not silent or not self.inherited.backends:
+            return table
+        backends = {h: list(b) for h, b in table.backends.items()}
+        for inst in self.snapshot.desired.instances:
+            address = silent.get(inst.node)
+            host = routes.app_host(inst.app, self.config.domain)
+            if address is None or host not in table.hosts:
+                continue
+            for addr in self.inherited.backends.get(host, ()):
+                if addr.rsplit(":", 1)[0] == address and addr not in backends.get(host, []):
+                    backends.setdefault(host, []).append(addr)
+        return routes.RouteTable(backends={h: tuple(b) for h, b in backends.items()},
+                                 cnames=table.cnames, hosts=table.hosts)
 
     async def _report_unplaceable(self, items: list[Unplaceable]) -> None:
         now = time.monotonic()
@@ -303,6 +346,7 @@ class Server:
                 "free_mb": hb.free_mb if hb else None,
                 "instances": len(placed),
                 "containers": len(hb.containers) if hb else None,
-                "last_seen_s": round(time.time() - report.received_at, 1) if report else None,
+                "last_seen_s": round(time.monotonic() - report.received_at, 1)
+                if report else None,
             })
         return out
