@@ -79,13 +79,14 @@ class NodeRow(SQLModel, table=True):
     status: str = Field(default="ready", max_length=16)
     # Instances the node already ran when this database first heard of it: not ours to
     # remove (an empty or wrong database must never make agents stop what runs).
-    foreign_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    foreign_json: str = Field(default="[]", sa_column=Column(Text, nullable=False,
+                                                             default="[]"))
     first_seen: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
 
     @property
     def foreign(self) -> list[str]:
-        value: list[str] = json.loads(self.foreign_json)
+        value: list[str] = json.loads(self.foreign_json or "[]")
         return value
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy.exc
-from sqlalchemy import create_engine, delete, text
+from sqlalchemy import create_engine, delete, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, col, select
 
@@ -37,6 +37,27 @@ from dinp.scheduler import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """The upgrade path of the schema: columns added by a newer dinp are added to tables
+    made by an older one (nullable, then filled with the column's default)."""
+    existing = inspect(engine)
+    with engine.begin() as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            if not existing.has_table(table.name):
+                continue
+            have = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+                default = getattr(column.default, "arg", None)
+                if default is not None and not callable(default):
+                    conn.execute(text(f"UPDATE {table.name} SET {column.name} = :v"),
+                                 {"v": default})
+                log.info("database: added %s.%s", table.name, column.name)
 
 
 def new_id() -> str:
@@ -79,6 +100,7 @@ class Store:
             if parsed.get_backend_name() == "mysql" and parsed.database:
                 self._create_database(parsed.set(database=""), parsed.database, kwargs)
             SQLModel.metadata.create_all(engine)
+            _add_missing_columns(engine)
         return engine
 
     @staticmethod

@@ -243,3 +243,25 @@ def test_mysql_database_is_created_if_missing(mysql_url: str) -> None:
                 cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         finally:
             conn.close()
+
+
+def test_a_database_made_by_an_older_dinp_gets_the_new_columns(db_url: str) -> None:
+    """Upgrading: a `nodes` table without the newer `foreign_json` column is completed
+    at start, its rows keep their data and read the column's default."""
+    engine = sqlalchemy.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(
+            "CREATE TABLE nodes (name VARCHAR(63) PRIMARY KEY, address VARCHAR(255) NOT NULL,"
+            " capacity_mb INTEGER NOT NULL, status VARCHAR(16) NOT NULL,"
+            " first_seen FLOAT NOT NULL, updated_at FLOAT NOT NULL)"))
+        conn.execute(sqlalchemy.text(
+            "INSERT INTO nodes VALUES ('n1', '127.0.0.2', 1024, 'ready', 1, 1)"))
+    engine.dispose()
+    store = Store(db_url)
+    try:
+        node = store.snapshot().nodes["n1"]
+        assert (node.address, node.capacity_mb, node.foreign) == ("127.0.0.2", 1024, [])
+        store.upsert_node(name="n2", address="127.0.0.3", capacity_mb=512, running=["x1"])
+        assert store.snapshot().nodes["n2"].foreign == ["x1"]
+    finally:
+        store.close()
