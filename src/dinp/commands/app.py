@@ -65,12 +65,8 @@ def create(
     body = {"name": name, "image": image, "instances": instances, "memory": memory,
             "port": port, "env": validation.env_pairs(env), "health_path": health_path}
     app = api.post("/apps", body)
-    if wait:
-        app = wait_serving(api, name, timeout=timeout, quiet=as_json)
-    if as_json:
-        print_json(app)
-    else:
-        console.print(f"created [bold]{name}[/]: {instances} x {image} → {app['url']}")
+    _report(api, app, wait=wait, timeout=timeout, as_json=as_json,
+            message=f"created [bold]{name}[/]: {instances} x {image} → {{url}}")
 
 
 @cli.command("list")
@@ -125,12 +121,19 @@ def scale(
     """Change how many instances of an app run."""
     api = client(server, token)
     app = api.post(f"/apps/{name}/scale", {"instances": instances})
+    _report(api, app, wait=wait, timeout=timeout, as_json=as_json,
+            message=f"{name}: {instances} instance(s)")
+
+
+def _report(api: Client, app: dict[str, Any], *, wait: bool, timeout: float, as_json: bool,
+            message: str) -> None:
+    """After a change: wait until it serves if asked, then print the app or `message`."""
     if wait:
-        app = wait_serving(api, name, timeout=timeout, quiet=as_json)
+        app = wait_serving(api, app["name"], timeout=timeout, quiet=as_json)
     if as_json:
         print_json(app)
     else:
-        console.print(f"{name}: {instances} instance(s)")
+        console.print(message.replace("{url}", app["url"]))
 
 
 @cli.command("delete")
