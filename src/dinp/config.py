@@ -50,6 +50,8 @@ class AgentConfig:
     capacity_mb: int = 0
     heartbeat_interval: float = 2.0
     health_interval: float = 2.0
+    # An instance starting (or unhealthy) longer than this is replaced, with backoff.
+    start_timeout: float = 60.0
     stop_timeout: float = 10.0
     docker_host: str = ""
 

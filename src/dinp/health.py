@@ -1,12 +1,14 @@
 """Instance health checks: a TCP connect to the published port, or an HTTP GET of the
 app's health path. An instance is `starting` until its first success, `healthy` after it,
-and `unhealthy` after `FAILURES` checks in a row fail."""
+and `unhealthy` after `FAILURES` checks in a row fail. One that stays `starting` or
+`unhealthy` too long is stuck: the agent replaces it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 FAILURES = 3
 CHECK_TIMEOUT = 2.0
@@ -16,6 +18,8 @@ CHECK_TIMEOUT = 2.0
 class HealthState:
     status: str = "starting"
     failures: int = 0
+    # When the current status began (monotonic seconds).
+    since: float = field(default_factory=time.monotonic)
 
     def record(self, ok: bool) -> bool:
         """Record one check; return True when the reported status changed."""
@@ -26,7 +30,18 @@ class HealthState:
             self.failures += 1
             if self.status == "healthy" and self.failures >= FAILURES:
                 self.status = "unhealthy"
+        if self.status != before:
+            self.since = time.monotonic()
         return self.status != before
+
+    def stuck(self, now: float, timeout: float) -> str | None:
+        """Why the instance should be replaced, if it has been starting or unhealthy for
+        longer than `timeout`; else None."""
+        if self.status == "healthy" or now - self.since < timeout:
+            return None
+        if self.status == "starting":
+            return f"never became healthy in {timeout:.0f} s (does it listen on $PORT?)"
+        return f"unhealthy for {timeout:.0f} s"
 
 
 async def check(host: str, port: int, path: str | None, *, timeout: float = CHECK_TIMEOUT) -> bool:

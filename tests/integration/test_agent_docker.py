@@ -480,3 +480,36 @@ def test_foreign_instances_are_never_stopped(runtime: DockerRuntime) -> None:
         assert now[new.id].running
 
     asyncio.run(main())
+
+
+def test_an_instance_that_never_becomes_healthy_is_replaced_with_backoff(
+    runtime: DockerRuntime,
+) -> None:
+    app = app_name()
+    broken = Assignment(id=secrets.token_hex(5), app=app, release=1, image=IMAGE,
+                        memory_mb=64, port=8080, env={}, health_path="/no-such-page")
+
+    async def main() -> None:
+        agent = Agent(AgentConfig(node_name=runtime.node, advertise=ADDR, cluster_token="x",
+                                  server="http://127.0.0.1:1", capacity_mb=1024,
+                                  stop_timeout=2, start_timeout=1.0), runtime)
+        give(agent, "r1", [broken])
+        await agent.converge()
+        (first,) = by_instance(runtime).values()
+        for _ in range(8):  # the health path answers 404: it stays "starting"
+            await agent.refresh()
+            await agent.check_health()
+            await asyncio.sleep(0.2)
+        assert agent.state.health[broken.id].status == "starting"
+        await agent.converge()  # past start_timeout: stuck, so it is stopped ...
+        assert by_instance(runtime) == {}
+        reason = agent.heartbeat_body().failures[broken.id]
+        assert "never became healthy" in reason  # ... and the server is told why
+        await agent.converge()  # ... and not started again before its backoff (2 s)
+        assert by_instance(runtime) == {}
+        await asyncio.sleep(2.1)
+        await agent.converge()
+        (second,) = by_instance(runtime).values()
+        assert second.id != first.id and second.running
+
+    asyncio.run(main())

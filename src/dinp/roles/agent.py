@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import docker.errors
 
+from dinp import const, validation
 from dinp import node as nodeinfo
-from dinp import validation
 from dinp.config import AgentConfig
 from dinp.const import API_PREFIX
 from dinp.container import Container, DockerRuntime, StartFailed
@@ -203,7 +203,11 @@ class Agent:
             a = by_instance.get(c.instance)
             ok = await check(self.config.advertise, c.host_port or 0,
                              a.health_path if a else None)
-            return self.state.health.setdefault(c.instance, HealthState()).record(ok)
+            health = self.state.health.setdefault(c.instance, HealthState())
+            changed = health.record(ok)
+            if changed and health.status == "healthy":
+                self.state.retries.pop(c.instance, None)  # it works now: no backoff left
+            return changed
 
         results = await asyncio.gather(*(one(c) for c in targets))
         live = {c.instance for c in self._containers}
@@ -236,6 +240,11 @@ class Agent:
                 existing = by_instance.get(a.id, [])
                 # Dead, or not published on this node's address (it changed): replace it.
                 alive = [c for c in existing if c.running and c.host_port]
+                stuck = self._stuck(a, now) if alive else None
+                if stuck:
+                    log.error("%s %s: replacing it", const.container_name(a.app, a.id), stuck)
+                    self._failed(a.id, stuck)
+                    alive = []
                 stops.extend(c for c in existing if c not in alive)
                 stops.extend(alive[1:])  # never two containers for one instance
                 if not alive and self._may_start(a.id, now):
@@ -265,19 +274,28 @@ class Agent:
         retry = self.state.retries.get(instance)
         return retry is None or now >= retry.next_at
 
+    def _stuck(self, a: Assignment, now: float) -> str | None:
+        health = self.state.health.get(a.id)
+        return health.stuck(now, self.config.start_timeout) if health else None
+
+    def _failed(self, instance: str, message: str) -> float:
+        """Record a failure of `instance`: its next start waits, longer each time."""
+        retry = self.state.retries.setdefault(instance, _Retry())
+        retry.failures += 1
+        delay = min(MAX_START_BACKOFF, 2.0 ** retry.failures)
+        retry.next_at = time.monotonic() + delay
+        retry.message = message
+        self.state.health.pop(instance, None)
+        self._kick_later(delay)
+        return delay
+
     async def _start(self, a: Assignment) -> None:
         try:
             c = await asyncio.to_thread(self.runtime.start, a)
         except (StartFailed, DinpError) as exc:
-            retry = self.state.retries.setdefault(a.id, _Retry())
-            retry.failures += 1
-            delay = min(MAX_START_BACKOFF, 2.0 ** retry.failures)
-            retry.next_at = time.monotonic() + delay
-            retry.message = str(exc)
+            delay = self._failed(a.id, str(exc))
             log.error("%s (retrying in %.0f s)", exc, delay)
-            self._kick_later(delay)
             return
-        self.state.retries.pop(a.id, None)
         self.state.health[a.id] = HealthState()
         log.info("started %s (%s) on port %s", c.name, a.image, c.host_port)
 
