@@ -87,6 +87,8 @@ class Agent:
         self._containers: list[Container] = []
         self._stopping = threading.Event()
         self._engine_error = ""
+        # Container ids being stopped and instance ids being started right now.
+        self._busy: set[str] = set()
 
     # -- server I/O -------------------------------------------------------------------
 
@@ -218,12 +220,20 @@ class Agent:
     # -- converge ---------------------------------------------------------------------
 
     async def converge(self) -> None:
-        """Start what is assigned and missing; stop what is not assigned (fresh info only)."""
+        """Start what is assigned and missing; stop what is not assigned (fresh info only).
+        Returns when that work is done."""
+        work = await self._plan_work()
+        if work:
+            await self._do_work(*work)
+
+    async def _plan_work(self) -> tuple[list[Container], list[Assignment]] | None:
+        """(stops, starts) for this round, leaving out containers and instances that work
+        still under way (a slow stop, a long pull) already handles."""
         async with self._converge_lock:
             await self.refresh()
             assignment = self.state.assignment
             if assignment is None:
-                return
+                return None
             now = time.monotonic()
             fresh = self.state.server_ok and now - self.state.assignment_at < FRESH_SECONDS
             wanted = {a.id: a for a in assignment}
@@ -247,7 +257,8 @@ class Agent:
                     alive = []
                 stops.extend(c for c in existing if c not in alive)
                 stops.extend(alive[1:])  # never two containers for one instance
-                if not alive and self._may_start(a.id, now):
+                busy = a.id in self._busy or any(c.id in self._busy for c in existing)
+                if not alive and not busy and self._may_start(a.id, now):
                     starts.append(a)
             for instance, containers in by_instance.items():
                 if instance in wanted:
@@ -262,13 +273,28 @@ class Agent:
                 else:
                     self._kick_later(DRAIN_SECONDS - (now - since))
 
+            # Not what is being stopped already, nor the container of an instance being
+            # started (it is `created` for a moment, not yet running).
+            stops = [c for c in stops if c.id not in self._busy and c.instance not in self._busy]
+            if not stops and not starts:
+                return None
+            self._busy.update(c.id for c in stops)
+            self._busy.update(a.id for a in starts)
+            return stops, starts
+
+    async def _do_work(self, stops: list[Container], starts: list[Assignment]) -> None:
+        """Stop, then start (a dead container goes before its replacement comes)."""
+        try:
             if stops:
                 await asyncio.gather(*(self._stop(c) for c in stops))
             if starts:
                 await asyncio.gather(*(self._start(a) for a in starts))
-            if stops or starts:
-                await self.refresh()
-                self._report.set()
+        finally:
+            self._busy.difference_update(c.id for c in stops)
+            self._busy.difference_update(a.id for a in starts)
+        await self.refresh()
+        self._report.set()
+        self._kick.set()  # what changed meanwhile is looked at now
 
     def _may_start(self, instance: str, now: float) -> bool:
         retry = self.state.retries.get(instance)
@@ -369,15 +395,34 @@ class Agent:
             await _wait(self._report, self.config.heartbeat_interval)
 
     async def converge_loop(self) -> None:
-        """Converge on every change of assignment or containers, and every interval."""
-        while True:
-            try:
-                await self.converge()
-            except Unavailable:
-                pass  # the heartbeat loop says so
-            except Exception:
-                log.exception("converge failed; trying again")
-            await _wait(self._kick, self.config.heartbeat_interval)
+        """Converge on every change of assignment or containers, and every interval. The
+        work runs in the background, so a slow stop never holds up a new start."""
+        running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                if not isinstance(exc, Unavailable):
+                    log.error("converge work failed: %r", exc)
+
+        try:
+            while True:
+                try:
+                    work = await self._plan_work()
+                    if work:
+                        task = asyncio.create_task(self._do_work(*work))
+                        running.add(task)
+                        task.add_done_callback(finished)
+                except Unavailable:
+                    pass  # the heartbeat loop says so
+                except Exception:
+                    log.exception("converge failed; trying again")
+                await _wait(self._kick, self.config.heartbeat_interval)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def run(self) -> None:
         """Run until cancelled."""
