@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 FAILURES = 3
 CHECK_TIMEOUT = 2.0
+# Docker's userland proxy accepts a connection on a published port before the app in the
+# container listens, then closes it: a connection must stay open this long to count.
+SETTLE = 0.15
 
 
 @dataclass
@@ -45,14 +48,18 @@ class HealthState:
 
 
 async def check(host: str, port: int, path: str | None, *, timeout: float = CHECK_TIMEOUT) -> bool:
-    """One check: True if the instance accepts a connection (and answers `path` < 400)."""
+    """One check: True if the instance accepts a connection that stays open (and answers
+    `path` with a status below 400)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError):
         return False
     try:
         if path is None:
-            return True
+            try:
+                return await asyncio.wait_for(reader.read(1), SETTLE) != b""
+            except TimeoutError:
+                return True  # open and quiet, as an HTTP server waiting for a request
         request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                    "User-Agent: dinp-health\r\nConnection: close\r\n\r\n")
         writer.write(request.encode())

@@ -513,3 +513,29 @@ def test_an_instance_that_never_becomes_healthy_is_replaced_with_backoff(
         assert second.id != first.id and second.running
 
     asyncio.run(main())
+
+
+def test_a_port_that_accepts_then_hangs_up_is_not_healthy() -> None:
+    """What Docker's userland proxy does while the app in the container is not listening
+    yet: it accepts, then closes. That must not count as healthy."""
+    from dinp.health import check
+
+    async def main() -> None:
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        async def quiet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # an HTTP server waiting for a request
+            writer.close()
+
+        closing = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        waiting = await asyncio.start_server(quiet, "127.0.0.1", 0)
+        try:
+            assert not await check("127.0.0.1", closing.sockets[0].getsockname()[1], None)
+            assert await check("127.0.0.1", waiting.sockets[0].getsockname()[1], None)
+        finally:
+            for server in (closing, waiting):
+                server.close()
+                await server.wait_closed()
+
+    asyncio.run(main())
