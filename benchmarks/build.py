@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import secrets
 import statistics
@@ -26,7 +25,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from dinp import baseimages, builder
@@ -34,6 +32,10 @@ from dinp.config import BuildConfig
 from dinp.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import delete_from_registry  # noqa: E402
+
 GOAL_OVERHEAD = 3.0
 
 
@@ -60,19 +62,6 @@ def make_python_archive(work: Path, round_no: int) -> Path:
         info.size = len(stamp)
         tar.addfile(info, io.BytesIO(stamp))
     return path
-
-
-def delete_repo(registry: str, repo: str) -> None:
-    with contextlib.suppress(OSError):
-        tags = json.load(urllib.request.urlopen(
-            f"http://{registry}/v2/{repo}/tags/list", timeout=5)).get("tags") or []
-        for tag in tags:
-            head = urllib.request.Request(
-                f"http://{registry}/v2/{repo}/manifests/{tag}", method="HEAD",
-                headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
-            digest = urllib.request.urlopen(head, timeout=5).headers["Docker-Content-Digest"]
-            urllib.request.urlopen(urllib.request.Request(
-                f"http://{registry}/v2/{repo}/manifests/{digest}", method="DELETE"), timeout=5)
 
 
 def main() -> None:
@@ -131,7 +120,7 @@ def main() -> None:
                 for image in engine.api.images(name=f"{args.registry}/{app}"):
                     with contextlib.suppress(Exception):
                         engine.api.remove_image(image["Id"], force=True)
-                delete_repo(args.registry, app)
+                delete_from_registry(args.registry, app)
 
     print(f"\ndinp build benchmark ({args.rounds} rounds, warm base images, registry "
           f"{args.registry})\n")

@@ -19,25 +19,15 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e.conftest import IMAGE, Cluster
-from tests.support import (
-    Dinp,
-    Proc,
-    base_env,
-    docker_ids,
-    free_port,
-    http_get,
-    mysql_database,
-    redis_server,
-    remove_node_containers,
-    wait_for,
-)
+from tests.e2e.conftest import IMAGE, Cluster, running_cluster
+from tests.support import docker_ids, wait_for
 
 POLL = 0.01
 
@@ -109,46 +99,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    workdir = Path(subprocess.run(["mktemp", "-d"], capture_output=True, text=True,
-                                  check=True).stdout.strip())
-    api_port, router_port, admin_port = free_port(), free_port(), free_port()
-    prefix = f"bench{secrets.token_hex(2)}"
+    workdir = Path(tempfile.mkdtemp(prefix="dinp-bench-"))
     results: dict[str, list[float]] = {"create": [], "replace": [], "node": []}
-    with mysql_database() as db_url, redis_server() as (redis_url, _, _):
-        env = base_env(
-            workdir, DINP_DATABASE_URL=db_url, DINP_REDIS_URL=redis_url,
-            DINP_CLUSTER_TOKEN=secrets.token_hex(8), DINP_ADMIN_TOKEN=secrets.token_hex(8),
-            DINP_API_LISTEN=f"127.0.0.1:{api_port}", DINP_SERVER=f"http://127.0.0.1:{api_port}",
-            DINP_ROUTER_URL=f"http://127.0.0.1:{router_port}",
-            DINP_HTTP_LISTEN=f"127.0.0.1:{router_port}",
-            DINP_ADMIN_LISTEN=f"127.0.0.1:{admin_port}", DINP_DOMAIN="apps.test",
-        )
-        server = Proc("server", ["server"], env, workdir / "server.log").start()
-        router = Proc("router", ["router"], env, workdir / "router.log").start()
-        cli = Dinp(dict(env, DINP_TOKEN=env["DINP_ADMIN_TOKEN"]))
-        c = Cluster(workdir, env, f"127.0.0.1:{router_port}", cli, server, router)
-        names = [f"{prefix}-n{i}" for i in (1, 2, 3)]
-        c.addresses = {n: f"127.0.0.{i}" for i, n in zip((2, 3, 4), names, strict=True)}
-        try:
-            wait_for(lambda: cli.run("node", "list", check=False).returncode == 0, 20, "server")
-            for n in names:
-                c.agent(n).start()
-            wait_for(lambda: sum(x["status"] == "ready" for x in cli.json("node", "list"))
-                     == 3, 20, "nodes")
-            wait_for(lambda: http_get(c.router_addr, "x.apps.test")[0] == 404, 10, "router")
-            subprocess.run(["docker", "image", "inspect", IMAGE], check=True,
-                           capture_output=True)  # the image is on the node already
-            for r in range(args.rounds):
-                app = f"b{r}"
-                results["create"].append(bench_create(c, app))
-                results["replace"].append(bench_replace(c, app))
-                results["node"].append(bench_node(c, app))
-                cli.run("app", "delete", app, "--yes")
-        finally:
-            for p in [*c.agents.values(), router, server]:
-                p.stop()
-            for n in names:
-                remove_node_containers(n)
+    with running_cluster(workdir, f"bench{secrets.token_hex(2)}") as c:
+        subprocess.run(["docker", "image", "inspect", IMAGE], check=True,
+                       capture_output=True)  # the image is on the node already
+        for r in range(args.rounds):
+            app = f"b{r}"
+            results["create"].append(bench_create(c, app))
+            results["replace"].append(bench_replace(c, app))
+            results["node"].append(bench_node(c, app))
+            c.cli.run("app", "delete", app, "--yes")
     goals = {"create": 2.0, "replace": 3.0, "node": 10.0}
     labels = {
         "create": "app create --instances 3 --wait → all 3 serve via router",

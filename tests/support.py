@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,21 @@ def http_request(addr: str, host: str, path: str = "/",
 def http_get(addr: str, host: str, path: str = "/", timeout: float = 5) -> tuple[int, str]:
     status, _, body = http_request(addr, host, path, timeout)
     return status, body
+
+
+def delete_from_registry(registry: str, repo: str) -> None:
+    """Remove every tag of `repo` from the registry (its blobs wait for garbage
+    collection); nothing happens if the registry cannot be reached."""
+    with contextlib.suppress(OSError):
+        tags = json.load(urllib.request.urlopen(
+            f"http://{registry}/v2/{repo}/tags/list", timeout=5)).get("tags") or []
+        for tag in tags:
+            head = urllib.request.Request(
+                f"http://{registry}/v2/{repo}/manifests/{tag}", method="HEAD",
+                headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+            digest = urllib.request.urlopen(head, timeout=5).headers["Docker-Content-Digest"]
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://{registry}/v2/{repo}/manifests/{digest}", method="DELETE"), timeout=5)
 
 
 def docker_ids(*labels: str) -> list[str]:

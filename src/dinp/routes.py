@@ -38,11 +38,7 @@ class RouteTable:
 
     def resolve(self, host: str) -> tuple[str | None, tuple[str, ...]]:
         """(app, backends) for a request's Host; app is None when nothing is served there."""
-        if host.startswith("["):  # [IPv6]:port
-            host = host[: host.find("]") + 1]
-        elif host.count(":") == 1:
-            host = host.rsplit(":", 1)[0]
-        host = host.lower().rstrip(".")
+        host = hostname(host)
         target = self.cnames.get(host, host)
         return self.hosts.get(target), self.backends.get(target, ())
 
@@ -53,6 +49,15 @@ class RouteTable:
 
     def __len__(self) -> int:
         return len(self.hosts)
+
+
+def hostname(host: str) -> str:
+    """A Host header as the table names hosts: no port, lowercase, no trailing dot."""
+    if host.startswith("["):  # [IPv6]:port
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    return host.lower().rstrip(".")
 
 
 def app_host(app: str, domain: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,11 +53,11 @@ class Cluster:
         return "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in procs)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    workdir = tmp_path_factory.mktemp("cluster")
+@contextlib.contextmanager
+def running_cluster(workdir: Path, prefix: str) -> Iterator[Cluster]:
+    """Start the cluster (private MariaDB database and Redis) and stop it afterwards,
+    removing the containers of its nodes. Shared by the tests and `make bench`."""
     api_port, router_port, admin_port = free_port(), free_port(), free_port()
-    prefix = f"e2e{secrets.token_hex(3)}"
     with mysql_database() as db_url, redis_server() as (redis_url, _, _):
         env = base_env(
             workdir,
@@ -93,3 +94,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 proc.stop()
             for name in names:
                 remove_node_containers(name)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("cluster"),
+                         f"e2e{secrets.token_hex(3)}") as c:
+        yield c

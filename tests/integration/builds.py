@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import secrets
 import subprocess
@@ -23,6 +22,7 @@ from dinp.config import BuildConfig
 from dinp.engine import Engine
 from dinp.errors import Unavailable
 from tests.integration.conftest import TEST_LABEL
+from tests.support import delete_from_registry
 
 REGISTRY = "127.0.0.1:5000"
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,20 +108,7 @@ def app_name(engine: Engine) -> Iterator[Callable[[], str]]:
         for image in engine.api.images(name=f"{REGISTRY}/{name}"):
             with contextlib.suppress(Exception):
                 engine.api.remove_image(image["Id"], force=True)
-        delete_from_registry(name)
-
-
-def delete_from_registry(repo: str) -> None:
-    with contextlib.suppress(OSError):
-        tags = json.load(urllib.request.urlopen(
-            f"http://{REGISTRY}/v2/{repo}/tags/list", timeout=5)).get("tags") or []
-        for tag in tags:
-            head = urllib.request.Request(
-                f"http://{REGISTRY}/v2/{repo}/manifests/{tag}", method="HEAD",
-                headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
-            digest = urllib.request.urlopen(head, timeout=5).headers["Docker-Content-Digest"]
-            urllib.request.urlopen(urllib.request.Request(
-                f"http://{REGISTRY}/v2/{repo}/manifests/{digest}", method="DELETE"), timeout=5)
+        delete_from_registry(REGISTRY, name)
 
 
 def http_get(port: int, path: str = "/") -> tuple[int, str]:

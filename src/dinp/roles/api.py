@@ -151,8 +151,7 @@ async def create_app(request: web.Request) -> web.Response:
         "health_path": validation.health_path(data.get("health_path")),
     }
     app = await server.db(server.store.create_app, **spec)
-    server.snapshot = await server.db(server.store.snapshot)
-    server.wake()
+    await server.desired_changed()
     log.info("app %s created: %s x%d", app.name, app.image, app.instances)
     return web.json_response(server.app_view(app, detail=True), status=201)
 
@@ -172,8 +171,7 @@ async def scale_app(request: web.Request) -> web.Response:
     data = await json_body(request)
     count = validation.instances(data.get("instances"))
     app = await server.db(server.store.scale_app, request.match_info["name"], count)
-    server.snapshot = await server.db(server.store.snapshot)
-    server.wake()
+    await server.desired_changed()
     return web.json_response(server.app_view(app, detail=True))
 
 
@@ -181,8 +179,7 @@ async def delete_app(request: web.Request) -> web.Response:
     server = srv(request)
     name = request.match_info["name"]
     await server.db(server.store.delete_app, name)
-    server.snapshot = await server.db(server.store.snapshot)
-    server.wake()
+    await server.desired_changed()
     return web.json_response({"deleted": name})
 
 

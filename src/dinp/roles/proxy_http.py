@@ -32,7 +32,7 @@ import httptools
 
 from dinp.roles.proxy_client import BackendConnection, BackendPool, Stop, connection_tokens
 from dinp.roles.proxy_metrics import CONNECT, AccessLog, AppStats, Snapshot
-from dinp.routes import RouteTable
+from dinp.routes import RouteTable, hostname
 
 log = logging.getLogger("dinp.router")
 
@@ -100,11 +100,6 @@ def error_page(status: int, message: str) -> bytes:
         f"<body><h1>{title}</h1>\n<p>{html.escape(message)}</p>\n"
         "<hr><p>dinp router</p></body></html>\n"
     ).encode()
-
-
-def hostname(host: str) -> str:
-    """The Host header without its port, as a person would name it."""
-    return (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).lower().rstrip(".")
 
 
 def host_port(host: bytes) -> bytes:

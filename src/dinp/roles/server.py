@@ -93,6 +93,12 @@ class Server:
         """Ask for a reconcile now instead of at the next tick."""
         self._wake.set()
 
+    async def desired_changed(self) -> None:
+        """After a write: read the new desired state (the API answers from it) and
+        reconcile now."""
+        self.snapshot = await self.db(self.store.snapshot)
+        self.wake()
+
     def real(self) -> Real:
         """What the agents reported, and whether that is enough to act on."""
         waited = time.monotonic() - self.started >= self.config.node_timeout
@@ -109,8 +115,7 @@ class Server:
             await self.db(self.store.upsert_node, name=hb.node, address=hb.address,
                           capacity_mb=hb.capacity_mb,
                           running=[c.instance for c in hb.containers])
-            self.snapshot = await self.db(self.store.snapshot)
-            self.wake()
+            await self.desired_changed()
         before = self.heartbeats.get(hb.node)
         previous = self.reports.get(hb.node)
         containers = container_report(hb)
