@@ -57,7 +57,7 @@ def make_python_archive(work: Path, round_no: int) -> Path:
     path = work / f"python-{round_no}.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         tar.add(src, arcname=".", filter=lambda i: None if "__pycache__" in i.name else i)
-        stamp = f"BUILD = {round_no!r}  # {secrets.token_hex(8)}\n".encode()
+        stamp = f"BUILD = {round_no!r}  # {secrets.token_hex(16)}\n".encode()
         info = tarfile.TarInfo("build_stamp.py")
         info.size = len(stamp)
         tar.addfile(info, io.BytesIO(stamp))

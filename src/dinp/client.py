@@ -81,7 +81,7 @@ class Client:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+            with _OPENER.open(req, timeout=timeout or self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
@@ -105,6 +105,21 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would send the token along to wherever the
+    server points, another host included."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        raise DinpError(
+            f"{req.full_url} answered with a redirect ({code}) to {newurl}; the token is "
+            "sent only to the server configured",
+            hint="Set DINP_SERVER (or `dinp login URL`) to the API's own URL.")
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def _api_error(exc: urllib.error.HTTPError) -> DinpError:

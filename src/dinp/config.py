@@ -142,6 +142,31 @@ class BuildConfig:
 
 C = TypeVar("C")
 
+MIN_SECRET_LENGTH = 24
+# Values seen in examples and tutorials: anyone could guess them.
+KNOWN_SECRETS = frozenset({
+    "change-me", "changeme", "change_me", "changethis", "secret", "s3cret", "password",
+    "passw0rd", "token", "dinp", "admin", "example", "test", "default", "xxx",
+})
+MAKE_SECRET = "Make one with `openssl rand -hex 32` (or `python3 -c 'import secrets; " \
+    "print(secrets.token_hex(32))'`)"
+
+
+def require_secret(value: str, *, key: str, section: str, needed: bool = True) -> None:
+    """Refuse to start with a missing, example or short token: whoever guesses the
+    cluster token can join a node and receive every app's env secrets."""
+    where = f"{key} in [{section}] of dinp.toml or DINP_{key.upper()}"
+    if not value:
+        if needed:
+            raise ConfigError(f"no {key} is set", hint=f"Set {where}. {MAKE_SECRET}.")
+        return
+    if value.strip().lower() in KNOWN_SECRETS or len(set(value)) < 6:
+        raise ConfigError(f"{key} is an example value anyone can guess",
+                          hint=f"Set {where} to a random value. {MAKE_SECRET}.")
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"{key} is too short ({len(value)} characters; at least "
+                          f"{MIN_SECRET_LENGTH})", hint=f"{MAKE_SECRET}.")
+
 
 def find_config_file(explicit: str | None = None) -> Path | None:
     """The config file in use: --config, then $DINP_CONFIG, then ./dinp.toml, /etc/dinp."""

@@ -11,6 +11,9 @@ LABEL_APP = "io.dinp.app"
 LABEL_INSTANCE = "io.dinp.instance"
 LABEL_RELEASE = "io.dinp.release"
 LABEL_NODE = "io.dinp.node"
+# The id of the cluster that made the container (kept in its database): an agent never
+# touches another cluster's containers, whatever their node label says.
+LABEL_CLUSTER = "io.dinp.cluster"
 
 
 def container_name(app: str, instance: str) -> str:

@@ -1,9 +1,12 @@
 """A thin wrapper around the Docker engine for dinp's containers.
 
 Labels are the truth about what runs: an agent sees only containers labelled
-`io.dinp.managed=true` and `io.dinp.node=<its node>`, so several agents can share one
-engine, and nothing dinp did not start is ever touched. Every call here blocks; the
-agent runs them in threads.
+`io.dinp.managed=true`, `io.dinp.node=<its node>` and `io.dinp.cluster=<its cluster>`, so
+several agents, and several clusters, can share one engine, and nothing dinp did not start
+is ever touched. Containers made before clusters had ids carry no cluster label: they are
+listed as `legacy`, and the agent adopts only those the server assigns to it. Until the
+agent knows its cluster (the server tells it), it sees no container at all. Every call
+here blocks; the agent runs them in threads.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Container:
     release: int
     state: str  # Docker's: created, running, exited, dead, …
     host_port: int | None
+    # Made by a dinp older than cluster ids (no cluster label): ours only if assigned.
+    legacy: bool = False
 
     @property
     def running(self) -> bool:
@@ -58,6 +63,7 @@ class Container:
             id=summary["Id"], name=(summary.get("Names") or ["?"])[0].lstrip("/"),
             app=labels.get(const.LABEL_APP, ""), instance=labels.get(const.LABEL_INSTANCE, ""),
             release=release, state=summary.get("State", "unknown"), host_port=host_port,
+            legacy=const.LABEL_CLUSTER not in labels,
         )
 
 
@@ -68,9 +74,12 @@ class StartFailed(DinpError):
 class DockerRuntime:
     """The containers of one node on one Docker engine."""
 
-    def __init__(self, *, node: str, advertise: str, base_url: str = "") -> None:
+    def __init__(self, *, node: str, advertise: str, base_url: str = "",
+                 cluster: str = "") -> None:
         self.node = node
         self.advertise = advertise
+        # Set once the server said which cluster this node belongs to; "" sees nothing.
+        self.cluster = cluster
         self.base_url = engine_address(base_url)
         with self.errors():
             self.client = (docker.DockerClient(base_url=base_url, timeout=60) if base_url
@@ -84,6 +93,8 @@ class DockerRuntime:
         return {"label": [f"{const.LABEL_MANAGED}=true", f"{const.LABEL_NODE}={self.node}"]}
 
     def list(self) -> list[Container]:
+        if not self.cluster:
+            return []
         with self.errors():
             summaries = self.client.api.containers(all=True, filters=self._filters())
         # The engine filtered by label already; check again so a stray container can
@@ -92,16 +103,22 @@ class DockerRuntime:
                 if self._ours(s.get("Labels"))]
 
     def _ours(self, labels: dict[str, str] | None) -> bool:
-        """Managed by dinp and labelled for this node: the only containers we touch."""
+        """Managed by dinp, labelled for this node and this cluster (or made before
+        clusters had ids): the only containers we touch."""
         labels = labels or {}
-        return (labels.get(const.LABEL_MANAGED) == "true"
-                and labels.get(const.LABEL_NODE) == self.node)
+        return (bool(self.cluster)
+                and labels.get(const.LABEL_MANAGED) == "true"
+                and labels.get(const.LABEL_NODE) == self.node
+                and labels.get(const.LABEL_CLUSTER, self.cluster) == self.cluster)
 
     def start(self, a: Assignment) -> Container:
         """Create and start the container of assignment `a`, pulling its image if needed."""
+        if not self.cluster:
+            raise StartFailed(f"cannot start {a.id}: the node does not know its cluster yet")
         labels = {
             const.LABEL_MANAGED: "true", const.LABEL_APP: a.app, const.LABEL_INSTANCE: a.id,
             const.LABEL_RELEASE: str(a.release), const.LABEL_NODE: self.node,
+            const.LABEL_CLUSTER: self.cluster,
         }
         env = {**a.env, "PORT": str(a.port), "DINP_APP": a.app, "DINP_INSTANCE": a.id,
                "DINP_RELEASE": str(a.release)}

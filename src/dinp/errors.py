@@ -39,6 +39,23 @@ class Conflict(DinpError):
     exit_code = 4
 
 
+class WrongCluster(Conflict):
+    """An agent reported for another cluster than the server's (or did not know it yet):
+    the reply tells it the server's, and nothing of the report is recorded."""
+
+    reason = "cluster"
+
+    def __init__(self, message: str, *, cluster: str) -> None:
+        super().__init__(message)
+        self.cluster = cluster
+
+
+class NodeTaken(Conflict):
+    """A second agent process reported for a node name another live agent runs."""
+
+    reason = "node-taken"
+
+
 class Unauthorized(DinpError):
     exit_code = 5
 

@@ -1,16 +1,64 @@
 """Database tables of the desired state (SQLModel; MySQL/MariaDB or SQLite).
 
 Rows hold what *should* be; what runs is known from agent heartbeats and container labels.
-Times are Unix seconds (floats) so MySQL and SQLite agree without time zone surprises.
+
+Two column types keep MySQL and SQLite answering alike:
+
+- `NAME`: names (apps, nodes, instance ids, digests) compare byte for byte. MySQL's
+  default collation ignores case and trailing spaces, so `PRCASE` or `prcase ` would find
+  `prcase` and delete it. Even `utf8mb4_bin` pads spaces on MariaDB, and the no-pad binary
+  collations are named differently on MySQL and MariaDB: on both, names are VARBINARY,
+  where every byte counts. Validation refuses such names before they get here anyway.
+- `TIME`: Unix seconds as a double (MySQL's FLOAT is single precision: 2-minute steps
+  at today's times). No time zones to disagree about.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
-from sqlalchemy import Column, Text, UniqueConstraint
+from sqlalchemy import Column, Double, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import VARBINARY, TypeDecorator, TypeEngine
 from sqlmodel import Field, SQLModel
+
+MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
+
+
+class ExactName(TypeDecorator[str]):
+    """A string compared byte for byte: VARBINARY on MySQL/MariaDB, VARCHAR elsewhere."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int = 63) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in MYSQL_DIALECTS:
+            return dialect.type_descriptor(VARBINARY(self.length))
+        return dialect.type_descriptor(String(self.length))
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
+        if value is not None and dialect.name in MYSQL_DIALECTS:
+            return value.encode()
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if isinstance(value, bytes | bytearray):
+            return bytes(value).decode(errors="replace")
+        return value  # type: ignore[no-any-return]
+
+
+def name_type(length: int = 63) -> ExactName:
+    return ExactName(length)
+
+
+NAME = name_type()
+TIME: Double[float] = Double()
 
 
 def now() -> float:
@@ -20,7 +68,7 @@ def now() -> float:
 class AppRow(SQLModel, table=True):
     __tablename__ = "apps"
 
-    name: str = Field(primary_key=True, max_length=63)
+    name: str = Field(primary_key=True, sa_type=NAME)
     image: str = Field(max_length=255)
     instances: int
     memory_mb: int
@@ -29,8 +77,8 @@ class AppRow(SQLModel, table=True):
     env_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     domains_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
     release: int = 1
-    created_at: float = Field(default_factory=now)
-    updated_at: float = Field(default_factory=now)
+    created_at: float = Field(default_factory=now, sa_type=TIME)
+    updated_at: float = Field(default_factory=now, sa_type=TIME)
 
     @property
     def env(self) -> dict[str, str]:
@@ -50,11 +98,11 @@ class ReleaseRow(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("app", "version"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    app: str = Field(max_length=63, index=True)
+    app: str = Field(sa_type=NAME, index=True)
     version: int
     image: str = Field(max_length=255)
     env_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
-    created_at: float = Field(default_factory=now)
+    created_at: float = Field(default_factory=now, sa_type=TIME)
 
 
 class InstanceRow(SQLModel, table=True):
@@ -62,18 +110,18 @@ class InstanceRow(SQLModel, table=True):
 
     __tablename__ = "instances"
 
-    id: str = Field(primary_key=True, max_length=16)
-    app: str = Field(max_length=63, index=True)
+    id: str = Field(primary_key=True, sa_type=name_type(16))
+    app: str = Field(sa_type=NAME, index=True)
     release: int
-    node: str = Field(max_length=63, index=True)
+    node: str = Field(sa_type=NAME, index=True)
     memory_mb: int
-    created_at: float = Field(default_factory=now)
+    created_at: float = Field(default_factory=now, sa_type=TIME)
 
 
 class NodeRow(SQLModel, table=True):
     __tablename__ = "nodes"
 
-    name: str = Field(primary_key=True, max_length=63)
+    name: str = Field(primary_key=True, sa_type=NAME)
     address: str = Field(max_length=255)
     capacity_mb: int
     status: str = Field(default="ready", max_length=16)
@@ -81,8 +129,8 @@ class NodeRow(SQLModel, table=True):
     # remove (an empty or wrong database must never make agents stop what runs).
     foreign_json: str = Field(default="[]", sa_column=Column(Text, nullable=False,
                                                              default="[]"))
-    first_seen: float = Field(default_factory=now)
-    updated_at: float = Field(default_factory=now)
+    first_seen: float = Field(default_factory=now, sa_type=TIME)
+    updated_at: float = Field(default_factory=now, sa_type=TIME)
 
     @property
     def foreign(self) -> list[str]:
@@ -94,9 +142,9 @@ class EventRow(SQLModel, table=True):
     __tablename__ = "events"
 
     id: int | None = Field(default=None, primary_key=True)
-    at: float = Field(default_factory=now, index=True)
-    app: str | None = Field(default=None, max_length=63, index=True)
-    node: str | None = Field(default=None, max_length=63)
+    at: float = Field(default_factory=now, sa_type=TIME, index=True)
+    app: str | None = Field(default=None, sa_type=NAME, index=True)
+    node: str | None = Field(default=None, sa_type=NAME)
     message: str = Field(sa_column=Column(Text, nullable=False))
 
 
@@ -106,7 +154,19 @@ class TokenRow(SQLModel, table=True):
     __tablename__ = "tokens"
 
     id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(max_length=63)
-    digest: str = Field(max_length=64, unique=True)
+    name: str = Field(sa_type=NAME)
+    digest: str = Field(sa_type=name_type(64), unique=True)
     role: str = Field(default="admin", max_length=16)
-    created_at: float = Field(default_factory=now)
+    created_at: float = Field(default_factory=now, sa_type=TIME)
+
+
+class ClusterRow(SQLModel, table=True):
+    """The cluster's identity, made once at the first start and kept: every container
+    the cluster starts carries it (label io.dinp.cluster), so several clusters can share
+    one Docker engine and never touch each other's containers. One row, key 1."""
+
+    __tablename__ = "cluster"
+
+    key: int = Field(default=1, primary_key=True)
+    id: str = Field(sa_type=name_type(32))
+    created_at: float = Field(default_factory=now, sa_type=TIME)

@@ -18,12 +18,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy.exc
-from sqlalchemy import create_engine, delete, inspect, text
+from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, col, select
 
+from dinp import schema
 from dinp.errors import Conflict, NotFound, Unavailable
-from dinp.models import AppRow, EventRow, InstanceRow, NodeRow, ReleaseRow, TokenRow
+from dinp.models import AppRow, ClusterRow, EventRow, InstanceRow, NodeRow, ReleaseRow, TokenRow
 from dinp.scheduler import (
     Action,
     AppSpec,
@@ -37,27 +38,6 @@ from dinp.scheduler import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """The upgrade path of the schema: columns added by a newer dinp are added to tables
-    made by an older one (nullable, then filled with the column's default)."""
-    existing = inspect(engine)
-    with engine.begin() as conn:
-        for table in SQLModel.metadata.sorted_tables:
-            if not existing.has_table(table.name):
-                continue
-            have = {c["name"] for c in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
-                default = getattr(column.default, "arg", None)
-                if default is not None and not callable(default):
-                    conn.execute(text(f"UPDATE {table.name} SET {column.name} = :v"),
-                                 {"v": default})
-                log.info("database: added %s.%s", table.name, column.name)
 
 
 def new_id() -> str:
@@ -100,7 +80,7 @@ class Store:
             if parsed.get_backend_name() == "mysql" and parsed.database:
                 self._create_database(parsed.set(database=""), parsed.database, kwargs)
             SQLModel.metadata.create_all(engine)
-            _add_missing_columns(engine)
+            schema.upgrade(engine)
         return engine
 
     @staticmethod
@@ -136,6 +116,21 @@ class Store:
         self.engine.dispose()
 
     # -- reads ----------------------------------------------------------------------
+
+    def cluster_id(self) -> str:
+        """The cluster's identity: made at the first start, the same ever after."""
+        with self.session() as s:
+            row = s.get(ClusterRow, 1)
+            if row is not None:
+                return row.id
+            s.add(ClusterRow(id=secrets.token_hex(8)))
+            try:
+                s.commit()
+            except sqlalchemy.exc.IntegrityError:  # another server made it meanwhile
+                s.rollback()
+            row = s.get(ClusterRow, 1)
+            assert row is not None
+            return row.id
 
     def snapshot(self) -> Snapshot:
         with self.session() as s:

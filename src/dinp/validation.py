@@ -39,22 +39,32 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_ENV_TOTAL = 60 * 1024
 
 
-def app_name(value: object, *, allow_reserved: bool = False) -> str:
+def app_name(value: object, *, allow_reserved: bool = False, field: str = "name") -> str:
     """An app name is a lowercase DNS label that is not reserved (names already in use,
-    as reported by agents, may be reserved since: `allow_reserved`)."""
+    as reported by agents, may be reserved since: `allow_reserved`). Names that look an
+    app up (in a URL, a filter) go through here too, so `PRCASE` or `prcase ` is refused
+    rather than matched to `prcase` by a database that ignores case."""
     if not isinstance(value, str) or not value:
-        raise InvalidInput("name", "an app name is required")
+        raise InvalidInput(field, "an app name is required")
     if len(value) > 63:
-        raise InvalidInput("name", f"{value[:20]!r}… is longer than 63 characters")
+        raise InvalidInput(field, f"{value[:20]!r}… is longer than 63 characters")
     if not _APP_NAME.fullmatch(value):
         raise InvalidInput(
-            "name",
+            field,
             f"{value!r} is not a valid app name: use lowercase letters, digits and '-', "
             "starting with a letter and not ending with '-'",
         )
     if value in RESERVED_NAMES and not allow_reserved:
-        raise InvalidInput("name", f"{value!r} is reserved; choose another name")
+        raise InvalidInput(field, f"{value!r} is reserved; choose another name")
     return value
+
+
+_CLUSTER_ID = re.compile(r"^[a-z0-9]{1,32}$")
+
+
+def is_cluster_id(value: object) -> bool:
+    """A cluster id as the server makes them (hex); anything else is not acted on."""
+    return isinstance(value, str) and bool(_CLUSTER_ID.fullmatch(value))
 
 
 def node_name(value: object) -> str:

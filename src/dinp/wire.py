@@ -44,11 +44,21 @@ class Heartbeat:
     containers: tuple[ContainerInfo, ...]
     # Instances the agent could not start, with the reason (bad image, engine refused…).
     failures: Mapping[str, str] = field(default_factory=dict)
+    # Who reports: one id per agent process (a node name has one live agent at a time),
+    # and the cluster whose containers it lists ("" until the server said which).
+    # None from agents older than these fields.
+    agent: str | None = None
+    cluster: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "address": self.address, "capacity_mb": self.capacity_mb,
+        body = {"node": self.node, "address": self.address, "capacity_mb": self.capacity_mb,
                 "free_mb": self.free_mb, "containers": [c.to_json() for c in self.containers],
                 "failures": [{"instance": i, "message": m} for i, m in self.failures.items()]}
+        if self.agent is not None:
+            body["agent"] = self.agent
+        if self.cluster is not None:
+            body["cluster"] = self.cluster
+        return body
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,22 @@ def _str(data: dict[str, Any], key: str, *, max_len: int = 255) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise InvalidInput(key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_str(data: dict[str, Any], key: str, *, max_len: int = 200) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise InvalidInput(key, f"expected a string of at most {max_len} characters")
+    return value
+
+
+def _agent_id(data: dict[str, Any]) -> str | None:
+    value = _optional_str(data, "agent")
+    if value == "":
+        raise InvalidInput("agent", "expected the agent's id, got an empty string")
     return value
 
 
@@ -119,6 +145,7 @@ def parse_heartbeat(node: str, data: object) -> Heartbeat:
         node=validation.node_name(node), address=_str(data, "address"),
         capacity_mb=_int(data, "capacity_mb", low=0), free_mb=_int(data, "free_mb", low=0),
         containers=tuple(parsed), failures=failed,
+        agent=_agent_id(data), cluster=_optional_str(data, "cluster"),
     )
 
 

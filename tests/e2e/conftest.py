@@ -62,7 +62,7 @@ def running_cluster(workdir: Path, prefix: str) -> Iterator[Cluster]:
         env = base_env(
             workdir,
             DINP_DATABASE_URL=db_url, DINP_REDIS_URL=redis_url,
-            DINP_CLUSTER_TOKEN=secrets.token_hex(8), DINP_ADMIN_TOKEN=secrets.token_hex(8),
+            DINP_CLUSTER_TOKEN=secrets.token_hex(16), DINP_ADMIN_TOKEN=secrets.token_hex(16),
             DINP_API_LISTEN=f"127.0.0.1:{api_port}",
             DINP_ROUTER_URL=f"http://127.0.0.1:{router_port}",
             DINP_SERVER=f"http://127.0.0.1:{api_port}",

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from tests.e2e.conftest import IMAGE, Cluster
-from tests.support import docker_ids, http_request, wait_for
+from tests.support import Proc, docker_ids, http_request, wait_for
 
 
 def served_instances(c: Cluster, host: str, requests: int) -> Counter[str]:
@@ -172,3 +172,36 @@ def test_dead_node_instances_move_and_come_back_without_duplicates(cluster: Clus
     wait_for(lambda: {n["name"]: n["status"] for n in c.cli.json("node", "list")}[victim_node]
              == "ready", 10, "the node to be ready again")
     assert len(docker_ids("io.dinp.app=web")) == 3  # no duplicates
+
+
+def test_a_second_agent_for_a_live_node_is_refused_and_fights_no_one(cluster: Cluster) -> None:
+    c = cluster
+    wait_for(lambda: show(c, "web")["status"]["routed"] == 3, 20, "web to serve at full count")
+    node = show(c, "web")["instance_list"][0]["node"]
+    before = docker_ids(f"io.dinp.node={node}")
+    env = dict(c.env, DINP_NODE_NAME=node, DINP_ADVERTISE=c.addresses[node],
+               DINP_CAPACITY_MB="1024")
+    intruder = Proc("intruder", ["agent"], env, c.workdir / "intruder.log").start()
+    try:
+        wait_for(lambda: "refuses this agent" in intruder.output(), 15,
+                 "the second agent to be refused")
+        assert "already run by another agent" in intruder.output()
+        assert "--node-name" in intruder.output()
+        wait_for(lambda: f"for node {node}" in c.server.output()
+                 and "refusing agent" in c.server.output(), 5, "the server to say why")
+        # A killed instance on that node comes back as fast as ever: nobody fights over it.
+        victim = next(i for i in show(c, "web")["instance_list"] if i["node"] == node)
+        (container,) = docker_ids(f"io.dinp.instance={victim['id']}")
+        subprocess.run(["docker", "kill", container], check=True, capture_output=True)
+        t0 = time.monotonic()
+        wait_for(lambda: docker_ids(f"io.dinp.instance={victim['id']}") not in ([], [container]),
+                 10, "the killed instance to be replaced")
+        replaced_after = time.monotonic() - t0
+        time.sleep(4)  # two more heartbeats of each agent
+        others = [cid for cid in before if cid != container]
+        assert set(others) <= set(docker_ids(f"io.dinp.node={node}"))  # nothing else stopped
+        assert len(docker_ids(f"io.dinp.instance={victim['id']}")) == 1
+        assert "stopping" not in intruder.output() and "started" not in intruder.output()
+        print(f"killed instance replaced in {replaced_after:.2f} s with a second agent running")
+    finally:
+        intruder.stop()

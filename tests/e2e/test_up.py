@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +26,8 @@ IMAGE = "dinp-examples/hello:1"  # already on the machine: no registry involved
 
 
 class Up:
-    def __init__(self, workdir: Path) -> None:
-        self.node = f"up{secrets.token_hex(3)}"
+    def __init__(self, workdir: Path, node: str = "") -> None:
+        self.node = node or f"up{secrets.token_hex(3)}"
         self.http_port, api_port, admin_port = free_port(), free_port(), free_port()
         self.env = base_env(workdir, DINP_NODE_NAME=self.node)
         self.args = ["up", "--state-dir", str(workdir / "state"), "--http-port",
@@ -103,3 +104,45 @@ def test_scale_and_restart_keep_containers(up: Up) -> None:
     wait_for(lambda: up.cli.json("app", "show", "hello")["status"]["routed"] == 1, 15,
              "the instance routed again")
     assert docker_ids(f"io.dinp.node={up.node}") == before  # adopted, not recreated
+
+
+def test_two_dinp_up_with_one_node_name_on_one_engine_leave_each_other_alone(
+    tmp_path: Path,
+) -> None:
+    """Every `dinp up` calls its node `local` unless told otherwise: two of them on one
+    Docker engine must not take each other's containers for their own."""
+    node = f"up{secrets.token_hex(3)}"
+    for part in ("a", "b"):
+        (tmp_path / part).mkdir()
+    ups = [Up(tmp_path / "a", node), Up(tmp_path / "b", node)]
+    try:
+        for u in ups:
+            u.proc.start()
+        for u in ups:
+            wait_for(lambda u=u: u.cli.run("app", "list", check=False).returncode == 0, 30,
+                     "dinp up to answer the CLI")
+            u.cli.run("app", "create", "hello", "--image", IMAGE, "--instances", "2",
+                      "--memory", "32m", "--wait", "--timeout", "60")
+        ids = [{i["id"] for i in u.cli.json("app", "show", "hello")["instance_list"]}
+               for u in ups]
+        assert not ids[0] & ids[1]
+        before = docker_ids(f"io.dinp.node={node}")
+        assert len(before) == 4
+        deadline, failed = time.monotonic() + 8, 0  # past a node timeout and many beats
+        while time.monotonic() < deadline:
+            for u, mine in zip(ups, ids, strict=True):
+                status, body = u.get("hello.localhost")
+                failed += status != 200 or body.split("instance ")[1].split()[0] not in mine
+            time.sleep(0.05)
+        assert failed == 0
+        assert docker_ids(f"io.dinp.node={node}") == before  # nothing stopped or replaced
+        for u in ups:
+            assert "stopping" not in u.proc.output()
+    except BaseException:
+        for u in ups:
+            print(u.proc.output()[-3000:])
+        raise
+    finally:
+        for u in ups:
+            u.proc.stop()
+        remove_node_containers(node)

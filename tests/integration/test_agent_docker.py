@@ -33,6 +33,7 @@ pytestmark = pytest.mark.docker
 
 IMAGE = "dinp-examples/hello:1"
 ADDR = "127.0.0.2"
+CLUSTER = secrets.token_hex(8)  # this test run's cluster id
 
 
 def app_name() -> str:
@@ -85,7 +86,7 @@ def summary(client: docker.DockerClient, cid: str) -> dict[str, Any]:
 
 @pytest.fixture
 def runtime(docker_client: docker.DockerClient, node_name: str) -> Any:
-    rt = DockerRuntime(node=node_name, advertise=ADDR)
+    rt = DockerRuntime(node=node_name, advertise=ADDR, cluster=CLUSTER)
     try:
         yield rt
     finally:
@@ -111,9 +112,9 @@ def test_start_creates_a_labelled_limited_unprivileged_container(
     labels = info["Config"]["Labels"]
     assert {k: labels.get(k) for k in (const.LABEL_MANAGED, const.LABEL_APP,
                                        const.LABEL_INSTANCE, const.LABEL_RELEASE,
-                                       const.LABEL_NODE)} == {
+                                       const.LABEL_NODE, const.LABEL_CLUSTER)} == {
         "io.dinp.managed": "true", "io.dinp.app": app, "io.dinp.instance": a.id,
-        "io.dinp.release": "3", "io.dinp.node": node_name}
+        "io.dinp.release": "3", "io.dinp.node": node_name, "io.dinp.cluster": CLUSTER}
     env = dict(e.split("=", 1) for e in info["Config"]["Env"])
     assert {k: env.get(k) for k in ("PORT", "DINP_APP", "DINP_INSTANCE", "DINP_RELEASE",
                                     "GREETING", "DB_URL")} == {
@@ -150,7 +151,7 @@ def test_list_and_stop_touch_only_this_nodes_containers(
     runtime: DockerRuntime, docker_client: docker.DockerClient,
     node_name: str, make_node_name: Callable[[], str],
 ) -> None:
-    other = DockerRuntime(node=make_node_name(), advertise="127.0.0.3")
+    other = DockerRuntime(node=make_node_name(), advertise="127.0.0.3", cluster=CLUSTER)
     try:
         theirs = other.start(assignment(app_name()))
     finally:
@@ -185,7 +186,7 @@ def test_start_never_removes_another_nodes_container_of_the_same_name(
     make_node_name: Callable[[], str],
 ) -> None:
     a = assignment(app_name())
-    other = DockerRuntime(node=make_node_name(), advertise="127.0.0.3")
+    other = DockerRuntime(node=make_node_name(), advertise="127.0.0.3", cluster=CLUSTER)
     try:
         theirs = other.start(a)
     finally:
@@ -253,13 +254,20 @@ def test_start_replaces_a_dead_container_of_the_same_name(
 
 # -- Agent converge against the engine, without a server ------------------------------------
 
-def make_agent(node: str, runtime: DockerRuntime) -> Agent:
-    return Agent(AgentConfig(node_name=node, advertise=ADDR, server="http://127.0.0.1:1",
-                             cluster_token="x", capacity_mb=1024, stop_timeout=2), runtime)
+def make_agent(node: str, runtime: DockerRuntime, **config: Any) -> Agent:
+    """An agent that already learnt its cluster (the runtime's) from a server."""
+    settings: dict[str, Any] = {"stop_timeout": 2, **config}
+    agent = Agent(AgentConfig(node_name=node, advertise=ADDR, server="http://127.0.0.1:1",
+                              cluster_token="x", capacity_mb=1024, **settings), runtime)
+    agent.state.cluster = runtime.cluster
+    return agent
 
 
-def give(agent: Agent, rev: str, items: list[Assignment], *, server_ok: bool = True) -> None:
-    agent.take_assignment({"rev": rev, "instances": [a.to_json() for a in items]})
+def give(agent: Agent, rev: str, items: list[Assignment], *, server_ok: bool = True,
+         **extra: Any) -> None:
+    """Hand `agent` an assignment as the server's reply would."""
+    agent.take_assignment({"rev": rev, "instances": [a.to_json() for a in items],
+                           "cluster": agent.state.cluster, **extra})
     agent.state.server_ok = server_ok
 
 
@@ -361,7 +369,7 @@ def test_a_restarted_agent_adopts_running_containers(
         ids = {i: c.id for i, c in by_instance(runtime).items()}
         assert len(ids) == 2
 
-        fresh_runtime = DockerRuntime(node=node_name, advertise=ADDR)
+        fresh_runtime = DockerRuntime(node=node_name, advertise=ADDR, cluster=CLUSTER)
         try:
             second = make_agent(node_name, fresh_runtime)
             # Before any assignment: it adopts, it does not act.
@@ -470,8 +478,7 @@ def test_foreign_instances_are_never_stopped(runtime: DockerRuntime) -> None:
         give(agent, "r1", [old])
         await agent.converge()
         (kept,) = by_instance(runtime).values()
-        agent.take_assignment({"rev": "r2", "instances": [new.to_json()],
-                               "foreign": [old.id]})
+        give(agent, "r2", [new], foreign=[old.id])
         await agent.converge()
         await asyncio.sleep(1.2)  # past the drain
         await agent.converge()
@@ -490,9 +497,7 @@ def test_an_instance_that_never_becomes_healthy_is_replaced_with_backoff(
                         memory_mb=64, port=8080, env={}, health_path="/no-such-page")
 
     async def main() -> None:
-        agent = Agent(AgentConfig(node_name=runtime.node, advertise=ADDR, cluster_token="x",
-                                  server="http://127.0.0.1:1", capacity_mb=1024,
-                                  stop_timeout=2, start_timeout=1.0), runtime)
+        agent = make_agent(runtime.node, runtime, start_timeout=1.0)
         give(agent, "r1", [broken])
         await agent.converge()
         (first,) = by_instance(runtime).values()
@@ -537,5 +542,95 @@ def test_a_port_that_accepts_then_hangs_up_is_not_healthy() -> None:
             for server in (closing, waiting):
                 server.close()
                 await server.wait_closed()
+
+    asyncio.run(main())
+
+
+# -- clusters sharing one engine -------------------------------------------------------------
+
+def test_another_cluster_with_the_same_node_name_is_never_touched(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, node_name: str
+) -> None:
+    """Two clusters (two `dinp up`, say) whose nodes are both called the same: neither
+    lists, stops, replaces or removes the other's containers."""
+    other = DockerRuntime(node=node_name, advertise=ADDR, cluster=secrets.token_hex(8))
+    try:
+        a = assignment(app_name())
+        theirs = other.start(a)
+        assert runtime.list() == []
+        runtime.stop(Container.from_summary(summary(docker_client, theirs.id)), timeout=1)
+        assert running(docker_client, theirs.id)
+        with pytest.raises(StartFailed):  # same name: refused, never removed
+            runtime.start(a)
+        assert running(docker_client, theirs.id)
+
+        async def converge_to_nothing() -> None:
+            agent = make_agent(node_name, runtime)
+            give(agent, "empty", [])
+            for _ in range(2):
+                await agent.converge()
+                await asyncio.sleep(agent_mod.DRAIN_SECONDS + 0.1)
+
+        asyncio.run(converge_to_nothing())
+        assert running(docker_client, theirs.id)
+        assert [c.id for c in other.list()] == [theirs.id]
+    finally:
+        other.close()
+
+
+def test_a_runtime_that_does_not_know_its_cluster_sees_and_starts_nothing(
+    runtime: DockerRuntime, node_name: str
+) -> None:
+    ours = runtime.start(assignment(app_name()))
+    blind = DockerRuntime(node=node_name, advertise=ADDR)
+    try:
+        assert blind.list() == []
+        with pytest.raises(StartFailed, match="cluster"):
+            blind.start(assignment(app_name()))
+        assert [c.id for c in runtime.list()] == [ours.id]
+    finally:
+        blind.close()
+
+
+def test_containers_older_than_cluster_ids_are_adopted_only_when_assigned(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, node_name: str
+) -> None:
+    """Containers an older dinp made carry no cluster label. The agent keeps those the
+    server never assigned to it (they may be another cluster's), and takes care of those
+    it does assign: kept while assigned, stopped once unassigned."""
+    app = app_name()
+    mine, unknown = assignment(app), assignment(app)
+
+    def legacy(a: Assignment) -> str:
+        c = docker_client.containers.run(
+            IMAGE, detach=True, name=f"dinp-{a.app}-{a.id}",
+            environment={"PORT": "8080", "DINP_INSTANCE": a.id},
+            ports={"8080/tcp": (ADDR, None)},
+            labels={const.LABEL_MANAGED: "true", const.LABEL_APP: a.app,
+                    const.LABEL_INSTANCE: a.id, const.LABEL_RELEASE: "1",
+                    const.LABEL_NODE: node_name})
+        return str(c.id)
+
+    mine_id, unknown_id = legacy(mine), legacy(unknown)
+
+    async def main() -> None:
+        agent = make_agent(node_name, runtime)
+        assert {c.instance: c.legacy for c in runtime.list()} == {mine.id: True,
+                                                                   unknown.id: True}
+        give(agent, "r1", [mine])
+        for _ in range(2):
+            await agent.converge()
+            await asyncio.sleep(agent_mod.DRAIN_SECONDS + 0.1)
+        assert running(docker_client, mine_id)  # adopted, not recreated
+        assert running(docker_client, unknown_id)  # never assigned here: left alone
+        assert len(by_instance(runtime)) == 2
+        assert agent.state.adopted == {mine.id}
+
+        give(agent, "r2", [])
+        for _ in range(2):
+            await agent.converge()
+            await asyncio.sleep(agent_mod.DRAIN_SECONDS + 0.1)
+        assert not exists(docker_client, mine_id)  # ours, unassigned: stopped
+        assert running(docker_client, unknown_id)
 
     asyncio.run(main())

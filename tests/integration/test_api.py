@@ -55,9 +55,11 @@ class Api:
 
     async def heartbeat(self, node: str = NODE, *, containers: list[dict[str, Any]] | None = None,
                         address: str = "127.0.0.2", capacity_mb: int = 4096,
-                        free_mb: int = 3000) -> tuple[int, Any]:
+                        free_mb: int = 3000, **ids: str) -> tuple[int, Any]:
+        """A heartbeat as an agent sends it; `agent=…, cluster=…` as a current agent does
+        (without them, as an agent older than those fields)."""
         body = {"node": node, "address": address, "capacity_mb": capacity_mb,
-                "free_mb": free_mb, "containers": containers or []}
+                "free_mb": free_mb, "containers": containers or [], **ids}
         return await self.call("POST", f"/nodes/{node}/heartbeat", token=CLUSTER, body=body)
 
     async def nodes(self) -> list[dict[str, Any]]:
@@ -542,3 +544,100 @@ def test_big_env_is_stored_or_refused_clearly_on_mariadb(mysql_url: str, redis_u
             assert (await api.call("GET", "/apps/web"))[1]["env"] == env
 
     run(mysql_url, redis_url, body)
+
+
+# -- names compared exactly, node ownership, cluster identity -------------------------------
+
+async def _names_in_urls(api: Api) -> None:
+    status, _ = await api.call("POST", "/apps", body={**GOOD, "name": "prcase",
+                                                     "instances": 2})
+    assert status == 201
+    refused = [
+        ("DELETE", "/apps/prcase%20", None),
+        ("DELETE", "/apps/PRCASE", None),
+        ("POST", "/apps/PrCase/scale", {"instances": 0}),
+        ("POST", "/apps/prcase%20/scale", {"instances": 0}),
+        ("GET", "/apps/PRCASE", None),
+        ("GET", "/apps/%F0%9F%9A%80", None),
+        ("GET", "/events?app=%ff", None),
+        ("GET", "/events?app=%F0%9F%9A%80", None),
+        ("GET", "/events?app=PRCASE", None),
+    ]
+    failures = []
+    for method, path, body in refused:
+        status, reply = await api.call(method, path, body=body)
+        if status != 400 or not isinstance(reply, dict) or "not a valid app name" not in \
+                reply.get("error", ""):
+            failures.append((method, path, status, reply))
+    assert failures == []
+    app = api.store.get_app("prcase")
+    assert app.instances == 2  # neither scaled nor deleted
+    assert (await api.call("GET", "/events?app=prcase"))[0] == 200
+
+
+def test_names_in_urls_are_validated_not_matched_loosely_mariadb(
+    mysql_url: str, redis_url: str
+) -> None:
+    run(mysql_url, redis_url, _names_in_urls)
+
+
+def test_names_in_urls_are_validated_not_matched_loosely_sqlite(
+    sqlite_url: str, redis_url: str
+) -> None:
+    run(sqlite_url, redis_url, _names_in_urls)
+
+
+def test_an_agent_learns_the_cluster_before_anything_it_reports_counts(
+    sqlite_url: str, redis_url: str
+) -> None:
+    async def body(api: Api) -> None:
+        cluster = api.store.cluster_id()
+        for wrong in ("", "0123456789abcdef"):
+            status, reply = await api.heartbeat(agent="a1", cluster=wrong,
+                                                containers=[instance_json("i1", "web",
+                                                                          port=31000)])
+            assert status == 409, reply
+            assert reply["reason"] == "cluster" and reply["cluster"] == cluster
+            assert cluster in reply["error"]
+        assert await api.nodes() == []  # nothing recorded of those reports
+        status, reply = await api.heartbeat(agent="a1", cluster=cluster)
+        assert status == 200 and reply["cluster"] == cluster
+        assert [n["name"] for n in await api.nodes()] == [NODE]
+
+    run(sqlite_url, redis_url, body)
+
+
+def test_a_second_live_agent_for_a_node_is_refused_until_the_first_is_silent(
+    sqlite_url: str, redis_url: str
+) -> None:
+    async def body(api: Api) -> None:
+        cluster = api.store.cluster_id()
+        assert (await api.heartbeat(agent="host-a:1:aa", cluster=cluster,
+                                    address="127.0.0.2"))[0] == 200
+        status, reply = await api.heartbeat(agent="host-b:2:bb", cluster=cluster,
+                                            address="127.0.0.9")
+        assert status == 409 and reply["reason"] == "node-taken", reply
+        assert "host-a:1:aa" in reply["error"] and "--node-name" in reply["hint"]
+        status, reply = await api.call(
+            "GET", f"/nodes/{NODE}/assignments?wait=0&agent=host-b:2:bb", token=CLUSTER)
+        assert status == 409 and reply["reason"] == "node-taken"
+        # The refused report changed nothing: the node is still where agent A said.
+        assert api.store.snapshot().nodes[NODE].address == "127.0.0.2"
+        # The first agent goes on as before.
+        assert (await api.heartbeat(agent="host-a:1:aa", cluster=cluster,
+                                    address="127.0.0.2"))[0] == 200
+        status, _ = await api.call(
+            "GET", f"/nodes/{NODE}/assignments?wait=0&agent=host-a:1:aa", token=CLUSTER)
+        assert status == 200
+
+        await asyncio.sleep(1.1)  # agent A silent past node_timeout: B may take over
+        status, reply = await api.heartbeat(agent="host-b:2:bb", cluster=cluster,
+                                            address="127.0.0.9")
+        assert status == 200, reply
+        assert api.store.snapshot().nodes[NODE].address == "127.0.0.9"
+        status, reply = await api.heartbeat(agent="host-a:1:aa", cluster=cluster)
+        assert status == 409 and "host-b:2:bb" in reply["error"]
+        await asyncio.sleep(0.2)  # the event is written in the background
+        assert any("takes node n1 over" in e.message for e in api.store.events())
+
+    run(sqlite_url, redis_url, body, node_timeout=1.0)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.docker
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A `dinp build serve` on a free port; yields (url, token)."""
     tmp = tmp_path_factory.mktemp("buildservice")
-    token = secrets.token_hex(8)
+    token = secrets.token_hex(16)
     port = free_port()
     env = base_env(tmp, DINP_BUILD_TOKEN=token, DINP_REGISTRY=REGISTRY,
                    DINP_SERVE_LISTEN=f"127.0.0.1:{port}", DINP_MAX_UPLOAD_MB="8",

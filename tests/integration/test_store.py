@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -263,5 +264,105 @@ def test_a_database_made_by_an_older_dinp_gets_the_new_columns(db_url: str) -> N
         assert (node.address, node.capacity_mb, node.foreign) == ("127.0.0.2", 1024, [])
         store.upsert_node(name="n2", address="127.0.0.3", capacity_mb=512, running=["x1"])
         assert store.snapshot().nodes["n2"].foreign == ["x1"]
+    finally:
+        store.close()
+
+
+def test_names_match_exactly_not_ignoring_case_or_trailing_spaces(store: Store) -> None:
+    """MariaDB's default collation would let `PRCASE` or `prcase ` find (and delete)
+    `prcase`: names are compared byte for byte on every database."""
+    create(store, "prcase")
+    store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=1024)
+    store.apply([Place("prcase", 1, "n1", 128)])
+    for other in ("PRCASE", "PrCase", "prcase ", "prcase  "):
+        with pytest.raises(NotFound):
+            store.get_app(other)
+        with pytest.raises(NotFound):
+            store.scale_app(other, 9)
+        with pytest.raises(NotFound):
+            store.delete_app(other)
+        assert store.events(app=other) == []
+    assert store.get_app("prcase").instances == 2
+    assert len(store.snapshot().desired.instances) == 1
+    # A second app whose name differs only in case is a different app (were it ever valid).
+    create(store, "PRCASE")
+    assert sorted(store.snapshot().apps) == ["PRCASE", "prcase"]
+    store.upsert_node(name="N1", address="127.0.0.3", capacity_mb=512)
+    assert store.snapshot().nodes["n1"].address == "127.0.0.2"
+
+
+def test_times_keep_milliseconds(store: Store) -> None:
+    """Single-precision FLOAT rounds today's Unix times to steps of 128 s."""
+    store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=4096)
+    create(store, "web")
+    store.apply([Place("web", 1, "n1", 128)])
+    (inst,) = store.snapshot().desired.instances
+    at = 1795960000.123
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE instances SET created_at = :t"), {"t": at})
+        conn.execute(text("UPDATE events SET at = :t + id / 1000.0"), {"t": at})
+    (inst,) = store.snapshot().desired.instances
+    assert inst.created == pytest.approx(at, abs=1e-4)
+    times = [e.at for e in store.events(app="web")]
+    assert len(set(times)) == len(times) > 1  # every event its own millisecond
+    assert times == sorted(times, reverse=True)
+
+
+def test_cluster_id_is_made_once_and_kept(store: Store) -> None:
+    first = store.cluster_id()
+    assert len(first) == 16 and int(first, 16) >= 0
+    other = Store(store.url)
+    try:
+        assert other.cluster_id() == first  # every server of the cluster agrees
+    finally:
+        other.close()
+    assert store.cluster_id() == first
+
+
+def test_an_older_mariadb_schema_is_upgraded_keeping_every_row(mysql_url: str) -> None:
+    """Tables made by the previous dinp (FLOAT times, case-insensitive names) get DOUBLE
+    times and byte-exact names; the rows stay."""
+    engine = sqlalchemy.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "CREATE TABLE apps (name VARCHAR(63) NOT NULL PRIMARY KEY, image VARCHAR(255) "
+            "NOT NULL, instances INTEGER NOT NULL, memory_mb INTEGER NOT NULL, port INTEGER "
+            "NOT NULL, health_path VARCHAR(200), env_json TEXT NOT NULL, domains_json TEXT "
+            "NOT NULL, `release` INTEGER NOT NULL, created_at FLOAT NOT NULL, updated_at "
+            "FLOAT NOT NULL) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"))
+        conn.execute(text(
+            "CREATE TABLE events (id INTEGER NOT NULL AUTO_INCREMENT PRIMARY KEY, at FLOAT "
+            "NOT NULL, app VARCHAR(63), node VARCHAR(63), message TEXT NOT NULL, "
+            "INDEX ix_events_at (at)) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"))
+        conn.execute(text(
+            "INSERT INTO apps VALUES ('prcase', 'hello:1', 2, 64, 8080, NULL, '{}', '[]', 1,"
+            " 1795960000, 1795960000)"))
+        conn.execute(text("INSERT INTO events (at, app, message) VALUES "
+                          "(1795960000, 'prcase', 'created'), (1795960000, NULL, 'x')"))
+    engine.dispose()
+
+    store = Store(mysql_url)
+    try:
+        with store.engine.connect() as conn:
+            columns = {(t, c): (d, coll) for t, c, d, coll in conn.execute(text(
+                "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLLATION_NAME FROM "
+                "information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"))}
+        assert columns[("apps", "name")][0] == "varbinary"
+        assert columns[("apps", "created_at")][0] == "double"
+        assert columns[("events", "at")][0] == "double"
+        assert columns[("events", "app")][0] == "varbinary"
+        assert store.get_app("prcase").instances == 2  # rows kept
+        assert [e.message for e in store.events(app="prcase")] == ["created"]
+        assert count(store, "events") == 2
+        with pytest.raises(NotFound):
+            store.get_app("PRCASE")
+        store.add_event("precise", app="prcase")
+        newest = store.events(app="prcase")[0]
+        # FLOAT would be off by up to a minute; DOUBLE keeps the time as written.
+        assert newest.message == "precise" and abs(newest.at - time.time()) < 5
+        # Upgrading again changes nothing.
+        store.close()
+        store = Store(mysql_url)
+        assert store.get_app("prcase").image == "hello:1"
     finally:
         store.close()

@@ -7,9 +7,13 @@ that assignment. A slow stop or image pull therefore never silences the node. A
 long-poll to the server and the engine's event stream wake them at once, so new work and
 dead containers are handled without waiting for the next heartbeat.
 
-Safety: it touches only containers labelled for its node; it removes a container only on
-a fresh assignment from the server (never on a guess); while the server is unreachable it
-keeps every container running and restarts dead assigned ones from the last assignment.
+Safety: it touches only containers labelled for its node and its cluster; it removes a
+container only on a fresh assignment from the server (never on a guess); while the server
+is unreachable it keeps every container running and restarts dead assigned ones from the
+last assignment. It learns its cluster's id from the server before it lists anything, and
+sends an id of its own process with each report: the server refuses a second live agent
+for the same node name, and an agent refused stops acting until it is accepted. It sends
+the cluster token only to the configured server URL (redirects are refused, not followed).
 """
 
 from __future__ import annotations
@@ -17,16 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import docker.errors
 
 from dinp import const, validation
 from dinp import node as nodeinfo
-from dinp.config import AgentConfig
+from dinp.config import AgentConfig, require_secret
 from dinp.const import API_PREFIX
 from dinp.container import Container, DockerRuntime, StartFailed
 from dinp.errors import ConfigError, DinpError, InvalidInput, Unavailable
@@ -72,6 +80,22 @@ class AgentState:
     retries: dict[str, _Retry] = field(default_factory=dict)
     foreign: set[str] = field(default_factory=set)
     server_ok: bool = False
+    # The cluster this node belongs to, as the server said ("" until it did).
+    cluster: str = ""
+    # Why the server refuses this agent right now (another agent runs the node), or "".
+    refused: str = ""
+    # Containers made before cluster ids whose instance the server assigned here: ours.
+    adopted: set[str] = field(default_factory=set)
+
+
+class Redirected(DinpError):
+    """The server URL answered with a redirect: the agent does not follow it, so the
+    cluster token never goes anywhere but the configured URL."""
+
+
+def agent_id() -> str:
+    """This agent process: host, pid and a random part (a pid is reused after a reboot)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class Agent:
@@ -80,6 +104,7 @@ class Agent:
         self.runtime = runtime
         self.state = AgentState()
         self.capacity_mb = config.capacity_mb or nodeinfo.default_capacity_mb()
+        self.agent_id = agent_id()
         self._kick = asyncio.Event()  # converge now
         self._report = asyncio.Event()  # report now
         self._converge_lock = asyncio.Lock()
@@ -118,24 +143,84 @@ class Agent:
                 for c in self._containers if c.instance and c.app and c.release
             ),
             failures={i: r.message[:2000] for i, r in self.state.retries.items()},
+            agent=self.agent_id, cluster=self.state.cluster,
         )
 
     async def send_heartbeat(self) -> bool:
-        """Report; on a reply take the assignment. False when the server did not answer."""
+        """Report; on a reply take the assignment. False when the server did not take it.
+        The first report of a new agent (and one after the server's cluster changed) is
+        answered with the cluster's id: the agent lists that cluster's containers and
+        reports again at once."""
+        for _ in range(2):
+            status, data = await self._post_heartbeat()
+            if status == 200:
+                self._server_back()
+                self._refused("")
+                self.take_assignment(data)
+                return True
+            reason = data.get("reason") if isinstance(data, dict) else None
+            if status == 409 and reason == "cluster" and validation.is_cluster_id(
+                    data.get("cluster")):
+                self._server_back()
+                await self._join_cluster(data["cluster"])
+                continue
+            if status == 409 and reason == "node-taken":
+                self._server_back()
+                self._refused(f"{data.get('error')}. {data.get('hint') or ''}".strip())
+                return False
+            message = data.get("error") if isinstance(data, dict) else None
+            self._server_lost(InvalidInput("heartbeat", f"HTTP {status}: {message}"))
+            return False
+        return False
+
+    async def _post_heartbeat(self) -> tuple[int, Any]:
+        """(HTTP status, decoded body); status 0 when the server did not answer."""
         body = self.heartbeat_body().to_json()
         try:
             async with self.session.post(self._url("heartbeat"), json=body,
+                                         allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                data = await resp.json(content_type=None)
-                if resp.status != 200:
-                    reason = data.get("error") if isinstance(data, dict) else None
-                    raise InvalidInput("heartbeat", f"HTTP {resp.status}: {reason}")
+                self._refuse_redirect(resp)
+                return resp.status, await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError, DinpError) as exc:
             self._server_lost(exc)
-            return False
-        self._server_back()
-        self.take_assignment(data)
-        return True
+            return 0, None
+
+    def _refuse_redirect(self, resp: aiohttp.ClientResponse) -> None:
+        if 300 <= resp.status < 400:
+            raise Redirected(
+                f"{self.config.server} answered with a redirect to "
+                f"{resp.headers.get('Location', '?')}; the agent sends its cluster token "
+                "only to the configured URL",
+                hint="Set server (DINP_SERVER) to the API's own URL.")
+
+    async def _join_cluster(self, cluster: str) -> None:
+        """Take the server's cluster id: from now on only that cluster's containers (and
+        older unlabelled ones it assigns) are this agent's."""
+        old = self.state.cluster
+        if old == cluster:
+            return
+        if old:
+            log.warning("the server now runs cluster %s, not %s: containers of cluster %s "
+                        "on this node are left running, untouched", cluster, old, old)
+        else:
+            log.info("node %s belongs to cluster %s", self.config.node_name, cluster)
+        self.state = AgentState(cluster=cluster)  # nothing known of the old one counts
+        self.runtime.cluster = cluster
+        await self.refresh()
+        with contextlib.suppress(Unavailable):
+            await self.check_health()
+
+    def _refused(self, message: str) -> None:
+        """Another agent runs this node: act on nothing (containers keep running) until
+        the server accepts this agent; say so once, not on every beat."""
+        if message and message != self.state.refused:
+            log.error("the server refuses this agent: %s", message)
+        elif not message and self.state.refused:
+            log.info("the server accepts this agent for node %s now", self.config.node_name)
+        if message:
+            self.state.assignment = None
+        self.state.refused = message
 
     def _server_lost(self, exc: BaseException) -> None:
         if self.state.server_ok or self.state.assignment is None:
@@ -155,6 +240,9 @@ class Agent:
         except InvalidInput as exc:
             log.warning("ignoring a malformed assignment from the server: %s", exc)
             return
+        cluster = data.get("cluster") if isinstance(data, dict) else None
+        if self.state.refused or not self.state.cluster or cluster != self.state.cluster:
+            return  # not for this agent's view of the node: the next heartbeat sorts it out
         changed = rev != self.state.assignment_rev
         self.state.assignment, self.state.assignment_rev = items, rev
         self.state.assignment_at = time.monotonic()
@@ -171,16 +259,19 @@ class Agent:
         """Hold a request open so the server can hand out new work at once."""
         while True:
             try:
-                params = {"rev": self.state.assignment_rev, "wait": str(LONG_POLL_SECONDS)}
-                async with self.session.get(
-                    self._url("assignments"), params=params,
-                    timeout=aiohttp.ClientTimeout(total=LONG_POLL_SECONDS + 10),
-                ) as resp:
-                    data = await resp.json(content_type=None)
-                    if resp.status == 200 and parse_ok(data):
-                        self.take_assignment(data)
-                        continue
-            except (aiohttp.ClientError, TimeoutError, ValueError):
+                if self.state.cluster and not self.state.refused:
+                    params = {"rev": self.state.assignment_rev, "wait": str(LONG_POLL_SECONDS),
+                              "agent": self.agent_id}
+                    async with self.session.get(
+                        self._url("assignments"), params=params, allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=LONG_POLL_SECONDS + 10),
+                    ) as resp:
+                        self._refuse_redirect(resp)
+                        data = await resp.json(content_type=None)
+                        if resp.status == 200 and parse_ok(data):
+                            self.take_assignment(data)
+                            continue
+            except (aiohttp.ClientError, TimeoutError, ValueError, DinpError):
                 pass
             except Exception:  # never let the long-poll die silently
                 log.exception("long-poll failed")
@@ -189,7 +280,13 @@ class Agent:
     # -- local state ------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        self._containers = await asyncio.to_thread(self.runtime.list)
+        listed = await asyncio.to_thread(self.runtime.list)
+        # A container older than cluster ids becomes ours once the server assigns its
+        # instance here (instance ids are random: another cluster's cannot match).
+        assigned = {a.id for a in self.state.assignment or []}
+        self.state.adopted.update(c.instance for c in listed
+                                  if c.legacy and c.instance in assigned)
+        self._containers = listed
 
     async def check_health(self, *, only_starting: bool = False) -> bool:
         """Check running containers; True if any reported status changed."""
@@ -266,6 +363,8 @@ class Agent:
                     continue
                 if not fresh or instance in self.state.foreign:
                     continue
+                if any(c.legacy for c in containers) and instance not in self.state.adopted:
+                    continue  # unlabelled and never assigned here: maybe another cluster's
                 since = self.state.unassigned_since.setdefault(instance, now)
                 live = any(c.running for c in containers)
                 if not live or now - since >= DRAIN_SECONDS:
@@ -463,10 +562,7 @@ async def serve(config: AgentConfig) -> None:
         raise ConfigError("the agent needs a node name",
                           hint="Pass --node-name or set DINP_NODE_NAME.")
     validation.node_name(config.node_name)
-    if not config.cluster_token:
-        raise ConfigError("no cluster token is set",
-                          hint="Set cluster_token in [agent] of dinp.toml or "
-                          "DINP_CLUSTER_TOKEN (the server's).")
+    require_secret(config.cluster_token, key="cluster_token", section="agent")
     runtime = await asyncio.to_thread(
         lambda: DockerRuntime(node=config.node_name, advertise=config.advertise,
                               base_url=config.docker_host)

@@ -19,16 +19,17 @@ import redis
 from aiohttp import web
 
 from dinp import validation, wire
-from dinp.config import ServerConfig, split_hostport
+from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
 from dinp.errors import (
-    ConfigError,
     Conflict,
     DinpError,
     InvalidInput,
+    NodeTaken,
     NotFound,
     Unauthorized,
     Unavailable,
+    WrongCluster,
 )
 from dinp.roles.lifecycle import run_until_stopped, start_site
 from dinp.roles.server import Server
@@ -50,6 +51,10 @@ def error_body(exc: DinpError) -> dict[str, Any]:
         body["hint"] = exc.hint
     if isinstance(exc, InvalidInput):
         body["field"] = exc.field
+    if isinstance(exc, WrongCluster | NodeTaken):
+        body["reason"] = exc.reason
+    if isinstance(exc, WrongCluster):
+        body["cluster"] = exc.cluster
     return body
 
 
@@ -123,6 +128,12 @@ def srv(request: web.Request) -> Server:
     return request.app[SERVER_KEY]
 
 
+def app_in_path(request: web.Request) -> str:
+    """The app named in the URL, checked as on create: a name that could not have been
+    created is a 400, never a lookup the database might match loosely."""
+    return validation.app_name(request.match_info["name"], allow_reserved=True)
+
+
 # -- handlers ---------------------------------------------------------------------------
 
 async def health(request: web.Request) -> web.Response:
@@ -158,7 +169,7 @@ async def create_app(request: web.Request) -> web.Response:
 
 async def get_app(request: web.Request) -> web.Response:
     server = srv(request)
-    name = request.match_info["name"]
+    name = app_in_path(request)
     app = server.snapshot.apps.get(name)
     if app is None:
         # The snapshot may lag a write made through another server: ask the database.
@@ -168,16 +179,17 @@ async def get_app(request: web.Request) -> web.Response:
 
 async def scale_app(request: web.Request) -> web.Response:
     server = srv(request)
+    name = app_in_path(request)
     data = await json_body(request)
     count = validation.instances(data.get("instances"))
-    app = await server.db(server.store.scale_app, request.match_info["name"], count)
+    app = await server.db(server.store.scale_app, name, count)
     await server.desired_changed()
     return web.json_response(server.app_view(app, detail=True))
 
 
 async def delete_app(request: web.Request) -> web.Response:
     server = srv(request)
-    name = request.match_info["name"]
+    name = app_in_path(request)
     await server.db(server.store.delete_app, name)
     await server.desired_changed()
     return web.json_response({"deleted": name})
@@ -190,6 +202,8 @@ async def list_nodes(request: web.Request) -> web.Response:
 async def list_events(request: web.Request) -> web.Response:
     server = srv(request)
     app = request.query.get("app")
+    if app is not None:
+        app = validation.app_name(app, allow_reserved=True, field="app")
     try:
         limit = int(request.query.get("limit", "50"))
     except ValueError as exc:
@@ -216,7 +230,8 @@ async def assignments(request: web.Request) -> web.Response:
         wait = max(0.0, min(float(request.query.get("wait", "0")), MAX_LONG_POLL))  # NaN -> 0
     except ValueError as exc:
         raise InvalidInput("wait", "expected seconds") from exc
-    reply = await server.wait_assignment(node, request.query.get("rev", ""), wait)
+    agent = request.query.get("agent") or None
+    reply = await server.wait_assignment(node, request.query.get("rev", ""), wait, agent)
     return web.json_response(reply)
 
 
@@ -256,10 +271,8 @@ async def start(config: ServerConfig, route_store: RouteStore | None = None) -> 
 ]:
     """Open the database and Redis, make the first admin token, listen. Fails with a
     clear error when any of them is unreachable, before anything is served."""
-    if not config.cluster_token:
-        raise ConfigError("no cluster token is set",
-                          hint="Set cluster_token in [server] of dinp.toml or "
-                          "DINP_CLUSTER_TOKEN; agents need the same value.")
+    require_secret(config.cluster_token, key="cluster_token", section="server")
+    require_secret(config.admin_token, key="admin_token", section="server", needed=False)
     store = await asyncio.to_thread(Store, config.database_url)
     if route_store is None:
         redis_store = RedisRouteStore(config.redis_url)

@@ -28,9 +28,9 @@ from typing import Any
 from aiohttp import web
 
 from dinp import builder
-from dinp.config import BuildConfig, split_hostport
+from dinp.config import BuildConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX
-from dinp.errors import ConfigError, DinpError, InvalidInput, Unauthorized
+from dinp.errors import DinpError, InvalidInput, Unauthorized
 from dinp.roles.lifecycle import run_until_stopped, start_site
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,7 @@ def make_app(config: BuildConfig) -> web.Application:
 
 
 async def start(config: BuildConfig) -> web.AppRunner:
-    if not config.build_token:
-        raise ConfigError("no build token is set",
-                          hint="Set build_token in [build] of dinp.toml or DINP_BUILD_TOKEN; "
-                          "clients send the same value.")
+    require_secret(config.build_token, key="build_token", section="build")
     host, port = split_hostport(config.serve_listen, default_port=7071)
     runner = await start_site(make_app(config), host, port)
     log.info("build service on http://%s:%d%s/builds (registry %s, %d build(s) at a time)",

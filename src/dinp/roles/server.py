@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from dinp import routes, scheduler
 from dinp.config import ServerConfig
-from dinp.errors import DinpError, Unavailable
+from dinp.errors import DinpError, NodeTaken, Unavailable, WrongCluster
 from dinp.models import AppRow
 from dinp.scheduler import ContainerReport, NodeReport, Real, Unplaceable
 from dinp.store import Snapshot, Store
@@ -30,13 +30,21 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class NodeOwner:
+    """The agent process that reports for a node, and when it last did (monotonic)."""
+
+    agent: str
+    seen: float
+
+
+@dataclass(frozen=True)
 class NodeAssignment:
     rev: str
     instances: list[Assignment]
 
     def to_json(self, node: str, status: str, heartbeat_interval: float,
-                foreign: list[str]) -> dict[str, Any]:
-        return {"node": node, "status": status, "rev": self.rev,
+                foreign: list[str], cluster: str) -> dict[str, Any]:
+        return {"node": node, "status": status, "rev": self.rev, "cluster": cluster,
                 "heartbeat_interval": heartbeat_interval, "foreign": foreign,
                 "instances": [a.to_json() for a in self.instances]}
 
@@ -65,8 +73,11 @@ class Server:
         self.store = store
         self.route_store = route_store
         self.started = time.monotonic()
+        self.cluster_id = store.cluster_id()
         self.snapshot: Snapshot = store.snapshot()
         self.heartbeats: dict[str, Heartbeat] = {}
+        self.owners: dict[str, NodeOwner] = {}
+        self._refusals_logged: dict[tuple[str, str], float] = {}
         self.reports: dict[str, NodeReport] = {}
         self.assignments: dict[str, NodeAssignment] = {}
         self.routes = routes.RouteTable()
@@ -108,8 +119,53 @@ class Server:
 
     # -- heartbeats -------------------------------------------------------------------
 
+    def _check_owner(self, node: str, agent: str | None) -> None:
+        """Refuse a second live agent for `node`: two agents converging one node fight
+        over its containers. The owner is whoever reported last; another agent takes
+        over only once the owner has been silent past node_timeout."""
+        owner = self.owners.get(node)
+        if agent is None or owner is None or owner.agent == agent:
+            return
+        silent = time.monotonic() - owner.seen
+        if silent >= self.config.node_timeout:
+            return
+        key, now = (node, agent), time.monotonic()
+        if now - self._refusals_logged.get(key, -1e9) >= 60:
+            self._refusals_logged[key] = now
+            log.warning("refusing agent %s for node %s: agent %s runs it (reported %.1f s "
+                        "ago)", agent, node, owner.agent, silent)
+        raise NodeTaken(
+            f"node {node} is already run by another agent ({owner.agent}), which reported "
+            f"{silent:.1f} s ago",
+            hint=f"Stop that agent, or give this one another --node-name (DINP_NODE_NAME). "
+            f"This agent is accepted once the other has been silent for "
+            f"{self.config.node_timeout:g} s.")
+
+    def _claim(self, node: str, agent: str | None) -> None:
+        if agent is None:  # an agent older than agent ids: nothing to check it against
+            return
+        owner = self.owners.get(node)
+        if owner is not None and owner.agent != agent:
+            message = (f"agent {agent} takes node {node} over from agent {owner.agent}, "
+                       f"silent for {time.monotonic() - owner.seen:.1f} s")
+            log.warning(message)
+            self._background(self.db(self.store.add_event, message, node=node))
+        self.owners[node] = NodeOwner(agent, time.monotonic())
+
+    def _check_cluster(self, hb: Heartbeat) -> None:
+        if hb.cluster is None or hb.cluster == self.cluster_id:
+            return
+        listed = f"of cluster {hb.cluster}" if hb.cluster else "before knowing its cluster"
+        raise WrongCluster(f"this server runs cluster {self.cluster_id}; the agent listed "
+                           f"containers {listed}", cluster=self.cluster_id)
+
     async def heartbeat(self, hb: Heartbeat) -> dict[str, Any]:
-        """Record a node's real state and answer with the instances it must run."""
+        """Record a node's real state and answer with the instances it must run.
+        Nothing is recorded from a second agent for a live node, nor from an agent that
+        listed another cluster's containers (it is told this cluster's id instead)."""
+        self._check_owner(hb.node, hb.agent)
+        self._check_cluster(hb)
+        self._claim(hb.node, hb.agent)
         known = self.snapshot.nodes.get(hb.node)
         if known is None or known.address != hb.address or known.capacity_mb != hb.capacity_mb:
             await self.db(self.store.upsert_node, name=hb.node, address=hb.address,
@@ -156,10 +212,13 @@ class Server:
         row = self.snapshot.nodes.get(node)
         return assignment.to_json(node, row.status if row else "unknown",
                                   self.config.heartbeat_interval,
-                                  row.foreign if row else [])
+                                  row.foreign if row else [], self.cluster_id)
 
-    async def wait_assignment(self, node: str, rev: str, timeout: float) -> dict[str, Any]:
-        """Long-poll: return as soon as the node's assignment differs from `rev`."""
+    async def wait_assignment(self, node: str, rev: str, timeout: float,
+                              agent: str | None = None) -> dict[str, Any]:
+        """Long-poll: return as soon as the node's assignment differs from `rev`. Only
+        the node's live agent gets it (`agent` None: an agent older than agent ids)."""
+        self._check_owner(node, agent)
         deadline = time.monotonic() + timeout
         while not self.closing:
             current = self.assignments.get(node)
