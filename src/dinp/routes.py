@@ -113,14 +113,16 @@ class MemoryRouteStore:
 
     def __init__(self) -> None:
         self.table = RouteTable()
+        self.published = False  # listeners get nothing before the first publish
         self._listeners: list[Callable[[RouteTable], None]] = []
 
     def publish(self, table: RouteTable) -> int:
-        if not table.same_routes(self.table):
+        if not self.published or not table.same_routes(self.table):
             self.table = RouteTable(
                 backends=table.backends, cnames=table.cnames, hosts=table.hosts,
                 rev=self.table.rev + 1,
             )
+            self.published = True
             for listener in self._listeners:
                 listener(self.table)
         return self.table.rev
@@ -130,7 +132,8 @@ class MemoryRouteStore:
 
     def subscribe(self, listener: Callable[[RouteTable], None]) -> None:
         self._listeners.append(listener)
-        listener(self.table)
+        if self.published:
+            listener(self.table)
 
 
 def _rs_key(host: str) -> str:
@@ -305,6 +308,7 @@ class RedisRouteFollower:
         self.connected = asyncio.Event()
         self.last_loaded = 0.0
         self._last = RouteTable()
+        self._ready = False  # handed a table to on_table yet
         self._warned_empty = False
 
     async def load(self, *, full: bool = True) -> RouteTable:
@@ -324,6 +328,8 @@ class RedisRouteFollower:
     async def _reload(self, *, full: bool) -> None:
         table = await self.load(full=full)
         self.last_loaded = asyncio.get_running_loop().time()
+        if not table.rev and not table.hosts and not table.cnames and not self._ready:
+            return  # nothing published yet: no table is not an empty table
         if not table.rev and not table.hosts and len(self._last):
             # Redis restarted empty: the server rewrites the table within a reconcile;
             # until then the last table is better than answering 404 to everything.
@@ -336,6 +342,7 @@ class RedisRouteFollower:
         if table.rev == self._last.rev and table.same_routes(self._last) and len(table):
             return  # nothing new: the router keeps the snapshot it has
         self._last = table
+        self._ready = True
         self.on_table(table)
 
     async def run(self) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -523,6 +525,51 @@ def test_routes_are_rebuilt_after_redis_restarts_empty(
         with redis_server.client() as client:
             assert client.lrange("/rs/web.localhost", 0, -1) == ["127.0.0.2:31001"]
             assert client.hgetall("dinp:hosts") == {"web.localhost": "web"}
+
+    run(sqlite_url, redis_server.url, body)
+
+
+def test_without_redis_instances_are_still_placed_and_started_but_not_removed(
+    sqlite_url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the route table waits for Redis. A scale-up is placed and handed to the
+    agents at once; a scale-down waits, since routers may still send its instances
+    requests; once Redis is back the table is written and the removal goes on."""
+
+    async def body(api: Api) -> None:
+        await api.heartbeat()
+        assert (await api.call("POST", "/apps", body=GOOD))[0] == 201
+        await api.server.reconcile_once()
+        _, hb = await api.heartbeat()
+        first = hb["instances"][0]["id"]
+        await api.heartbeat(containers=[instance_json(first, "web", port=31001)])
+        await api.server.reconcile_once()
+
+        await asyncio.to_thread(redis_server.stop)
+        with caplog.at_level(logging.WARNING, logger="dinp.roles.server"):
+            assert (await api.call("POST", "/apps/web/scale", body={"instances": 3}))[0] == 200
+            await api.server.reconcile_once()
+        _, hb = await api.heartbeat(containers=[instance_json(first, "web", port=31001)])
+        assert len(hb["instances"]) == 3  # placed and assigned though Redis is down
+        assert "nothing changed" not in caplog.text
+        assert "route table not written" in caplog.text
+        ids = sorted(i["id"] for i in hb["instances"])
+        running_all = [instance_json(i, "web", port=31001 + n) for n, i in enumerate(ids)]
+        await api.heartbeat(containers=running_all)
+
+        assert (await api.call("POST", "/apps/web/scale", body={"instances": 1}))[0] == 200
+        await api.server.reconcile_once()
+        assert len(api.store.snapshot().desired.instances) == 1  # decided ...
+        _, hb = await api.heartbeat(containers=running_all)
+        assert sorted(i["id"] for i in hb["instances"]) == ids  # ... but not carried out
+
+        await asyncio.to_thread(redis_server.start)
+        await api.server.reconcile_once()
+        _, hb = await api.heartbeat(containers=running_all)
+        (kept,) = api.store.snapshot().desired.instances
+        assert [i["id"] for i in hb["instances"]] == [kept.id]
+        with redis_server.client() as client:
+            assert len(client.lrange("/rs/web.localhost", 0, -1)) == 1
 
     run(sqlite_url, redis_server.url, body)
 

@@ -72,9 +72,12 @@ class RouterProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def health(self) -> dict[str, Any]:
+        return (await self.health_status())[1]
+
+    async def health_status(self) -> tuple[int, dict[str, Any]]:
         async with aiohttp.ClientSession() as http, \
                 http.get(f"http://127.0.0.1:{self.admin}/health") as resp:
-            return dict(await resp.json())
+            return resp.status, dict(await resp.json())
 
     async def metrics(self) -> dict[str, float]:
         async with aiohttp.ClientSession() as http, \
@@ -97,8 +100,9 @@ class RouterProcess:
 
 
 @contextlib.asynccontextmanager
-async def router_process(tmp_path: Path, redis_url: str, *args: str,
+async def router_process(tmp_path: Path, redis_url: str, *args: str, ready: bool = True,
                          **env: str) -> AsyncIterator[RouterProcess]:
+    """Start `dinp router`; wait until /health says ok (`ready`) or merely answers."""
     port, admin = free_port(), free_port()
     log = tmp_path / f"router-{port}.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DINP_")}
@@ -115,7 +119,8 @@ async def router_process(tmp_path: Path, redis_url: str, *args: str,
         while True:
             assert proc.poll() is None, log.read_text()
             with contextlib.suppress(aiohttp.ClientError):
-                if (await router.health())["status"] == "ok":
+                if (await router.health())["status"] in ({"ok"} if ready else {"ok",
+                                                                                "starting"}):
                     break
             assert time.monotonic() < deadline, log.read_text()
             await asyncio.sleep(0.05)
@@ -428,3 +433,49 @@ def test_metrics_after_a_soak(redis: RedisServer, tmp_path: Path) -> None:
         assert json.dumps(await router.health())  # still answers
 
     run(scenario, timeout=30)
+
+
+def test_a_router_without_a_table_is_not_ready_and_answers_503(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """Started while Redis is down, a router has no table: a load balancer must not send
+    it traffic (/health 503), and a request that comes anyway gets 503 with Retry-After,
+    never 404 "no such app". Redis back but empty changes nothing; the first table does."""
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (a,) = await backends(stack, "a")
+        await asyncio.to_thread(redis.stop)
+        router = await stack.enter_async_context(
+            router_process(tmp_path, redis.url, "--workers", "2", ready=False))
+
+        async def get() -> tuple[int, dict[str, str]]:
+            async with aiohttp.ClientSession() as http, http.get(
+                    router.url, headers={"Host": "web.localhost"}) as resp:
+                return resp.status, dict(resp.headers)
+
+        for _ in range(2):
+            status, health = await router.health_status()
+            assert (status, health["status"]) == (503, "starting"), health
+            status, headers = await get()
+            assert status == 503 and headers["Retry-After"] == "1"
+            assert headers["X-Dinp-Error"] == "503"
+            if redis.proc is not None:
+                break
+            await asyncio.to_thread(redis.start)  # back, but nothing published yet
+            deadline = time.monotonic() + 5
+            while (await router.health())["redis"] is not True:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+
+        await publish(redis.url, table({"web": [a]}))
+        deadline = time.monotonic() + 5
+        while (await router.health_status())[0] != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert (await get())[0] == 200
+        async with aiohttp.ClientSession() as http, http.get(
+                router.url, headers={"Host": "nothing.localhost"}) as resp:
+            assert resp.status == 404  # with a table, an unknown host is a 404 again
+        assert "not ready" in router.log.read_text()
+
+    run(scenario, timeout=60)

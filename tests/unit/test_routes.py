@@ -178,7 +178,7 @@ def test_publish_bumps_the_revision_only_on_change() -> None:
     seen_tables: list[RouteTable] = []
     store.subscribe(seen_tables.append)
 
-    assert seen_tables == [RouteTable()]  # subscribing hands over the current table
+    assert seen_tables == []  # nothing published yet: no table, not an empty one
     assert store.publish(TABLE) == 1
     assert store.publish(TABLE) == 1
     # Same routes under another revision number: still no change.
@@ -186,19 +186,25 @@ def test_publish_bumps_the_revision_only_on_change() -> None:
     changed = RouteTable({"web.apps.test": ("10.0.0.1:30001",)}, TABLE.cnames, TABLE.hosts)
     assert store.publish(changed) == 2
 
-    assert [t.rev for t in seen_tables] == [0, 1, 2]
-    assert seen_tables[1].same_routes(TABLE)
-    assert seen_tables[2].same_routes(changed)
+    assert [t.rev for t in seen_tables] == [1, 2]
+    assert seen_tables[0].same_routes(TABLE)
+    assert seen_tables[1].same_routes(changed)
     assert store.table is seen_tables[-1]
+    late: list[RouteTable] = []
+    store.subscribe(late.append)
+    assert late == [store.table]  # subscribing after a publish hands over the current table
 
 
-def test_publish_of_an_empty_table_at_start_is_no_change() -> None:
+def test_the_first_publish_counts_even_when_empty() -> None:
+    """A cluster without apps publishes an empty table: that is a table (404 for every
+    host), unlike no table at all (503 until one arrives)."""
     store = MemoryRouteStore()
     calls: list[RouteTable] = []
     store.subscribe(calls.append)
 
-    assert store.publish(RouteTable()) == 0
-    assert len(calls) == 1
+    assert store.publish(RouteTable()) == 1
+    assert store.publish(RouteTable()) == 1
+    assert [t.rev for t in calls] == [1]
 
 
 @pytest.mark.parametrize(
@@ -228,5 +234,5 @@ def test_every_subscriber_is_notified() -> None:
 
     store.publish(TABLE)
 
-    assert first == [0, 1]
-    assert second == [0, 1]
+    assert first == [1]
+    assert second == [1]

@@ -10,10 +10,12 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dinp.errors import Unavailable
 
@@ -53,7 +55,45 @@ async def run_until_stopped(*tasks: Awaitable[object]) -> None:
         await asyncio.gather(*running, stopper, return_exceptions=True)
 
 
+class BadRequestLogFilter(logging.Filter):
+    """aiohttp logs every malformed request (a 10 KB request line, a broken header) as an
+    ERROR with a traceback: anyone could fill the log. Such a request is the client's
+    fault: one short WARNING line at most every `interval` seconds, saying how many were
+    left out. Errors of dinp's own handlers still log in full."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last = -interval
+        self._skipped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._skipped += 1
+            return False
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        reason = (getattr(exc, "message", "") or type(exc).__name__).splitlines()[0][:120]
+        more = f" ({self._skipped} more since)" if self._skipped else ""
+        record.msg, record.args = "bad HTTP request from %s: %s%s", (remote, reason, more)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+        self._last, self._skipped = now, 0
+        return True
+
+
+def quiet_bad_requests() -> None:
+    """Install BadRequestLogFilter on aiohttp's server logger (once per process)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestLogFilter) for f in logger.filters):
+        logger.addFilter(BadRequestLogFilter())
+
+
 async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    quiet_bad_requests()
     # Requests still open after 5 s of shutdown are cut: nothing here is worth waiting for.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()

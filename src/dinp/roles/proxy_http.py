@@ -72,6 +72,10 @@ _BUFFER_FULL = 4  # BUFFER_LIMIT reached before a backend was attached
 _STOPPED = 8  # the stream cannot be parsed any further
 
 
+# What a 503 asks clients to wait before trying again.
+RETRY_AFTER_SECONDS = 1
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """The limits and timeouts of one router (see RouterConfig for their meaning)."""
@@ -253,6 +257,9 @@ class Proxy:
         self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
         self.table = RouteTable()
         self.table_time = time.monotonic()
+        # No table yet (Redis unreachable since the start): every request gets 503 with
+        # Retry-After and /health says "starting", never 404 "no such app".
+        self.ready = False
         self.routes: dict[bytes | None, Route] = {}
         self.apps: dict[str, AppState] = {}
         self.no_app = AppState()  # requests that matched no app
@@ -294,6 +301,7 @@ class Proxy:
             self.routes = {}
         self.table = table
         self.table_time = time.monotonic()
+        self.ready = True
 
     def route(self, host: bytes | None) -> Route:
         """Where requests for this Host go (cached for the current table)."""
@@ -404,6 +412,7 @@ class Proxy:
             "routes": len(table),
             "backends": len({a for bs in table.backends.values() for a in bs}),
             "rev": table.rev,
+            "ready": self.ready,
             "table_age": round(time.monotonic() - self.table_time, 3),
             "redis": None,
             "workers": 1,
@@ -715,8 +724,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._task = self.loop.create_task(self._connect(req, index, fresh=False))
 
-    @staticmethod
-    def _refusal_of(req: Request) -> tuple[int, str]:
+    def _refusal_of(self, req: Request) -> tuple[int, str]:
         """The status and message for a request the router answers itself."""
         route = req.route
         if req.error is not None:
@@ -726,6 +734,8 @@ class ClientConnection(asyncio.Protocol):
         if req.method == b"CONNECT":
             return 405, "this router does not tunnel CONNECT"
         if route.app is None:
+            if not self.proxy.ready:
+                return 503, "this router has no route table yet (Redis is unreachable)"
             return 404, f"no app is served at {route.name}"
         return 503, f"app {route.app} has no healthy instance right now"
 
@@ -817,6 +827,8 @@ class ClientConnection(asyncio.Protocol):
         body = error_page(status, message)
         connection = b"" if keep and not http10 else (
             b"Connection: keep-alive\r\n" if keep else b"Connection: close\r\n")
+        if status == 503:  # a moment's wait helps: an instance or the table is on its way
+            connection += b"Retry-After: %d\r\n" % RETRY_AFTER_SECONDS
         self.transport.write(
             # X-Dinp-Error tells clients (and `--wait`) the router answered, not the app.
             b"HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"

@@ -45,6 +45,7 @@ class Snapshot(TypedDict):
     routes: int  # hosts in the route table
     backends: int  # backend addresses in the route table
     rev: int  # route table revision (of the most behind worker)
+    ready: bool  # has a route table (every worker, when merged)
     table_age: float  # seconds since the table was last read (of the oldest worker)
     redis: bool | None  # every worker follows Redis; None: the table is not from Redis
     workers: int
@@ -98,6 +99,7 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
         "routes": min((s["routes"] for s in snapshots), default=0),
         "backends": min((s["backends"] for s in snapshots), default=0),
         "rev": min((s["rev"] for s in snapshots), default=0),
+        "ready": bool(snapshots) and all(s["ready"] for s in snapshots),
         "table_age": max((s["table_age"] for s in snapshots), default=0.0),
         "redis": None if None in redis else all(r is True for r in redis),
         "workers": sum(s["workers"] for s in snapshots),
@@ -157,6 +159,8 @@ def render(snap: Snapshot) -> str:
          "Seconds since the route table was last read (oldest worker).", snap["table_age"]),
         ("dinp_router_redis_connected", "1 when every worker follows Redis.",
          int(bool(snap["redis"]))),
+        ("dinp_router_ready", "1 when every worker has a route table.",
+         int(snap["ready"])),
         ("dinp_router_connections", "Client connections open.", snap["connections"]),
         ("dinp_router_backend_idle_connections", "Pooled keep-alive connections to apps.",
          snap["idle_backends"]),

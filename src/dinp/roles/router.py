@@ -179,7 +179,8 @@ class Router:
 
 def admin_app(snapshots: Callable[[], Awaitable[list[Snapshot]]],
               stopping: Callable[[], bool]) -> web.Application:
-    """`GET /health` (200 while serving, 503 when stopping or no worker answers) and
+    """`GET /health` (200 while serving; 503 before the first route table, when stopping
+    or when no worker answers) and
     `GET /metrics` (Prometheus text), both from the workers' snapshots."""
 
     async def health(request: web.Request) -> web.Response:
@@ -188,14 +189,16 @@ def admin_app(snapshots: Callable[[], Awaitable[list[Snapshot]]],
             return web.json_response({"status": "stopping" if stopping() else "down",
                                       "workers": len(snaps)}, status=503)
         snap = merge(snaps)
+        ready = snap["ready"]
         return web.json_response({
-            "status": "ok",
+            # "starting": no route table yet; the load balancer must not send traffic.
+            "status": "ok" if ready else "starting",
             "routes": snap["routes"],  # hosts in the table
             "rev": snap["rev"],
             "redis": snap["redis"],
             "table_age": snap["table_age"],
             "workers": snap["workers"],
-        })
+        }, status=200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         body = render(merge(await snapshots()))
@@ -226,9 +229,9 @@ async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bo
     """One router with its Redis follower, until `stop` completes (or a signal, when it
     serves the admin port itself, as a single process does).
 
-    It waits up to connect_timeout for the first table so that it does not answer 404 to
-    everything right after a restart; if Redis does not answer by then it starts with an
-    empty table and picks up the real one as soon as Redis is back.
+    It waits up to connect_timeout for the first table; if Redis does not answer by then
+    it listens anyway, not ready: /health and every request answer 503 (with
+    Retry-After) until the first table arrives, never 404 "no such app".
     """
     http_host, http_port = split_hostport(config.http_listen, default_port=8080)
     router = Router.from_config(config)
@@ -242,8 +245,8 @@ async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bo
             async with asyncio.timeout(config.connect_timeout):
                 await follower.connected.wait()
         except TimeoutError:
-            log.warning("Redis at %s does not answer; starting with an empty route table",
-                        redis_url)
+            log.warning("Redis at %s does not answer; not ready (503) until the first route "
+                        "table arrives", redis_url)
         await router.start_http(http_host, http_port, reuse_port=reuse_port)
         admin_url = "disabled"
         if admin and config.admin_listen:

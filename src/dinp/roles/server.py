@@ -88,7 +88,7 @@ class Server:
         self._wake = asyncio.Event()
         self._assignments_changed = asyncio.Event()
         self._unplaceable_logged: dict[str, float] = {}
-        self._last_error = ""
+        self._failing: dict[str, str] = {}  # what fails now ("database", "routes"): why
         self._tasks: set[asyncio.Future[Any]] = set()
         self.closing = False
         self._update_assignments()
@@ -234,7 +234,10 @@ class Server:
                 break
         return self.assignment_reply(node)
 
-    def _update_assignments(self) -> None:
+    def _update_assignments(self, *, withhold_removals: bool = False) -> None:
+        """Hand each node its instances from the current snapshot. With
+        `withhold_removals` (the route table could not be written), instances that left
+        the snapshot stay assigned: routers may still send them requests."""
         apps = self.snapshot.apps
         per_node: dict[str, list[Assignment]] = {}
         for inst in sorted(self.snapshot.desired.instances, key=lambda i: i.id):
@@ -246,8 +249,14 @@ class Server:
                 memory_mb=inst.memory_mb, port=app.port, env=app.env,
                 health_path=app.health_path,
             ))
+        if withhold_removals:
+            for node, old in self.assignments.items():
+                items = per_node.setdefault(node, [])
+                kept = {a.id for a in items}
+                items.extend(a for a in old.instances if a.id not in kept)
+                items.sort(key=lambda a: a.id)
         new = {node: NodeAssignment(assignments_rev(items), items)
-               for node, items in per_node.items()}
+               for node, items in per_node.items() if items}
         changed = {n for n in set(new) | set(self.assignments)
                    if (new.get(n) and new[n].rev) != (self.assignments.get(n)
                                                       and self.assignments[n].rev)}
@@ -259,7 +268,9 @@ class Server:
     # -- reconcile --------------------------------------------------------------------
 
     async def reconcile_once(self) -> None:
-        """Plan against fresh desired state and execute; change nothing on any failure."""
+        """Plan against fresh desired state and execute. Without the database nothing
+        changes. Without Redis, placements and starts go on; only the route table and
+        the removals that must follow it wait."""
         try:
             snapshot = await self.db(self.store.snapshot)
             real = self.real()
@@ -272,19 +283,33 @@ class Server:
                 await self.db(self.store.apply, changes)
                 snapshot = await self.db(self.store.snapshot)
             self.snapshot = snapshot
-            # Routes first: agents learn of a removal only once it is unrouted (and of a
-            # new instance once the table can take it). If publishing fails they wait.
-            if real.complete:
-                await self.publish_routes(real)
-            self._update_assignments()
-            await self._report_unplaceable([a for a in actions if isinstance(a, Unplaceable)])
-            if self._last_error:
-                log.info("reconcile works again")
-                self._last_error = ""
+            self._paused("database", "")
         except DinpError as exc:
-            if str(exc) != self._last_error:
-                log.warning("reconcile paused, nothing changed: %s", exc)
-                self._last_error = str(exc)
+            self._paused("database", f"reconcile paused, nothing changed: {exc}")
+            return
+        # Routes first: agents learn of a removal only once it is unrouted (and of a
+        # new instance once the table can take it). If publishing fails they wait.
+        published = True
+        if real.complete:
+            try:
+                await self.publish_routes(real)
+                self._paused("routes", "")
+            except Unavailable as exc:
+                published = False
+                self._paused("routes", f"route table not written ({exc}); instances are "
+                             "still placed and started, removals wait for it")
+        self._update_assignments(withhold_removals=not published)
+        with contextlib.suppress(Unavailable):  # the database went away just now
+            await self._report_unplaceable([a for a in actions if isinstance(a, Unplaceable)])
+
+    def _paused(self, what: str, message: str) -> None:
+        """Log a failure of `what` once (not every round), and when it works again."""
+        last = self._failing.get(what, "")
+        if message and message != last:
+            log.warning(message)
+        elif not message and last:
+            log.info("%s works again", "reconcile" if what == "database" else "route table")
+        self._failing[what] = message
 
     async def publish_routes(self, real: Real) -> None:
         table = self._carry_over(routes.compute(
