@@ -11,17 +11,17 @@ import re
 from dinp.errors import InvalidInput
 
 # DNS label (RFC 1123), lowercase only; the app name becomes `<app>.<domain>`.
-_APP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+APP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 RESERVED_NAMES = frozenset(
     {"api", "admin", "www", "dinp", "dashboard", "router", "registry", "static", "status",
      "health", "metrics", "default", "localhost", "mail", "ns", "ns1", "ns2"}
 )
-_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Reserved for dinp itself: an app cannot override what the platform sets.
 RESERVED_ENV = frozenset({"PORT", "DINP_APP", "DINP_INSTANCE", "DINP_RELEASE"})
 # docker/distribution reference grammar, simplified but strict enough to reject junk.
-_IMAGE = re.compile(
+IMAGE = re.compile(
     r"^(?:(?P<registry>[a-zA-Z0-9.-]+(?::[0-9]+)?)/)?"
     r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
@@ -48,7 +48,7 @@ def app_name(value: object, *, allow_reserved: bool = False, field: str = "name"
         raise InvalidInput(field, "an app name is required")
     if len(value) > 63:
         raise InvalidInput(field, f"{value[:20]!r}… is longer than 63 characters")
-    if not _APP_NAME.fullmatch(value):
+    if not APP_NAME.fullmatch(value):
         raise InvalidInput(
             field,
             f"{value!r} is not a valid app name: use lowercase letters, digits and '-', "
@@ -68,11 +68,23 @@ def is_cluster_id(value: object) -> bool:
 
 
 def node_name(value: object) -> str:
-    if not isinstance(value, str) or not _NODE_NAME.fullmatch(value):
+    if not isinstance(value, str) or not NODE_NAME.fullmatch(value):
         raise InvalidInput(
             "node", f"{value!r} is not a valid node name (lowercase letters, digits, '.', '-')"
         )
     return value
+
+
+def whole_number(value: object) -> int | None:
+    """A JSON number that is whole (`3`, and `3.0`, which JSON does not tell apart), as an
+    int; None for anything else (booleans included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def size_mb(value: object, field: str = "memory") -> int:
@@ -103,28 +115,83 @@ def memory_mb(value: object) -> int:
     return mb
 
 
+def int_range_pattern(low: int, high: int) -> str:
+    """A regular expression (no anchors) matching exactly the decimal numbers from `low`
+    to `high` (0 <= low <= high), written without leading zeros: how the API document
+    states a range inside a string such as `256m`."""
+
+    def same_length(a: str, b: str) -> list[str]:
+        if a == b:
+            return [a]
+        if len(a) == 1:
+            return [f"[{a}-{b}]"]
+        if a[0] == b[0]:
+            return [a[0] + p for p in same_length(a[1:], b[1:])]
+        rest = len(a) - 1
+        first, last = int(a[0]), int(b[0])
+        head: list[str] = []
+        tail: list[str] = []
+        if a[1:] != "0" * rest:
+            head = [a[0] + p for p in same_length(a[1:], "9" * rest)]
+            first += 1
+        if b[1:] != "9" * rest:
+            tail = [b[0] + p for p in same_length("0" * rest, b[1:])]
+            last -= 1
+        middle = ([f"[{first}-{last}][0-9]{{{rest}}}" if first < last
+                   else f"{first}[0-9]{{{rest}}}"] if first <= last else [])
+        return head + middle + tail
+
+    parts: list[str] = []
+    for digits in range(len(str(low)), len(str(high)) + 1):
+        a = max(low, 10 ** (digits - 1) if digits > 1 else 0)
+        b = min(high, 10 ** digits - 1)
+        if a <= b:
+            parts += same_length(str(a), str(b))
+    return "(?:" + "|".join(parts) + ")"
+
+
+# The memory of an app on the API: megabytes as a number, or text in whole m or g.
+# (People may type more forms, `1.5g` or `512MiB`: the CLI turns them into megabytes.)
+MEMORY_TEXT = re.compile(
+    rf"^(?:{int_range_pattern(MIN_MEMORY_MB, MAX_MEMORY_MB)}[mM]"
+    rf"|{int_range_pattern(-(-MIN_MEMORY_MB // 1024), MAX_MEMORY_MB // 1024)}[gG])$"
+)
+
+
+def memory_field(value: object) -> int:
+    """The API's `memory`: whole megabytes in range, or `<n>m` / `<n>g` in range."""
+    if isinstance(value, str):
+        if not MEMORY_TEXT.fullmatch(value):
+            raise InvalidInput("memory", f"{value!r} is not a memory size from "
+                               f"{MIN_MEMORY_MB}m to {MAX_MEMORY_MB // 1024}g, such as "
+                               "256m or 2g")
+        return memory_mb(value)
+    mb = whole_number(value)
+    if mb is None:
+        raise InvalidInput("memory", "expected megabytes (a whole number) or e.g. 256m")
+    return memory_mb(mb)
+
+
 def instances(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-            value = int(value)
-        else:
-            raise InvalidInput("instances", f"{value!r} is not a whole number")
-    assert isinstance(value, int)
-    if not 0 <= value <= MAX_INSTANCES:
-        raise InvalidInput("instances", f"{value} is out of range: 0 to {MAX_INSTANCES}")
-    return value
+    count = whole_number(value)
+    if count is None:
+        raise InvalidInput("instances", f"{value!r} is not a whole number")
+    if not 0 <= count <= MAX_INSTANCES:
+        raise InvalidInput("instances", f"{count} is out of range: 0 to {MAX_INSTANCES}")
+    return count
 
 
 def port(value: object, field: str = "port") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    number = whole_number(value)
+    if number is None or not 1 <= number <= 65535:
         raise InvalidInput(field, f"{value!r} is not a TCP port (1-65535)")
-    return value
+    return number
 
 
 def image(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidInput("image", "an image reference is required, e.g. registry:5000/app:1")
-    if len(value) > 255 or not _IMAGE.fullmatch(value):
+    if len(value) > 255 or not IMAGE.fullmatch(value):
         raise InvalidInput("image", f"{value!r} is not a valid image reference")
     return value
 
@@ -139,7 +206,7 @@ def env(value: object) -> dict[str, str]:
         raise InvalidInput("env", f"too many variables (at most {MAX_ENV_VARS})")
     out: dict[str, str] = {}
     for k, v in value.items():
-        if not isinstance(k, str) or not _ENV_KEY.fullmatch(k):
+        if not isinstance(k, str) or not ENV_KEY.fullmatch(k):
             raise InvalidInput("env", f"{k!r} is not a valid variable name")
         if k in RESERVED_ENV:
             raise InvalidInput("env", f"{k} is set by dinp and cannot be overridden")
@@ -165,11 +232,14 @@ def env_pairs(pairs: list[str]) -> dict[str, str]:
     return env(raw)
 
 
+# Printable ASCII without spaces: what a URL path holds once percent-encoded.
+HEALTH_PATH = re.compile(r"^/[!-~]{0,199}$")
+
+
 def health_path(value: object) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not value.startswith("/") or len(value) > 200 or any(
-        c.isspace() for c in value
-    ):
-        raise InvalidInput("health_path", f"{value!r} must be a URL path starting with '/'")
+    if not isinstance(value, str) or not HEALTH_PATH.fullmatch(value):
+        raise InvalidInput("health_path", f"{value!r} must be a URL path starting with '/'"
+                           " (printable ASCII, no spaces, at most 200 characters)")
     return value

@@ -15,6 +15,14 @@ from typing import Any
 from dinp import validation
 from dinp.errors import InvalidInput
 
+# Limits of what an agent may send (also stated in the API document).
+MAX_NUMBER = 1 << 40  # capacities, memory, releases
+MAX_ITEMS = 10_000  # containers or failures in one heartbeat
+MAX_INSTANCE_ID = 16
+MAX_MESSAGE = 2000  # why an instance cannot start
+MAX_ID = 200  # agent and cluster ids
+MAX_LONG_POLL = 60.0  # seconds an assignments long-poll may wait
+
 CONTAINER_STATES = frozenset(
     {"created", "running", "restarting", "paused", "exited", "dead", "removing"}
 )
@@ -80,10 +88,11 @@ class Assignment:
                 "health_path": self.health_path}
 
 
-def _int(data: dict[str, Any], key: str, *, low: int = 0, high: int = 1 << 40) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidInput(key, f"expected a whole number from {low} to {high}, got {value!r}")
+def _int(data: dict[str, Any], key: str, *, low: int = 0, high: int = MAX_NUMBER) -> int:
+    value = validation.whole_number(data.get(key))
+    if value is None or not low <= value <= high:
+        raise InvalidInput(key, f"expected a whole number from {low} to {high}, "
+                           f"got {data.get(key)!r}")
     return value
 
 
@@ -94,10 +103,10 @@ def _str(data: dict[str, Any], key: str, *, max_len: int = 255) -> str:
     return value
 
 
-def _optional_str(data: dict[str, Any], key: str, *, max_len: int = 200) -> str | None:
-    value = data.get(key)
-    if value is None:
+def _optional_str(data: dict[str, Any], key: str, *, max_len: int = MAX_ID) -> str | None:
+    if key not in data:  # sent by agents older than the field
         return None
+    value = data[key]
     if not isinstance(value, str) or len(value) > max_len:
         raise InvalidInput(key, f"expected a string of at most {max_len} characters")
     return value
@@ -114,7 +123,7 @@ def parse_heartbeat(node: str, data: object) -> Heartbeat:
     if not isinstance(data, dict):
         raise InvalidInput("heartbeat", "expected a JSON object")
     containers = data.get("containers")
-    if not isinstance(containers, list) or len(containers) > 10_000:
+    if not isinstance(containers, list) or len(containers) > MAX_ITEMS:
         raise InvalidInput("containers", "expected a list")
     parsed = []
     for c in containers:
@@ -127,20 +136,21 @@ def parse_heartbeat(node: str, data: object) -> Heartbeat:
             raise InvalidInput("health", f"unknown health {health!r}")
         port = c.get("port")
         if port is not None:
-            validation.port(port, "port")
+            port = validation.port(port, "port")
         parsed.append(ContainerInfo(
-            instance=_str(c, "instance", max_len=16),
+            instance=_str(c, "instance", max_len=MAX_INSTANCE_ID),
             app=validation.app_name(c.get("app"), allow_reserved=True),
             release=_int(c, "release", low=1), state=state, health=health, port=port,
         ))
     failures = data.get("failures", [])
-    if not isinstance(failures, list) or len(failures) > 10_000:
+    if not isinstance(failures, list) or len(failures) > MAX_ITEMS:
         raise InvalidInput("failures", "expected a list")
     failed: dict[str, str] = {}
     for f in failures:
         if not isinstance(f, dict):
             raise InvalidInput("failures", "each failure must be an object")
-        failed[_str(f, "instance", max_len=16)] = _str(f, "message", max_len=2000)
+        failed[_str(f, "instance", max_len=MAX_INSTANCE_ID)] = _str(f, "message",
+                                                                    max_len=MAX_MESSAGE)
     return Heartbeat(
         node=validation.node_name(node), address=_str(data, "address"),
         capacity_mb=_int(data, "capacity_mb", low=0), free_mb=_int(data, "free_mb", low=0),

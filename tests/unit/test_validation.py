@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -158,15 +160,41 @@ def test_huge_memory_number_is_invalid_input() -> None:
     assert field_of(validation.memory_mb, "1" + "0" * 400 + "g") == "memory"
 
 
+@pytest.mark.parametrize(("low", "high"), [
+    (0, 0), (0, 9), (3, 7), (0, 100), (16, 65536), (1, 64), (7, 1000), (99, 101), (100, 199),
+    (123, 4567), (1000, 1000), (10, 99), (19, 20), (0, 10_000),
+])
+def test_int_range_pattern_matches_exactly_the_range(low: int, high: int) -> None:
+    pattern = re.compile(validation.int_range_pattern(low, high))
+    matched = {n for n in range(0, 100_000) if pattern.fullmatch(str(n))}
+    assert matched == set(range(low, high + 1))
+    assert not pattern.fullmatch("0" + str(max(low, 1)))  # no leading zeros
+
+
+@pytest.mark.parametrize(("value", "mb"), [
+    (16, 16), (65536, 65536), ("16m", 16), ("256M", 256), ("65536m", 65536), ("1g", 1024),
+    ("64G", 65536), (300, 300)])
+def test_the_api_memory_field(value: object, mb: int) -> None:
+    assert validation.memory_field(value) == mb
+
+
+@pytest.mark.parametrize("value", [
+    15, 65537, "15m", "65537m", "0g", "65g", "1.5g", "512MiB", "256", " 256m", "256m\n",
+    "0256m", True, 1.0, None, "1t"])
+def test_the_api_memory_field_refuses(value: object) -> None:
+    assert field_of(validation.memory_field, value) == "memory"
+
+
 # --- instances -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "n"), [(0, 0), (1, 1), (100, 100), ("3", 3), (" 7 ", 7)])
+@pytest.mark.parametrize(("value", "n"), [(0, 0), (1, 1), (100, 100)])
 def test_instances_in_range(value: object, n: int) -> None:
     assert validation.instances(value) == n
 
 
-@pytest.mark.parametrize("value", [-1, 101, "101", True, False, 2.0, "two", "-1", "1.5", "", None])
+@pytest.mark.parametrize("value", [-1, 101, "101", True, False, 2.5, "two", "-1", "1.5", "", None,
+                                   "3", " 7 "])
 def test_bad_instances(value: object) -> None:
     assert field_of(validation.instances, value) == "instances"
 

@@ -25,12 +25,12 @@ WaitOpt = typer.Option(False, "--wait", help="Return only when every instance se
 TimeoutOpt = typer.Option(120.0, "--timeout", help="Seconds --wait may take.")
 
 
-def _memory(value: str) -> str:
+def _memory(value: str) -> int:
+    """Any size a person may type (`1.5g`, `512MiB`), sent to the API in megabytes."""
     try:
-        validation.memory_mb(value)
+        return validation.memory_mb(value)
     except DinpError as exc:
         raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
-    return value
 
 
 def _name(value: str) -> str:

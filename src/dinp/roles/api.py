@@ -32,6 +32,8 @@ from dinp.errors import (
     WrongCluster,
 )
 from dinp.roles.lifecycle import run_until_stopped, start_site
+from dinp.roles.openapi import MAX_BODY
+from dinp.roles.openapi import document as openapi_document
 from dinp.roles.server import Server
 from dinp.routes import RedisRouteStore, RouteStore, redis_error
 from dinp.store import Store
@@ -42,7 +44,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATUS = {InvalidInput: 400, Unauthorized: 401, NotFound: 404, Conflict: 409, Unavailable: 503}
 PUBLIC = {f"{API_PREFIX}/health", f"{API_PREFIX}/openapi.json", "/", "/favicon.ico"}
-MAX_LONG_POLL = 60.0
+OPENAPI = openapi_document()
 
 
 def error_body(exc: DinpError) -> dict[str, Any]:
@@ -156,7 +158,7 @@ async def create_app(request: web.Request) -> web.Response:
         "name": validation.app_name(data.get("name")),
         "image": validation.image(data.get("image")),
         "instances": validation.instances(data.get("instances", 1)),
-        "memory_mb": validation.memory_mb(data.get("memory", "256m")),
+        "memory_mb": validation.memory_field(data.get("memory", "256m")),
         "port": validation.port(data.get("port", DEFAULT_APP_PORT)),
         "env": validation.env(data.get("env")),
         "health_path": validation.health_path(data.get("health_path")),
@@ -181,6 +183,9 @@ async def scale_app(request: web.Request) -> web.Response:
     server = srv(request)
     name = app_in_path(request)
     data = await json_body(request)
+    unknown = set(data) - {"instances"}
+    if unknown:
+        raise InvalidInput(sorted(unknown)[0], "unknown field")
     count = validation.instances(data.get("instances"))
     app = await server.db(server.store.scale_app, name, count)
     await server.desired_changed()
@@ -204,10 +209,8 @@ async def list_events(request: web.Request) -> web.Response:
     app = request.query.get("app")
     if app is not None:
         app = validation.app_name(app, allow_reserved=True, field="app")
-    try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError as exc:
-        raise InvalidInput("limit", "expected a whole number") from exc
+    raw = request.query.get("limit", "50")
+    limit = int(raw) if raw.isascii() and raw.isdigit() else 0
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit", "expected a whole number from 1 to 1000")
     rows = await server.db(server.store.events, app=app, limit=limit)
@@ -223,15 +226,35 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.json_response(await server.heartbeat(hb))
 
 
+def _query_number(request: web.Request, name: str, default: float, low: float,
+                  high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # NaN fails too
+        raise InvalidInput(name, f"expected a number from {low:g} to {high:g}")
+    return value
+
+
+def _query_text(request: web.Request, name: str, *, max_len: int,
+                min_len: int = 0) -> str | None:
+    raw = request.query.get(name)
+    if raw is not None and not min_len <= len(raw) <= max_len:
+        raise InvalidInput(name, f"expected {min_len} to {max_len} characters")
+    return raw
+
+
 async def assignments(request: web.Request) -> web.Response:
     server = srv(request)
     node = validation.node_name(request.match_info["node"])
-    try:
-        wait = max(0.0, min(float(request.query.get("wait", "0")), MAX_LONG_POLL))  # NaN -> 0
-    except ValueError as exc:
-        raise InvalidInput("wait", "expected seconds") from exc
-    agent = request.query.get("agent") or None
-    reply = await server.wait_assignment(node, request.query.get("rev", ""), wait, agent)
+    wait = _query_number(request, "wait", 0.0, 0.0, wire.MAX_LONG_POLL)
+    rev = _query_text(request, "rev", max_len=64) or ""
+    agent = _query_text(request, "agent", min_len=1, max_len=wire.MAX_ID)
+    reply = await server.wait_assignment(node, rev, wait, agent)
     return web.json_response(reply)
 
 
@@ -241,13 +264,12 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    spec = resources.files("dinp").joinpath("static/openapi.json").read_text()
-    return web.Response(text=spec, content_type="application/json")
+    return web.json_response(OPENAPI)
 
 
 def make_app(server: Server) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(server)], client_max_size=1 << 20
+        middlewares=[errors_middleware, auth_middleware(server)], client_max_size=MAX_BODY
     )
     app[SERVER_KEY] = server
     p = API_PREFIX
