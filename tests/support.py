@@ -205,3 +205,94 @@ def base_env(home: Path, **extra: str) -> dict[str, str]:
                PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
+
+
+class TcpProxy:
+    """A TCP forwarder on a free local port, to put a network fault between a dinp
+    process and a real service: `cut()` drops every connection and refuses new ones at
+    once, `hang()` accepts and never answers (a hung server), `heal()` forwards again."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import asyncio
+        import threading
+
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.mode = "pass"
+        self.loop = asyncio.new_event_loop()
+        self._writers: set[Any] = set()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="tcp-proxy")
+        self._thread.start()
+        if not self._ready.wait(5):
+            raise RuntimeError("the TCP proxy did not start")
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        if self.mode == "cut":
+            writer.transport.abort()
+            return
+        self._writers.add(writer)
+        try:
+            if self.mode == "hang":
+                while await reader.read(65536):
+                    pass
+                return
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            self._writers.add(up_writer)
+
+            async def pipe(src: Any, dst: Any) -> None:
+                try:
+                    while data := await src.read(65536):
+                        if self.mode != "pass":
+                            if self.mode == "hang":
+                                continue  # swallowed: the server seems to hang
+                            break
+                        dst.write(data)
+                        await dst.drain()
+                except (ConnectionError, OSError):
+                    pass
+                finally:
+                    dst.transport.abort() if self.mode == "cut" else dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (ConnectionError, OSError):
+            writer.transport.abort()
+        finally:
+            self._writers.discard(writer)
+
+    def _set(self, mode: str) -> None:
+        def apply() -> None:
+            self.mode = mode
+            if mode == "cut":
+                for w in list(self._writers):
+                    w.transport.abort()
+                self._writers.clear()
+
+        self.loop.call_soon_threadsafe(apply)
+        time.sleep(0.05)
+
+    def cut(self) -> None:
+        self._set("cut")
+
+    def hang(self) -> None:
+        self._set("hang")
+
+    def heal(self) -> None:
+        self._set("pass")
+
+    def close(self) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)

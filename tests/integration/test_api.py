@@ -71,13 +71,14 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def running_api(database_url: str, redis_url: str,
-                      node_timeout: float = 30.0) -> AsyncIterator[Api]:
+async def running_api(database_url: str, redis_url: str, node_timeout: float = 30.0,
+                      heartbeat_interval: float = 2.0) -> AsyncIterator[Api]:
     store = Store(database_url)
     store.ensure_admin_token(ADMIN)
     route_store = RedisRouteStore(redis_url)
     config = ServerConfig(cluster_token=CLUSTER, redis_url=redis_url,
-                          database_url=database_url, node_timeout=node_timeout)
+                          database_url=database_url, node_timeout=node_timeout,
+                          heartbeat_interval=heartbeat_interval)
     # As `api.start` does: the table a previous server published is inherited.
     server = Server(config, store, route_store, inherited=route_store.current())
     try:
@@ -687,6 +688,30 @@ def test_a_second_live_agent_for_a_node_is_refused_until_the_first_is_silent(
         assert any("takes node n1 over" in e.message for e in api.store.events())
 
     run(sqlite_url, redis_url, body, node_timeout=1.0)
+
+
+def test_an_agent_restarted_on_the_same_machine_takes_over_sooner(
+    sqlite_url: str, redis_url: str
+) -> None:
+    """Silent for two heartbeat intervals is a dead agent when its successor runs on the
+    same machine (a live one reports every interval): it need not wait for node_timeout,
+    by which time the node would be down and its instances moved."""
+
+    async def body(api: Api) -> None:
+        cluster = api.store.cluster_id()
+        assert (await api.heartbeat(agent="host-a:1:aa", cluster=cluster))[0] == 200
+        # Another process on the same machine while the first still reports: refused.
+        status, _ = await api.heartbeat(agent="host-a:2:cc", cluster=cluster)
+        assert status == 409
+        await asyncio.sleep(0.5)  # two intervals of silence, well within node_timeout
+        assert (await api.heartbeat(agent="host-a:2:cc", cluster=cluster))[0] == 200
+        # From another machine, the same silence is not enough.
+        status, _ = await api.heartbeat(agent="host-b:3:dd", cluster=cluster)
+        assert status == 409
+        await asyncio.sleep(0.5)
+        assert (await api.heartbeat(agent="host-b:3:dd", cluster=cluster))[0] == 409
+
+    run(sqlite_url, redis_url, body, node_timeout=30.0, heartbeat_interval=0.2)
 
 
 def test_every_route_is_in_the_openapi_document_and_nothing_else(

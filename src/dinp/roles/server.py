@@ -49,6 +49,11 @@ class NodeAssignment:
                 "instances": [a.to_json() for a in self.instances]}
 
 
+def _agent_host(agent: str) -> str:
+    """The machine in an agent id (`host:pid:random`, see roles/agent.agent_id)."""
+    return agent.rsplit(":", 2)[0]
+
+
 def container_report(hb: Heartbeat) -> tuple[ContainerReport, ...]:
     return tuple(
         ContainerReport(
@@ -122,12 +127,18 @@ class Server:
     def _check_owner(self, node: str, agent: str | None) -> None:
         """Refuse a second live agent for `node`: two agents converging one node fight
         over its containers. The owner is whoever reported last; another agent takes
-        over only once the owner has been silent past node_timeout."""
+        over once the owner has been silent past node_timeout, or, from the same machine
+        (a restarted agent), past two heartbeat intervals: a live agent reports every
+        interval, and a restart must not cost the node its instances."""
         owner = self.owners.get(node)
         if agent is None or owner is None or owner.agent == agent:
             return
         silent = time.monotonic() - owner.seen
         if silent >= self.config.node_timeout:
+            return
+        if (_agent_host(agent) == _agent_host(owner.agent)
+                and silent >= min(2 * self.config.heartbeat_interval,
+                                  self.config.node_timeout)):
             return
         key, now = (node, agent), time.monotonic()
         if now - self._refusals_logged.get(key, -1e9) >= 60:
