@@ -6,6 +6,7 @@
 #                           the local registry, create the app hello from that image
 #                           (3 instances) and print its URL
 #   scripts/demo.sh stop    stop that `dinp up` and remove the containers of its node `local`
+#                           (of its own cluster only)
 #
 # Run `make demo` rather than this script: it runs scripts/setup.sh first.
 set -euo pipefail
@@ -55,10 +56,23 @@ stop() {
         say "dinp up is not running"
     fi
     rm -f "$PID_FILE"
-    local ids
-    ids=$(docker ps -aq --filter label=io.dinp.managed=true --filter "label=io.dinp.node=$NODE")
+    # Only this demo's containers: node `local` of its own cluster (another `dinp up` on
+    # this engine may call its node `local` too).
+    local cluster ids
+    cluster=$(.venv/bin/python - "$STATE/dinp.db" 2>/dev/null <<'PY' || true
+import sqlite3, sys
+print(sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+      .execute("SELECT id FROM cluster").fetchone()[0])
+PY
+)
+    if [ -z "$cluster" ]; then
+        say "no cluster id in $STATE/dinp.db: no container removed"
+        return 0
+    fi
+    ids=$(docker ps -aq --filter label=io.dinp.managed=true --filter "label=io.dinp.node=$NODE" \
+              --filter "label=io.dinp.cluster=$cluster")
     if [ -n "$ids" ]; then
-        say "removing $(wc -w <<<"$ids") container(s) of node $NODE"
+        say "removing $(wc -w <<<"$ids") container(s) of node $NODE (cluster $cluster)"
         # shellcheck disable=SC2086  # one id per word
         docker rm -f $ids >/dev/null
     fi
