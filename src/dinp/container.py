@@ -80,6 +80,8 @@ class DockerRuntime:
         self.advertise = advertise
         # Set once the server said which cluster this node belongs to; "" sees nothing.
         self.cluster = cluster
+        # A server older than cluster ids: containers are matched by node name alone.
+        self.any_cluster = False
         self.base_url = engine_address(base_url)
         with self.errors():
             self.client = (docker.DockerClient(base_url=base_url, timeout=60) if base_url
@@ -93,7 +95,7 @@ class DockerRuntime:
         return {"label": [f"{const.LABEL_MANAGED}=true", f"{const.LABEL_NODE}={self.node}"]}
 
     def list(self) -> list[Container]:
-        if not self.cluster:
+        if not self.cluster and not self.any_cluster:
             return []
         with self.errors():
             summaries = self.client.api.containers(all=True, filters=self._filters())
@@ -106,20 +108,26 @@ class DockerRuntime:
         """Managed by dinp, labelled for this node and this cluster (or made before
         clusters had ids): the only containers we touch."""
         labels = labels or {}
-        return (bool(self.cluster)
-                and labels.get(const.LABEL_MANAGED) == "true"
-                and labels.get(const.LABEL_NODE) == self.node
-                and labels.get(const.LABEL_CLUSTER, self.cluster) == self.cluster)
+        if labels.get(const.LABEL_MANAGED) != "true" or labels.get(const.LABEL_NODE) != self.node:
+            return False
+        if self.any_cluster:
+            return True
+        return bool(self.cluster) and labels.get(const.LABEL_CLUSTER,
+                                                 self.cluster) == self.cluster
 
-    def start(self, a: Assignment) -> Container:
-        """Create and start the container of assignment `a`, pulling its image if needed."""
-        if not self.cluster:
+    def start(self, a: Assignment, cluster: str | None = None) -> Container:
+        """Create and start the container of assignment `a`, pulling its image if needed,
+        labelled with `cluster` (default: the runtime's; none for a server older than
+        cluster ids)."""
+        cluster = self.cluster if cluster is None else cluster
+        if not cluster and not self.any_cluster:
             raise StartFailed(f"cannot start {a.id}: the node does not know its cluster yet")
         labels = {
             const.LABEL_MANAGED: "true", const.LABEL_APP: a.app, const.LABEL_INSTANCE: a.id,
             const.LABEL_RELEASE: str(a.release), const.LABEL_NODE: self.node,
-            const.LABEL_CLUSTER: self.cluster,
         }
+        if cluster:
+            labels[const.LABEL_CLUSTER] = cluster
         env = {**a.env, "PORT": str(a.port), "DINP_APP": a.app, "DINP_INSTANCE": a.id,
                "DINP_RELEASE": str(a.release)}
         name = const.container_name(a.app, a.id)

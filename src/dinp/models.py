@@ -131,6 +131,9 @@ class NodeRow(SQLModel, table=True):
                                                              default="[]"))
     first_seen: float = Field(default_factory=now, sa_type=TIME)
     updated_at: float = Field(default_factory=now, sa_type=TIME)
+    # The agent process that reports for the node (see the server's node ownership), so
+    # a restarted server goes on refusing a second agent.
+    agent: str | None = Field(default=None, sa_type=name_type(200))
 
     @property
     def foreign(self) -> list[str]:

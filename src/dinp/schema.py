@@ -22,6 +22,10 @@ from sqlmodel import SQLModel
 
 log = logging.getLogger(__name__)
 
+# Column types a newer dinp changed, as MySQL names them: what `_alter_changed_columns`
+# converts columns to.
+CHANGED_TYPES = frozenset({"double", "varbinary"})
+
 
 def upgrade(engine: Engine) -> None:
     """Bring tables made by an older dinp up to the current models."""
@@ -64,7 +68,8 @@ def _alter_changed_columns(conn: Connection) -> None:
         for column in table.columns:
             have = actual.get((table.name, column.name))
             wanted = _wanted(column, conn)
-            if have is None or have == wanted:
+            # Only the changes dinp made: other types have aliases (`int` is `INTEGER`).
+            if have is None or have == wanted or wanted not in CHANGED_TYPES:
                 continue
             ddl = CreateColumn(column).compile(dialect=conn.dialect)
             conn.execute(text(f"ALTER TABLE {table.name} MODIFY COLUMN {ddl}"))

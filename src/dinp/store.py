@@ -244,6 +244,17 @@ class Store:
             s.commit()
             return node
 
+    def set_node_agent(self, name: str, agent: str, message: str | None = None) -> None:
+        """Record which agent process reports for the node (and an event, if given)."""
+        with self.session() as s:
+            node = s.get(NodeRow, name)
+            if node is not None:
+                node.agent = agent
+                s.add(node)
+            if message:
+                s.add(EventRow(node=name, message=message))
+            s.commit()
+
     # -- the planner's actions ------------------------------------------------------
 
     def apply(self, actions: Sequence[Action]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TypeGuard
 
 from dinp.errors import InvalidInput
 
@@ -62,7 +63,7 @@ def app_name(value: object, *, allow_reserved: bool = False, field: str = "name"
 _CLUSTER_ID = re.compile(r"^[a-z0-9]{1,32}$")
 
 
-def is_cluster_id(value: object) -> bool:
+def is_cluster_id(value: object) -> TypeGuard[str]:
     """A cluster id as the server makes them (hex); anything else is not acted on."""
     return isinstance(value, str) and bool(_CLUSTER_ID.fullmatch(value))
 
@@ -236,9 +237,15 @@ def env_pairs(pairs: list[str]) -> dict[str, str]:
 HEALTH_PATH = re.compile(r"^/[!-~]{0,199}$")
 
 
-def health_path(value: object) -> str | None:
+def health_path(value: object, *, stored: bool = False) -> str | None:
+    """A health path as the API takes it. `stored`: one read back from the server (an
+    agent's assignment), checked by the older, looser rule it may have been created
+    under (no spaces), so one app's odd path never makes a node refuse its assignment."""
     if value is None or value == "":
         return None
+    if stored and isinstance(value, str) and value.startswith("/") and len(value) <= 200 \
+            and not any(c.isspace() for c in value):
+        return value
     if not isinstance(value, str) or not HEALTH_PATH.fullmatch(value):
         raise InvalidInput("health_path", f"{value!r} must be a URL path starting with '/'"
                            " (printable ASCII, no spaces, at most 200 characters)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,17 +104,21 @@ def _str(data: dict[str, Any], key: str, *, max_len: int = 255) -> str:
     return value
 
 
-def _optional_str(data: dict[str, Any], key: str, *, max_len: int = MAX_ID) -> str | None:
+# Agent and cluster ids: printable ASCII without spaces (they are logged).
+ID_TEXT = re.compile(rf"^[!-~]{{0,{MAX_ID}}}$")
+
+
+def _optional_id(data: dict[str, Any], key: str) -> str | None:
     if key not in data:  # sent by agents older than the field
         return None
     value = data[key]
-    if not isinstance(value, str) or len(value) > max_len:
-        raise InvalidInput(key, f"expected a string of at most {max_len} characters")
+    if not isinstance(value, str) or not ID_TEXT.fullmatch(value):
+        raise InvalidInput(key, f"expected at most {MAX_ID} printable ASCII characters")
     return value
 
 
 def _agent_id(data: dict[str, Any]) -> str | None:
-    value = _optional_str(data, "agent")
+    value = _optional_id(data, "agent")
     if value == "":
         raise InvalidInput("agent", "expected the agent's id, got an empty string")
     return value
@@ -155,7 +160,7 @@ def parse_heartbeat(node: str, data: object) -> Heartbeat:
         node=validation.node_name(node), address=_str(data, "address"),
         capacity_mb=_int(data, "capacity_mb", low=0), free_mb=_int(data, "free_mb", low=0),
         containers=tuple(parsed), failures=failed,
-        agent=_agent_id(data), cluster=_optional_str(data, "cluster"),
+        agent=_agent_id(data), cluster=_optional_id(data, "cluster"),
     )
 
 
@@ -173,7 +178,7 @@ def parse_assignments(data: object) -> tuple[str, list[Assignment]]:
             release=_int(item, "release", low=1), image=validation.image(item.get("image")),
             memory_mb=_int(item, "memory_mb", low=1), port=validation.port(item.get("port")),
             env=validation.env(item.get("env")),
-            health_path=validation.health_path(item.get("health_path")),
+            health_path=validation.health_path(item.get("health_path"), stored=True),
         ))
     return str(data.get("rev", "")), out
 

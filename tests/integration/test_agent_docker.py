@@ -634,3 +634,58 @@ def test_containers_older_than_cluster_ids_are_adopted_only_when_assigned(
         assert running(docker_client, unknown_id)
 
     asyncio.run(main())
+
+
+def test_an_agent_upgraded_before_its_server_keeps_reporting_and_serving(
+    docker_client: docker.DockerClient, node_name: str
+) -> None:
+    """Operators may upgrade agents first. A server of the previous release has no
+    cluster ids: it answers 404 where the agent asks for its cluster, and replies to
+    heartbeats without one. The agent then matches containers by node name, as that
+    server expects: it reports the node's containers (an empty report would unroute
+    them all) and keeps them running."""
+    from aiohttp import web
+
+    app = app_name()
+    a = assignment(app)
+    legacy = docker_client.containers.run(
+        IMAGE, detach=True, name=f"dinp-{app}-{a.id}",
+        environment={"PORT": "8080", "DINP_INSTANCE": a.id}, ports={"8080/tcp": (ADDR, None)},
+        labels={const.LABEL_MANAGED: "true", const.LABEL_APP: app, const.LABEL_INSTANCE: a.id,
+                const.LABEL_RELEASE: "1", const.LABEL_NODE: node_name})
+    reports: list[dict[str, Any]] = []
+
+    async def heartbeat(request: web.Request) -> web.Response:  # as the old server did
+        reports.append(await request.json())
+        return web.json_response({"node": node_name, "status": "ready", "rev": "r1",
+                                  "heartbeat_interval": 2.0, "foreign": [],
+                                  "instances": [a.to_json()]})
+
+    async def main() -> None:
+        old_server = web.Application()
+        old_server.router.add_post("/api/v1/nodes/{node}/heartbeat", heartbeat)
+        runner = web.AppRunner(old_server)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runtime = DockerRuntime(node=node_name, advertise=ADDR)
+        agent = Agent(AgentConfig(node_name=node_name, advertise=ADDR, capacity_mb=1024,
+                                  server=f"http://127.0.0.1:{port}", cluster_token="x"),
+                      runtime)
+        try:
+            for _ in range(3):
+                await agent.refresh()
+                assert await agent.send_heartbeat()
+                await agent.converge()
+                await asyncio.sleep(agent_mod.DRAIN_SECONDS + 0.1)
+        finally:
+            if agent._session is not None:
+                await agent._session.close()
+            runtime.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert len(reports) == 3
+    assert all([c["instance"] for c in r["containers"]] == [a.id] for r in reports), reports
+    assert running(docker_client, str(legacy.id))  # adopted, not replaced
+    assert len(docker_client.api.containers(filters={"label": f"io.dinp.node={node_name}"})) == 1

@@ -20,7 +20,9 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
+from dinp import wire
 from dinp.config import ServerConfig
+from dinp.errors import NodeTaken
 from dinp.roles.api import make_app
 from dinp.roles.server import Server
 from dinp.routes import RedisRouteStore
@@ -294,6 +296,12 @@ def test_malformed_heartbeats_are_rejected_and_change_nothing(
             {**base, "capacity_mb": -1},
             {**base, "capacity_mb": "4096"},
             {**base, "address": ""},
+            {**base, "agent": ""},
+            {**base, "agent": "host a:1:x"},
+            {**base, "agent": "host\nWARNING forged:1:x"},
+            {**base, "agent": None},
+            {**base, "cluster": None},
+            {**base, "cluster": "x" * 201},
         ]
         failures = []
         for bad in bad_bodies:
@@ -559,9 +567,19 @@ def test_without_redis_instances_are_still_placed_and_started_but_not_removed(
 
         assert (await api.call("POST", "/apps/web/scale", body={"instances": 1}))[0] == 200
         await api.server.reconcile_once()
-        assert len(api.store.snapshot().desired.instances) == 1  # decided ...
+        # The removal waits, in the database: a server restarted now would not forget it.
+        assert len(api.store.snapshot().desired.instances) == 3
         _, hb = await api.heartbeat(containers=running_all)
-        assert sorted(i["id"] for i in hb["instances"]) == ids  # ... but not carried out
+        assert sorted(i["id"] for i in hb["instances"]) == ids
+        # A server started now (from the database alone) keeps them assigned too.
+        restarted = Server(api.server.config, Store(api.store.url),
+                           RedisRouteStore(redis_server.url))
+        try:
+            restarted.reports = dict(api.server.reports)
+            await restarted.reconcile_once()
+            assert sorted(i.id for i in restarted.assignments["n1"].instances) == ids
+        finally:
+            restarted.close()
 
         await asyncio.to_thread(redis_server.start)
         await api.server.reconcile_once()
@@ -688,6 +706,31 @@ def test_a_second_live_agent_for_a_node_is_refused_until_the_first_is_silent(
         assert any("takes node n1 over" in e.message for e in api.store.events())
 
     run(sqlite_url, redis_url, body, node_timeout=1.0)
+
+
+def test_a_restarted_server_goes_on_refusing_a_second_agent(
+    sqlite_url: str, redis_url: str
+) -> None:
+    async def body(api: Api) -> None:
+        cluster = api.store.cluster_id()
+        assert (await api.heartbeat(agent="host-a:1:aa", cluster=cluster))[0] == 200
+        await asyncio.sleep(0.2)  # the owner is recorded in the background
+        restarted = Server(api.server.config, Store(api.store.url),
+                           RedisRouteStore(redis_url))
+        try:
+            with contextlib.suppress(NodeTaken):
+                await restarted.heartbeat(wire.parse_heartbeat(NODE, {
+                    "address": "127.0.0.9", "capacity_mb": 1, "free_mb": 1,
+                    "containers": [], "agent": "host-b:2:bb", "cluster": cluster}))
+                raise AssertionError("the second agent was accepted after a restart")
+            reply = await restarted.heartbeat(wire.parse_heartbeat(NODE, {
+                "address": "127.0.0.2", "capacity_mb": 4096, "free_mb": 1,
+                "containers": [], "agent": "host-a:1:aa", "cluster": cluster}))
+            assert reply["node"] == NODE
+        finally:
+            restarted.close()
+
+    run(sqlite_url, redis_url, body)
 
 
 def test_an_agent_restarted_on_the_same_machine_takes_over_sooner(

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from dinp.client import Client
 from dinp.config import AgentConfig
+from dinp.container import DockerRuntime
 from dinp.errors import DinpError
 from dinp.roles.agent import Agent
 from tests.support import DINP, base_env, free_port
@@ -53,19 +54,25 @@ class Trap:
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
-def test_the_agent_never_sends_its_token_where_a_redirect_points(status: int) -> None:
+def test_the_agent_never_sends_its_token_where_a_redirect_points(
+    status: int, node_name: str, docker_client: object
+) -> None:
     async def main() -> None:
         trap = Trap()
         await trap.start(status)
-        agent = Agent(AgentConfig(node_name="n1", server=trap.redirector,
+        runtime = DockerRuntime(node=node_name, advertise="127.0.0.2")
+        agent = Agent(AgentConfig(node_name=node_name, server=trap.redirector,
                                   cluster_token="ct-" + "x1y2z3" * 5, capacity_mb=64),
-                      runtime=None)  # type: ignore[arg-type]  # never reached
+                      runtime)
         try:
-            assert await agent.send_heartbeat() is False
+            assert await agent.send_heartbeat() is False  # asks for its cluster first
+            agent.state.cluster = runtime.cluster = "0123456789abcdef"
+            assert await agent.send_heartbeat() is False  # a report proper
             assert agent.state.assignment is None
         finally:
             if agent._session is not None:
                 await agent._session.close()
+            runtime.close()
             await trap.stop()
         assert trap.seen == []
 

@@ -80,6 +80,13 @@ def test_a_node_reporting_an_app_name_reserved_since_is_accepted(
 def test_odd_requests_get_400_not_500(sqlite_url: str, redis_url: str) -> None:
     async def body(api: Api) -> None:
         assert (await api.call("GET", "/events?limit=-5"))[0] == 400
+        assert (await api.call("GET", "/events?limit=" + "9" * 5000))[0] == 400
+        for wait in ("1_0", "0x10", "1e9", " 5", "inf", "9" * 400):
+            status, reply = await api.call("GET", f"/nodes/n1/assignments?wait={wait}",
+                                           token="ct")
+            assert (status, reply["field"]) == (400, "wait"), wait
+        status, _ = await api.call("GET", "/nodes/n1/assignments?wait=3.2e-49", token="ct")
+        assert status == 200  # how a JSON encoder may write a small number
         assert (await api.call("POST", "/apps", raw="[" * 100_000))[0] == 400
         async with api.client.post("/api/v1/apps", data=b'{"name": "x"}', headers={
             "Authorization": "Bearer at",

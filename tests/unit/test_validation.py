@@ -358,3 +358,11 @@ def test_health_paths(value: str) -> None:
 @pytest.mark.parametrize("value", ["healthz", "/a b", "/a\tb", "/" + "a" * 200, 5, b"/x"])
 def test_bad_health_paths(value: object) -> None:
     assert field_of(validation.health_path, value) == "health_path"
+
+
+def test_a_health_path_stored_under_the_older_rule_still_reads_back() -> None:
+    """`/santé` was accepted before paths had to be printable ASCII: an agent reading
+    its assignment must not refuse it (it would refuse the whole node's work)."""
+    assert validation.health_path("/santé", stored=True) == "/santé"
+    assert field_of(validation.health_path, "/santé") == "health_path"  # not for new apps
+    assert field_of(lambda v: validation.health_path(v, stored=True), "/a b") == "health_path"

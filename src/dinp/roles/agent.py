@@ -148,29 +148,61 @@ class Agent:
 
     async def send_heartbeat(self) -> bool:
         """Report; on a reply take the assignment. False when the server did not take it.
-        The first report of a new agent (and one after the server's cluster changed) is
-        answered with the cluster's id: the agent lists that cluster's containers and
-        reports again at once."""
+        Nothing is reported before the agent knows its cluster: an empty report would
+        look like a node whose containers all died."""
+        known = self.state.cluster or self.runtime.any_cluster
+        if not known and not await self.learn_cluster():
+            return False
         for _ in range(2):
             status, data = await self._post_heartbeat()
             if status == 200:
                 self._server_back()
                 self._refused("")
+                cluster = data.get("cluster") if isinstance(data, dict) else None
+                if self.runtime.any_cluster and validation.is_cluster_id(cluster):
+                    await self._join_cluster(cluster)  # the server was upgraded
+                    return True  # the next report lists this cluster's containers
                 self.take_assignment(data)
                 return True
             reason = data.get("reason") if isinstance(data, dict) else None
             if status == 409 and reason == "cluster" and validation.is_cluster_id(
                     data.get("cluster")):
-                self._server_back()
+                self._server_back()  # its database is another one now
                 await self._join_cluster(data["cluster"])
                 continue
             if status == 409 and reason == "node-taken":
                 self._server_back()
                 self._refused(f"{data.get('error')}. {data.get('hint') or ''}".strip())
                 return False
-            message = data.get("error") if isinstance(data, dict) else None
-            self._server_lost(InvalidInput("heartbeat", f"HTTP {status}: {message}"))
+            if status:
+                message = data.get("error") if isinstance(data, dict) else None
+                self._server_lost(InvalidInput("heartbeat", f"HTTP {status}: {message}"))
             return False
+        return False
+
+    async def learn_cluster(self) -> bool:
+        """Ask the server which cluster this node belongs to. A server older than cluster
+        ids answers 404: then containers are matched by node name alone, as it expects."""
+        try:
+            async with self.session.get(self._url("cluster"), allow_redirects=False,
+                                        timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                self._refuse_redirect(resp)
+                data = await resp.json(content_type=None) if resp.status != 404 else None
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, ValueError, DinpError) as exc:
+            self._server_lost(exc)
+            return False
+        cluster = data.get("cluster") if isinstance(data, dict) else None
+        if status == 200 and validation.is_cluster_id(cluster):
+            await self._join_cluster(cluster)
+            return True
+        if status == 404:
+            log.warning("server %s is older than cluster ids: containers are matched by "
+                        "node name only until it is upgraded", self.config.server)
+            self.runtime.any_cluster = True
+            await self.refresh()
+            return True
+        self._server_lost(InvalidInput("cluster", f"HTTP {status}: {data!r}"))
         return False
 
     async def _post_heartbeat(self) -> tuple[int, Any]:
@@ -198,16 +230,17 @@ class Agent:
         """Take the server's cluster id: from now on only that cluster's containers (and
         older unlabelled ones it assigns) are this agent's."""
         old = self.state.cluster
-        if old == cluster:
+        if old == cluster and not self.runtime.any_cluster:
             return
-        if old:
-            log.warning("the server now runs cluster %s, not %s: containers of cluster %s "
-                        "on this node are left running, untouched", cluster, old, old)
-        else:
-            log.info("node %s belongs to cluster %s", self.config.node_name, cluster)
-        self.state = AgentState(cluster=cluster)  # nothing known of the old one counts
-        self.runtime.cluster = cluster
-        await self.refresh()
+        async with self._converge_lock:  # no plan is made from half of each state
+            if old:
+                log.warning("the server now runs cluster %s, not %s: containers of cluster "
+                            "%s on this node are left running, untouched", cluster, old, old)
+            else:
+                log.info("node %s belongs to cluster %s", self.config.node_name, cluster)
+            self.state = AgentState(cluster=cluster)  # nothing known of the old one counts
+            self.runtime.cluster, self.runtime.any_cluster = cluster, False
+            await self.refresh()
         with contextlib.suppress(Unavailable):
             await self.check_health()
 
@@ -241,7 +274,9 @@ class Agent:
             log.warning("ignoring a malformed assignment from the server: %s", exc)
             return
         cluster = data.get("cluster") if isinstance(data, dict) else None
-        if self.state.refused or not self.state.cluster or cluster != self.state.cluster:
+        ours = (cluster == self.state.cluster != "") or (self.runtime.any_cluster
+                                                          and cluster is None)
+        if self.state.refused or not ours:
             return  # not for this agent's view of the node: the next heartbeat sorts it out
         changed = rev != self.state.assignment_rev
         self.state.assignment, self.state.assignment_rev = items, rev
@@ -259,7 +294,7 @@ class Agent:
         """Hold a request open so the server can hand out new work at once."""
         while True:
             try:
-                if self.state.cluster and not self.state.refused:
+                if (self.state.cluster or self.runtime.any_cluster) and not self.state.refused:
                     params = {"rev": self.state.assignment_rev, "wait": str(LONG_POLL_SECONDS),
                               "agent": self.agent_id}
                     async with self.session.get(
@@ -280,7 +315,10 @@ class Agent:
     # -- local state ------------------------------------------------------------------
 
     async def refresh(self) -> None:
+        cluster = self.runtime.cluster
         listed = await asyncio.to_thread(self.runtime.list)
+        if self.runtime.cluster != cluster:
+            return  # listed for a cluster this agent has left meanwhile
         # A container older than cluster ids becomes ours once the server assigns its
         # instance here (instance ids are random: another cluster's cannot match).
         assigned = {a.id for a in self.state.assignment or []}
@@ -323,9 +361,9 @@ class Agent:
         if work:
             await self._do_work(*work)
 
-    async def _plan_work(self) -> tuple[list[Container], list[Assignment]] | None:
-        """(stops, starts) for this round, leaving out containers and instances that work
-        still under way (a slow stop, a long pull) already handles."""
+    async def _plan_work(self) -> tuple[list[Container], list[Assignment], str] | None:
+        """(stops, starts, cluster) for this round, leaving out containers and instances
+        that work still under way (a slow stop, a long pull) already handles."""
         async with self._converge_lock:
             await self.refresh()
             assignment = self.state.assignment
@@ -379,15 +417,16 @@ class Agent:
                 return None
             self._busy.update(c.id for c in stops)
             self._busy.update(a.id for a in starts)
-            return stops, starts
+            return stops, starts, self.runtime.cluster
 
-    async def _do_work(self, stops: list[Container], starts: list[Assignment]) -> None:
+    async def _do_work(self, stops: list[Container], starts: list[Assignment],
+                       cluster: str) -> None:
         """Stop, then start (a dead container goes before its replacement comes)."""
         try:
             if stops:
                 await asyncio.gather(*(self._stop(c) for c in stops))
             if starts:
-                await asyncio.gather(*(self._start(a) for a in starts))
+                await asyncio.gather(*(self._start(a, cluster) for a in starts))
         finally:
             self._busy.difference_update(c.id for c in stops)
             self._busy.difference_update(a.id for a in starts)
@@ -414,9 +453,10 @@ class Agent:
         self._kick_later(delay)
         return delay
 
-    async def _start(self, a: Assignment) -> None:
+    async def _start(self, a: Assignment, cluster: str) -> None:
+        """Start `a` labelled with `cluster`, the one its plan was made for."""
         try:
-            c = await asyncio.to_thread(self.runtime.start, a)
+            c = await asyncio.to_thread(self.runtime.start, a, cluster)
         except (StartFailed, DinpError) as exc:
             delay = self._failed(a.id, str(exc))
             log.error("%s (retrying in %.0f s)", exc, delay)

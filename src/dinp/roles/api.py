@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -45,6 +46,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATUS = {InvalidInput: 400, Unauthorized: 401, NotFound: 404, Conflict: 409, Unavailable: 503}
 PUBLIC = {f"{API_PREFIX}/health", f"{API_PREFIX}/openapi.json", "/", "/favicon.ico"}
 OPENAPI = openapi_document()
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 def error_body(exc: DinpError) -> dict[str, Any]:
@@ -210,7 +212,7 @@ async def list_events(request: web.Request) -> web.Response:
     if app is not None:
         app = validation.app_name(app, allow_reserved=True, field="app")
     raw = request.query.get("limit", "50")
-    limit = int(raw) if raw.isascii() and raw.isdigit() else 0
+    limit = int(raw) if re.fullmatch(r"[0-9]{1,4}", raw) else 0
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit", "expected a whole number from 1 to 1000")
     rows = await server.db(server.store.events, app=app, limit=limit)
@@ -226,15 +228,19 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.json_response(await server.heartbeat(hb))
 
 
+async def node_cluster(request: web.Request) -> web.Response:
+    """The cluster a node belongs to: an agent asks before it lists any container."""
+    node = validation.node_name(request.match_info["node"])
+    return web.json_response({"node": node, "cluster": srv(request).cluster_id})
+
+
 def _query_number(request: web.Request, name: str, default: float, low: float,
                   high: float) -> float:
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
+    # A number as JSON writes it: float() would also take "1_0", "inf" or " 5".
+    value = float(raw) if len(raw) <= 40 and JSON_NUMBER.fullmatch(raw) else float("nan")
     if not low <= value <= high:  # NaN fails too
         raise InvalidInput(name, f"expected a number from {low:g} to {high:g}")
     return value
@@ -253,7 +259,9 @@ async def assignments(request: web.Request) -> web.Response:
     node = validation.node_name(request.match_info["node"])
     wait = _query_number(request, "wait", 0.0, 0.0, wire.MAX_LONG_POLL)
     rev = _query_text(request, "rev", max_len=64) or ""
-    agent = _query_text(request, "agent", min_len=1, max_len=wire.MAX_ID)
+    agent = request.query.get("agent")
+    if agent is not None and not (agent and wire.ID_TEXT.fullmatch(agent)):
+        raise InvalidInput("agent", f"expected 1 to {wire.MAX_ID} printable ASCII characters")
     reply = await server.wait_assignment(node, rev, wait, agent)
     return web.json_response(reply)
 
@@ -285,6 +293,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_get(f"{p}/events", list_events)
     app.router.add_post(f"{p}/nodes/{{node}}/heartbeat", heartbeat)
     app.router.add_get(f"{p}/nodes/{{node}}/assignments", assignments)
+    app.router.add_get(f"{p}/nodes/{{node}}/cluster", node_cluster)
     return app
 
 

@@ -142,9 +142,9 @@ SCHEMAS: dict[str, Schema] = {
             "address": {"type": "string", "minLength": 1, "maxLength": 255},
             "capacity_mb": {"type": "integer", "minimum": 0, "maximum": wire.MAX_NUMBER},
             "free_mb": {"type": "integer", "minimum": 0, "maximum": wire.MAX_NUMBER},
-            "agent": {"type": "string", "minLength": 1, "maxLength": wire.MAX_ID,
+            "agent": {"type": "string", "minLength": 1, "pattern": wire.ID_TEXT.pattern,
                       "description": "the agent process; one live agent per node"},
-            "cluster": {"type": "string", "maxLength": wire.MAX_ID,
+            "cluster": {"type": "string", "pattern": wire.ID_TEXT.pattern,
                         "description": "the cluster whose containers are listed; empty "
                         "until the server said which (it answers 409 with its id)"},
             "containers": {
@@ -262,10 +262,17 @@ OPERATIONS: tuple[Operation, ...] = (
                                       "maximum": wire.MAX_LONG_POLL},
                              "seconds to wait for a change"),
                       _query("agent", {"type": "string", "minLength": 1,
-                                       "maxLength": wire.MAX_ID},
+                                       "pattern": wire.ID_TEXT.pattern},
                              "the agent process asking: only the node's live agent is "
                              "answered")),
               errors=(400, 401, 409, 503), security="agent"),
+    Operation("get", "/nodes/{node}/cluster",
+              "The cluster a node belongs to: an agent asks before it lists containers",
+              "agents", params=(NODE_PATH,),
+              result={"type": "object", "required": ["node", "cluster"],
+                      "properties": {"node": {"type": "string"},
+                                     "cluster": {"type": "string"}}},
+              errors=(400, 401), security="agent"),
 )
 
 ERRORS = {400: "invalid input (the body says which field)", 401: "no or wrong token",

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from dinp import routes, scheduler
 from dinp.config import ServerConfig
 from dinp.errors import DinpError, NodeTaken, Unavailable, WrongCluster
 from dinp.models import AppRow
-from dinp.scheduler import ContainerReport, NodeReport, Real, Unplaceable
+from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
 from dinp.store import Snapshot, Store
 from dinp.wire import Assignment, Heartbeat, assignments_rev
 
@@ -81,7 +82,11 @@ class Server:
         self.cluster_id = store.cluster_id()
         self.snapshot: Snapshot = store.snapshot()
         self.heartbeats: dict[str, Heartbeat] = {}
-        self.owners: dict[str, NodeOwner] = {}
+        # As recorded, counted as heard at this start: a second agent waits as long
+        # after a server restart as it would have without one.
+        self.owners: dict[str, NodeOwner] = {
+            n.name: NodeOwner(n.agent, self.started)
+            for n in self.snapshot.nodes.values() if n.agent}
         self._refusals_logged: dict[tuple[str, str], float] = {}
         self.reports: dict[str, NodeReport] = {}
         self.assignments: dict[str, NodeAssignment] = {}
@@ -156,11 +161,13 @@ class Server:
         if agent is None:  # an agent older than agent ids: nothing to check it against
             return
         owner = self.owners.get(node)
-        if owner is not None and owner.agent != agent:
-            message = (f"agent {agent} takes node {node} over from agent {owner.agent}, "
-                       f"silent for {time.monotonic() - owner.seen:.1f} s")
-            log.warning(message)
-            self._background(self.db(self.store.add_event, message, node=node))
+        if owner is None or owner.agent != agent:
+            message = None
+            if owner is not None:
+                message = (f"agent {agent} takes node {node} over from agent {owner.agent}, "
+                           f"silent for {time.monotonic() - owner.seen:.1f} s")
+                log.warning(message)
+            self._background(self.db(self.store.set_node_agent, node, agent, message))
         self.owners[node] = NodeOwner(agent, time.monotonic())
 
     def _check_cluster(self, hb: Heartbeat) -> None:
@@ -176,13 +183,13 @@ class Server:
         listed another cluster's containers (it is told this cluster's id instead)."""
         self._check_owner(hb.node, hb.agent)
         self._check_cluster(hb)
-        self._claim(hb.node, hb.agent)
         known = self.snapshot.nodes.get(hb.node)
         if known is None or known.address != hb.address or known.capacity_mb != hb.capacity_mb:
             await self.db(self.store.upsert_node, name=hb.node, address=hb.address,
                           capacity_mb=hb.capacity_mb,
                           running=[c.instance for c in hb.containers])
             await self.desired_changed()
+        self._claim(hb.node, hb.agent)
         before = self.heartbeats.get(hb.node)
         previous = self.reports.get(hb.node)
         containers = container_report(hb)
@@ -245,10 +252,8 @@ class Server:
                 break
         return self.assignment_reply(node)
 
-    def _update_assignments(self, *, withhold_removals: bool = False) -> None:
-        """Hand each node its instances from the current snapshot. With
-        `withhold_removals` (the route table could not be written), instances that left
-        the snapshot stay assigned: routers may still send them requests."""
+    def _update_assignments(self) -> None:
+        """Hand each node the instances its rows in the current snapshot place there."""
         apps = self.snapshot.apps
         per_node: dict[str, list[Assignment]] = {}
         for inst in sorted(self.snapshot.desired.instances, key=lambda i: i.id):
@@ -260,14 +265,8 @@ class Server:
                 memory_mb=inst.memory_mb, port=app.port, env=app.env,
                 health_path=app.health_path,
             ))
-        if withhold_removals:
-            for node, old in self.assignments.items():
-                items = per_node.setdefault(node, [])
-                kept = {a.id for a in items}
-                items.extend(a for a in old.instances if a.id not in kept)
-                items.sort(key=lambda a: a.id)
         new = {node: NodeAssignment(assignments_rev(items), items)
-               for node, items in per_node.items() if items}
+               for node, items in per_node.items()}
         changed = {n for n in set(new) | set(self.assignments)
                    if (new.get(n) and new[n].rev) != (self.assignments.get(n)
                                                       and self.assignments[n].rev)}
@@ -279,15 +278,22 @@ class Server:
     # -- reconcile --------------------------------------------------------------------
 
     async def reconcile_once(self) -> None:
-        """Plan against fresh desired state and execute. Without the database nothing
-        changes. Without Redis, placements and starts go on; only the route table and
-        the removals that must follow it wait."""
+        """Plan against fresh desired state and execute.
+
+        The route table without the instances a plan removes is published before their
+        rows are deleted, so agents (which stop what their rows no longer place) never
+        stop an instance that routers may still send requests to. Without Redis, the
+        plan's placements and node changes are carried out all the same; its removals
+        wait, in the database, for a table that can be written. Without the database
+        nothing changes."""
         try:
             snapshot = await self.db(self.store.snapshot)
             real = self.real()
             actions = scheduler.plan(snapshot.desired, real, now=time.monotonic(),
                                      node_timeout=self.config.node_timeout)
             changes = [a for a in actions if not isinstance(a, Unplaceable)]
+            if real.complete and not await self._publish_without(snapshot, real, changes):
+                changes = [a for a in changes if not isinstance(a, Remove)]
             if changes:
                 for action in changes:
                     log.info("reconcile: %s", action)
@@ -298,20 +304,27 @@ class Server:
         except DinpError as exc:
             self._paused("database", f"reconcile paused, nothing changed: {exc}")
             return
-        # Routes first: agents learn of a removal only once it is unrouted (and of a
-        # new instance once the table can take it). If publishing fails they wait.
-        published = True
-        if real.complete:
-            try:
-                await self.publish_routes(real)
-                self._paused("routes", "")
-            except Unavailable as exc:
-                published = False
-                self._paused("routes", f"route table not written ({exc}); instances are "
-                             "still placed and started, removals wait for it")
-        self._update_assignments(withhold_removals=not published)
+        self._update_assignments()
         with contextlib.suppress(Unavailable):  # the database went away just now
             await self._report_unplaceable([a for a in actions if isinstance(a, Unplaceable)])
+
+    async def _publish_without(self, snapshot: Snapshot, real: Real,
+                               changes: Sequence[scheduler.Action]) -> bool:
+        """Publish the table of `snapshot` less the instances `changes` remove; False
+        (and say so, once) when Redis cannot take it."""
+        leaving = {a.instance for a in changes if isinstance(a, Remove)}
+        desired = snapshot.desired
+        if leaving:
+            desired = dataclasses.replace(desired, instances=tuple(
+                i for i in desired.instances if i.id not in leaving))
+        try:
+            await self.publish_routes(desired, snapshot, real)
+        except Unavailable as exc:
+            self._paused("routes", f"route table not written ({exc}); instances are still "
+                         "placed and started, removals wait for it")
+            return False
+        self._paused("routes", "")
+        return True
 
     def _paused(self, what: str, message: str) -> None:
         """Log a failure of `what` once (not every round), and when it works again."""
@@ -322,10 +335,11 @@ class Server:
             log.info("%s works again", "reconcile" if what == "database" else "route table")
         self._failing[what] = message
 
-    async def publish_routes(self, real: Real) -> None:
-        table = self._carry_over(routes.compute(
-            self.snapshot.desired, real, domain=self.config.domain,
-            custom_domains={a.name: a.domains for a in self.snapshot.apps.values()},
+    async def publish_routes(self, desired: scheduler.Desired, snapshot: Snapshot,
+                             real: Real) -> None:
+        table = self._carry_over(snapshot, routes.compute(
+            desired, real, domain=self.config.domain,
+            custom_domains={a.name: a.domains for a in snapshot.apps.values()},
         ))
         # Published on every round even when unchanged: the store's check is cheap and is
         # how an emptied Redis (restarted) gets the whole table back.
@@ -335,16 +349,16 @@ class Server:
                                         hosts=table.hosts, rev=rev)
         self.routes_published = True
 
-    def _carry_over(self, table: routes.RouteTable) -> routes.RouteTable:
+    def _carry_over(self, snapshot: Snapshot, table: routes.RouteTable) -> routes.RouteTable:
         """Keep the routes published before this server started for the instances of
         nodes that have not reported since: not having heard from them yet is no reason to
         unroute what they serve. Their instance rows still decide which apps they serve."""
-        silent = {n.name: n.address for n in self.snapshot.nodes.values()
+        silent = {n.name: n.address for n in snapshot.nodes.values()
                   if n.name not in self.reports}
         if not silent or not self.inherited.backends:
             return table
         backends = {h: list(b) for h, b in table.backends.items()}
-        for inst in self.snapshot.desired.instances:
+        for inst in snapshot.desired.instances:
             address = silent.get(inst.node)
             host = routes.app_host(inst.app, self.config.domain)
             if address is None or host not in table.hosts:
