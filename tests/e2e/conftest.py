@@ -27,6 +27,15 @@ from tests.support import (
 )
 
 IMAGE = "127.0.0.1:5000/hello:1"  # through the local registry, as a team would deploy
+# (fault, failed requests, recovery) measured by test_faults.py, printed after the run.
+FAULT_ROWS: list[tuple[str, str, str]] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FAULT_ROWS:
+        terminalreporter.section("tried under faults (tests/e2e/test_faults.py)")
+        for fault, failed, recovery in FAULT_ROWS:
+            terminalreporter.write_line(f"{fault:<46} failed {failed:<12} {recovery}")
 
 
 @dataclass

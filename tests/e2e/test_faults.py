@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import FAULT_ROWS as ROWS
 from tests.e2e.conftest import IMAGE, Cluster, running_cluster
 from tests.support import Proc, docker_ids, start_redis, wait_for
 
 APP, HOST = "steady", "steady.apps.test"
-ROWS: list[tuple[str, str, str]] = []
 
 
 @dataclass
@@ -87,19 +87,12 @@ def record(fault: str, failed: int, sent: int, recovery: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory,
-            request: pytest.FixtureRequest) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(tmp_path_factory.mktemp("faults"), f"f{secrets.token_hex(3)}",
                          db_proxy=True) as c:
         c.cli.run("app", "create", APP, "--image", IMAGE, "--instances", "3", "--memory",
                   "64m", "--wait", "--timeout", "60")
         yield c
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and ROWS:
-        reporter.write_line("")
-        reporter.write_line("tried under faults (tests/e2e/test_faults.py):")
-        for fault, failed, recovery in ROWS:
-            reporter.write_line(f"  {fault:<46} failed {failed:<12} {recovery}")
 
 
 def show(c: Cluster) -> dict[str, Any]:
