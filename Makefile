@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup venv services images demo stop test test-unit lint bench clean bench-router
+.PHONY: help setup venv services images demo stop test test-unit lint bench clean bench-router docs
 
 help: ## List the targets
 	@echo "usage: make TARGET [PYTEST_ARGS='...']"
@@ -52,6 +52,9 @@ bench: setup ## Run the benchmarks (benchmarks/run.py, then build.py; BENCH_ARGS
 
 bench-router: venv ## dinp's router vs Caddy and nginx, one core each (wrk); updates docs/performance.md
 	$(PY) benchmarks/router.py --update-doc $(BENCH_ARGS)
+
+docs: venv ## Write docs/cli.md from the CLI itself (a test fails when it is stale)
+	$(PY) -m dinp.commands.reference > docs/cli.md
 
 clean: ## Stop the demo, remove state/, build/ and caches (keeps .venv and images)
 	@if [ -f state/dinp-up.pid ]; then bash scripts/demo.sh stop; fi

@@ -111,7 +111,8 @@ def show(name: str = typer.Argument(..., help="App name."), as_json: bool = Json
 @cli.command("scale")
 def scale(
     name: str = typer.Argument(..., help="App name."),
-    instances: int = typer.Argument(..., min=0, max=validation.MAX_INSTANCES),
+    instances: int = typer.Argument(..., min=0, max=validation.MAX_INSTANCES,
+                                    help="How many instances to run."),
     wait: bool = WaitOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,

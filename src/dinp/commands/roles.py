@@ -16,11 +16,14 @@ ConfigOpt = typer.Option(None, "--config", "-c", envvar="DINP_CONFIG",
 def server(
     config: Path | None = ConfigOpt,
     listen: str | None = typer.Option(None, "--listen", help="API address, host:port."),
-    database_url: str | None = typer.Option(None, "--database-url"),
-    redis_url: str | None = typer.Option(None, "--redis-url"),
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="mysql+pymysql://user:pw@host/db or sqlite:///path."),
+    redis_url: str | None = typer.Option(None, "--redis-url",
+                                         help="Where the route table is written."),
     domain: str | None = typer.Option(None, "--domain", help="Apps are served at "
                                       "<app>.<domain>."),
-    router_url: str | None = typer.Option(None, "--router-url"),
+    router_url: str | None = typer.Option(
+        None, "--router-url", help="Where users reach the routers (app URLs, --wait)."),
     node_timeout: float | None = typer.Option(None, "--node-timeout",
                                               help="Seconds of silence before a node is down."),
 ) -> None:
@@ -43,7 +46,8 @@ def agent(
     server_url: str | None = typer.Option(None, "--server", help="The server's URL."),
     capacity: str | None = typer.Option(None, "--capacity",
                                         help="Memory offered to apps, e.g. 4g."),
-    heartbeat_interval: float | None = typer.Option(None, "--heartbeat-interval"),
+    heartbeat_interval: float | None = typer.Option(
+        None, "--heartbeat-interval", help="Seconds between reports when nothing changes."),
 ) -> None:
     """Run a node: start and stop containers as the server assigns them."""
     from dinp import validation
@@ -62,7 +66,8 @@ def router(
     listen: str | None = typer.Option(None, "--listen", help="HTTP address, host:port."),
     admin: str | None = typer.Option(None, "--admin",
                                       help="Admin address (/health, /metrics), host:port."),
-    redis_url: str | None = typer.Option(None, "--redis-url"),
+    redis_url: str | None = typer.Option(None, "--redis-url",
+                                         help="Where the route table is read from."),
     workers: int | None = typer.Option(None, "--workers", min=0,
                                        help="Worker processes sharing the port; "
                                        "0: one per core (the default)."),
@@ -87,7 +92,8 @@ def up(
     http_port: int | None = typer.Option(None, "--http-port", help="Router port for apps."),
     api_port: int | None = typer.Option(None, "--api-port", help="API port."),
     admin_port: int | None = typer.Option(None, "--admin-port", help="Router admin port."),
-    domain: str | None = typer.Option(None, "--domain"),
+    domain: str | None = typer.Option(None, "--domain",
+                                      help="Apps are served at <app>.<domain>."),
 ) -> None:
     """Run server, agent and router in one process on this machine."""
     from dinp.roles import allinone

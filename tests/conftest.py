@@ -1,0 +1,27 @@
+"""Rules for the whole suite.
+
+In CI (`CI` set to anything but empty or `false`), a skipped integration or end-to-end
+test is a failure: those tests skip only when a service is missing (MariaDB, Redis, the
+Docker engine, a tool), and in CI that means the setup forgot it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
+        None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and {"integration", "e2e"} & set(item.path.parts):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every service must be there: {reason}"
