@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dinp.const import API_PREFIX
-from dinp.errors import Conflict, DinpError, InvalidInput, NotFound, Unauthorized, Unavailable
+from dinp.errors import DinpError, Unauthorized, Unavailable
 
 DEFAULT_SERVER = "http://127.0.0.1:7070"
 
@@ -127,18 +127,7 @@ def _api_error(exc: urllib.error.HTTPError) -> DinpError:
         body = json.loads(exc.read() or b"{}")
     except ValueError:
         body = {}
-    if not isinstance(body, dict):
-        body = {}
-    message = body.get("error") or f"HTTP {exc.code} {exc.reason}"
-    hint = body.get("hint")
-    if exc.code == 400:
-        return InvalidInput(body.get("field", "request"), message.split(": ", 1)[-1])
-    if exc.code == 401:
-        return Unauthorized(message, hint=hint or "Run `dinp login`, or set DINP_TOKEN.")
-    if exc.code == 404:
-        return NotFound(message, hint=hint)
-    if exc.code == 409:
-        return Conflict(message, hint=hint)
-    if exc.code == 503:
-        return Unavailable(message, hint=hint)
-    return DinpError(message, hint=hint)
+    error = DinpError.from_json(exc.code, body)
+    if isinstance(error, Unauthorized) and not error.hint:
+        error.hint = "Run `dinp login`, or set DINP_TOKEN."
+    return error

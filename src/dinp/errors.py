@@ -1,16 +1,21 @@
 """Domain exceptions that carry a message a person can act on.
 
-The core raises these; only the CLI entry point (and the API's error middleware) turns
-them into output. Nothing here prints.
+The core raises these; each edge translates them once, from the class itself: the CLI
+exits with `exit_code`, the API answers `http_status` with `to_json()`, the build
+service streams `to_json()`, and the API client turns an answer back into the same class
+with `from_json()`. Nothing here prints.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DinpError(Exception):
-    """Base of every error meant for a person. `exit_code` is what the CLI exits with."""
+    """Base of every error meant for a person."""
 
-    exit_code = 1
+    exit_code = 1  # what the CLI exits with
+    http_status = 500  # what the API answers with
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -20,54 +25,96 @@ class DinpError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n{self.hint}"
 
+    def to_json(self) -> dict[str, Any]:
+        """The error as the API and the build service send it."""
+        body: dict[str, Any] = {"error": self.message}
+        if self.hint:
+            body["hint"] = self.hint
+        return body
+
+    @staticmethod
+    def from_json(status: int, body: object) -> DinpError:
+        """The error an API answer of `status` with `body` describes (the API's own JSON,
+        or anything else a proxy in between may have sent)."""
+        data: dict[str, Any] = body if isinstance(body, dict) else {}
+        message = str(data.get("error") or f"HTTP {status}")
+        hint = data.get("hint") if isinstance(data.get("hint"), str) else None
+        if status == InvalidInput.http_status:
+            reason = data.get("reason")
+            if not isinstance(reason, str):
+                reason = message
+            return InvalidInput(str(data.get("field") or "request"), reason, hint=hint)
+        if status == Conflict.http_status and data.get("code") == WrongCluster.code:
+            return WrongCluster(message, cluster=str(data.get("cluster", "")))
+        if status == Conflict.http_status and data.get("code") == NodeTaken.code:
+            return NodeTaken(message, hint=hint)
+        kind = next((k for k in _BY_STATUS if k.http_status == status), DinpError)
+        return kind(message, hint=hint)
+
 
 class InvalidInput(DinpError):
-    """A value given by the user is wrong; `field` names which one."""
+    """A value given by the user is wrong: `field` names which one, `reason` says why."""
 
     exit_code = 2
+    http_status = 400
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{field}: {reason}", hint=hint)
         self.field = field
+        self.reason = reason
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "field": self.field, "reason": self.reason}
+
+
+class Unauthorized(DinpError):
+    exit_code = 5
+    http_status = 401
 
 
 class NotFound(DinpError):
     exit_code = 3
+    http_status = 404
 
 
 class Conflict(DinpError):
     exit_code = 4
+    http_status = 409
 
 
 class WrongCluster(Conflict):
-    """An agent reported for another cluster than the server's (or did not know it yet):
-    the reply tells it the server's, and nothing of the report is recorded."""
+    """An agent reported for another cluster than the server's (its database was
+    replaced): the answer tells it the server's, and nothing of the report is recorded."""
 
-    reason = "cluster"
+    code = "cluster"
 
     def __init__(self, message: str, *, cluster: str) -> None:
         super().__init__(message)
         self.cluster = cluster
 
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "code": self.code, "cluster": self.cluster}
+
 
 class NodeTaken(Conflict):
     """A second agent process reported for a node name another live agent runs."""
 
-    reason = "node-taken"
+    code = "node-taken"
 
-
-class Unauthorized(DinpError):
-    exit_code = 5
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "code": self.code}
 
 
 class Unavailable(DinpError):
     """A service dinp depends on (Docker engine, database, Redis, dinp server) is unreachable."""
 
     exit_code = 6
+    http_status = 503
 
 
 class Timeout(DinpError):
     exit_code = 7
+    http_status = 504
 
 
 class ConfigError(DinpError):
@@ -80,3 +127,9 @@ class BuildFailed(DinpError):
     and ends with its last lines of output."""
 
     exit_code = 8
+    http_status = 422
+
+
+# The classes an HTTP status stands for when an answer comes back (see from_json).
+_BY_STATUS: tuple[type[DinpError], ...] = (Unauthorized, NotFound, Conflict, Unavailable,
+                                           Timeout)

@@ -662,7 +662,7 @@ def test_an_agent_learns_the_cluster_before_anything_it_reports_counts(
                                                 containers=[instance_json("i1", "web",
                                                                           port=31000)])
             assert status == 409, reply
-            assert reply["reason"] == "cluster" and reply["cluster"] == cluster
+            assert reply["code"] == "cluster" and reply["cluster"] == cluster
             assert cluster in reply["error"]
         assert await api.nodes() == []  # nothing recorded of those reports
         status, reply = await api.heartbeat(agent="a1", cluster=cluster)
@@ -681,11 +681,11 @@ def test_a_second_live_agent_for_a_node_is_refused_until_the_first_is_silent(
                                     address="127.0.0.2"))[0] == 200
         status, reply = await api.heartbeat(agent="host-b:2:bb", cluster=cluster,
                                             address="127.0.0.9")
-        assert status == 409 and reply["reason"] == "node-taken", reply
+        assert status == 409 and reply["code"] == "node-taken", reply
         assert "host-a:1:aa" in reply["error"] and "--node-name" in reply["hint"]
         status, reply = await api.call(
             "GET", f"/nodes/{NODE}/assignments?wait=0&agent=host-b:2:bb", token=CLUSTER)
-        assert status == 409 and reply["reason"] == "node-taken"
+        assert status == 409 and reply["code"] == "node-taken"
         # The refused report changed nothing: the node is still where agent A said.
         assert api.store.snapshot().nodes[NODE].address == "127.0.0.2"
         # The first agent goes on as before.

@@ -366,3 +366,4 @@ def test_a_health_path_stored_under_the_older_rule_still_reads_back() -> None:
     assert validation.health_path("/santé", stored=True) == "/santé"
     assert field_of(validation.health_path, "/santé") == "health_path"  # not for new apps
     assert field_of(lambda v: validation.health_path(v, stored=True), "/a b") == "health_path"
+

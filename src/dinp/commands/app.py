@@ -15,7 +15,7 @@ from dinp import validation
 from dinp.client import Client
 from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
 from dinp.const import DEFAULT_APP_PORT
-from dinp.errors import DinpError, Timeout
+from dinp.errors import InvalidInput, Timeout
 from dinp.output import console, err_console, print_json, table
 
 cli = typer.Typer(no_args_is_help=True)
@@ -29,15 +29,15 @@ def _memory(value: str) -> int:
     """Any size a person may type (`1.5g`, `512MiB`), sent to the API in megabytes."""
     try:
         return validation.memory_mb(value)
-    except DinpError as exc:
-        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    except InvalidInput as exc:
+        raise typer.BadParameter(exc.reason) from None
 
 
 def _name(value: str) -> str:
     try:
         return validation.app_name(value)
-    except DinpError as exc:
-        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    except InvalidInput as exc:
+        raise typer.BadParameter(exc.reason) from None
 
 
 @cli.command("create")

@@ -37,7 +37,7 @@ from dinp import node as nodeinfo
 from dinp.config import AgentConfig, require_secret
 from dinp.const import API_PREFIX
 from dinp.container import Container, DockerRuntime, StartFailed
-from dinp.errors import ConfigError, DinpError, InvalidInput, Unavailable
+from dinp.errors import ConfigError, DinpError, InvalidInput, NodeTaken, Unavailable, WrongCluster
 from dinp.health import HealthState, check
 from dinp.roles.lifecycle import run_until_stopped
 from dinp.wire import Assignment, ContainerInfo, Heartbeat, parse_assignments
@@ -164,13 +164,13 @@ class Agent:
                     return True  # the next report lists this cluster's containers
                 self.take_assignment(data)
                 return True
-            reason = data.get("reason") if isinstance(data, dict) else None
-            if status == 409 and reason == "cluster" and validation.is_cluster_id(
+            code = data.get("code") if isinstance(data, dict) else None
+            if status == 409 and code == WrongCluster.code and validation.is_cluster_id(
                     data.get("cluster")):
                 self._server_back()  # its database is another one now
                 await self._join_cluster(data["cluster"])
                 continue
-            if status == 409 and reason == "node-taken":
+            if status == 409 and code == NodeTaken.code:
                 self._server_back()
                 self._refused(f"{data.get('error')}. {data.get('hint') or ''}".strip())
                 return False

@@ -22,16 +22,7 @@ from aiohttp import web
 from dinp import validation, wire
 from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
-from dinp.errors import (
-    Conflict,
-    DinpError,
-    InvalidInput,
-    NodeTaken,
-    NotFound,
-    Unauthorized,
-    Unavailable,
-    WrongCluster,
-)
+from dinp.errors import DinpError, InvalidInput, Unauthorized, Unavailable
 from dinp.roles.lifecycle import run_until_stopped, start_site
 from dinp.roles.openapi import MAX_BODY
 from dinp.roles.openapi import document as openapi_document
@@ -43,32 +34,18 @@ log = logging.getLogger(__name__)
 SERVER_KEY = web.AppKey("server", Server)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-STATUS = {InvalidInput: 400, Unauthorized: 401, NotFound: 404, Conflict: 409, Unavailable: 503}
 PUBLIC = {f"{API_PREFIX}/health", f"{API_PREFIX}/openapi.json", "/", "/favicon.ico"}
 OPENAPI = openapi_document()
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
-def error_body(exc: DinpError) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": exc.message}
-    if exc.hint:
-        body["hint"] = exc.hint
-    if isinstance(exc, InvalidInput):
-        body["field"] = exc.field
-    if isinstance(exc, WrongCluster | NodeTaken):
-        body["reason"] = exc.reason
-    if isinstance(exc, WrongCluster):
-        body["cluster"] = exc.cluster
-    return body
-
-
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The API's one translation of errors: the class says the status and the body."""
     try:
         return await handler(request)
     except DinpError as exc:
-        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
-        return web.json_response(error_body(exc), status=status)
+        return web.json_response(exc.to_json(), status=exc.http_status)
 
 
 class TokenCache:

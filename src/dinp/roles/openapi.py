@@ -44,10 +44,11 @@ SCHEMAS: dict[str, Schema] = {
             "error": {"type": "string", "description": "what went wrong, for a person"},
             "hint": {"type": "string", "description": "what to do about it"},
             "field": {"type": "string", "description": "the input that was wrong (400)"},
-            "reason": {"type": "string", "enum": ["cluster", "node-taken"],
-                       "description": "why an agent's report was refused (409)"},
+            "reason": {"type": "string", "description": "what is wrong with it (400)"},
+            "code": {"type": "string", "enum": ["cluster", "node-taken"],
+                     "description": "why an agent's report was refused (409)"},
             "cluster": {"type": "string", "description": "the server's cluster id (409 "
-                        "reason `cluster`): the agent lists that cluster's containers"},
+                        "code `cluster`): the agent lists that cluster's containers"},
         },
     },
     "AppCreate": {
