@@ -114,3 +114,4 @@ def test_the_api_does_what_its_openapi_document_says(
     assert result.returncode == 0, output[-6000:]
     assert " passed" in output and "failed" not in output
     assert "Traceback" not in server.proc.output()
+

@@ -479,3 +479,34 @@ def test_a_router_without_a_table_is_not_ready_and_answers_503(
         assert "not ready" in router.log.read_text()
 
     run(scenario, timeout=60)
+
+
+def test_a_second_signal_ends_the_grace_period_at_once(redis: RedisServer,
+                                                      tmp_path: Path) -> None:
+    """The first SIGTERM lets a request in flight finish (5 s of grace); a second one ends
+    the wait: the router exits with code 1 at once, through its `finally` blocks (no
+    traceback), instead of being killed mid-way."""
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (a,) = await backends(stack, "a")
+        await publish(redis.url, table({"web": [a]}))
+        router = await stack.enter_async_context(
+            router_process(tmp_path, redis.url, "--workers", "1"))
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        slow = asyncio.create_task(http.get(f"{router.url}/slow?s=30",
+                                            headers={"Host": "web.localhost"}))
+        await asyncio.sleep(0.5)
+        router.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert router.proc.poll() is None  # waiting for the request in flight
+        router.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(router.proc.wait, 10)
+        slow.cancel()
+        log = router.log.read_text()
+        assert code == 1, log
+        assert "exiting now" in log and "Traceback" not in log
+        # close() went on past the grace period it no longer waited for: its `finally`
+        # work ran (os._exit would have skipped it).
+        assert "cutting 1 connection(s) still busy" in log
+
+    run(scenario, timeout=40)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -21,16 +21,34 @@ from dinp.errors import Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_forced = threading.Event()  # a second signal arrived: stopping without grace
+# After a second signal, what still waits (not on a grace period) is cancelled this late.
+FORCE_CANCEL_AFTER = 1.0
+
+
+def forced() -> bool:
+    """True once a second SIGINT/SIGTERM asked to stop without waiting: grace periods
+    (requests in flight) end at once."""
+    return _forced.is_set()
 
 
 def stop_event() -> asyncio.Event:
+    """Set by the first SIGINT/SIGTERM. A second one sets `forced()`, which ends the grace
+    periods, and cancels the role's main task a second later if it is still waiting on
+    something else: either way the `finally` blocks still close the database, the Docker
+    client and open files (os._exit would skip them), and the exit code is 1."""
     loop = asyncio.get_running_loop()
     event = asyncio.Event()
+    main = asyncio.current_task()
 
     def on_signal(sig: signal.Signals) -> None:
         if event.is_set():
-            log.warning("%s again: exiting now", sig.name)
-            os._exit(1)
+            log.warning("%s again: exiting now, without waiting for requests in flight",
+                        sig.name)
+            _forced.set()
+            if main is not None:
+                loop.call_later(FORCE_CANCEL_AFTER, main.cancel)
+            return
         log.info("%s received: shutting down", sig.name)
         event.set()
 
@@ -107,7 +125,20 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]], *, fast_loop: bool = True) -> T:
-    """asyncio.run with uvloop when it is installed (it is a dependency)."""
+    """asyncio.run with uvloop when it is installed (it is a dependency); a forced stop
+    (a second signal) exits with code 1 once the `finally` blocks have run."""
+    try:
+        result = _run(main, fast_loop=fast_loop)
+    except asyncio.CancelledError:
+        if not _forced.is_set():
+            raise
+        raise SystemExit(1) from None
+    if _forced.is_set():
+        raise SystemExit(1)
+    return result
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, T]], *, fast_loop: bool) -> T:
     if fast_loop and sys.platform != "win32":
         try:
             import uvloop

@@ -42,7 +42,7 @@ from aiohttp import web
 
 from dinp.config import RouterConfig, split_hostport
 from dinp.errors import ConfigError, Unavailable
-from dinp.roles.lifecycle import run_until_stopped, start_site
+from dinp.roles.lifecycle import forced, run_until_stopped, start_site
 from dinp.roles.proxy_http import Proxy, Settings
 from dinp.roles.proxy_metrics import AccessLog, Snapshot, merge, render
 from dinp.routes import RedisRouteFollower, RouteTable, redact
@@ -157,7 +157,7 @@ class Router:
             # may show up late, and it must not hold the stop up for its idle timeout.
             for conn in list(proxy.connections):
                 conn.close_if_idle()
-            if not proxy.connections or loop.time() >= deadline:
+            if not proxy.connections or loop.time() >= deadline or forced():
                 break
             await asyncio.sleep(0.05)
         if proxy.connections:
