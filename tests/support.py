@@ -27,65 +27,130 @@ MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.1) -> Any:
-    """Poll until `predicate()` is truthy; fail the test saying what did not happen."""
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll until `predicate()` is truthy (an exception counts as not yet) or `timeout`
+    passed; return its last answer (falsy on a timeout)."""
     deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    while True:
         try:
             last = predicate()
         except Exception as exc:  # the thing polled may not be up yet
-            last = exc
+            last = None
+            error: Exception | None = exc
         else:
+            error = None
             if last:
                 return last
+        if time.monotonic() >= deadline:
+            return error if error is not None and not last else last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.1) -> Any:
+    """Poll until `predicate()` is truthy; fail the test saying what did not happen."""
+    last = wait_until(predicate, timeout, interval)
+    if not last or isinstance(last, Exception):
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+    return last
+
+
+class RedisServer:
+    """A private `redis-server` on 127.0.0.1:<port>, without persistence, that a test may
+    stop and start again on the same port (it comes back empty, like a restarted cache)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        assert self.proc is None, "already running"
+        exe = shutil.which("redis-server")
+        if exe is None:
+            import pytest
+
+            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} exited at start")
+            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            return True
+
+        wait_for(up, 10, f"redis-server on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: empty, as a restarted Redis is."""
+        self.stop()
+        self.start()
+
+    def client(self) -> Any:
+        """A synchronous client (decoded strings); the caller closes it (or uses `with`)."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=True)
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes], int]]:
-    """A private, disposable Redis on a free port: tests may stop and restart it."""
-    port = free_port()
-    proc = start_redis(port)
+def redis_server() -> Iterator[RedisServer]:
+    """A private, disposable Redis on a free port, stopped afterwards."""
+    server = RedisServer().start()
     try:
-        yield f"redis://127.0.0.1:{port}/0", proc, port
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def start_redis(port: int) -> subprocess.Popen[bytes]:
-    redis_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
-    proc = subprocess.Popen(
-        [redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: socket.create_connection(("127.0.0.1", port), 0.2).close() or True,
-             10, f"redis on port {port}")
-    return proc
+        server.stop()
 
 
 @contextlib.contextmanager
 def mysql_database() -> Iterator[str]:
-    """A fresh MariaDB database, dropped afterwards."""
-    name = f"dinp_test_{secrets.token_hex(4)}"
-    conn = pymysql.connect(**MYSQL)  # type: ignore[arg-type]
+    """A fresh, uniquely named MariaDB database (utf8mb4), dropped afterwards. Skips the
+    test when MariaDB cannot be reached (a failure in CI, see tests/conftest.py)."""
+    name = f"dinp_test_{secrets.token_hex(6)}"
+    try:
+        conn = pymysql.connect(**MYSQL, connect_timeout=5)  # type: ignore[arg-type]
+    except pymysql.err.OperationalError as exc:
+        import pytest
+
+        pytest.skip(f"MariaDB at {MYSQL['host']}:{MYSQL['port']} is unreachable: {exc}")
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}`")
-        yield f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()
+    try:
+        yield f"mysql+pymysql://root@{MYSQL['host']}:{MYSQL['port']}/{name}"
+    finally:
+        # A new connection: a long test may have outlived the first.
+        conn = pymysql.connect(**MYSQL, connect_timeout=5)  # type: ignore[arg-type]
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()
 
 
 def http_request(addr: str, host: str, path: str = "/",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from tests.support import (
     MYSQL,
     Dinp,
     Proc,
+    RedisServer,
     TcpProxy,
     base_env,
     free_port,
@@ -22,7 +22,6 @@ from tests.support import (
     mysql_database,
     redis_server,
     remove_node_containers,
-    start_redis,
     wait_for,
 )
 
@@ -50,17 +49,9 @@ class Cluster:
     router: Proc
     agents: dict[str, Proc] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
-    redis: subprocess.Popen[bytes] | None = None
-    redis_port: int = 0
+    redis: RedisServer | None = None  # the cluster's own, which tests may restart
     # Between the server and MariaDB, when the cluster was started with `db_proxy`.
     db_proxy: TcpProxy | None = None
-
-    def restart_redis(self) -> None:
-        """Stop Redis and start it again on its port, empty (it keeps nothing on disk)."""
-        assert self.redis is not None
-        self.redis.terminate()
-        self.redis.wait(10)
-        self.redis = start_redis(self.redis_port)
 
     def agent(self, name: str) -> Proc:
         env = dict(self.env, DINP_NODE_NAME=name, DINP_ADVERTISE=self.addresses[name],
@@ -84,7 +75,8 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False) -> It
     `db_proxy`, the server reaches MariaDB through a TcpProxy the caller can cut."""
     api_port, router_port, admin_port = free_port(), free_port(), free_port()
     proxy = TcpProxy(str(MYSQL["host"]), int(MYSQL["port"])) if db_proxy else None
-    with mysql_database() as db_url, redis_server() as (redis_url, redis_proc, redis_port):
+    with mysql_database() as db_url, redis_server() as redis:
+        redis_url = redis.url
         if proxy is not None:
             db_url = db_url.replace(f":{MYSQL['port']}/", f":{proxy.port}/")
         env = base_env(
@@ -102,7 +94,7 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False) -> It
         server = Proc("server", ["server"], env, workdir / "server.log").start()
         router = Proc("router", ["router"], env, workdir / "router.log").start()
         c = Cluster(workdir, env, f"127.0.0.1:{router_port}", Dinp(cli_env), server, router,
-                    redis=redis_proc, redis_port=redis_port, db_proxy=proxy)
+                    redis=redis, db_proxy=proxy)
         names = [f"{prefix}-n{i}" for i in (1, 2, 3)]
         c.addresses = {n: f"127.0.0.{i}" for i, n in zip((2, 3, 4), names, strict=True)}
         try:
@@ -125,9 +117,6 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False) -> It
                 remove_node_containers(name)
             if proxy is not None:
                 proxy.close()
-            if c.redis is not None and c.redis.poll() is None:
-                c.redis.terminate()
-                c.redis.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 
 from tests.e2e.conftest import FAULT_ROWS as ROWS
 from tests.e2e.conftest import IMAGE, Cluster, running_cluster
-from tests.support import Proc, docker_ids, start_redis, wait_for
+from tests.support import Proc, docker_ids, wait_for
 
 APP, HOST = "steady", "steady.apps.test"
 
@@ -180,13 +180,14 @@ def test_redis_restarted_empty(cluster: Cluster) -> None:
     settle(c)
     with Prober(c.router_addr) as probe:
         t0 = time.monotonic()
-        c.restart_redis()
+        assert c.redis is not None
+        c.redis.restart()
         # The router keeps serving its last table; the server writes the table again.
         wait_for(lambda: full_strength(c) and c.cli.run("app", "list",
                                                         check=False).returncode == 0,
                  20, "the route table to be written again")
         wait_for(lambda: subprocess.run(
-            ["redis-cli", "-p", str(c.redis_port), "LLEN", f"/rs/{HOST}"],
+            ["redis-cli", "-p", str(c.redis.port), "LLEN", f"/rs/{HOST}"],
             capture_output=True, text=True).stdout.strip() == "3", 20,
             "the table back in Redis")
         recovered = time.monotonic() - t0
@@ -204,14 +205,13 @@ def test_scaling_up_while_redis_is_down(cluster: Cluster) -> None:
     assert c.redis is not None
     with Prober(c.router_addr) as probe:
         t0 = time.monotonic()
-        c.redis.terminate()
-        c.redis.wait(10)
+        c.redis.stop()
         c.cli.run("app", "scale", APP, "5")
         wait_for(lambda: len(docker_ids(f"io.dinp.app={APP}")) == 5
                  and show(c)["status"]["healthy"] == 5, 30,
                  "5 healthy instances while Redis is down")
         started = time.monotonic() - t0
-        c.redis = start_redis(c.redis_port)
+        c.redis.start()
         wait_for(lambda: show(c)["status"]["routed"] == 5, 20, "all 5 routed")
         routed = time.monotonic() - t0
         c.cli.run("app", "scale", APP, "3")

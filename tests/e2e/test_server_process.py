@@ -31,9 +31,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     work = tmp_path_factory.mktemp("server")
     port = free_port()
     admin, cluster = secrets.token_hex(16), secrets.token_hex(16)
-    with redis_server() as (redis_url, _, _):
+    with redis_server() as redis:
         env = base_env(work, DINP_DATABASE_URL=f"sqlite:///{work / 'dinp.db'}",
-                       DINP_REDIS_URL=redis_url, DINP_CLUSTER_TOKEN=cluster,
+                       DINP_REDIS_URL=redis.url, DINP_CLUSTER_TOKEN=cluster,
                        DINP_ADMIN_TOKEN=admin, DINP_API_LISTEN=f"127.0.0.1:{port}")
         proc = Proc("server", ["server"], env, work / "server.log").start()
         try:

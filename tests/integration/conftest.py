@@ -9,69 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pymysql
 import pytest
 import redis
 
-MYSQL_HOST = "127.0.0.1"
-MYSQL_PORT = 3306
+# The helpers live in tests/support.py; these names are used by the tests beside this file.
+from tests.support import RedisServer, free_port, mysql_database, wait_until  # noqa: F401
+from tests.support import redis_server as private_redis
+
 # Label for containers a test starts itself (not through dinp), so teardown finds them.
 TEST_LABEL = "io.dinp.test"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until it is truthy or `timeout` seconds passed; its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return bool(predicate())
-        time.sleep(interval)
-
-
 # -- databases ---------------------------------------------------------------------------
-
-def _mysql_connect() -> pymysql.connections.Connection:  # type: ignore[type-arg]
-    return pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", connect_timeout=5)
-
 
 @pytest.fixture
 def mysql_url() -> Iterator[str]:
     """A fresh, uniquely named MariaDB database; dropped afterwards."""
-    name = f"dinp_test_{secrets.token_hex(6)}"
-    try:
-        conn = _mysql_connect()
-    except pymysql.err.OperationalError as exc:
-        pytest.skip(f"MariaDB at {MYSQL_HOST}:{MYSQL_PORT} is unreachable: {exc}")
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    finally:
-        conn.close()
-    try:
-        yield f"mysql+pymysql://root@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
-    finally:
-        conn = _mysql_connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        finally:
-            conn.close()
+    with mysql_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -88,64 +46,11 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 # -- Redis -------------------------------------------------------------------------------
 
-class RedisServer:
-    """A private `redis-server` on 127.0.0.1:<port>, without persistence, that a test may
-    stop and start again on the same port (it comes back empty, like a restarted cache)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.proc is None, "already running"
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.skip("redis-server is not installed (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
-        try:
-            def up() -> bool:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server on port {self.port} exited at start")
-                try:
-                    return bool(client.ping())
-                except redis.RedisError:
-                    return False
-
-            if not wait_until(up, timeout=10):
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def client(self) -> redis.Redis:
-        """A synchronous client; the caller closes it (or uses `with`)."""
-        return redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=True)
-
-
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(free_port())
-    server.start()
-    try:
+    """A private Redis the test may stop and start again."""
+    with private_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
