@@ -21,7 +21,7 @@ import docker
 import docker.errors
 
 from dinp import const
-from dinp.engine import engine_address, unreachable_engine
+from dinp.build.engine import engine_address, unreachable_engine
 from dinp.errors import DinpError
 from dinp.wire import Assignment
 

@@ -7,7 +7,7 @@ phase to `progress`, and returns a BuildResult or raises a DinpError. In order:
 1. check the app name, version, registry, type and command (InvalidInput, exit 2);
 2. reach the engine and, when pushing, the registry (Unavailable, exit 6);
 3. unpack the archive safely into the build's own temporary directory (see archive.py);
-4. decide the type and start command (buildtypes.py) and fill the type's Dockerfile
+4. decide the type and start command (types.py) and fill the type's Dockerfile
    template; a `dockerfile` app's own Dockerfile is used as is;
 5. build with the engine's legacy builder, untagged: a failed build leaves no tag;
 6. tag `<registry>/<app>:<version>` and push; if the push fails the tag is removed again.
@@ -31,9 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dinp import archive, buildtypes, dockerfiles, validation
+from dinp import validation
+from dinp.build import archive, dockerfiles, types
+from dinp.build.engine import Engine, check_registry, no_log, registry_reachable
 from dinp.config import BuildConfig
-from dinp.engine import Engine, check_registry, no_log, registry_reachable
 from dinp.errors import BuildFailed, ConfigError, InvalidInput
 
 LABEL_APP = "io.dinp.build.app"
@@ -113,10 +114,10 @@ def build(
     app = check_app(app)
     version = check_version(version)
     registry = check_registry(config.registry)
-    if app_type is not None and app_type not in buildtypes.TYPES:
-        raise InvalidInput("type", f"{app_type!r} is not one of {', '.join(buildtypes.TYPES)}")
+    if app_type is not None and app_type not in types.TYPES:
+        raise InvalidInput("type", f"{app_type!r} is not one of {', '.join(types.TYPES)}")
     if cmd is not None:
-        cmd = buildtypes.check_command(cmd)
+        cmd = types.check_command(cmd)
     archive.check_source(source)
     push = config.push if push is None else push
     ref = f"{registry}/{app}:{version}"
@@ -142,9 +143,9 @@ def build(
             root = unpacked.root
             if app_type is None and unpacked.kind == "war":
                 app_type = "war"
-            plan = buildtypes.plan(root, app_type=app_type, cmd=cmd)
+            plan = types.plan(root, app_type=app_type, cmd=cmd)
             if plan.type == "war" and not (root / "WEB-INF").is_dir():
-                wars = buildtypes.war_files(root)
+                wars = types.war_files(root)
                 if len(wars) == 1:
                     archive.unpack_war(wars[0], tmp / "war", limits)
                     root = tmp / "war"
@@ -198,7 +199,7 @@ def build(
                        pushed=push, seconds=time.monotonic() - started, timings=timings)
 
 
-def _context(plan: buildtypes.Plan, root: Path, tmp: Path, config: BuildConfig,
+def _context(plan: types.Plan, root: Path, tmp: Path, config: BuildConfig,
              labels: dict[str, str], log: Callback) -> tuple[Path, dict[str, str]]:
     """The build context directory: the app's own for a dockerfile app; otherwise the
     filled template as Dockerfile beside the app in app/."""
@@ -218,7 +219,7 @@ def _context(plan: buildtypes.Plan, root: Path, tmp: Path, config: BuildConfig,
     root.rename(context / "app")
     text = dockerfiles.render(dockerfiles.read(f"app/{plan.template}"),
                               base=config.base_image(plan.type),
-                              cmd=buildtypes.cmd_instruction(plan.command))
+                              cmd=types.cmd_instruction(plan.command))
     (context / "Dockerfile").write_bytes(text.rstrip("\n").encode() + label_line)
     log(f"start command: {plan.command}")
     buildargs: dict[str, str] = {}

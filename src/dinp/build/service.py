@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dinp import builder
+from dinp.build import builder
 from dinp.config import BuildConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX
 from dinp.errors import DinpError, InvalidInput, Unauthorized
