@@ -34,6 +34,7 @@ from dinp.build import dockerfiles
 from dinp.build.engine import Engine, Log, check_registry, no_log, registry_reachable
 from dinp.build.types import BASE_TYPES
 from dinp.config import BuildConfig
+from dinp.docker_engine import parse_image, split_ref
 from dinp.errors import BuildFailed, InvalidInput
 
 LABEL_RECIPE = "io.dinp.recipe"
@@ -165,8 +166,7 @@ def _in_registry(engine: Engine, ref: str) -> bool:
     info = engine.image(ref)
     if not remote or info is None:
         return False
-    repo = ref.rpartition(":")[0]
-    return f"{repo}@{remote}" in (info.get("RepoDigests") or [])
+    return parse_image(ref).at(remote) in (info.get("RepoDigests") or [])
 
 
 # -- the Debian root -----------------------------------------------------------------------
@@ -202,7 +202,7 @@ def _build_debian(engine: Engine, recipe: Recipe, config: BuildConfig, tmp: Path
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         assert tar.stdout is not None
-        repo, _, tag = recipe.ref.rpartition(":")
+        repo, tag = split_ref(recipe.ref)
         with engine.errors():
             engine.api.import_image(
                 src=tar.stdout, stream_src=True, repository=repo, tag=tag,
