@@ -27,9 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from dinp import baseimages, builder
+from dinp.build import base_images, builder
+from dinp.build.engine import Engine
 from dinp.config import BuildConfig
-from dinp.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -78,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dinp-bench-") as tmp, Engine() as engine:
         work = Path(tmp)
         print("base images:", ", ".join(
-            f"{o.type} {o.action}" for o in baseimages.ensure(config, engine=engine)),
+            f"{o.type} {o.action}" for o in base_images.ensure(config, engine=engine)),
             file=sys.stderr)
         out = work / "examples"
         subprocess.run(["bash", str(ROOT / "examples" / "build.sh"), str(out)], check=True,

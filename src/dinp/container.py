@@ -17,15 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import docker
 import docker.errors
 
 from dinp import const
-from dinp.engine import engine_address, unreachable_engine
+from dinp.docker_engine import DockerEngine, split_ref
 from dinp.errors import DinpError
 from dinp.wire import Assignment
 
 log = logging.getLogger(__name__)
+# How long one call to the engine may wait: a stuck engine must show in the node's report
+# (the heartbeat runs beside these calls), not hang a converge for minutes.
+ENGINE_TIMEOUT = 60
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,12 @@ class DockerRuntime:
         self.cluster = cluster
         # A server older than cluster ids: containers are matched by node name alone.
         self.any_cluster = False
-        self.base_url = engine_address(base_url)
-        with self.errors():
-            self.client = (docker.DockerClient(base_url=base_url, timeout=60) if base_url
-                           else docker.from_env(timeout=60))
-            self.client.ping()
+        self.engine = DockerEngine(base_url, timeout=ENGINE_TIMEOUT, section="agent")
+        self.base_url = self.engine.where
+        self.client = self.engine.client
 
     def errors(self) -> contextlib.AbstractContextManager[None]:
-        return unreachable_engine(self.base_url, section="agent")
+        return self.engine.errors()
 
     def _filters(self) -> dict[str, Any]:
         return {"label": [f"{const.LABEL_MANAGED}=true", f"{const.LABEL_NODE}={self.node}"]}
@@ -157,7 +157,7 @@ class DockerRuntime:
             self.client.images.get(image)
         except docker.errors.ImageNotFound:
             log.info("pulling %s", image)
-            repo, tag = _split_tag(image)
+            repo, tag = split_ref(image)  # tag: a digest, if the image names one
             self.client.images.pull(repo, tag=tag)
 
     def _remove_by_name(self, name: str) -> None:
@@ -196,14 +196,5 @@ class DockerRuntime:
         events = getattr(self, "_events", None)
         if events is not None:
             events.close()
-        self.client.close()
+        self.engine.close()
 
-
-def _split_tag(image: str) -> tuple[str, str | None]:
-    if "@" in image:
-        return image, None
-    last = image.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo, tag = image.rsplit(":", 1)
-        return repo, tag
-    return image, "latest"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from dinp import baseimages
+from dinp.build import base_images as baseimages
+from dinp.build.engine import Engine
 from dinp.config import BuildConfig
-from dinp.engine import Engine
 from dinp.errors import Unavailable
 from tests.integration.conftest import TEST_LABEL
 from tests.support import delete_from_registry

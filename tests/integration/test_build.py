@@ -25,10 +25,11 @@ from typing import Any
 
 import pytest
 
-from dinp import baseimages, builder
-from dinp.archive import BadArchive, file_sha256
+from dinp.build import base_images as baseimages
+from dinp.build import builder
+from dinp.build.archive import BadArchive, file_sha256
+from dinp.build.engine import Engine
 from dinp.config import BuildConfig
-from dinp.engine import Engine
 from dinp.errors import BuildFailed, InvalidInput, Unavailable
 from tests.integration.builds import EXPECTED, REGISTRY, ROOT, http_get, serve, tgz
 from tests.integration.conftest import free_port, wait_until

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dinp.engine import Engine
+from dinp.build.engine import Engine
 from tests.integration.builds import REGISTRY, http_get, serve, tgz
 from tests.support import DINP, Proc, base_env, free_port, wait_for
 

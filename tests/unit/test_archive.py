@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dinp.archive import BadArchive, Limits, file_sha256, unpack, unpack_war
+from dinp.build.archive import BadArchive, Limits, file_sha256, unpack, unpack_war
 from dinp.errors import InvalidInput
 
 Entry = Callable[[tarfile.TarFile], None]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dinp import buildtypes, dockerfiles
-from dinp.buildtypes import cmd_instruction, detect, plan, procfile_web
+from dinp.build import dockerfiles
+from dinp.build import types as buildtypes
+from dinp.build.types import cmd_instruction, detect, plan, procfile_web
 from dinp.errors import InvalidInput
 
 ELF = b"\x7fELF\x02\x01\x01" + bytes(100)

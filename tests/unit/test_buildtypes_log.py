@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from dinp.engine import _follow, _follow_build, registry_reachable, split_ref
+from dinp.build.engine import _follow, _follow_build, registry_reachable
+from dinp.docker_engine import split_ref
 from dinp.errors import BuildFailed, Unavailable
 
 OK_BUILD: list[dict[str, Any]] = [

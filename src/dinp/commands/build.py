@@ -1,5 +1,5 @@
-"""`dinp build PATH …` and `dinp build base-images`: thin adapters over builder and
-baseimages that show progress and the build log with rich."""
+"""`dinp build PATH …`, `dinp build serve` and `dinp build base-images`: thin adapters over
+the dinp.build package that show progress and the build log with rich."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from rich.markup import escape
 from rich.status import Status
 from typer.core import TyperCommand, TyperGroup
 
-from dinp import baseimages, builder, buildtypes
 from dinp import config as cfg
-from dinp.buildclient import remote_build
-from dinp.engine import Log, check_registry, no_log
+from dinp.build import builder
+from dinp.build.base_images import ensure as ensure_base_images
+from dinp.build.engine import Log, check_registry, no_log
+from dinp.build.remote import remote_build
+from dinp.build.types import BASE_TYPES, TYPES
 from dinp.errors import DinpError
 from dinp.output import err_console, print_json, table
 
@@ -86,16 +88,15 @@ def _registry(value: str | None) -> str | None:
 
 
 def _app_type(value: str | None) -> str | None:
-    if value is not None and value not in buildtypes.TYPES:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(buildtypes.TYPES)}")
+    if value is not None and value not in TYPES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(TYPES)}")
     return value
 
 
 def _base_types(values: list[str]) -> list[str]:
     for value in values:
-        if value not in buildtypes.BASE_TYPES:
-            raise typer.BadParameter(
-                f"{value!r} is not one of {', '.join(buildtypes.BASE_TYPES)}")
+        if value not in BASE_TYPES:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(BASE_TYPES)}")
     return values
 
 
@@ -133,8 +134,8 @@ def build(
                                 help="The image tag, e.g. 1.4.2 or a commit id."),
     app_type: str | None = typer.Option(
         None, "--type", "-t", callback=_app_type,
-        help=f"The app's type, one of {', '.join(buildtypes.TYPES)} (default: detected "
-        "from its contents)."),
+        help=f"The app's type, one of {', '.join(TYPES)} (default: detected from its "
+        "contents)."),
     cmd: str | None = typer.Option(None, "--cmd", help="What starts the app (default: the "
                                    "Procfile's web: line, else the type's default)."),
     registry: str | None = RegistryOpt,
@@ -185,18 +186,19 @@ def serve(
 ) -> None:
     """Run a build service: `dinp build PATH --remote URL` uploads to it and gets the
     same result as a local build. Needs build_token (DINP_BUILD_TOKEN) and an engine."""
-    from dinp.roles import buildservice, lifecycle
+    from dinp.build import service
+    from dinp.roles import lifecycle
 
     conf = _load(config, registry=_registry(registry), serve_listen=listen)
-    lifecycle.run(lambda: buildservice.serve(conf))
+    lifecycle.run(lambda: service.serve(conf))
 
 
 @cli.command("base-images")
 def base_images(
     types: list[str] = typer.Option(
         [], "--type", "-t", callback=_base_types,
-        help=f"Only this type's base image, one of {', '.join(buildtypes.BASE_TYPES)} "
-        "(repeatable; default: all)."),
+        help=f"Only this type's base image, one of {', '.join(BASE_TYPES)} (repeatable; "
+        "default: all)."),
     registry: str | None = RegistryOpt,
     push: bool | None = PushOpt,
     force: bool = typer.Option(False, "--force", help="Rebuild even the current ones (with "
@@ -209,8 +211,8 @@ def base_images(
     from), tag them <registry>/dinp/<type>:<suite> and push them. Quick when they exist."""
     conf = _load(config, registry=_registry(registry), push=push)
     with _display(quiet, "checking base images") as (log, progress):
-        outcomes = baseimages.ensure(conf, types=types or None, force=force, log=log,
-                                     progress=progress)
+        outcomes = ensure_base_images(conf, types=types or None, force=force, log=log,
+                                      progress=progress)
     if as_json:
         print_json([{"type": o.type, "image": o.ref, "action": o.action, "pushed": o.pushed,
                      "seconds": round(o.seconds, 3), "note": o.note} for o in outcomes])

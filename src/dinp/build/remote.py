@@ -12,15 +12,13 @@ import json
 import tarfile
 import tempfile
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dinp import errors
+from dinp.build.engine import Log
 from dinp.const import API_PREFIX
 from dinp.errors import DinpError, InvalidInput, Unavailable
-
-Callback = Callable[[str], None]
 
 
 def _pack(directory: Path, dest: Path) -> Path:
@@ -49,7 +47,7 @@ def _error(line: dict[str, Any]) -> DinpError:
 def remote_build(
     url: str, token: str, source: Path, *, app: str, version: str,
     app_type: str | None = None, cmd: str | None = None, push: bool | None = None,
-    log: Callback, progress: Callback, timeout: float = 1800,
+    log: Log, progress: Log, timeout: float = 1800,
 ) -> dict[str, Any]:
     """Upload `source` to the build service at `url`; return its result (BuildResult JSON)."""
     if not source.exists():
@@ -91,7 +89,7 @@ def remote_build(
             conn.close()
 
 
-def _follow(resp: http.client.HTTPResponse, log: Callback, progress: Callback) -> dict[str, Any]:
+def _follow(resp: http.client.HTTPResponse, log: Log, progress: Log) -> dict[str, Any]:
     for raw in resp:
         line = json.loads(raw)
         if "log" in line:

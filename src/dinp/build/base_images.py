@@ -30,9 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinp import buildtypes, dockerfiles
+from dinp.build import dockerfiles
+from dinp.build.engine import Engine, Log, check_registry, no_log, registry_reachable
+from dinp.build.types import BASE_TYPES
 from dinp.config import BuildConfig
-from dinp.engine import Engine, Log, check_registry, no_log, registry_reachable
+from dinp.docker_engine import parse_image, split_ref
 from dinp.errors import BuildFailed, InvalidInput
 
 LABEL_RECIPE = "io.dinp.recipe"
@@ -91,11 +93,11 @@ def ensure(
     """Make sure the base image of each of `types` (default: all) is current on the engine
     and, when pushing, in the registry; build only what is missing or out of date."""
     check_registry(config.registry)
-    wanted = list(types or buildtypes.BASE_TYPES)
+    wanted = list(types or BASE_TYPES)
     for t in wanted:
-        if t not in buildtypes.BASE_TYPES:
+        if t not in BASE_TYPES:
             raise InvalidInput("type", f"{t!r} has no base image; types: "
-                               f"{', '.join(buildtypes.BASE_TYPES)}")
+                               f"{', '.join(BASE_TYPES)}")
     push = config.push if push is None else push
     outcomes: list[Outcome] = []
     with contextlib.ExitStack() as stack:
@@ -164,8 +166,7 @@ def _in_registry(engine: Engine, ref: str) -> bool:
     info = engine.image(ref)
     if not remote or info is None:
         return False
-    repo = ref.rpartition(":")[0]
-    return f"{repo}@{remote}" in (info.get("RepoDigests") or [])
+    return parse_image(ref).at(remote) in (info.get("RepoDigests") or [])
 
 
 # -- the Debian root -----------------------------------------------------------------------
@@ -201,7 +202,7 @@ def _build_debian(engine: Engine, recipe: Recipe, config: BuildConfig, tmp: Path
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         assert tar.stdout is not None
-        repo, _, tag = recipe.ref.rpartition(":")
+        repo, tag = split_ref(recipe.ref)
         with engine.errors():
             engine.api.import_image(
                 src=tar.stdout, stream_src=True, repository=repo, tag=tag,

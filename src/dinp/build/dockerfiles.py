@@ -1,4 +1,4 @@
-"""The Dockerfile templates shipped in the package (src/dinp/templates/) and filling them.
+"""The Dockerfile templates shipped in the package (src/dinp/build/templates/) and filling them.
 
 Templates are files so that an operator can read exactly what an image is made of. A
 template names its blanks `{{ name }}`; anything else, `$PORT` included, is left alone.
@@ -15,7 +15,7 @@ _BLANK = re.compile(r"{{\s*([a-z_]+)\s*}}")
 
 
 def template_dir() -> Traversable:
-    return resources.files("dinp").joinpath("templates")
+    return resources.files("dinp.build").joinpath("templates")
 
 
 def read(relpath: str) -> str:

@@ -1,5 +1,6 @@
-"""The Docker engine and the registry as `dinp build` uses them: connect, build with the
-engine's own (legacy) builder while streaming its log, tag, push, pull.
+"""The Docker engine and the registry as `dinp build` uses them: build with the engine's
+own (legacy) builder while streaming its log, tag, push, pull. Connecting, and splitting
+image references, are dinp.docker_engine's, shared with the agent.
 
 Every failure comes out as a DinpError a person can act on: Unavailable when the engine
 or the registry cannot be reached, BuildFailed naming the Dockerfile step that failed and
@@ -9,17 +10,16 @@ its last lines of output.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
-import docker
 import docker.errors
 import requests.exceptions
 
+from dinp.docker_engine import DockerEngine, split_ref
 from dinp.errors import BuildFailed, InvalidInput, Unavailable
 
 Log = Callable[[str], None]
@@ -33,27 +33,6 @@ _UNREACHABLE = ("connection refused", "no such host", "i/o timeout", "dial tcp",
                 "no route to host", "network is unreachable", "server gave http response")
 
 
-def engine_address(docker_host: str = "") -> str:
-    """Where the Docker SDK will connect, for messages."""
-    return docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
-@contextlib.contextmanager
-def unreachable_engine(where: str, *, section: str) -> Iterator[None]:
-    """An engine that cannot be reached becomes one message saying where to look; an
-    error the engine itself answered (a bad request, a missing image) passes through."""
-    try:
-        yield
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        if isinstance(exc, docker.errors.APIError) and exc.response is not None:
-            raise
-        raise Unavailable(
-            f"the Docker engine at {where} is unreachable: {exc}",
-            hint=f"Is dockerd running? Start it, or set docker_host in [{section}] "
-            "(DINP_DOCKER_HOST).",
-        ) from exc
-
-
 def no_log(line: str) -> None:
     """The default log: drop the line."""
 
@@ -65,28 +44,11 @@ def check_registry(value: str) -> str:
     return value
 
 
-class Engine:
+class Engine(DockerEngine):
     """One connection to a Docker engine, used by a build from start to end."""
 
     def __init__(self, docker_host: str = "") -> None:
-        self.where = engine_address(docker_host)
-        with self.errors():
-            self.client = (docker.DockerClient(base_url=docker_host, timeout=ENGINE_TIMEOUT)
-                           if docker_host else docker.from_env(timeout=ENGINE_TIMEOUT))
-            self.client.ping()
-        self.api = self.client.api
-
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def errors(self) -> contextlib.AbstractContextManager[None]:
-        return unreachable_engine(self.where, section="build")
+        super().__init__(docker_host, timeout=ENGINE_TIMEOUT, section="build")
 
     # -- images --------------------------------------------------------------------------
 
@@ -170,14 +132,6 @@ class Engine:
             except docker.errors.APIError as exc:
                 raise BuildFailed(f"the engine refused the build: {exc.explanation or exc}",
                                   hint=_hint(str(exc))) from exc
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    """`registry:5000/app:1` -> (`registry:5000/app`, `1`)."""
-    repo, sep, tag = ref.rpartition(":")
-    if not sep or "/" in tag:
-        return ref, "latest"
-    return repo, tag
 
 
 def registry_reachable(registry: str, timeout: float = 3.0) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
-from dinp import builder
+from dinp.build import builder
+from dinp.build.engine import Log
 from dinp.config import BuildConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX
 from dinp.errors import DinpError, InvalidInput, Unauthorized
@@ -102,44 +103,52 @@ async def create_build(request: web.Request) -> web.StreamResponse:
         except DinpError as exc:
             return web.json_response(error_line(exc), status=400)
         await response.prepare(request)
-        lines: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def emit(kind: str) -> builder.Callback:
-            def put(text: str) -> None:  # called from the build's thread
-                loop.call_soon_threadsafe(lines.put_nowait, {kind: text})
-            return put
-
-        async def run() -> None:
-            async with request.app[SLOTS_KEY]:
-                try:
-                    result = await asyncio.to_thread(
-                        builder.build, source, config=config, log=emit("log"),
-                        progress=emit("progress"), **params,
-                    )
-                    log.info("built %s for %s", result.image, request.remote)
-                    await lines.put({"result": result.to_json()})
-                except DinpError as exc:
-                    log.info("build of %s:%s failed: %s", params["app"], params["version"],
-                             exc.message)
-                    await lines.put(error_line(exc))
-                finally:
-                    await lines.put(None)
-
-        task = asyncio.create_task(run())
-        if request.app[SLOTS_KEY].locked():
-            await response.write(b'{"progress": "waiting for a free build slot"}\n')
-        try:
-            while (line := await lines.get()) is not None:
-                await response.write(json.dumps(line).encode() + b"\n")
-        finally:
-            # Even when this handler is cancelled, the build thread must be done with the
-            # upload before it is removed.
-            await asyncio.shield(task)
+        await _stream_build(request, response, source, params)
         await response.write_eof()
         return response
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _stream_build(request: web.Request, response: web.StreamResponse, source: Path,
+                        params: dict[str, Any]) -> None:
+    """Run the build in a thread, once a build slot is free, writing its progress, its log
+    and then its result or error to `response` as they come."""
+    config = request.app[CONFIG_KEY]
+    lines: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def emit(kind: str) -> Log:
+        def put(text: str) -> None:  # called from the build's thread
+            loop.call_soon_threadsafe(lines.put_nowait, {kind: text})
+        return put
+
+    async def run() -> None:
+        async with request.app[SLOTS_KEY]:
+            try:
+                result = await asyncio.to_thread(
+                    builder.build, source, config=config, log=emit("log"),
+                    progress=emit("progress"), **params,
+                )
+                log.info("built %s for %s", result.image, request.remote)
+                await lines.put({"result": result.to_json()})
+            except DinpError as exc:
+                log.info("build of %s:%s failed: %s", params["app"], params["version"],
+                         exc.message)
+                await lines.put(error_line(exc))
+            finally:
+                await lines.put(None)
+
+    task = asyncio.create_task(run())
+    if request.app[SLOTS_KEY].locked():
+        await response.write(b'{"progress": "waiting for a free build slot"}\n')
+    try:
+        while (line := await lines.get()) is not None:
+            await response.write(json.dumps(line).encode() + b"\n")
+    finally:
+        # Even when this handler is cancelled, the build thread must be done with the
+        # upload before it is removed.
+        await asyncio.shield(task)
 
 
 async def health(request: web.Request) -> web.Response:
