@@ -32,24 +32,42 @@ class DinpError(Exception):
             body["hint"] = self.hint
         return body
 
+    def to_stream(self) -> dict[str, Any]:
+        """The error as a line of the build service's stream: with its class and exit
+        code, so the remote client fails exactly as a local build would."""
+        return {**self.to_json(), "kind": type(self).__name__, "exit_code": self.exit_code}
+
     @staticmethod
-    def from_json(status: int, body: object) -> DinpError:
-        """The error an API answer of `status` with `body` describes (the API's own JSON,
-        or anything else a proxy in between may have sent)."""
+    def from_json(status: int | None, body: object) -> DinpError:
+        """The error an answer describes: an API answer of `status` with `body` (the API's
+        own JSON, or anything a proxy in between may have sent), or a line of the build
+        service's stream (`status` None; `kind` and `exit_code` in the line)."""
         data: dict[str, Any] = body if isinstance(body, dict) else {}
-        message = str(data.get("error") or f"HTTP {status}")
-        hint = data.get("hint") if isinstance(data.get("hint"), str) else None
-        if status == InvalidInput.http_status:
-            reason = data.get("reason")
-            if not isinstance(reason, str):
-                reason = message
-            return InvalidInput(str(data.get("field") or "request"), reason, hint=hint)
-        if status == Conflict.http_status and data.get("code") == WrongCluster.code:
-            return WrongCluster(message, cluster=str(data.get("cluster", "")))
-        if status == Conflict.http_status and data.get("code") == NodeTaken.code:
-            return NodeTaken(message, hint=hint)
-        kind = next((k for k in _BY_STATUS if k.http_status == status), DinpError)
-        return kind(message, hint=hint)
+        kind = _KINDS.get(str(data.get("kind")))
+        if kind is not None:
+            status = kind.http_status
+        error = _decode(status or 500, data)
+        code = data.get("exit_code")
+        if isinstance(code, int) and not isinstance(code, bool) and 1 <= code <= 125:
+            error.exit_code = code  # a class of the sender's this side does not know
+        return error
+
+
+def _decode(status: int, data: dict[str, Any]) -> DinpError:
+    message = str(data.get("error") or f"HTTP {status}")
+    hint = data.get("hint") if isinstance(data.get("hint"), str) else None
+    if status == InvalidInput.http_status:
+        reason = data.get("reason")
+        if not isinstance(reason, str):
+            reason = message
+        return InvalidInput(str(data.get("field") or "request"), reason, hint=hint)
+    if status == Conflict.http_status and data.get("code") == WrongCluster.code:
+        return WrongCluster(message, cluster=str(data.get("cluster", "")))
+    if status == Conflict.http_status and data.get("code") == NodeTaken.code:
+        return NodeTaken(message, hint=hint)
+    kind = _KINDS.get(str(data.get("kind"))) or next(
+        (k for k in _BY_STATUS if k.http_status == status), DinpError)
+    return kind(message, hint=hint)
 
 
 class InvalidInput(DinpError):
@@ -133,3 +151,7 @@ class BuildFailed(DinpError):
 # The classes an HTTP status stands for when an answer comes back (see from_json).
 _BY_STATUS: tuple[type[DinpError], ...] = (Unauthorized, NotFound, Conflict, Unavailable,
                                            Timeout)
+# The classes a stream line may name.
+_KINDS: dict[str, type[DinpError]] = {k.__name__: k for k in (
+    DinpError, InvalidInput, Unauthorized, NotFound, Conflict, Unavailable, Timeout,
+    ConfigError, BuildFailed)}

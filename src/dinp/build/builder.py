@@ -82,7 +82,7 @@ def check_app(value: str) -> str:
     try:
         return validation.app_name(value)
     except InvalidInput as exc:
-        raise InvalidInput("app", exc.message.split(": ", 1)[-1]) from None
+        raise InvalidInput("app", exc.reason) from None
 
 
 def check_version(value: str) -> str:

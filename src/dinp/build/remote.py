@@ -15,7 +15,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from dinp import errors
 from dinp.build.engine import Log
 from dinp.const import API_PREFIX
 from dinp.errors import DinpError, InvalidInput, Unavailable
@@ -25,23 +24,6 @@ def _pack(directory: Path, dest: Path) -> Path:
     with tarfile.open(dest, "w:gz") as tar:
         tar.add(directory, arcname=".")
     return dest
-
-
-def _error(line: dict[str, Any]) -> DinpError:
-    """The service's error as the same exception class, with the same exit code."""
-    kind: Any = getattr(errors, str(line.get("kind")), DinpError)
-    if not (isinstance(kind, type) and issubclass(kind, DinpError)):
-        kind = DinpError
-    error: DinpError
-    if issubclass(kind, InvalidInput):
-        message = str(line.get("error", "")).split(": ", 1)[-1]
-        error = InvalidInput(str(line.get("field") or "request"), message)
-    else:
-        error = kind(str(line.get("error", "the build service failed")), hint=line.get("hint"))
-    code = line.get("exit_code")
-    if isinstance(code, int) and not isinstance(code, bool) and 1 <= code <= 125:
-        error.exit_code = code  # e.g. an archive error class this client does not know
-    return error
 
 
 def remote_build(
@@ -78,7 +60,7 @@ def remote_build(
             resp = conn.getresponse()
             if resp.status != 200:
                 try:
-                    raise _error(json.loads(resp.read() or b"{}"))
+                    raise DinpError.from_json(None, json.loads(resp.read() or b"{}"))
                 except ValueError:
                     raise DinpError(f"the build service answered HTTP {resp.status}") from None
             return _follow(resp, log, progress)
@@ -100,5 +82,5 @@ def _follow(resp: http.client.HTTPResponse, log: Log, progress: Log) -> dict[str
             result: dict[str, Any] = line["result"]
             return result
         elif "error" in line:
-            raise _error(line)
+            raise DinpError.from_json(None, line)
     raise Unavailable("the build service closed the connection before the build ended")

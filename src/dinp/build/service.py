@@ -16,7 +16,6 @@ is removed afterwards. Builds beyond `max_builds` wait their turn.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -33,6 +32,7 @@ from dinp.config import BuildConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX
 from dinp.errors import DinpError, InvalidInput, Unauthorized
 from dinp.roles.lifecycle import run_until_stopped, start_site
+from dinp.tokens import bearer_token, same_secret
 
 log = logging.getLogger(__name__)
 CONFIG_KEY = web.AppKey("config", BuildConfig)
@@ -41,17 +41,9 @@ _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
 CHUNK = 1 << 16
 
 
-def error_line(exc: DinpError) -> dict[str, Any]:
-    """How a failure travels to the remote client, which raises the same error again."""
-    return {"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__,
-            "field": getattr(exc, "field", None), "exit_code": exc.exit_code}
-
-
 def _check_token(request: web.Request, config: BuildConfig) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                             config.build_token.encode()):
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is None or not same_secret(token, config.build_token):
         raise Unauthorized("invalid or missing build token",
                            hint="Set DINP_BUILD_TOKEN to the build service's build_token.")
 
@@ -91,8 +83,7 @@ async def create_build(request: web.Request) -> web.StreamResponse:
         builder.check_app(params["app"])
         builder.check_version(params["version"])
     except DinpError as exc:
-        status = 401 if isinstance(exc, Unauthorized) else 400
-        return web.json_response(error_line(exc), status=status)
+        return web.json_response(exc.to_stream(), status=exc.http_status)
 
     tmp = Path(tempfile.mkdtemp(prefix="dinp-upload-", dir=config.tmp_dir or None))
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -101,7 +92,7 @@ async def create_build(request: web.Request) -> web.StreamResponse:
         try:
             await _receive(request, source, config.max_upload_mb << 20)
         except DinpError as exc:
-            return web.json_response(error_line(exc), status=400)
+            return web.json_response(exc.to_stream(), status=exc.http_status)
         await response.prepare(request)
         await _stream_build(request, response, source, params)
         await response.write_eof()
@@ -135,7 +126,7 @@ async def _stream_build(request: web.Request, response: web.StreamResponse, sour
             except DinpError as exc:
                 log.info("build of %s:%s failed: %s", params["app"], params["version"],
                          exc.message)
-                await lines.put(error_line(exc))
+                await lines.put(exc.to_stream())
             finally:
                 await lines.put(None)
 

@@ -20,7 +20,7 @@ from dinp.build.base_images import ensure as ensure_base_images
 from dinp.build.engine import Log, check_registry, no_log
 from dinp.build.remote import remote_build
 from dinp.build.types import BASE_TYPES, TYPES
-from dinp.errors import DinpError
+from dinp.errors import InvalidInput
 from dinp.output import err_console, print_json, table
 
 DEFAULT = "path"
@@ -69,22 +69,22 @@ JsonOpt = typer.Option(False, "--json", help="Print the result as JSON for scrip
 def _version(value: str) -> str:
     try:
         return builder.check_version(value)
-    except DinpError as exc:
-        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    except InvalidInput as exc:
+        raise typer.BadParameter(exc.reason) from None
 
 
 def _app(value: str) -> str:
     try:
         return builder.check_app(value)
-    except DinpError as exc:
-        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    except InvalidInput as exc:
+        raise typer.BadParameter(exc.reason) from None
 
 
 def _registry(value: str | None) -> str | None:
     try:
         return None if value is None else check_registry(value)
-    except DinpError as exc:
-        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    except InvalidInput as exc:
+        raise typer.BadParameter(exc.reason) from None
 
 
 def _app_type(value: str | None) -> str | None:

@@ -8,7 +8,6 @@ agents with the cluster token (both as `Authorization: Bearer …`).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import time
@@ -29,6 +28,7 @@ from dinp.roles.openapi import document as openapi_document
 from dinp.roles.server import Server
 from dinp.routes import RedisRouteStore, RouteStore, redis_error
 from dinp.store import Store
+from dinp.tokens import bearer_token, same_secret
 
 log = logging.getLogger(__name__)
 SERVER_KEY = web.AppKey("server", Server)
@@ -65,12 +65,11 @@ class TokenCache:
 
 
 def bearer(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is None:
         raise Unauthorized("missing API token",
                            hint="Run `dinp login`, or set DINP_TOKEN.")
-    return token.strip()
+    return token
 
 
 def auth_middleware(server: Server) -> Any:
@@ -84,8 +83,7 @@ def auth_middleware(server: Server) -> Any:
         token = bearer(request)
         if path.startswith(f"{API_PREFIX}/nodes/") and path.count("/") >= 5:
             # Agent endpoints: /api/v1/nodes/{name}/heartbeat|assignments
-            expected = server.config.cluster_token
-            if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+            if not same_secret(token, server.config.cluster_token):
                 raise Unauthorized("invalid cluster token",
                                    hint="The agent's cluster_token must match the server's.")
         elif await cache.role(token) is None:
