@@ -30,8 +30,9 @@ import uvloop
 from aiohttp import web
 
 from dinp.config import RouterConfig
-from dinp.roles.router import Router, serve
-from dinp.routes import RedisRouteFollower, RedisRouteStore, RouteTable
+from dinp.router import Router, serve
+from dinp.router.follower import RedisRouteFollower
+from dinp.routes import RedisRouteStore, RouteTable
 from tests.integration.conftest import RedisServer
 
 MB = 1 << 20
@@ -930,11 +931,11 @@ def test_failing_instance_is_skipped_for_fail_timeout_then_tried_again() -> None
         http = await session(stack)
 
         def connect_errors() -> int:
-            return router.snapshot()["apps"]["web"]["errors"].get("connect", 0)
+            return router.stats()["apps"]["web"]["errors"].get("connect", 0)
 
         assert [await who(http, router, "web.localhost") for _ in range(10)] == ["live"] * 10
         assert connect_errors() == 1  # tried once, then skipped
-        assert router.snapshot()["backends_down"] == 1
+        assert router.stats()["backends_down"] == 1
         await asyncio.sleep(0.6)
         assert [await who(http, router, "web.localhost") for _ in range(4)] == ["live"] * 4
         assert connect_errors() == 2  # tried again once its time was up

@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from dinp.errors import Unavailable
-from dinp.routes import RedisRouteFollower, RedisRouteStore, RouteTable, read_redis
+from dinp.router.follower import RedisRouteFollower
+from dinp.routes import RedisRouteStore, RouteTable, read_redis
 
 from .conftest import RedisServer, free_port
 

@@ -1,4 +1,5 @@
-"""`dinp server|agent|router|up`: start a role. Thin adapters over `dinp.roles`."""
+"""`dinp server|agent|router|up`: start a role. Thin adapters over `dinp.roles` (and
+`dinp.router`)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def router(
                                           "('-': stdout)."),
 ) -> None:
     """Run an HTTP router that follows the route table in Redis."""
-    from dinp.roles import router as router_role
+    from dinp import router as router_role
 
     conf = cfg.load(cfg.RouterConfig, "router", path=cfg.find_config_file(_s(config)), flags={
         "http_listen": listen, "admin_listen": admin, "redis_url": redis_url,

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from dinp import routes
 from dinp.client import save_credentials
-from dinp.config import AgentConfig, RouterConfig, ServerConfig, UpConfig
+from dinp.config import AgentConfig, ServerConfig, UpConfig
 from dinp.container import DockerRuntime
 from dinp.roles import api
 from dinp.roles.agent import Agent
 from dinp.roles.lifecycle import run_until_stopped
-from dinp.roles.router import Router
+from dinp.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ async def serve(conf: UpConfig) -> None:
         lambda: DockerRuntime(node=conf.node_name, advertise="127.0.0.1")
     )
     server, runner = await api.start(server_conf, store)
-    router_conf = RouterConfig()
-    router = Router(connect_timeout=router_conf.connect_timeout,
-                    backend_timeout=router_conf.backend_timeout)
+    router = Router()  # RouterConfig's defaults
     try:
         # The server publishes from a worker thread; the router lives on this loop.
         loop = asyncio.get_running_loop()

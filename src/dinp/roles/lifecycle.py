@@ -119,9 +119,15 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
         await web.TCPSite(runner, host, port, reuse_address=True).start()
     except OSError as exc:
         await runner.cleanup()
-        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}",
-                          hint="Another process uses that port? Choose another.") from exc
+        raise cannot_listen(host, port, exc) from exc
     return runner
+
+
+def cannot_listen(host: str, port: int, exc: OSError, key: str = "") -> Unavailable:
+    """The one error for a port a role cannot take (in use, no such address, …)."""
+    where = f"another {key}" if key else "another address or port"
+    return Unavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                       hint=f"Another process uses that port? Choose {where}.")
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]], *, fast_loop: bool = True) -> T:

@@ -1,8 +1,8 @@
 """The router's side towards app instances: one connection per exchange, kept alive in a pool.
 
-A BackendConnection carries one request at a time for a ClientConnection (proxy_http.py):
-it parses the response with httptools, rewrites its head for the client, and hands the
-head and body to the client's transport. Everything a response produces while one
+A BackendConnection carries one request at a time for a client connection (clients.py): it
+parses the response with httptools, rewrites its head for the client, and hands the head
+and body to the client's transport. Everything a response produces while one
 `data_received` is parsed is written with one `writelines` (a small response is one
 syscall), and nothing on this path makes a task, a future or a timer: timeouts are checked
 by the proxy's tick (`check`).
@@ -11,6 +11,11 @@ Back-pressure both ways: when the client's write buffer is full it pauses readin
 this connection (`pause_response`), and when this connection's write buffer is full it
 pauses reading from the client (`set_backend_full`), so a body of any size crosses the
 router in a few buffers.
+
+This side knows the client side only through two small protocols, `Exchange` (the request
+being answered) and `Client` (the connection it came on), so it imports nothing from it.
+The BackendPool keeps idle connections per backend and opens new ones, trying the app's
+next backend when one refuses; the Balancer (balancer.py) remembers which failed.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import httptools
 
-from dinp.roles.proxy_metrics import CLOSED, INVALID, TIMEOUT
-
-if TYPE_CHECKING:
-    from dinp.roles.proxy_http import ClientConnection, Proxy, Request
+from dinp.router.balancer import Balancer
+from dinp.router.http1 import Stop, connection_tokens
+from dinp.router.metrics import CLOSED, CONNECT, INVALID, TIMEOUT
+from dinp.router.routing import Route
 
 log = logging.getLogger("dinp.router")
 
@@ -53,38 +58,79 @@ def status_line(status: int) -> bytes:
     return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
 
 
-# Connection tokens that name no end-to-end header, so need no second pass.
-PLAIN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
-
-
-class Stop(Exception):
-    """Raised from a parser callback to stop parsing on purpose."""
-
-
-def connection_tokens(value: bytes) -> set[bytes] | None:
-    """Header names listed in a Connection header, beyond the usual ones: hop-by-hop too,
-    by the sender's choice. None for the usual values (the fast path)."""
-    if value.lower() in PLAIN_TOKENS:
-        return None
-    return {t.strip().lower() for t in value.split(b",")} - PLAIN_TOKENS - {b""} or None
-
-
 def split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
 
 
-class BackendConnection(asyncio.Protocol):
+class Exchange(Protocol):
+    """The request a BackendConnection carries, as this side sees it (clients.Request)."""
+
+    route: Route
+    method: bytes
+    http10: bool
+    keep_alive: bool
+    upgrade: bool
+    retryable: bool  # may be sent again on a fresh connection
+    complete: bool  # the client sent all of it
+    status: int  # of the response, once its head came
+    sent: int  # response body bytes
+    close_after: bool  # the client connection closes after this response
+    sink: asyncio.Transport | None  # where the rest of the request body goes
+
+
+R = TypeVar("R", bound=Exchange)
+R_contra = TypeVar("R_contra", bound=Exchange, contravariant=True)
+
+
+class Client(Protocol[R_contra]):
+    """The connection the request came on, as this side sees it (clients.ClientConnection):
+    where the response goes, and what it is told when the exchange ends."""
+
+    transport: asyncio.Transport
+    closed: bool
+
+    def close(self) -> None: ...
+
+    def set_backend_full(self, full: bool) -> None:
+        """The backend's write buffer is full (or no longer): stop (resume) reading."""
+
+    def retry(self, req: R_contra) -> None:
+        """Send `req` again on a fresh connection: a pooled one closed before reading it."""
+
+    def start_tunnel(self, req: R_contra) -> None:
+        """The backend accepted the upgrade: bytes flow raw both ways from now on."""
+
+    def response_done(self, req: R_contra) -> None:
+        """The whole response went out."""
+
+    def abort_response(self, req: R_contra) -> None:
+        """The response broke after its head went out."""
+
+    def respond_error(self, req: R_contra, status: int, message: str) -> None:
+        """No response head went out: answer with the router's own page."""
+
+
+class NoBackend(Exception):
+    """No backend of the app accepted a connection."""
+
+    def __init__(self, tried: int) -> None:
+        super().__init__(tried)
+        self.tried = tried
+
+
+class BackendConnection(asyncio.Protocol, Generic[R]):
     """One connection to an app instance; carries one exchange at a time."""
 
-    def __init__(self, proxy: Proxy, addr: str) -> None:
-        self.proxy = proxy
+    def __init__(self, pool: BackendPool, addr: str) -> None:
+        self.pool = pool
+        self.balancer = pool.balancer
         self.addr = addr
-        self.loop = proxy.loop
+        self.loop = pool.loop
         self.transport = cast(asyncio.Transport, None)
         self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
-        self.req: Request | None = None
+        self.client: Client[R] | None = None
+        self.req: R | None = None
         self.closed = False
         self.reused = False  # it came from the pool (so the server may have closed it)
         self.pooled = False
@@ -105,7 +151,7 @@ class BackendConnection(asyncio.Protocol):
         self._head_only = False  # answering HEAD: the body the head announces never comes
         self._keep = False
 
-    def begin(self, client: ClientConnection, req: Request) -> None:
+    def begin(self, client: Client[R], req: R) -> None:
         """Start an exchange; the caller writes the request."""
         self.client, self.req = client, req
         self._got_bytes = self._started = self._until_eof = self._interim = False
@@ -127,7 +173,7 @@ class BackendConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.pooled:
-            self.proxy.pool.forget(self)
+            self.pool.forget(self)
         req, client = self.req, self.client
         if req is None or client is None:
             return
@@ -222,9 +268,9 @@ class BackendConnection(asyncio.Protocol):
                 self._out.append(self._interim_head(status))
             self._headers = []
             return
-        proxy = self.proxy
-        if proxy.down:
-            proxy.backend_ok(self.addr)
+        balancer = self.balancer
+        if balancer.down:
+            balancer.ok(self.addr)
         self._started = True
         req.status = status
         if status == 101:
@@ -298,7 +344,7 @@ class BackendConnection(asyncio.Protocol):
         out.append(b"\r\n")
         return b"".join(out)
 
-    def _final_head(self, req: Request, status: int) -> bytes:
+    def _final_head(self, req: R, status: int) -> bytes:
         """Choose how the body reaches the client, and whether the client connection
         stays open after it: a Content-Length passes through; otherwise an HTTP/1.1
         client gets chunks, an HTTP/1.0 client gets the body until the connection closes."""
@@ -316,7 +362,7 @@ class BackendConnection(asyncio.Protocol):
             self._framing = _EOF
         self._until_eof = body_allowed and length is None and not chunked
         keep = (req.keep_alive and self._framing != _EOF and not req.upgrade
-                and not self.proxy.closing)
+                and not self.pool.closing)
         req.close_after = not keep
         if not keep:
             out.append(b"Connection: close\r\n\r\n")
@@ -369,7 +415,7 @@ class BackendConnection(asyncio.Protocol):
         self._flush()
         self._detach()
         if keep and req.complete and not req.upgrade:
-            self.proxy.pool.put(self)
+            self.pool.put(self)
         else:
             self.close()
         client.response_done(req)
@@ -400,14 +446,15 @@ class BackendConnection(asyncio.Protocol):
         self.abort()
         if req is None or client is None or client.closed:
             return
-        self.proxy.backend_failed(self.addr, kind, req, message)
+        self.balancer.failed(self.addr, kind, req.route, message)
         if started:
             client.abort_response(req)
         else:
             client.respond_error(req, status, message)
 
-    def check(self, now: float) -> None:
-        """Called by the proxy's tick: 504 when the backend owes an answer for too long.
+    def check(self, now: float, timeout: float) -> None:
+        """Called by the proxy's tick: 504 when the backend owes an answer for longer than
+        `timeout` (backend_timeout).
 
         It owes one when it has the whole request, or has stopped reading it, and the
         client is not the one holding things up (not reading the response)."""
@@ -416,7 +463,6 @@ class BackendConnection(asyncio.Protocol):
             return
         if not (self._request_sent or self._writing_paused):
             return
-        timeout = self.proxy.settings.backend_timeout
         if now - self._last >= timeout:
             self._fail(504, TIMEOUT, f"app {req.route.app} did not answer within {timeout:g} s")
 
@@ -439,14 +485,19 @@ class BackendConnection(asyncio.Protocol):
 
 
 class BackendPool:
-    """Idle keep-alive connections per backend address, newest first."""
+    """Idle keep-alive connections per backend address, newest first, and the opening of
+    new ones. It holds the connections of whichever client side uses it (any Exchange)."""
 
-    def __init__(self, proxy: Proxy, *, max_idle: int) -> None:
-        self.proxy = proxy
+    def __init__(self, balancer: Balancer, *, max_idle: int, connect_timeout: float) -> None:
+        self.balancer = balancer
+        self.loop = cast(asyncio.AbstractEventLoop, None)  # set by Proxy.start
         self.max_idle = max_idle
-        self._idle: dict[str, list[BackendConnection]] = {}
+        self.connect_timeout = connect_timeout
+        self.addrs: set[str] = set()  # every backend in the table
+        self.closing = False  # the router is stopping: no connection is kept any more
+        self._idle: dict[str, list[BackendConnection[Any]]] = {}
 
-    def take(self, addr: str) -> BackendConnection | None:
+    def take(self, addr: str) -> BackendConnection[Any] | None:
         conns = self._idle.get(addr)
         while conns:
             conn = conns.pop()
@@ -456,20 +507,19 @@ class BackendPool:
                 return conn
         return None
 
-    def put(self, conn: BackendConnection) -> None:
+    def put(self, conn: BackendConnection[Any]) -> None:
         conns = self._idle.get(conn.addr)
         if conns is None:
             conns = self._idle[conn.addr] = []
-        proxy = self.proxy
-        if (conn.closed or proxy.closing or len(conns) >= self.max_idle
-                or conn.addr not in proxy.addrs):  # an instance no longer routed
+        if (conn.closed or self.closing or len(conns) >= self.max_idle
+                or conn.addr not in self.addrs):  # an instance no longer routed
             conn.close()
             return
         conn.idle_since = conn.loop.time()
         conn.pooled = True
         conns.append(conn)
 
-    def forget(self, conn: BackendConnection) -> None:
+    def forget(self, conn: BackendConnection[Any]) -> None:
         conn.pooled = False
         conns = self._idle.get(conn.addr)
         if conns and conn in conns:
@@ -489,8 +539,10 @@ class BackendPool:
                 del self._idle[addr]
 
     def retain(self, addrs: set[str]) -> None:
-        """Close the idle connections to backends no longer in the table: their instances
-        are about to stop, and a request must not be sent to one that is stopping."""
+        """`addrs` are the backends in the table from now on. Close the idle connections to
+        the others: their instances are about to stop, and a request must not be sent to
+        one that is stopping."""
+        self.addrs = addrs
         for addr in [a for a in self._idle if a not in addrs]:
             for conn in self._idle.pop(addr):
                 conn.pooled = False
@@ -499,14 +551,44 @@ class BackendPool:
     def idle_count(self) -> int:
         return sum(len(conns) for conns in self._idle.values())
 
-    async def connect(self, addr: str) -> BackendConnection:
+    async def connect(self, addr: str) -> BackendConnection[Any]:
         host, port = split_addr(addr)
-        proxy = self.proxy
-        async with asyncio.timeout(proxy.settings.connect_timeout):
-            _, conn = await proxy.loop.create_connection(
-                lambda: BackendConnection(proxy, addr), host, port
+        conn: BackendConnection[Any]
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await self.loop.create_connection(
+                lambda: BackendConnection(self, addr), host, port
             )
         return conn
+
+    async def connect_first(self, route: Route, start: int, *,
+                            fresh: bool) -> tuple[BackendConnection[Any], int]:
+        """A connection to the first of the route's backends that accepts one, from `start`
+        on, and that backend's index; NoBackend when none does. `fresh`: not a pooled
+        connection to the first (one just turned out closed).
+
+        Trying the next is safe: no byte of the request reached a backend that refused
+        the connection. Backends that failed lately are skipped, unless all did."""
+        balancer = self.balancer
+        backends = route.backends
+        n = len(backends)
+        skip_down = any(not balancer.is_down(a) for a in backends)
+        tried = 0
+        for k in range(n):
+            index = (start + k) % n
+            addr = backends[index]
+            if k and skip_down and balancer.is_down(addr):
+                continue
+            conn = None if fresh and not k else self.take(addr)
+            if conn is None:
+                tried += 1
+                try:
+                    conn = await self.connect(addr)
+                except (OSError, TimeoutError) as exc:
+                    why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+                    balancer.failed(addr, CONNECT, route, f"cannot connect: {why}")
+                    continue
+            return conn, index
+        raise NoBackend(tried)
 
     def close(self) -> None:
         for conns in self._idle.values():

@@ -1,13 +1,13 @@
-"""The router's data path: HTTP/1.x reverse proxying on raw asyncio protocols + httptools.
+"""The router's side towards clients: connections, request parsing, pipelining, error pages.
 
 Why not aiohttp here: every request of every app crosses the router, so bytes go from one
 transport to the other inside protocol callbacks. In the steady state (a keep-alive client,
 a pooled backend connection) a request makes no task, no future and no timer: it is parsed,
 its head rewritten (mostly from pre-encoded pieces: the X-Forwarded-* lines are computed
 once per connection and per Host), written to the backend in one call, and its response
-goes back in one `writelines` per read (proxy_client.py). Timeouts are checked by one tick
-per worker over all connections, and metrics are a dict update and a bisect
-(proxy_metrics.py). A task exists only while a new backend connection is being opened.
+goes back in one `writelines` per read (backends.py). Timeouts are checked by one tick
+per worker over all connections (proxy.py), and metrics are a dict update and a bisect
+(metrics.py). A task exists only while a new backend connection is being opened.
 
 A ClientConnection answers its requests one at a time and in order: pipelined requests
 wait, already parsed, and reading from the client pauses when too many wait or their
@@ -21,18 +21,16 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import os
 import time
 from collections import deque
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
 
 import httptools
 
-from dinp.roles.proxy_client import BackendConnection, BackendPool, Stop, connection_tokens
-from dinp.roles.proxy_metrics import CONNECT, AccessLog, AppStats, Snapshot
-from dinp.routes import RouteTable, hostname
+from dinp.router.backends import BackendConnection, NoBackend
+from dinp.router.http1 import Stop, connection_tokens
+from dinp.router.proxy import Proxy
 
 log = logging.getLogger("dinp.router")
 
@@ -40,8 +38,6 @@ log = logging.getLogger("dinp.router")
 BUFFER_LIMIT = 256 * 1024
 # Parsed requests waiting behind the one being answered before reading pauses.
 PIPELINE_LIMIT = 16
-# Hosts whose resolution is cached (the cache is emptied with each new table).
-ROUTE_CACHE = 4096
 # How long a connection closed after an error keeps reading what the client still sends,
 # so that closing it does not reset the connection before the client reads the answer.
 LINGER = 2.0
@@ -76,26 +72,6 @@ _STOPPED = 8  # the stream cannot be parsed any further
 RETRY_AFTER_SECONDS = 1
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    """The limits and timeouts of one router (see RouterConfig for their meaning)."""
-
-    connect_timeout: float = 3.0
-    backend_timeout: float = 60.0
-    client_timeout: float = 60.0
-    header_timeout: float = 10.0
-    max_header_size: int = 64 * 1024
-    max_request_line: int = 8 * 1024
-    fail_timeout: float = 5.0
-    max_idle_per_backend: int = 512
-
-    @property
-    def tick(self) -> float:
-        """How often timeouts are checked: often enough to be a fraction of the shortest."""
-        shortest = min(self.backend_timeout, self.client_timeout, self.header_timeout)
-        return min(1.0, max(0.02, shortest / 5))
-
-
 def error_page(status: int, message: str) -> bytes:
     """A small HTML page whose `<p>` line says, in plain words, what happened."""
     title = f"{status} {HTTPStatus(status).phrase}"
@@ -106,41 +82,10 @@ def error_page(status: int, message: str) -> bytes:
     ).encode()
 
 
-def host_port(host: bytes) -> bytes:
-    """The port a Host header names, or 80."""
-    if host.startswith(b"["):  # IPv6 literal
-        rest = host.partition(b"]")[2]
-        return rest[1:] if rest[:1] == b":" and rest[1:].isdigit() else b"80"
-    _, sep, port = host.rpartition(b":")
-    return port if sep and port.isdigit() else b"80"
-
-
-class AppState:
-    """What the router keeps per app across tables: its round robin and its counters."""
-
-    __slots__ = ("next", "stats")
-
-    def __init__(self) -> None:
-        self.next = 0
-        self.stats = AppStats()
-
-
-class Route:
-    """What a Host value resolves to in the current table, computed once per table."""
-
-    __slots__ = ("app", "backends", "forwarded", "name", "state")
-
-    def __init__(self, app: str | None, backends: tuple[str, ...], forwarded: bytes,
-                 name: str, state: AppState) -> None:
-        self.app = app  # None: no app is served there
-        self.backends = backends
-        self.forwarded = forwarded  # the X-Forwarded-Host and -Port lines
-        self.name = name  # the host as a person would write it
-        self.state = state
-
-
 class Request:
-    """One client request: its head as sent to the backend, and its body in transit."""
+    """One client request: its head as sent to the backend, and its body in transit.
+
+    What a backend connection reads and sets of it is backends.Exchange."""
 
     __slots__ = (
         "agent", "backend", "chunked", "close_after", "complete", "done", "error",
@@ -148,11 +93,13 @@ class Request:
         "pending_size", "referer", "request_id", "retryable", "route", "sent", "sink",
         "start", "status", "upgrade", "url",
     )
+    error: str | None  # why it is a bad request (400)
+    referer: bytes | None  # noted only with an access log
+    agent: bytes | None
 
     def __init__(self, conn: ClientConnection, url: bytes,
                  headers: list[tuple[bytes, bytes]]) -> None:
         parser = conn.parser
-        proxy = conn.proxy
         self.start = _clock()
         self.method = method = parser.get_method()
         self.url = url
@@ -162,20 +109,22 @@ class Request:
         self.complete = False  # the whole request has been parsed
         self.done = False  # its response has been given
         self.close_after = False
-        self.error: str | None = None  # why it is a bad request (400)
         self.pending: list[bytes] | None = None  # body waiting for a backend
         self.pending_size = 0
         self.sink: asyncio.Transport | None = None  # the backend's, once attached
-        self.backend: BackendConnection | None = None
+        self.backend: BackendConnection[Request] | None = None
         self.index = 0  # of the backend in route.backends
         self.status = 0
         self.sent = 0  # response body bytes
-        self.referer: bytes | None = None
-        self.agent: bytes | None = None
+        self._read_head(conn, method, url, upgrade, headers)
 
-        # The head for the backend: HTTP/1.1, hop-by-hop headers removed, X-Forwarded-*
-        # and X-Request-Id set. Host and Content-Length pass through.
-        special = proxy.special
+    def _read_head(self, conn: ClientConnection, method: bytes, url: bytes, upgrade: bool,
+                   headers: list[tuple[bytes, bytes]]) -> None:
+        """The headers the router handles, and the head for the backend: HTTP/1.1,
+        hop-by-hop headers removed, X-Forwarded-* and X-Request-Id set. Host and
+        Content-Length pass through."""
+        self.error = self.referer = self.agent = None
+        special = conn.special
         out = [method, b" ", url, b" HTTP/1.1\r\n"]
         host: bytes | None = None
         xff: bytes | None = None
@@ -221,9 +170,10 @@ class Request:
             out += (name, b": ", value, b"\r\n")
         if drop is not None:  # rare: the headers the client's Connection header names go
             drop.add(b"connection")  # and the Connection header itself, or this repeats
-            Request.__init__(self, conn, url,
-                             [(n, v) for n, v in headers if n.lower() not in drop])
+            self._read_head(conn, method, url, upgrade,
+                            [(n, v) for n, v in headers if n.lower() not in drop])
             return
+        proxy = conn.proxy
         self.host = host
         self.route = route = proxy.route(host)
         self.chunked = chunked
@@ -248,177 +198,6 @@ class Request:
         self.head = b"".join(out)
 
 
-class Proxy:
-    """What every connection of one router worker shares: the table, the pool, the
-    counters, and the tick that checks timeouts."""
-
-    def __init__(self, settings: Settings, *, access_log: AccessLog | None = None) -> None:
-        self.settings = settings
-        self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
-        self.table = RouteTable()
-        self.table_time = time.monotonic()
-        # No table yet (Redis unreachable since the start): every request gets 503 with
-        # Retry-After and /health says "starting", never 404 "no such app".
-        self.ready = False
-        self.routes: dict[bytes | None, Route] = {}
-        self.apps: dict[str, AppState] = {}
-        self.no_app = AppState()  # requests that matched no app
-        self.addrs: set[str] = set()  # every backend in the table
-        self.down: dict[str, float] = {}  # backend -> until when it is skipped
-        self.pool = BackendPool(self, max_idle=settings.max_idle_per_backend)
-        self.connections: set[ClientConnection] = set()
-        self.closing = False
-        self.access_log = access_log
-        self.special = _REQUEST_SPECIAL_LOGGED if access_log else _REQUEST_SPECIAL
-        self._request_prefix = os.urandom(8).hex().encode() + b"-"
-        self._request_count = 0
-        self._warned: dict[str, float] = {}
-        self._tick: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        """Bind to the running loop and start the tick (idempotent)."""
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-        if self._tick is None:
-            self._tick = self.loop.call_later(self.settings.tick, self._on_tick)
-
-    def stop(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-            self._tick = None
-        if self.access_log is not None:
-            self.access_log.flush()
-
-    # --- routing ---
-
-    def set_table(self, table: RouteTable) -> None:
-        """Swap the snapshot; requests in flight keep the backend they already have."""
-        if table is not self.table and not table.same_routes(self.table):
-            addrs = {a for backends in table.backends.values() for a in backends}
-            self.addrs = addrs
-            self.pool.retain(addrs)
-            self.down = {a: t for a, t in self.down.items() if a in addrs}
-            self.routes = {}
-        self.table = table
-        self.table_time = time.monotonic()
-        self.ready = True
-
-    def route(self, host: bytes | None) -> Route:
-        """Where requests for this Host go (cached for the current table)."""
-        route = self.routes.get(host)
-        if route is not None:
-            return route
-        if host is None:
-            route = Route(None, (), b"", "", self.no_app)
-        else:
-            text = host.decode("latin-1")
-            app, backends = self.table.resolve(text)
-            if app is None:
-                state = self.no_app
-            else:
-                state = self.apps.get(app) or self.apps.setdefault(app, AppState())
-            forwarded = (b"X-Forwarded-Host: " + host + b"\r\nX-Forwarded-Port: "
-                         + host_port(host) + b"\r\n")
-            route = Route(app, backends, forwarded, hostname(text), state)
-        if len(self.routes) >= ROUTE_CACHE:
-            self.routes = {}
-        self.routes[host] = route
-        return route
-
-    def pick(self, route: Route) -> int:
-        """The index of the backend for the next request: round robin over the app's
-        backends, skipping those that failed within fail_timeout (unless all did)."""
-        backends = route.backends
-        n = len(backends)
-        if n == 1:
-            return 0
-        state = route.state
-        i = state.next % n
-        state.next = i + 1
-        down = self.down
-        if down:
-            now = self.loop.time()
-            for k in range(n):
-                j = (i + k) % n
-                if down.get(backends[j], 0.0) <= now:
-                    return j
-        return i
-
-    def is_down(self, addr: str) -> bool:
-        return bool(self.down) and self.down.get(addr, 0.0) > self.loop.time()
-
-    def backend_failed(self, addr: str, kind: str, req: Request, why: str) -> None:
-        """Count a failed exchange and skip the backend for fail_timeout (passive health)."""
-        req.route.state.stats.error(kind)
-        if self.settings.fail_timeout > 0:
-            self.down[addr] = self.loop.time() + self.settings.fail_timeout
-        self.warn(addr, "app %s: instance %s: %s", req.route.app, addr, why)
-
-    def backend_ok(self, addr: str) -> None:
-        self.down.pop(addr, None)
-
-    def request_id(self) -> bytes:
-        """A new X-Request-Id: this worker's random prefix and a counter."""
-        self._request_count += 1
-        return b"%s%x" % (self._request_prefix, self._request_count)
-
-    # --- connections ---
-
-    def protocol(self) -> ClientConnection:
-        return ClientConnection(self)
-
-    def record(self, conn: ClientConnection, req: Request, backend: str) -> None:
-        """Count a response given (and log it, with an access log)."""
-        seconds = _clock() - req.start
-        req.route.state.stats.record(req.status, seconds)
-        if self.access_log is not None:
-            self.access_log.write(
-                peer=conn.peer, method=req.method, url=req.url, http10=req.http10,
-                status=req.status, size=req.sent, referer=req.referer, agent=req.agent,
-                host=req.host, app=req.route.app or "", backend=backend, seconds=seconds,
-                request_id=req.request_id,
-            )
-
-    def warn(self, key: str, message: str, *args: object) -> None:
-        """Log a backend problem at most every few seconds per backend: a dead instance
-        under load must not flood the log."""
-        now = self.loop.time()
-        if now - self._warned.get(key, -1e9) >= 5.0:
-            self._warned[key] = now
-            log.warning(message, *args)
-
-    def _on_tick(self) -> None:
-        now = self.loop.time()
-        try:
-            for conn in list(self.connections):
-                conn.check(now)
-            self.pool.prune(now)
-            if self.access_log is not None:
-                self.access_log.flush()
-        finally:
-            self._tick = self.loop.call_later(self.settings.tick, self._on_tick)
-
-    def snapshot(self) -> Snapshot:
-        apps = {app: state.stats.snapshot() for app, state in self.apps.items()}
-        if self.no_app.stats.codes:
-            apps[""] = self.no_app.stats.snapshot()
-        now = self.loop.time() if self.loop is not None else 0.0
-        table = self.table
-        return {
-            "apps": apps,
-            "connections": len(self.connections),
-            "idle_backends": self.pool.idle_count(),
-            "backends_down": sum(1 for t in self.down.values() if t > now),
-            "routes": len(table),
-            "backends": len({a for bs in table.backends.values() for a in bs}),
-            "rev": table.rev,
-            "ready": self.ready,
-            "table_age": round(time.monotonic() - self.table_time, 3),
-            "redis": None,
-            "workers": 1,
-        }
-
-
 class ClientConnection(asyncio.Protocol):
     """One client socket: parses requests, answers them in order, one at a time."""
 
@@ -429,6 +208,8 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b"unknown"
         self.forwarded = b""  # the X-Forwarded-For and -Proto lines for this client
+        # The request headers the router handles (Referer and User-Agent when it logs).
+        self.special = _REQUEST_SPECIAL_LOGGED if proxy.access_log else _REQUEST_SPECIAL
         self.queue: deque[Request] = deque()  # parsed, not started yet
         self.active: Request | None = None
         self.closed = False
@@ -477,7 +258,7 @@ class ClientConnection(asyncio.Protocol):
             if not req.done:
                 req.done = True
                 req.status = 499  # as nginx logs it: the client closed the request
-                self.proxy.record(self, req, backend.addr if backend else "")
+                self._record(req, backend.addr if backend else "")
         self.active = None
         self.queue.clear()
 
@@ -503,9 +284,9 @@ class ClientConnection(asyncio.Protocol):
             # llhttp sets no limit on a head; one that grows past the limit is refused
             # without waiting for its end.
             self._head_size += len(data)
-            if self._head_size > self.proxy.settings.max_header_size:
+            if self._head_size > self.proxy.config.max_header_size:
                 self._refuse(431, "the request head is larger than "
-                                  f"{self.proxy.settings.max_header_size // 1024} KB")
+                                  f"{self.proxy.config.max_header_size // 1024} KB")
                 return
         if self.active is None and self.queue:
             self._start_next()
@@ -547,9 +328,9 @@ class ClientConnection(asyncio.Protocol):
             self._head_size = 0
             self._head_began = self._last_read
         self._url = url
-        if len(url) > self.proxy.settings.max_request_line:
+        if len(url) > self.proxy.config.max_request_line:
             self._refusal = (414, "the request's URL is longer than "
-                                  f"{self.proxy.settings.max_request_line} bytes")
+                                  f"{self.proxy.config.max_request_line} bytes")
             raise Stop("URL too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -557,7 +338,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        limit = self.proxy.settings.max_header_size
+        limit = self.proxy.config.max_header_size
         if self._head_size + self._chunk > limit:  # else it is surely within the limit
             size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
             if size > limit:
@@ -622,7 +403,7 @@ class ClientConnection(asyncio.Protocol):
     def check(self, now: float) -> None:
         if self.closed:
             return
-        settings = self.proxy.settings
+        config = self.proxy.config
         req = self.active
         if self._lingering:
             if now - self._idle_since >= LINGER:
@@ -633,31 +414,31 @@ class ClientConnection(asyncio.Protocol):
             if self._in_head or not self._answered:
                 # A head must arrive whole within header_timeout of its first byte (or of
                 # the connection, for the first one): a client that trickles it is cut.
-                if now - self._head_began >= settings.header_timeout:
+                if now - self._head_began >= config.header_timeout:
                     if self._in_head:
                         self._refuse(408, "the request head did not arrive within "
-                                          f"{settings.header_timeout:g} s")
+                                          f"{config.header_timeout:g} s")
                     else:
                         self.close()
-            elif now - self._idle_since >= settings.client_timeout:
+            elif now - self._idle_since >= config.client_timeout:
                 self.close()  # an idle keep-alive connection
         elif self._raw and req.done:
             pass  # a tunnel idles as long as its ends like
         else:
             if req.backend is not None:
-                req.backend.check(now)
+                req.backend.check(now, config.backend_timeout)
                 if self.closed or req.done:
                     return
-            if self._writing_paused and now - self._write_paused_at >= settings.client_timeout:
+            if self._writing_paused and now - self._write_paused_at >= config.client_timeout:
                 self.abort()  # the client stopped reading its response
             elif (not req.complete and not self._paused
-                  and now - self._last_read >= settings.client_timeout):
+                  and now - self._last_read >= config.client_timeout):
                 # The client stopped sending its body.
                 if req.status:
                     self.abort()
                 else:
                     self._fail_active(408, "the request body stopped arriving for "
-                                           f"{settings.client_timeout:g} s")
+                                           f"{config.client_timeout:g} s")
 
     def _fail_active(self, status: int, message: str) -> None:
         req = self.active
@@ -700,7 +481,7 @@ class ClientConnection(asyncio.Protocol):
                 self.queue.remove(cur)
         if self.active is None and not self.queue:
             self._write_error(status, message, keep=False)
-            self.proxy.no_app.stats.record(status, 0.0)
+            self.proxy.metrics.no_app.record(status, 0.0)
             self._linger()
         else:
             self._broken = True
@@ -717,8 +498,9 @@ class ClientConnection(asyncio.Protocol):
         if not route.backends or req.error is not None or req.method == b"CONNECT":
             self.respond_error(req, *self._refusal_of(req))
             return
-        index = self.proxy.pick(route)
-        conn = self.proxy.pool.take(route.backends[index])
+        proxy = self.proxy
+        index = proxy.balancer.pick(route)
+        conn = proxy.pool.take(route.backends[index])
         if conn is not None:
             self.attach(req, conn, index)
         else:
@@ -734,48 +516,31 @@ class ClientConnection(asyncio.Protocol):
         if req.method == b"CONNECT":
             return 405, "this router does not tunnel CONNECT"
         if route.app is None:
-            if not self.proxy.ready:
+            if not self.proxy.routes.ready:
                 return 503, "this router has no route table yet (Redis is unreachable)"
             return 404, f"no app is served at {route.name}"
         return 503, f"app {route.app} has no healthy instance right now"
 
     async def _connect(self, req: Request, start: int, *, fresh: bool) -> None:
-        """Open a connection to the first backend that accepts one, from `start` on.
-        Trying the next is safe: no byte of the request reached a backend that refused
-        the connection. Backends that failed lately are skipped, unless all did."""
-        proxy = self.proxy
-        pool = proxy.pool
-        backends = req.route.backends
-        n = len(backends)
-        skip_down = any(not proxy.is_down(a) for a in backends)
-        tried = 0
-        for k in range(n):
-            index = (start + k) % n
-            addr = backends[index]
-            if k and skip_down and proxy.is_down(addr):
-                continue
-            conn = None if fresh and not k else pool.take(addr)
-            if conn is None:
-                tried += 1
-                try:
-                    conn = await pool.connect(addr)
-                except (OSError, TimeoutError) as exc:
-                    why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-                    proxy.backend_failed(addr, CONNECT, req, f"cannot connect: {why}")
-                    continue
+        """Attach `req` to a connection to the first backend that accepts one, from
+        `start` on (see BackendPool.connect_first), or answer 502."""
+        pool = self.proxy.pool
+        try:
+            conn, index = await pool.connect_first(req.route, start, fresh=fresh)
+        except NoBackend as exc:
             self._task = None
-            if self.closed or req.done:
-                pool.put(conn)
-            else:
-                self.attach(req, conn, index)
+            self.respond_error(
+                req, 502, f"no instance of app {req.route.app} accepted a connection "
+                          f"({exc.tried} tried)",
+            )
             return
         self._task = None
-        self.respond_error(
-            req, 502, f"no instance of app {req.route.app} accepted a connection "
-                      f"({tried} tried)",
-        )
+        if self.closed or req.done:
+            pool.put(conn)
+        else:
+            self.attach(req, conn, index)
 
-    def attach(self, req: Request, conn: BackendConnection, index: int) -> None:
+    def attach(self, req: Request, conn: BackendConnection[Request], index: int) -> None:
         """Send the request head, and what body has arrived, to `conn`."""
         req.index = index
         req.backend = conn
@@ -806,7 +571,7 @@ class ClientConnection(asyncio.Protocol):
         req.done = True
         self._unpause(_PIPELINE)
         backend = req.backend
-        self.proxy.record(self, req, backend.addr if backend else "")
+        self._record(req, backend.addr if backend else "")
 
     def respond_error(self, req: Request, status: int, message: str) -> None:
         """Answer `req` with the router's own page."""
@@ -847,11 +612,10 @@ class ClientConnection(asyncio.Protocol):
         req.backend = None
         self.active = None
         self._answered += 1
-        proxy = self.proxy
-        if proxy.access_log is None:
+        if self.proxy.access_log is None:
             req.route.state.stats.record(req.status, _clock() - req.start)
         else:
-            proxy.record(self, req, backend.addr if backend is not None else "")
+            self._record(req, backend.addr if backend is not None else "")
         if self._paused & _BACKEND_FULL:
             self._unpause(_BACKEND_FULL)
         if self.closed:
@@ -875,8 +639,21 @@ class ClientConnection(asyncio.Protocol):
         """The backend failed after the response head went out: the client must see
         that its response is incomplete."""
         req.done = True
-        self.proxy.record(self, req, req.backend.addr if req.backend is not None else "")
+        self._record(req, req.backend.addr if req.backend is not None else "")
         self.abort()
+
+    def _record(self, req: Request, backend: str) -> None:
+        """Count a response given (and log it, with an access log)."""
+        seconds = _clock() - req.start
+        req.route.state.stats.record(req.status, seconds)
+        access_log = self.proxy.access_log
+        if access_log is not None:
+            access_log.write(
+                peer=self.peer, method=req.method, url=req.url, http10=req.http10,
+                status=req.status, size=req.sent, referer=req.referer, agent=req.agent,
+                host=req.host, app=req.route.app or "", backend=backend, seconds=seconds,
+                request_id=req.request_id,
+            )
 
     def _linger(self) -> None:
         """Close after an answer given before the whole request arrived: stop writing, but

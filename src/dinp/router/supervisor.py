@@ -1,0 +1,258 @@
+"""`dinp router` itself: one router in this process, or a Supervisor of worker processes.
+
+Python runs one core per process, so `dinp router --workers N` (default: one per core)
+starts N worker processes, each a whole router (worker.py) with its own listener on the
+same port (SO_REUSEPORT: the kernel spreads connections), its own Redis follower and
+backend pool, always on uvloop. The parent only supervises: it restarts a worker that
+dies, serves the admin port, and asks every worker for its counters (one JSON line over a
+socketpair, the control socket) when /metrics or /health is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+
+from aiohttp import web
+
+from dinp.config import RouterConfig, split_hostport
+from dinp.errors import ConfigError, Unavailable
+from dinp.roles.lifecycle import cannot_listen, run_until_stopped, start_site
+from dinp.router.admin import admin_app
+from dinp.router.metrics import WorkerStats
+from dinp.router.worker import SHUTDOWN_GRACE, Router, open_access_log, run_worker
+from dinp.routes import redact
+
+log = logging.getLogger("dinp.router")
+
+# How long the supervisor waits for a worker's answer to a question on its control socket.
+CONTROL_TIMEOUT = 2.0
+
+
+async def serve(config: RouterConfig) -> None:
+    """`dinp router`: serve HTTP with the table from Redis until SIGTERM/SIGINT (or until
+    cancelled), then stop gracefully; in `workers` processes when more than one."""
+    if config.workers < 0:
+        raise ConfigError(f"workers = {config.workers}: must be 0 (one per core) or more")
+    workers = config.workers or os.cpu_count() or 1
+    if workers > 1:
+        await Supervisor(config, workers).run()
+        return
+    stop = asyncio.Event()
+    await run_worker(config, stop=stop.wait(), admin=True)
+
+
+def _log_setup() -> tuple[int, bool]:
+    """The root logger's level and whether it logs JSON, for a worker to log alike."""
+    from dinp.output import JsonFormatter
+
+    root = logging.getLogger()
+    json_logs = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    return root.level, json_logs
+
+
+def worker_main(config: RouterConfig, index: int, control: socket.socket, level: int,
+                json_logs: bool) -> None:
+    """A worker process (spawned by the Supervisor): one Router on uvloop until SIGTERM
+    or until its supervisor goes away (its control socket closes)."""
+    import uvloop
+
+    from dinp.output import setup_logging
+
+    # Ctrl-C reaches the whole process group: the supervisor alone decides, by SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging(verbose=level <= logging.DEBUG, quiet=level >= logging.WARNING,
+                  json_logs=json_logs)
+    uvloop.run(_worker(config, control))
+
+
+async def _worker(config: RouterConfig, control: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    async def answer(router: Router) -> None:
+        reader, writer = await asyncio.open_connection(sock=control)
+
+        async def serve_control() -> None:
+            try:
+                while await reader.readline():
+                    writer.write(json.dumps(router.stats()).encode() + b"\n")
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            stop.set()  # the supervisor is gone
+
+        task = asyncio.create_task(serve_control())
+        stop_tasks.append(task)
+
+    stop_tasks: list[asyncio.Task[None]] = []
+    try:
+        await run_worker(config, stop=stop.wait(), admin=False, reuse_port=True,
+                         on_ready=answer)
+    finally:
+        for task in stop_tasks:
+            task.cancel()
+
+
+class WorkerProcess:
+    """The supervisor's handle on one worker process and its control socket."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self, config: RouterConfig) -> None:
+        parent, child = socket.socketpair()
+        level, json_logs = _log_setup()
+        ctx = multiprocessing.get_context("spawn")
+        self.process = ctx.Process(
+            target=worker_main, args=(config, self.index, child, level, json_logs),
+            name=f"dinp-router-{self.index}", daemon=True,
+        )
+        self.process.start()
+        child.close()
+        self._reader, self._writer = await asyncio.open_connection(sock=parent)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    async def stats(self, timeout: float = CONTROL_TIMEOUT) -> WorkerStats | None:
+        """The worker's counters; None if it does not answer in time."""
+        if self._reader is None or self._writer is None or not self.alive:
+            return None
+        async with self._lock:
+            try:
+                self._writer.write(b"snapshot\n")
+                await self._writer.drain()
+                line = await asyncio.wait_for(self._reader.readline(), timeout)
+            except (TimeoutError, ConnectionError, OSError):
+                return None
+        if not line:
+            return None
+        stats: WorkerStats = json.loads(line)
+        return stats
+
+    def close_control(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = self._reader = None
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL after `grace` (plus a moment to exit)."""
+        process = self.process
+        if process is None:
+            return
+        if process.is_alive():
+            process.terminate()
+            await asyncio.to_thread(process.join, grace + 2.0)
+            if process.is_alive():
+                log.warning("router worker %d did not stop; killing it", self.index)
+                process.kill()
+                await asyncio.to_thread(process.join, 5.0)
+        self.close_control()
+        process.close()
+        self.process = None
+
+
+class Supervisor:
+    """The parent of the worker processes: starts them, restarts one that dies, and serves
+    the admin port from their answers."""
+
+    def __init__(self, config: RouterConfig, workers: int) -> None:
+        self.config = config
+        self.workers = [WorkerProcess(i) for i in range(workers)]
+        self.stopping = False
+
+    async def run(self) -> None:
+        config = self.config
+        host, port = split_hostport(config.http_listen, default_port=8080)
+        if config.access_log:  # refused here, not by each worker as it starts
+            open_access_log(config.access_log).close()
+        # Holding the port (bound, not listening: it takes no connections) makes the
+        # start fail early when the port is taken, and resolves port 0 for the workers.
+        holder = _reserve(host, port)
+        try:
+            port = holder.getsockname()[1]
+            config = _with_listen(config, f"{host}:{port}")
+            runner: web.AppRunner | None = None
+            for worker in self.workers:
+                await worker.start(config)
+            await self._wait_ready()
+            admin_url = "disabled"
+            if config.admin_listen:
+                admin_host, admin_port = split_hostport(config.admin_listen,
+                                                        default_port=8081)
+                runner = await start_site(admin_app(self.stats, lambda: self.stopping),
+                                          admin_host, admin_port)
+                admin_url = f"http://{admin_host}:{runner.addresses[0][1]}"
+            log.info("router serving on http://%s:%d with %d workers, admin on %s, routes "
+                     "from %s", host, port, len(self.workers), admin_url,
+                     redact(config.redis_url))
+            await run_until_stopped(self._supervise(config))
+        finally:
+            self.stopping = True
+            log.info("router stopping")
+            await asyncio.gather(*(w.stop(SHUTDOWN_GRACE) for w in self.workers))
+            if runner is not None:
+                await runner.cleanup()
+            holder.close()
+
+    async def _wait_ready(self) -> None:
+        """Until every worker answers (it answers once it listens)."""
+        deadline = asyncio.get_running_loop().time() + self.config.connect_timeout + 30
+        for worker in self.workers:
+            while await worker.stats(timeout=1.0) is None:
+                if not worker.alive:
+                    raise Unavailable(f"router worker {worker.index} exited at start",
+                                      hint="See its log lines above.")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(f"router worker {worker.index} did not start")
+
+    async def _supervise(self, config: RouterConfig) -> None:
+        """Restart a worker that exits while the router is not stopping."""
+        backoff = 1.0
+        while True:
+            await asyncio.sleep(0.5)
+            for worker in self.workers:
+                if worker.process is not None and not worker.alive and not self.stopping:
+                    log.error("router worker %d exited (code %s); starting it again in %g s",
+                              worker.index, worker.process.exitcode, backoff)
+                    await worker.stop(0)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    await worker.start(config)
+                    continue
+            if all(w.alive for w in self.workers):
+                backoff = max(1.0, backoff / 2)
+
+    async def stats(self) -> list[WorkerStats]:
+        answers = await asyncio.gather(*(w.stats() for w in self.workers))
+        return [a for a in answers if a is not None]
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise cannot_listen(host, port, exc, "http_listen") from exc
+    return sock
+
+
+def _with_listen(config: RouterConfig, listen: str) -> RouterConfig:
+    return dataclasses.replace(config, http_listen=listen)
