@@ -97,13 +97,13 @@ def up(
                                       help="Apps are served at <app>.<domain>."),
 ) -> None:
     """Run server, agent and router in one process on this machine."""
-    from dinp.roles import allinone
+    from dinp.roles import up as up_role
 
     conf = cfg.load(cfg.UpConfig, "up", path=cfg.find_config_file(_s(config)), flags={
         "state_dir": str(state_dir) if state_dir else None, "http_port": http_port,
         "api_port": api_port, "admin_port": admin_port, "domain": domain,
     })
-    lifecycle.run(lambda: allinone.serve(conf))
+    lifecycle.run(lambda: up_role.serve(conf))
 
 
 def _s(path: Path | None) -> str | None:
