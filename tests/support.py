@@ -23,6 +23,8 @@ from typing import Any
 import pymysql
 
 DINP = str(Path(sys.executable).parent / "dinp")
+# Label for containers a test starts itself (not through dinp), so teardown finds them.
+TEST_LABEL = "io.dinp.test"
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 
 

@@ -21,8 +21,7 @@ from dinp.build import base_images as baseimages
 from dinp.build.engine import Engine
 from dinp.config import BuildConfig
 from dinp.errors import Unavailable
-from tests.integration.conftest import TEST_LABEL
-from tests.support import delete_from_registry
+from tests.support import TEST_LABEL, delete_from_registry
 
 REGISTRY = "127.0.0.1:5000"
 ROOT = Path(__file__).resolve().parents[2]

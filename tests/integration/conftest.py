@@ -15,13 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-# The helpers live in tests/support.py; these names are used by the tests beside this file.
-from tests.support import RedisServer, free_port, mysql_database, wait_until  # noqa: F401
+from tests.support import TEST_LABEL, RedisServer, mysql_database
 from tests.support import redis_server as private_redis
-
-# Label for containers a test starts itself (not through dinp), so teardown finds them.
-TEST_LABEL = "io.dinp.test"
-
 
 # -- databases ---------------------------------------------------------------------------
 

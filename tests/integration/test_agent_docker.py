@@ -26,8 +26,7 @@ from dinp.health import check
 from dinp.roles import agent as agent_mod
 from dinp.roles.agent import Agent
 from dinp.wire import Assignment
-
-from .conftest import TEST_LABEL, free_port, wait_until
+from tests.support import TEST_LABEL, free_port, wait_until
 
 pytestmark = pytest.mark.docker
 

@@ -27,8 +27,7 @@ from dinp.roles.api import make_app
 from dinp.roles.server import Server
 from dinp.routes import RedisRouteStore
 from dinp.store import Store
-
-from .conftest import RedisServer
+from tests.support import RedisServer
 
 ADMIN = "at"
 CLUSTER = "ct"

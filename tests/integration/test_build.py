@@ -32,8 +32,7 @@ from dinp.build.engine import Engine
 from dinp.config import BuildConfig
 from dinp.errors import BuildFailed, InvalidInput, Unavailable
 from tests.integration.builds import EXPECTED, REGISTRY, ROOT, http_get, serve, tgz
-from tests.integration.conftest import free_port, wait_until
-from tests.support import DINP
+from tests.support import DINP, free_port, wait_until
 
 pytestmark = pytest.mark.docker
 

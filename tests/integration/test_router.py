@@ -33,7 +33,7 @@ from dinp.config import RouterConfig
 from dinp.router import Router, serve
 from dinp.router.follower import RedisRouteFollower
 from dinp.routes import RedisRouteStore, RouteTable
-from tests.integration.conftest import RedisServer
+from tests.support import RedisServer, free_port
 
 MB = 1 << 20
 _BASE = random.Random(7).randbytes(MB)
@@ -51,13 +51,6 @@ def run(scenario: Callable[[contextlib.AsyncExitStack], Coroutine[Any, Any, None
             await asyncio.wait_for(scenario(stack), timeout)
 
     asyncio.run(main())
-
-
-def dead_port() -> int:
-    """A port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0) -> bool:
@@ -324,7 +317,7 @@ def test_unknown_host_404_and_app_without_instances_503() -> None:
 def test_dead_backend_502_and_retry_on_the_next_backend() -> None:
     async def scenario(stack: contextlib.AsyncExitStack) -> None:
         (live,) = await backends(stack, "live")
-        dead = f"127.0.0.1:{dead_port()}"
+        dead = f"127.0.0.1:{free_port()}"
         router = await start_router(
             stack, table({"gone": [dead], "web": [dead, live.addr]}), connect_timeout=1.0
         )
@@ -767,7 +760,7 @@ def test_keeps_the_last_table_while_redis_is_away(redis_db: str) -> None:
 
         # A router whose Redis never answered serves the table it was given.
         other = await start_router(stack, table({"web": [b]}))
-        await follow(stack, other, f"redis://127.0.0.1:{dead_port()}/0")
+        await follow(stack, other, f"redis://127.0.0.1:{free_port()}/0")
         await asyncio.sleep(0.3)
         assert await who(http, other, "web.localhost") == "web"
         assert (await health(http, other))["redis"] is False
@@ -779,7 +772,7 @@ def test_serve_runs_the_role_until_cancelled(redis_db: str) -> None:
     async def scenario(stack: contextlib.AsyncExitStack) -> None:
         (b,) = await backends(stack, "web")
         await publish(redis_db, table({"web": [b]}))
-        http_port, admin_port = dead_port(), dead_port()
+        http_port, admin_port = free_port(), free_port()
         config = RouterConfig(http_listen=f"127.0.0.1:{http_port}",
                               admin_listen=f"127.0.0.1:{admin_port}", redis_url=redis_db,
                               resync_interval=1.0, connect_timeout=2.0)
@@ -925,7 +918,7 @@ def test_connect_timeout_then_the_next_instance() -> None:
 def test_failing_instance_is_skipped_for_fail_timeout_then_tried_again() -> None:
     async def scenario(stack: contextlib.AsyncExitStack) -> None:
         (live,) = await backends(stack, "live")
-        dead = f"127.0.0.1:{dead_port()}"
+        dead = f"127.0.0.1:{free_port()}"
         router = await start_router(stack, table({"web": [dead, live.addr]}),
                                     fail_timeout=0.5)
         http = await session(stack)

@@ -28,9 +28,8 @@ import pytest
 from aiohttp import web
 
 from dinp.routes import RedisRouteStore, RouteTable
-from tests.integration.conftest import RedisServer, free_port
 from tests.integration.test_router import backends, run, table
-from tests.support import DINP
+from tests.support import DINP, RedisServer, free_port
 
 GB = 1 << 30
 

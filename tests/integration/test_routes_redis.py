@@ -13,8 +13,7 @@ import redis
 from dinp.errors import Unavailable
 from dinp.router.follower import RedisRouteFollower
 from dinp.routes import RedisRouteStore, RouteTable, read_redis
-
-from .conftest import RedisServer, free_port
+from tests.support import RedisServer, free_port
 
 TABLE = RouteTable(
     backends={"web.localhost": ("127.0.0.2:31001", "127.0.0.3:31002"),

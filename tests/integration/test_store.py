@@ -14,8 +14,7 @@ from sqlalchemy import text
 from dinp.errors import Conflict, NotFound, Unavailable
 from dinp.scheduler import AppSpec, Place, Remove, SetNodeStatus, Unplaceable
 from dinp.store import Store
-
-from .conftest import free_port
+from tests.support import free_port
 
 
 @pytest.fixture
