@@ -32,8 +32,7 @@ from typing import Any
 import aiohttp
 import docker.errors
 
-from dinp import const, validation
-from dinp import node as nodeinfo
+from dinp import const, machine, validation
 from dinp.config import AgentConfig, require_secret
 from dinp.const import API_PREFIX
 from dinp.container import Container, DockerRuntime, StartFailed
@@ -103,7 +102,7 @@ class Agent:
         self.config = config
         self.runtime = runtime
         self.state = AgentState()
-        self.capacity_mb = config.capacity_mb or nodeinfo.default_capacity_mb()
+        self.capacity_mb = config.capacity_mb or machine.default_capacity_mb()
         self.agent_id = agent_id()
         self._kick = asyncio.Event()  # converge now
         self._report = asyncio.Event()  # report now
@@ -132,7 +131,7 @@ class Agent:
     def heartbeat_body(self) -> Heartbeat:
         return Heartbeat(
             node=self.config.node_name, address=self.config.advertise,
-            capacity_mb=self.capacity_mb, free_mb=nodeinfo.free_mb(),
+            capacity_mb=self.capacity_mb, free_mb=machine.free_mb(),
             containers=tuple(
                 ContainerInfo(
                     instance=c.instance, app=c.app, release=c.release, state=c.state,
