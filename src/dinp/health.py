@@ -40,6 +40,22 @@ class HealthState:
     def stuck(self, now: float, timeout: float) -> str | None:
         """Why the instance should be replaced, if it has been starting or unhealthy for
         longer than `timeout`; else None."""
+        return self.snapshot().stuck(now, timeout)
+
+    def snapshot(self) -> Health:
+        return Health(self.status, self.since)
+
+
+@dataclass(frozen=True)
+class Health:
+    """An instance's health at one moment: what a plan is made from."""
+
+    status: str
+    since: float  # when this status began (monotonic seconds)
+
+    def stuck(self, now: float, timeout: float) -> str | None:
+        """Why the instance should be replaced, if it has been starting or unhealthy for
+        longer than `timeout`; else None."""
         if self.status == "healthy" or now - self.since < timeout:
             return None
         if self.status == "starting":

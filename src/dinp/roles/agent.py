@@ -5,7 +5,9 @@ containers (by label) and reports them with their health, receiving the node's w
 assignment in reply; the converge loop starts and stops containers until the node runs
 that assignment. A slow stop or image pull therefore never silences the node. A
 long-poll to the server and the engine's event stream wake them at once, so new work and
-dead containers are handled without waiting for the next heartbeat.
+dead containers are handled without waiting for the next heartbeat. What to start and stop
+is decided by the pure node plan (`dinp.node_plan`, where its rules are written): this
+module gathers what the plan needs and carries out its actions.
 
 Safety: it touches only containers labelled for its node and its cluster; it removes a
 container only on a fresh assignment from the server (never on a guess); while the server
@@ -32,13 +34,14 @@ from typing import Any
 import aiohttp
 import docker.errors
 
-from dinp import const, validation
-from dinp import node as nodeinfo
+from dinp import const, machine, node_plan, validation
 from dinp.config import AgentConfig, require_secret
 from dinp.const import API_PREFIX
 from dinp.container import Container, DockerRuntime, StartFailed
 from dinp.errors import ConfigError, DinpError, InvalidInput, NodeTaken, Unavailable, WrongCluster
 from dinp.health import HealthState, check
+from dinp.node_plan import DRAIN_SECONDS as DRAIN_SECONDS
+from dinp.node_plan import FRESH_SECONDS as FRESH_SECONDS
 from dinp.roles.lifecycle import run_until_stopped
 from dinp.wire import Assignment, ContainerInfo, Heartbeat, parse_assignments
 
@@ -54,10 +57,6 @@ def parse_ok(data: object) -> bool:
 log = logging.getLogger(__name__)
 
 LONG_POLL_SECONDS = 25.0
-# A removal needs an assignment at most this old: older ones are not "fresh information".
-FRESH_SECONDS = 15.0
-# Unrouted instances keep running this long so requests in flight can finish.
-DRAIN_SECONDS = 1.0
 MAX_START_BACKOFF = 30.0
 
 
@@ -103,7 +102,7 @@ class Agent:
         self.config = config
         self.runtime = runtime
         self.state = AgentState()
-        self.capacity_mb = config.capacity_mb or nodeinfo.default_capacity_mb()
+        self.capacity_mb = config.capacity_mb or machine.default_capacity_mb()
         self.agent_id = agent_id()
         self._kick = asyncio.Event()  # converge now
         self._report = asyncio.Event()  # report now
@@ -132,7 +131,7 @@ class Agent:
     def heartbeat_body(self) -> Heartbeat:
         return Heartbeat(
             node=self.config.node_name, address=self.config.advertise,
-            capacity_mb=self.capacity_mb, free_mb=nodeinfo.free_mb(),
+            capacity_mb=self.capacity_mb, free_mb=machine.free_mb(),
             containers=tuple(
                 ContainerInfo(
                     instance=c.instance, app=c.app, release=c.release, state=c.state,
@@ -362,62 +361,57 @@ class Agent:
             await self._do_work(*work)
 
     async def _plan_work(self) -> tuple[list[Container], list[Assignment], str] | None:
-        """(stops, starts, cluster) for this round, leaving out containers and instances
-        that work still under way (a slow stop, a long pull) already handles."""
+        """(stops, starts, cluster) for this round, from the node plan (which leaves out
+        containers and instances that work still under way, a slow stop or a long pull,
+        already handles); its bookkeeping is applied here."""
         async with self._converge_lock:
             await self.refresh()
-            assignment = self.state.assignment
-            if assignment is None:
-                return None
-            now = time.monotonic()
-            fresh = self.state.server_ok and now - self.state.assignment_at < FRESH_SECONDS
-            wanted = {a.id: a for a in assignment}
-            if fresh:  # failures of instances no longer ours are not worth reporting
-                for gone in set(self.state.retries) - set(wanted):
-                    del self.state.retries[gone]
-            by_instance: dict[str, list[Container]] = {}
-            for c in self._containers:
-                by_instance.setdefault(c.instance, []).append(c)
-
-            starts: list[Assignment] = []
-            stops: list[Container] = []
-            for a in assignment:
-                existing = by_instance.get(a.id, [])
-                # Dead, or not published on this node's address (it changed): replace it.
-                alive = [c for c in existing if c.running and c.host_port]
-                stuck = self._stuck(a, now) if alive else None
-                if stuck:
-                    log.error("%s %s: replacing it", const.container_name(a.app, a.id), stuck)
-                    self._failed(a.id, stuck)
-                    alive = []
-                stops.extend(c for c in existing if c not in alive)
-                stops.extend(alive[1:])  # never two containers for one instance
-                busy = a.id in self._busy or any(c.id in self._busy for c in existing)
-                if not alive and not busy and self._may_start(a.id, now):
-                    starts.append(a)
-            for instance, containers in by_instance.items():
-                if instance in wanted:
-                    self.state.unassigned_since.pop(instance, None)
-                    continue
-                if not fresh or instance in self.state.foreign:
-                    continue
-                if any(c.legacy for c in containers) and instance not in self.state.adopted:
-                    continue  # unlabelled and never assigned here: maybe another cluster's
-                since = self.state.unassigned_since.setdefault(instance, now)
-                live = any(c.running for c in containers)
-                if not live or now - since >= DRAIN_SECONDS:
-                    stops.extend(containers)
-                else:
-                    self._kick_later(DRAIN_SECONDS - (now - since))
-
-            # Not what is being stopped already, nor the container of an instance being
-            # started (it is `created` for a moment, not yet running).
-            stops = [c for c in stops if c.id not in self._busy and c.instance not in self._busy]
+            actions = node_plan.plan(self._view(), now=time.monotonic(),
+                                     start_timeout=self.config.start_timeout)
+            stops, starts = self._apply(actions)
             if not stops and not starts:
                 return None
             self._busy.update(c.id for c in stops)
             self._busy.update(a.id for a in starts)
             return stops, starts, self.runtime.cluster
+
+    def _view(self) -> node_plan.NodeView:
+        """What the plan is made from: a frozen copy of what the agent knows now."""
+        state = self.state
+        return node_plan.NodeView(
+            assignment=None if state.assignment is None else tuple(state.assignment),
+            containers=tuple(self._containers),
+            received_at=state.assignment_at, server_ok=state.server_ok,
+            health={i: h.snapshot() for i, h in state.health.items()},
+            backoff={i: r.next_at for i, r in state.retries.items()},
+            unassigned_since=dict(state.unassigned_since),
+            foreign=frozenset(state.foreign), adopted=frozenset(state.adopted),
+            busy=frozenset(self._busy),
+        )
+
+    def _apply(self, actions: list[node_plan.Action]) -> tuple[list[Container],
+                                                                 list[Assignment]]:
+        """Apply the plan's bookkeeping at once; return its stops and starts."""
+        stops: list[Container] = []
+        starts: list[Assignment] = []
+        for action in actions:
+            if isinstance(action, node_plan.Stop):
+                stops.append(action.container)
+            elif isinstance(action, node_plan.Start):
+                starts.append(action.assignment)
+            elif isinstance(action, node_plan.Stuck):
+                log.error("%s %s: replacing it",
+                          const.container_name(action.app, action.instance), action.reason)
+                self._failed(action.instance, action.reason)
+            elif isinstance(action, node_plan.ForgetFailure):
+                self.state.retries.pop(action.instance, None)
+            elif isinstance(action, node_plan.MarkUnassigned):
+                self.state.unassigned_since[action.instance] = action.since
+            elif isinstance(action, node_plan.Reassigned):
+                self.state.unassigned_since.pop(action.instance, None)
+            else:
+                self._kick_later(action.delay)
+        return stops, starts
 
     async def _do_work(self, stops: list[Container], starts: list[Assignment],
                        cluster: str) -> None:
@@ -433,14 +427,6 @@ class Agent:
         await self.refresh()
         self._report.set()
         self._kick.set()  # what changed meanwhile is looked at now
-
-    def _may_start(self, instance: str, now: float) -> bool:
-        retry = self.state.retries.get(instance)
-        return retry is None or now >= retry.next_at
-
-    def _stuck(self, a: Assignment, now: float) -> str | None:
-        health = self.state.health.get(a.id)
-        return health.stuck(now, self.config.start_timeout) if health else None
 
     def _failed(self, instance: str, message: str) -> float:
         """Record a failure of `instance`: its next start waits, longer each time."""
