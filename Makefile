@@ -54,7 +54,8 @@ bench-router: venv ## dinp's router vs Caddy and nginx, one core each (wrk); upd
 	$(PY) benchmarks/router.py --update-doc $(BENCH_ARGS)
 
 docs: venv ## Write docs/cli.md from the CLI itself (a test fails when it is stale)
-	$(PY) -m dinp.commands.reference > docs/cli.md
+	$(PY) -c 'from dinp.cli import cli; from dinp.commands.reference import markdown; \
+		print(markdown(cli), end="")' > docs/cli.md
 
 clean: ## Stop the demo, remove state/, build/ and caches (keeps .venv and images)
 	@if [ -f state/dinp-up.pid ]; then bash scripts/demo.sh stop; fi

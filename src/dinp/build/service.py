@@ -31,7 +31,7 @@ from dinp.build.engine import Log
 from dinp.config import BuildConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX
 from dinp.errors import DinpError, InvalidInput, Unauthorized
-from dinp.roles.lifecycle import run_until_stopped, start_site
+from dinp.lifecycle import run_until_stopped, start_site
 from dinp.tokens import bearer_token, same_secret
 
 log = logging.getLogger(__name__)

@@ -186,8 +186,8 @@ def serve(
 ) -> None:
     """Run a build service: `dinp build PATH --remote URL` uploads to it and gets the
     same result as a local build. Needs build_token (DINP_BUILD_TOKEN) and an engine."""
+    from dinp import lifecycle
     from dinp.build import service
-    from dinp.roles import lifecycle
 
     conf = _load(config, registry=_registry(registry), serve_listen=listen)
     lifecycle.run(lambda: service.serve(conf))

@@ -1,7 +1,7 @@
 """docs/cli.md, written from the typer app itself so the reference cannot drift.
 
-`make docs` runs `python -m dinp.commands.reference > docs/cli.md`; a test fails when the
-committed page differs from what this module writes.
+`make docs` writes it (`markdown(dinp.cli.cli)`); a test fails when the committed page
+differs from what this module writes.
 """
 
 from __future__ import annotations
@@ -77,9 +77,3 @@ def markdown(app: typer.Typer) -> str:
     _options(root, out)
     _command("dinp", root, out)
     return "\n".join(out).rstrip() + "\n"
-
-
-if __name__ == "__main__":
-    from dinp.cli import cli
-
-    print(markdown(cli), end="")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from dinp import config as cfg
-from dinp.roles import lifecycle
+from dinp import lifecycle
 
 ConfigOpt = typer.Option(None, "--config", "-c", envvar="DINP_CONFIG",
                          help="dinp.toml to read (default ./dinp.toml, /etc/dinp/dinp.toml).")

@@ -40,9 +40,9 @@ from dinp.const import API_PREFIX
 from dinp.container import Container, DockerRuntime, StartFailed
 from dinp.errors import ConfigError, DinpError, InvalidInput, NodeTaken, Unavailable, WrongCluster
 from dinp.health import HealthState, check
+from dinp.lifecycle import run_until_stopped
 from dinp.node_plan import DRAIN_SECONDS as DRAIN_SECONDS
 from dinp.node_plan import FRESH_SECONDS as FRESH_SECONDS
-from dinp.roles.lifecycle import run_until_stopped
 from dinp.wire import Assignment, ContainerInfo, Heartbeat, parse_assignments
 
 

@@ -22,7 +22,7 @@ from dinp import validation, wire
 from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
 from dinp.errors import DinpError, InvalidInput, Unauthorized, Unavailable
-from dinp.roles.lifecycle import run_until_stopped, start_site
+from dinp.lifecycle import run_until_stopped, start_site
 from dinp.roles.openapi import MAX_BODY
 from dinp.roles.openapi import document as openapi_document
 from dinp.roles.server import Server

@@ -17,9 +17,9 @@ from dinp import routes
 from dinp.client import save_credentials
 from dinp.config import AgentConfig, ServerConfig, UpConfig
 from dinp.container import DockerRuntime
+from dinp.lifecycle import run_until_stopped
 from dinp.roles import api
 from dinp.roles.agent import Agent
-from dinp.roles.lifecycle import run_until_stopped
 from dinp.router import Router
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from dinp.config import RouterConfig, split_hostport
 from dinp.errors import ConfigError, Unavailable
-from dinp.roles.lifecycle import cannot_listen, run_until_stopped, start_site
+from dinp.lifecycle import cannot_listen, run_until_stopped, start_site
 from dinp.router.admin import admin_app
 from dinp.router.metrics import WorkerStats
 from dinp.router.worker import SHUTDOWN_GRACE, Router, open_access_log, run_worker

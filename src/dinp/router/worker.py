@@ -15,7 +15,7 @@ from aiohttp import web
 
 from dinp.config import RouterConfig, split_hostport
 from dinp.errors import ConfigError
-from dinp.roles.lifecycle import cannot_listen, forced, run_until_stopped, start_site
+from dinp.lifecycle import cannot_listen, forced, run_until_stopped, start_site
 from dinp.router.accesslog import AccessLog
 from dinp.router.admin import admin_app
 from dinp.router.clients import ClientConnection
