@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -363,3 +364,60 @@ class TcpProxy:
         self.loop.call_soon_threadsafe(self.server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+
+
+@dataclass
+class Prober:
+    """Sends GET / for `host` through the router every `interval` seconds on a keep-alive
+    connection (a new one after any error), and keeps (time, status) of every answer;
+    status 0 for a connection error or timeout."""
+
+    addr: str
+    host: str
+    interval: float = 0.02
+    answers: list[tuple[float, int]] = field(default_factory=list)
+    bodies: list[str] = field(default_factory=list)  # the first line of each 200
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Prober:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        host, _, port = self.addr.rpartition(":")
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set():
+            status = 0
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+                conn.request("GET", "/", headers={"Host": self.host})
+                resp = conn.getresponse()
+                body = resp.read()
+                status = resp.status
+                if status == 200:
+                    self.bodies.append(body.decode(errors="replace").split("\n", 1)[0])
+                if resp.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self.answers.append((time.monotonic(), status))
+            self._stop.wait(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def failed_since(self, t0: float) -> list[tuple[float, int]]:
+        return [(t, s) for t, s in self.answers if t >= t0 and s != 200]
+
+    def sent_since(self, t0: float) -> int:
+        return sum(1 for t, _ in self.answers if t >= t0)

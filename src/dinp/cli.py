@@ -14,6 +14,7 @@ from dinp import __version__
 from dinp.commands import app as app_cmd
 from dinp.commands import build as build_cmd
 from dinp.commands import node as node_cmd
+from dinp.commands import releases as releases_cmd
 from dinp.commands import roles as roles_cmd
 from dinp.commands import session as session_cmd
 from dinp.errors import DinpError
@@ -23,7 +24,10 @@ cli = typer.Typer(
     name="dinp", help="dinp: a small PaaS for web applications on Docker.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-cli.add_typer(app_cmd.cli, name="app", help="Create, inspect, scale and delete apps.")
+# `dinp app deploy|rollback|restart|releases|env` live in commands/releases.py and join
+# the `app` group when it is imported.
+_ = releases_cmd
+cli.add_typer(app_cmd.cli, name="app", help="Create, change, inspect, scale and delete apps.")
 cli.add_typer(node_cmd.cli, name="node", help="The machines that run apps.")
 cli.add_typer(build_cmd.cli, name="build", help="Build an app's image: dinp build PATH "
               "--app NAME --version V (see dinp build --help); dinp build base-images.")

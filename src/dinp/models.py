@@ -24,6 +24,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import VARBINARY, TypeDecorator, TypeEngine
 from sqlmodel import Field, SQLModel
 
+from dinp.releases import ReleaseSpec
+
 MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
 
 
@@ -92,7 +94,8 @@ class AppRow(SQLModel, table=True):
 
 
 class ReleaseRow(SQLModel, table=True):
-    """An immutable snapshot of what an app runs: image plus env, numbered per app."""
+    """An immutable record of what an app runs, numbered per app: everything its
+    instances start with, who made it and what changed from the one before."""
 
     __tablename__ = "releases"
     __table_args__ = (UniqueConstraint("app", "version"),)
@@ -102,7 +105,22 @@ class ReleaseRow(SQLModel, table=True):
     version: int
     image: str = Field(max_length=255)
     env_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    # Null in rows made before they were kept here: filled from the app at upgrade.
+    port: int | None = None
+    memory_mb: int | None = None
+    health_path: str | None = Field(default=None, max_length=200)
+    change: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_by: str = Field(default="", max_length=200)
     created_at: float = Field(default_factory=now, sa_type=TIME)
+
+    def spec(self, app: AppRow) -> ReleaseSpec:
+        """What this release runs (the app's own settings where an old row lacks them)."""
+        return ReleaseSpec(
+            image=self.image, env=json.loads(self.env_json or "{}"),
+            port=self.port if self.port is not None else app.port,
+            memory_mb=self.memory_mb if self.memory_mb is not None else app.memory_mb,
+            health_path=self.health_path if self.port is not None else app.health_path,
+        )
 
 
 class InstanceRow(SQLModel, table=True):

@@ -15,16 +15,18 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy.exc
-from sqlalchemy import create_engine, delete, text
+from sqlalchemy import create_engine, delete, text, tuple_
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, col, select
 
+from dinp import releases as rel
 from dinp import schema
 from dinp.errors import Conflict, NotFound, Unavailable
 from dinp.models import AppRow, ClusterRow, EventRow, InstanceRow, NodeRow, ReleaseRow, TokenRow
+from dinp.releases import ReleaseSpec
 from dinp.scheduler import (
     Action,
     AppSpec,
@@ -51,11 +53,13 @@ def token_digest(token: str) -> str:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Desired state as the planner sees it, plus the app rows the API and agents need."""
+    """Desired state as the planner sees it, plus the app rows the API and agents need,
+    and the release every placed instance runs (by app and version)."""
 
     desired: Desired
     apps: dict[str, AppRow]
     nodes: dict[str, NodeRow]
+    releases: dict[tuple[str, int], ReleaseSpec] = field(default_factory=dict)
 
 
 class Store:
@@ -137,6 +141,13 @@ class Store:
             apps = {a.name: a for a in s.exec(select(AppRow))}
             rows = list(s.exec(select(InstanceRow)))
             nodes = {n.name: n for n in s.exec(select(NodeRow))}
+            wanted = {(r.app, r.release) for r in rows if r.app in apps}
+            releases = {
+                (r.app, r.version): r.spec(apps[r.app])
+                for r in (s.exec(select(ReleaseRow).where(
+                    tuple_(ReleaseRow.app, ReleaseRow.version).in_(sorted(wanted))))
+                    if wanted else ())
+            }
         desired = Desired(
             apps={a.name: AppSpec(a.name, a.instances, a.memory_mb, a.release)
                   for a in apps.values()},
@@ -145,7 +156,7 @@ class Store:
             ),
             nodes={n.name: NodeSpec(n.name, n.status, n.capacity_mb) for n in nodes.values()},
         )
-        return Snapshot(desired, apps, nodes)
+        return Snapshot(desired, apps, nodes, releases)
 
     def get_app(self, name: str) -> AppRow:
         with self.session() as s:
@@ -173,7 +184,7 @@ class Store:
 
     def create_app(
         self, *, name: str, image: str, instances: int, memory_mb: int, port: int,
-        env: dict[str, str], health_path: str | None,
+        env: dict[str, str], health_path: str | None, by: str = "",
     ) -> AppRow:
         app = AppRow(
             name=name, image=image, instances=instances, memory_mb=memory_mb, port=port,
@@ -183,13 +194,69 @@ class Store:
             if s.get(AppRow, name) is not None:
                 raise Conflict(f"an app named {name!r} already exists")
             s.add(app)
-            s.add(ReleaseRow(app=name, version=1, image=image, env_json=app.env_json))
+            s.add(ReleaseRow(app=name, version=1, image=image, env_json=app.env_json,
+                             port=port, memory_mb=memory_mb, health_path=health_path,
+                             change=rel.describe(None, rel.ReleaseSpec(image)),
+                             created_by=by))
             s.add(EventRow(app=name, message=f"created with {instances} instance(s) of {image}"))
             try:
                 s.commit()
             except sqlalchemy.exc.IntegrityError as exc:
                 raise Conflict(f"an app named {name!r} already exists") from exc
         return app
+
+    def deploy(self, name: str, change: rel.Change, *, by: str = "") -> AppRow:
+        """Make the next release of `name` from its current one and `change`; the
+        planner then rolls the app's instances to it."""
+        with self.session() as s:
+            app = self._app_for_update(s, name)
+            current = s.exec(select(ReleaseRow).where(
+                ReleaseRow.app == name, ReleaseRow.version == app.release)).one()
+            old = current.spec(app)
+            new = rel.apply(old, change)
+            self._add_release(s, app, new, rel.describe(old, new, restart=change.restart), by)
+            s.commit()
+            return app
+
+    def rollback(self, name: str, version: int | None = None, *, by: str = "") -> AppRow:
+        """A new release equal to `version` (default: the one before the current)."""
+        with self.session() as s:
+            app = self._app_for_update(s, name)
+            if version is None and app.release == 1:
+                raise Conflict(f"{name} has no release before its first to roll back to")
+            target = version if version is not None else app.release - 1
+            row = s.exec(select(ReleaseRow).where(
+                ReleaseRow.app == name, ReleaseRow.version == target)).first()
+            if row is None:
+                raise NotFound(f"{name} has no release {target}",
+                               hint=f"`dinp app releases {name}` lists them.")
+            if target == app.release:
+                raise Conflict(f"{name} runs release {target} already")
+            self._add_release(s, app, row.spec(app), f"rollback to {target}", by)
+            s.commit()
+            return app
+
+    def _app_for_update(self, s: Session, name: str) -> AppRow:
+        # FOR UPDATE: two deploys of one app at once take numbers one after the other.
+        app = s.exec(select(AppRow).where(AppRow.name == name).with_for_update()).first()
+        if app is None:
+            raise NotFound(f"no app named {name!r}", hint="`dinp app list` shows the apps.")
+        return app
+
+    @staticmethod
+    def _add_release(s: Session, app: AppRow, spec: ReleaseSpec, change: str,
+                     by: str) -> None:
+        """Release N+1 of `app` running `spec`; the app row shows it as current."""
+        env_json = json.dumps(dict(spec.env), sort_keys=True)
+        version = app.release + 1
+        s.add(ReleaseRow(app=app.name, version=version, image=spec.image, env_json=env_json,
+                         port=spec.port, memory_mb=spec.memory_mb,
+                         health_path=spec.health_path, change=change, created_by=by))
+        app.image, app.env_json, app.port = spec.image, env_json, spec.port
+        app.memory_mb, app.health_path = spec.memory_mb, spec.health_path
+        app.release, app.updated_at = version, time.time()
+        s.add(app)
+        s.add(EventRow(app=app.name, message=f"release {version}: {change}"))
 
     def scale_app(self, name: str, instances: int) -> AppRow:
         with self.session() as s:

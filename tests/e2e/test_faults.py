@@ -10,76 +10,25 @@ are counts, never times.
 
 from __future__ import annotations
 
-import http.client
 import secrets
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import FAULT_ROWS as ROWS
 from tests.e2e.conftest import IMAGE, Cluster, running_cluster
+from tests.support import Prober as BaseProber
 from tests.support import Proc, docker_ids, wait_for
 
 APP, HOST = "steady", "steady.apps.test"
 
 
-@dataclass
-class Prober:
-    """Sends GET / through the router every `interval` seconds on a keep-alive
-    connection (a new one after any error), and keeps (time, status) of every answer;
-    status 0 for a connection error or timeout."""
-
-    addr: str
-    interval: float = 0.02
-    answers: list[tuple[float, int]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Prober:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        host, _, port = self.addr.rpartition(":")
-        conn: http.client.HTTPConnection | None = None
-        while not self._stop.is_set():
-            status = 0
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(host, int(port), timeout=5)
-                conn.request("GET", "/", headers={"Host": HOST})
-                resp = conn.getresponse()
-                resp.read()
-                status = resp.status
-                if resp.getheader("Connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException):
-                if conn is not None:
-                    conn.close()
-                conn = None
-            self.answers.append((time.monotonic(), status))
-            self._stop.wait(self.interval)
-        if conn is not None:
-            conn.close()
-
-    def failed_since(self, t0: float) -> list[tuple[float, int]]:
-        return [(t, s) for t, s in self.answers if t >= t0 and s != 200]
-
-    def sent_since(self, t0: float) -> int:
-        return sum(1 for t, _ in self.answers if t >= t0)
+def Prober(addr: str) -> BaseProber:
+    return BaseProber(addr, HOST)
 
 
 def record(fault: str, failed: int, sent: int, recovery: str) -> None:

@@ -18,11 +18,12 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from dinp import validation, wire
+from dinp import releases, validation, wire
 from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
 from dinp.errors import DinpError, InvalidInput, Unauthorized, Unavailable
 from dinp.lifecycle import run_until_stopped, start_site
+from dinp.models import AppRow
 from dinp.roles.openapi import MAX_BODY
 from dinp.roles.openapi import document as openapi_document
 from dinp.roles.server import Server
@@ -36,6 +37,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PUBLIC = {f"{API_PREFIX}/health", f"{API_PREFIX}/openapi.json", "/", "/favicon.ico"}
 OPENAPI = openapi_document()
+# Who made a change, for releases and events (users and their tokens come later).
+WHO = "admin"
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
@@ -140,7 +143,7 @@ async def create_app(request: web.Request) -> web.Response:
         "env": validation.env(data.get("env")),
         "health_path": validation.health_path(data.get("health_path")),
     }
-    app = await server.db(server.store.create_app, **spec)
+    app = await server.db(server.store.create_app, **spec, by=WHO)
     await server.desired_changed()
     log.info("app %s created: %s x%d", app.name, app.image, app.instances)
     return web.json_response(server.app_view(app, detail=True), status=201)
@@ -167,6 +170,74 @@ async def scale_app(request: web.Request) -> web.Response:
     app = await server.db(server.store.scale_app, name, count)
     await server.desired_changed()
     return web.json_response(server.app_view(app, detail=True))
+
+
+def _known_fields(data: dict[str, Any], known: set[str]) -> None:
+    unknown = set(data) - known
+    if unknown:
+        raise InvalidInput(sorted(unknown)[0], "unknown field")
+
+
+async def _released(request: web.Request, app: AppRow) -> web.Response:
+    """After a new release: the planner rolls the app to it; answer with the app."""
+    server = srv(request)
+    await server.desired_changed()
+    log.info("app %s: release %d", app.name, app.release)
+    return web.json_response(server.app_view(app, detail=True))
+
+
+async def deploy_app(request: web.Request) -> web.Response:
+    """A new release from the current one with the changes asked for, rolled out."""
+    server = srv(request)
+    name = app_in_path(request)
+    change = releases.parse_change(await json_body(request))
+    app = await server.db(server.store.deploy, name, change, by=WHO)
+    return await _released(request, app)
+
+
+async def rollback_app(request: web.Request) -> web.Response:
+    server = srv(request)
+    name = app_in_path(request)
+    data = await json_body(request)
+    _known_fields(data, {"release"})
+    version = data.get("release")
+    if version is not None:
+        version = validation.whole_number(version)
+        if version is None or version < 1:
+            raise InvalidInput("release", "expected a release number (1 or more)")
+    app = await server.db(server.store.rollback, name, version, by=WHO)
+    return await _released(request, app)
+
+
+async def restart_app(request: web.Request) -> web.Response:
+    """A new release equal to the current one: every instance replaced, rolling."""
+    server = srv(request)
+    name = app_in_path(request)
+    app = await server.db(server.store.deploy, name, releases.Change(restart=True), by=WHO)
+    return await _released(request, app)
+
+
+async def set_env(request: web.Request) -> web.Response:
+    server = srv(request)
+    name = app_in_path(request)
+    data = await json_body(request)
+    _known_fields(data, {"set", "unset"})
+    change = releases.parse_change({"env": data.get("set") or {},
+                                    "unset": data.get("unset") or []})
+    app = await server.db(server.store.deploy, name, change, by=WHO)
+    return await _released(request, app)
+
+
+async def list_releases(request: web.Request) -> web.Response:
+    server = srv(request)
+    name = app_in_path(request)
+    app = await server.db(server.store.get_app, name)
+    rows = await server.db(server.store.releases, name)
+    return web.json_response([{
+        "version": r.version, "current": r.version == app.release,
+        **r.spec(app).to_json(), "env": sorted(r.spec(app).env),
+        "change": r.change, "created_by": r.created_by, "created_at": r.created_at,
+    } for r in rows])
 
 
 async def delete_app(request: web.Request) -> web.Response:
@@ -263,6 +334,11 @@ def make_app(server: Server) -> web.Application:
     app.router.add_post(f"{p}/apps", create_app)
     app.router.add_get(f"{p}/apps/{{name}}", get_app)
     app.router.add_post(f"{p}/apps/{{name}}/scale", scale_app)
+    app.router.add_post(f"{p}/apps/{{name}}/deploy", deploy_app)
+    app.router.add_post(f"{p}/apps/{{name}}/rollback", rollback_app)
+    app.router.add_post(f"{p}/apps/{{name}}/restart", restart_app)
+    app.router.add_post(f"{p}/apps/{{name}}/env", set_env)
+    app.router.add_get(f"{p}/apps/{{name}}/releases", list_releases)
     app.router.add_delete(f"{p}/apps/{{name}}", delete_app)
     app.router.add_get(f"{p}/nodes", list_nodes)
     app.router.add_get(f"{p}/events", list_events)

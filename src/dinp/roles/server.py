@@ -22,6 +22,7 @@ from dinp import routes, scheduler
 from dinp.config import ServerConfig
 from dinp.errors import DinpError, NodeTaken, Unavailable, WrongCluster
 from dinp.models import AppRow
+from dinp.releases import ReleaseSpec
 from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
 from dinp.store import Snapshot, Store
 from dinp.wire import Assignment, Heartbeat, assignments_rev
@@ -253,17 +254,23 @@ class Server:
         return self.assignment_reply(node)
 
     def _update_assignments(self) -> None:
-        """Hand each node the instances its rows in the current snapshot place there."""
-        apps = self.snapshot.apps
+        """Hand each node the instances its rows in the current snapshot place there,
+        each with its own release's image, env, port and health check."""
+        apps, releases = self.snapshot.apps, self.snapshot.releases
         per_node: dict[str, list[Assignment]] = {}
         for inst in sorted(self.snapshot.desired.instances, key=lambda i: i.id):
             app = apps.get(inst.app)
             if app is None:
                 continue
+            # (A missing release row must not unassign a running instance: the app's.)
+            release = releases.get((inst.app, inst.release)) or ReleaseSpec(
+                app.image, app.env, app.port, app.memory_mb, app.health_path)
+            # Each instance runs its own release: during a rollout the old ones keep
+            # their image and env while the new ones start.
             per_node.setdefault(inst.node, []).append(Assignment(
-                id=inst.id, app=app.name, release=inst.release, image=app.image,
-                memory_mb=inst.memory_mb, port=app.port, env=app.env,
-                health_path=app.health_path,
+                id=inst.id, app=app.name, release=inst.release, image=release.image,
+                memory_mb=inst.memory_mb, port=release.port, env=dict(release.env),
+                health_path=release.health_path,
             ))
         new = {node: NodeAssignment(assignments_rev(items), items)
                for node, items in per_node.items()}

@@ -1,0 +1,86 @@
+"""Changing an app under load: every request through a real router is counted while the
+app is deployed, rolled back, restarted, given env vars and scaled down.
+
+Each answer must be a 200 from an instance of the release being rolled out or the one
+before it. Zero failed requests is the goal for each change.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import IMAGE, Cluster, running_cluster
+from tests.support import Prober, docker_ids, wait_for
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("deploys"),
+                         f"d{secrets.token_hex(3)}") as c:
+        yield c
+
+
+def releases_seen(probe: Prober) -> set[int]:
+    return {int(m.group(1)) for body in probe.bodies
+            if (m := re.search(r"release (\d+)", body))}
+
+
+def change_under_load(c: Cluster, app: str, *args: str) -> tuple[Prober, dict[str, Any]]:
+    """Run `dinp app <args> --wait` while a prober counts answers; return both."""
+    with Prober(c.router_addr, f"{app}.apps.test") as probe:
+        time.sleep(0.5)
+        c.cli.run("app", *args, "--wait", "--timeout", "90", timeout=120)
+        time.sleep(1.5)  # the old instances leave after the new ones serve
+    shown: dict[str, Any] = c.cli.json("app", "show", app)
+    return probe, shown
+
+
+def assert_clean(probe: Prober, before: int, after: int) -> None:
+    failed = [(t, s) for t, s in probe.answers if s != 200]
+    assert failed == [], f"{len(failed)} of {len(probe.answers)} failed: {failed[:5]}"
+    assert len(probe.answers) > 50
+    assert releases_seen(probe) <= {before, after}
+    last = probe.bodies[-20:]
+    assert all(f"release {after}" in b for b in last), last
+
+
+@pytest.mark.parametrize("count", [3, 10])
+def test_a_rolling_deploy_drops_no_request(cluster: Cluster, count: int) -> None:
+    c = cluster
+    app = f"roll{count}"
+    c.cli.run("app", "create", app, "--image", IMAGE, "--instances", str(count),
+              "--memory", "32m", "--wait", "--timeout", "90")
+    probe, shown = change_under_load(c, app, "deploy", app, "--env", "COLOR=blue")
+    assert shown["release"] == 2
+    assert {i["release"] for i in shown["instance_list"]} == {2}
+    assert len(shown["instance_list"]) == count
+    assert_clean(probe, 1, 2)
+    wait_for(lambda: len(docker_ids(f"io.dinp.app={app}")) == count, 20,
+             "the old containers to be gone")
+
+
+def test_env_restart_rollback_and_scale_down_drop_no_request(cluster: Cluster) -> None:
+    c = cluster
+    app = "changes"
+    c.cli.run("app", "create", app, "--image", IMAGE, "--instances", "3", "--memory",
+              "32m", "--env", "A=1", "--wait", "--timeout", "90")
+    probe, shown = change_under_load(c, app, "env", "set", app, "B=2")
+    assert shown["env"] == {"A": "1", "B": "2"}
+    assert_clean(probe, 1, 2)
+    probe, shown = change_under_load(c, app, "restart", app)
+    assert_clean(probe, 2, 3)
+    probe, shown = change_under_load(c, app, "rollback", app, "1")
+    assert shown["env"] == {"A": "1"} and shown["release"] == 4
+    assert_clean(probe, 3, 4)
+    probe, shown = change_under_load(c, app, "scale", app, "1")
+    assert len(shown["instance_list"]) == 1
+    assert_clean(probe, 4, 4)
+    releases = c.cli.json("app", "releases", app)
+    assert [(r["version"], r["change"]) for r in releases] == [
+        (4, "rollback to 1"), (3, "restart"), (2, "set B"), (1, f"created from {IMAGE}")]

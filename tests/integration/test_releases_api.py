@@ -1,0 +1,114 @@
+"""Releases through the API over a real store and Redis: deploy, env, restart, rollback,
+and each instance keeping its own release's image and env while a rollout runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.integration.test_api import GOOD, Api, instance_json, run
+
+
+async def heartbeat_running(api: Api, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """Report every assigned instance running and healthy; return the new assignment."""
+    _, reply = await api.heartbeat(containers=[
+        instance_json(i["id"], i["app"], port=31000 + n, release=i["release"])
+        for n, i in enumerate(instances)])
+    await api.server.reconcile_once()
+    _, reply = await api.heartbeat(containers=[
+        instance_json(i["id"], i["app"], port=31000 + n, release=i["release"])
+        for n, i in enumerate(reply["instances"])])
+    return dict(reply)
+
+
+async def _rollout(api: Api) -> None:
+    await api.heartbeat()
+    status, _ = await api.call("POST", "/apps", body={**GOOD, "instances": 2,
+                                                      "env": {"A": "1"}})
+    assert status == 201
+    await api.server.reconcile_once()
+    _, reply = await api.heartbeat()
+    first = await heartbeat_running(api, reply["instances"])
+    assert {(i["release"], i["image"]) for i in first["instances"]} == {(1, GOOD["image"])}
+
+    status, app = await api.call("POST", "/apps/web/deploy", body={
+        "image": "127.0.0.1:5000/hello:2", "env": {"B": "2"}})
+    assert status == 200 and app["release"] == 2 and app["image"] == "127.0.0.1:5000/hello:2"
+    await api.server.reconcile_once()
+    _, reply = await api.heartbeat(containers=[
+        instance_json(i["id"], "web", port=31000 + n) for n, i in enumerate(first["instances"])])
+    by_release: dict[int, list[dict[str, Any]]] = {}
+    for inst in reply["instances"]:
+        by_release.setdefault(inst["release"], []).append(inst)
+    # The old instances keep release 1's image and env while the new ones start.
+    assert sorted(by_release) == [1, 2] and len(by_release[2]) == 2
+    assert {(i["image"], tuple(sorted(i["env"]))) for i in by_release[1]} == {
+        (GOOD["image"], ("A",))}
+    assert {(i["image"], tuple(sorted(i["env"]))) for i in by_release[2]} == {
+        ("127.0.0.1:5000/hello:2", ("A", "B"))}
+
+    # New ones healthy: the old ones leave.
+    final = await heartbeat_running(api, reply["instances"])
+    final = await heartbeat_running(api, final["instances"])
+    assert {i["release"] for i in final["instances"]} == {2}
+    assert len(final["instances"]) == 2
+
+    status, rows = await api.call("GET", "/apps/web/releases")
+    assert status == 200
+    assert [(r["version"], r["current"]) for r in rows] == [(2, True), (1, False)]
+    assert rows[0]["change"] == "image 127.0.0.1:5000/hello:2; set B"
+    assert rows[0]["env"] == ["A", "B"] and rows[0]["created_by"] == "admin"
+
+
+async def _changes(api: Api) -> None:
+    assert (await api.call("POST", "/apps", body={**GOOD, "env": {"A": "1"}}))[0] == 201
+    status, reply = await api.call("POST", "/apps/web/rollback", body={})
+    assert status == 409 and "no release before its first" in reply["error"]
+    status, app = await api.call("POST", "/apps/web/env", body={"set": {"B": "2"},
+                                                                "unset": ["A"]})
+    assert status == 200 and app["release"] == 2 and app["env"] == {"B": "2"}
+    status, app = await api.call("POST", "/apps/web/restart")
+    assert status == 200 and app["release"] == 3 and app["env"] == {"B": "2"}
+    status, app = await api.call("POST", "/apps/web/rollback", body={})
+    assert status == 200 and app["release"] == 4 and app["env"] == {"B": "2"}  # = 2
+    status, app = await api.call("POST", "/apps/web/rollback", body={"release": 1})
+    assert status == 200 and app["release"] == 5 and app["env"] == {"A": "1"}
+    status, app = await api.call("POST", "/apps/web/deploy", body={"memory": "128m",
+                                                                   "port": 9000})
+    assert (app["memory_mb"], app["port"], app["release"]) == (128, 9000, 6)
+
+    status, reply = await api.call("POST", "/apps/web/deploy", body={"port": 9000})
+    assert status == 409 and "nothing would change" in reply["error"]
+    status, reply = await api.call("POST", "/apps/web/rollback", body={"release": 6})
+    assert status == 409
+    status, reply = await api.call("POST", "/apps/web/rollback", body={"release": 99})
+    assert status == 404 and "no release 99" in reply["error"]
+    status, reply = await api.call("POST", "/apps/web/deploy", body={"image": "BAD IMAGE"})
+    assert status == 400 and reply["field"] == "image"
+    status, reply = await api.call("POST", "/apps/WEB/deploy", body={"port": 1})
+    assert status == 400 and reply["field"] == "name"
+    assert (await api.call("POST", "/apps/ghost/restart"))[0] == 404
+    # Nothing refused made a release.
+    status, rows = await api.call("GET", "/apps/web/releases")
+    assert [r["version"] for r in rows] == [6, 5, 4, 3, 2, 1]
+    assert [r["change"] for r in rows][:5] == [
+        "port 9000; memory 128m", "rollback to 1", "rollback to 2", "restart",
+        "set B; unset A"]
+
+
+def test_a_rollout_keeps_each_instance_on_its_own_release(sqlite_url: str,
+                                                          redis_url: str) -> None:
+    run(sqlite_url, redis_url, _rollout)
+
+
+def test_a_rollout_on_mariadb(mysql_url: str, redis_url: str) -> None:
+    run(mysql_url, redis_url, _rollout)
+
+
+def test_env_restart_rollback_and_refusals(sqlite_url: str, redis_url: str) -> None:
+    run(sqlite_url, redis_url, _changes)
+
+
+def test_env_restart_rollback_and_refusals_on_mariadb(mysql_url: str, redis_url: str) -> None:
+    run(mysql_url, redis_url, _changes)
+
+
