@@ -38,6 +38,9 @@ class ServerConfig:
     node_timeout: float = 6.0
     reconcile_interval: float = 1.0
     heartbeat_interval: float = 2.0
+    # Instances leave only once every live router serves a table without them; a router
+    # that has not taken it after this long (hung, partitioned) is not waited for.
+    router_sync_timeout: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

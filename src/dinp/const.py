@@ -24,10 +24,17 @@ def container_name(app: str, instance: str) -> str:
 # Redis route table, in the layout of the original DINP routers.
 RS_PREFIX = "/rs/"
 CNAME_PREFIX = "/cname/"
-# dinp's extension: host -> app name for every app that exists, so a router can tell
-# "no healthy instance" (503) from "no such app" (404); a Redis list cannot be empty.
-HOSTS_KEY = "dinp:hosts"
-ROUTES_REV_KEY = "dinp:routes:rev"
+# dinp's own keys beside them. The original routers run `KEYS *`, split every key on `/`
+# and switch on segment 1: a key without a `/` crashes them, so each of ours starts with
+# `/dinp/` (segment 1 "dinp", which they skip).
+# host -> app name for every app that exists, so a router can tell "no healthy instance"
+# (503) from "no such app" (404); a Redis list cannot be empty.
+HOSTS_KEY = "/dinp/hosts"
+ROUTES_REV_KEY = "/dinp/rev"
+# /dinp/routers/<router>: the route table revision a router serves (with a TTL).
+ROUTER_KEY_PREFIX = "/dinp/routers/"
+# Keys older dinps wrote, removed by the server's first full write of the table.
+LEGACY_KEYS = ("dinp:hosts", "dinp:routes:rev")
 ROUTES_CHANNEL = "dinp:routes:changed"
 
 API_PREFIX = "/api/v1"

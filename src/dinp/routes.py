@@ -3,8 +3,9 @@
 The server computes it from desired and real state and writes it to a RouteStore; routers
 read it (from Redis with dinp.router.follower). In Redis it keeps the original DINP layout
 (see const.py and docs/architecture.md): `/rs/<host>` lists, `/cname/<domain>` strings, plus
-dinp's `dinp:hosts` hash so a router can answer 503 (app exists, nothing healthy) apart
-from 404. Every change is one MULTI/EXEC that also bumps `dinp:routes:rev` and publishes it.
+dinp's `/dinp/hosts` hash so a router can answer 503 (app exists, nothing healthy) apart
+from 404. Every change is one MULTI/EXEC that also bumps `/dinp/rev` and publishes it.
+Routers report the revision they serve under `/dinp/routers/<router>`.
 """
 
 from __future__ import annotations
@@ -105,6 +106,11 @@ class RouteStore(Protocol):
         """The table as published (by a previous server process too)."""
         ...
 
+    def router_revisions(self) -> dict[str, int]:
+        """The table revision each live router reports serving (router id -> revision);
+        empty when the routers take tables at once (in the same process)."""
+        ...
+
 
 class MemoryRouteStore:
     """The route table inside one process (`dinp up` without Redis)."""
@@ -127,6 +133,9 @@ class MemoryRouteStore:
 
     def current(self) -> RouteTable:
         return self.table
+
+    def router_revisions(self) -> dict[str, int]:
+        return {}  # the router in this process takes each table as it is published
 
     def subscribe(self, listener: Callable[[RouteTable], None]) -> None:
         self._listeners.append(listener)
@@ -227,6 +236,22 @@ class RedisRouteStore:
             self._written = None  # whatever Redis holds now, the next write re-reads it
             raise redis_error(self.url, exc) from exc
 
+    def router_revisions(self) -> dict[str, int]:
+        """The revision each live router serves, as the routers report it (their keys
+        expire when they stop reporting)."""
+        try:
+            keys = list(self.client.scan_iter(match=const.ROUTER_KEY_PREFIX + "*",
+                                              count=1000))
+            values = self.client.mget(keys) if keys else []
+        except redis.RedisError as exc:
+            raise redis_error(self.url, exc) from exc
+        out: dict[str, int] = {}
+        for key, value in zip(keys, values, strict=True):
+            with contextlib.suppress(ValueError):
+                if value is not None:  # expired between SCAN and MGET
+                    out[_text(key)[len(const.ROUTER_KEY_PREFIX):]] = int(_text(value))
+        return out
+
     def current(self) -> RouteTable:
         try:
             self._written = read_redis(self.client)
@@ -247,12 +272,15 @@ class RedisRouteStore:
             # from an old snapshot, written by someone else), read it all again first.
             pipe.watch(const.ROUTES_REV_KEY)  # type: ignore[no-untyped-call]
             current = int(pipe.get(const.ROUTES_REV_KEY) or 0)
-            if self._written is None or current != self._written.rev:
-                self._written = read_redis(self.client)
             before = self._written
+            full = before is None or current != before.rev
+            if before is None or full:
+                before = self._written = read_redis(self.client)
             if table.same_routes(before) and before.rev and before.rev == current:
                 return before.rev
             pipe.multi()
+            if full:  # keys of older dinps, without a `/`, crash the original routers
+                pipe.delete(*const.LEGACY_KEYS)
             for host in set(before.backends) - set(table.backends):
                 pipe.delete(_rs_key(host))
             for host, addrs in table.backends.items():

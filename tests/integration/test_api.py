@@ -73,13 +73,15 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def running_api(database_url: str, redis_url: str, node_timeout: float = 30.0,
-                      heartbeat_interval: float = 2.0) -> AsyncIterator[Api]:
+                      heartbeat_interval: float = 2.0,
+                      router_sync_timeout: float = 5.0) -> AsyncIterator[Api]:
     store = Store(database_url)
     store.ensure_admin_token(ADMIN)
     route_store = RedisRouteStore(redis_url)
     config = ServerConfig(cluster_token=CLUSTER, redis_url=redis_url,
                           database_url=database_url, node_timeout=node_timeout,
-                          heartbeat_interval=heartbeat_interval)
+                          heartbeat_interval=heartbeat_interval,
+                          router_sync_timeout=router_sync_timeout)
     # As `api.start` does: the table a previous server published is inherited.
     server = Server(config, store, route_store, inherited=route_store.current())
     try:
@@ -389,7 +391,7 @@ def test_reconcile_assigns_long_poll_wakes_and_routes_follow_health(
 
         # The app exists, so its host is known to routers, but nothing runs: no backends.
         await api.server.reconcile_once()
-        assert redis_client.hgetall("dinp:hosts") == {"web.localhost": "web"}
+        assert redis_client.hgetall("/dinp/hosts") == {"web.localhost": "web"}
         assert not redis_client.exists("/rs/web.localhost")
 
         # One instance running and healthy, the other still starting: only one route.
@@ -399,7 +401,7 @@ def test_reconcile_assigns_long_poll_wakes_and_routes_follow_health(
         ])
         await api.server.reconcile_once()
         assert redis_client.lrange("/rs/web.localhost", 0, -1) == ["127.0.0.2:31001"]
-        rev1 = int(redis_client.get("dinp:routes:rev") or 0)
+        rev1 = int(redis_client.get("/dinp/rev") or 0)
         assert rev1 >= 1
 
         # Both healthy: both routed, in one atomic change.
@@ -410,7 +412,7 @@ def test_reconcile_assigns_long_poll_wakes_and_routes_follow_health(
         await api.server.reconcile_once()
         assert sorted(redis_client.lrange("/rs/web.localhost", 0, -1)) == [
             "127.0.0.2:31001", "127.0.0.2:31002"]
-        assert int(redis_client.get("dinp:routes:rev") or 0) > rev1
+        assert int(redis_client.get("/dinp/rev") or 0) > rev1
         status, shown = await api.call("GET", "/apps/web")
         assert shown["status"]["healthy"] == 2 and shown["status"]["routed"] == 2
 
@@ -421,7 +423,7 @@ def test_reconcile_assigns_long_poll_wakes_and_routes_follow_health(
         ])
         await api.server.reconcile_once()
         assert not redis_client.exists("/rs/web.localhost")
-        assert redis_client.hgetall("dinp:hosts") == {"web.localhost": "web"}
+        assert redis_client.hgetall("/dinp/hosts") == {"web.localhost": "web"}
 
         # Delete: every key of the app goes, the node's assignment is emptied.
         await api.heartbeat(containers=[
@@ -433,7 +435,7 @@ def test_reconcile_assigns_long_poll_wakes_and_routes_follow_health(
         assert (await api.call("DELETE", "/apps/web"))[0] == 200
         await api.server.reconcile_once()
         assert not redis_client.exists("/rs/web.localhost")
-        assert redis_client.hgetall("dinp:hosts") == {}
+        assert redis_client.hgetall("/dinp/hosts") == {}
         assert redis_client.get("unrelated:key") == "keep me"
         status, hb = await api.heartbeat()
         assert hb["instances"] == []
@@ -531,7 +533,7 @@ def test_routes_are_rebuilt_after_redis_restarts_empty(
         await api.server.reconcile_once()
         with redis_server.client() as client:
             assert client.lrange("/rs/web.localhost", 0, -1) == ["127.0.0.2:31001"]
-            assert client.hgetall("dinp:hosts") == {"web.localhost": "web"}
+            assert client.hgetall("/dinp/hosts") == {"web.localhost": "web"}
 
     run(sqlite_url, redis_server.url, body)
 
@@ -773,3 +775,58 @@ def test_every_route_is_in_the_openapi_document_and_nothing_else(
         assert served == documented
 
     run(sqlite_url, redis_url, body)
+
+
+def test_instances_leave_only_once_every_live_router_serves_the_table_without_them(
+    sqlite_url: str, redis_server: RedisServer
+) -> None:
+    """A router writes the revision it serves under /dinp/routers/<router> (see the
+    follower's test). While one is behind, a removal waits; once it has caught up, or
+    has not after router_sync_timeout, the removal goes on."""
+
+    async def body(api: Api) -> None:
+        await api.heartbeat()
+        assert (await api.call("POST", "/apps", body={**GOOD, "instances": 2}))[0] == 201
+        await api.server.reconcile_once()
+        _, hb = await api.heartbeat()
+        running = [instance_json(i["id"], "web", port=31001 + n)
+                   for n, i in enumerate(hb["instances"])]
+        await api.heartbeat(containers=running)
+        await api.server.reconcile_once()
+        client = redis_server.client()
+        rev = int(client.get("/dinp/rev"))
+        client.set("/dinp/routers/slow:1", rev, ex=30)
+        client.set("/dinp/routers/quick:2", rev, ex=30)
+
+        assert (await api.call("POST", "/apps/web/scale", body={"instances": 1}))[0] == 200
+        await api.server.reconcile_once()
+        new_rev = int(client.get("/dinp/rev"))
+        assert new_rev > rev and len(client.lrange("/rs/web.localhost", 0, -1)) == 1
+        _, hb = await api.heartbeat(containers=running)
+        assert len(hb["instances"]) == 2  # unrouted, but still running: routers lag
+        client.set("/dinp/routers/quick:2", new_rev, ex=30)
+        await api.server.reconcile_once()
+        assert len(api.store.snapshot().desired.instances) == 2  # "slow" still behind
+        client.set("/dinp/routers/slow:1", new_rev, ex=30)
+        await api.server.reconcile_once()
+        _, hb = await api.heartbeat(containers=running)
+        assert len(hb["instances"]) == 1  # every router serves it: the instance may go
+
+        # A router that does not catch up (hung) is waited for router_sync_timeout only.
+        assert (await api.call("POST", "/apps/web/scale", body={"instances": 3}))[0] == 200
+        await api.server.reconcile_once()
+        _, hb = await api.heartbeat(containers=running[:1])
+        running = [instance_json(i["id"], "web", port=31011 + n)
+                   for n, i in enumerate(hb["instances"])]
+        await api.heartbeat(containers=running)
+        await api.server.reconcile_once()
+        client.set("/dinp/routers/hung:3", 1, ex=30)
+        assert (await api.call("POST", "/apps/web/scale", body={"instances": 2}))[0] == 200
+        await api.server.reconcile_once()
+        assert len(api.store.snapshot().desired.instances) == 3
+        await asyncio.sleep(0.6)
+        await api.server.reconcile_once()
+        assert len(api.store.snapshot().desired.instances) == 2
+        client.close()
+
+    run(sqlite_url, redis_server.url, body, router_sync_timeout=0.5)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +40,7 @@ def assert_in_redis(client: redis.Redis, table: RouteTable) -> None:
     assert rs == {f"/rs/{h}": list(b) for h, b in table.backends.items()}
     cnames = {k: client.get(k) for k in client.scan_iter(match="/cname/*")}
     assert cnames == {f"/cname/{d}": f"/rs/{h}" for d, h in table.cnames.items()}
-    assert client.hgetall("dinp:hosts") == dict(table.hosts)
+    assert client.hgetall("/dinp/hosts") == dict(table.hosts)
 
 
 def test_publish_writes_the_table_bumps_rev_and_notifies(
@@ -52,7 +54,7 @@ def test_publish_writes_the_table_bumps_rev_and_notifies(
         assert pubsub.get_message(timeout=2)["type"] == "subscribe"  # type: ignore[index]
 
         rev = route_store.publish(TABLE)
-        assert rev == 1 and redis_client.get("dinp:routes:rev") == "1"
+        assert rev == 1 and redis_client.get("/dinp/rev") == "1"
         assert_in_redis(redis_client, TABLE)
         msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
         assert msg is not None and msg["data"] == "1"
@@ -75,7 +77,7 @@ def test_publish_writes_the_table_bumps_rev_and_notifies(
         # Everything deleted: nothing of dinp's is left but the revision.
         assert route_store.publish(RouteTable()) == 3
         assert_in_redis(redis_client, RouteTable())
-        assert redis_client.get("dinp:routes:rev") == "3"
+        assert redis_client.get("/dinp/rev") == "3"
     finally:
         pubsub.close()
     # Keys that are not the route table are never touched.
@@ -120,7 +122,7 @@ def test_flushall_is_rebuilt_on_next_publish(
     rev = route_store.publish(TABLE)  # the same routes: still written again, all of them
     assert rev >= 1
     assert_in_redis(redis_client, TABLE)
-    assert redis_client.get("dinp:routes:rev") == str(rev)
+    assert redis_client.get("/dinp/rev") == str(rev)
 
 
 def test_redis_restored_from_an_old_snapshot_is_corrected(
@@ -139,11 +141,11 @@ def test_redis_restored_from_an_old_snapshot_is_corrected(
     redis_client.flushall()
     for key, value in snapshot.items():  # what a restore from the snapshot brings back
         redis_client.restore(key, 0, value)
-    assert redis_client.get("dinp:routes:rev") == "1"
+    assert redis_client.get("/dinp/rev") == "1"
     rev = route_store.publish(new)  # unchanged for the server: it must still repair Redis
     assert_in_redis(redis_client, new)
     assert not redis_client.exists("/rs/gone.localhost")
-    assert redis_client.get("dinp:routes:rev") == str(rev) and rev == 2
+    assert redis_client.get("/dinp/rev") == str(rev) and rev == 2
 
 
 def test_stale_keys_are_removed_at_first_publish(
@@ -152,8 +154,8 @@ def test_stale_keys_are_removed_at_first_publish(
     # Left by a previous server (an app deleted while it was down).
     redis_client.rpush("/rs/ghost.localhost", "127.0.0.9:1")
     redis_client.set("/cname/ghost.example.com", "/rs/ghost.localhost")
-    redis_client.hset("dinp:hosts", "ghost.localhost", "ghost")
-    redis_client.set("dinp:routes:rev", "41")
+    redis_client.hset("/dinp/hosts", "ghost.localhost", "ghost")
+    redis_client.set("/dinp/rev", "41")
     redis_client.set("unrelated", "stays")
 
     store = RedisRouteStore(redis_url)
@@ -337,5 +339,64 @@ def test_follower_resyncs_periodically(
             with pytest.raises(asyncio.CancelledError):
                 await task
             await follower.close()
+
+    asyncio.run(main())
+
+
+def test_the_keys_of_an_older_dinp_go_and_every_key_suits_the_original_routers(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The original DINP routers run `KEYS *`, split each key on `/` and switch on
+    segment 1 (`rs`: LRANGE of ip:port; `cname`: GET of the /rs/ key it follows); a key
+    without a `/` crashes them. Keys an older dinp wrote without one are removed."""
+    redis_client.hset("dinp:hosts", "old.localhost", "old")
+    redis_client.set("dinp:routes:rev", "7")
+    store = RedisRouteStore(redis_url)
+    try:
+        store.publish(TABLE)
+    finally:
+        store.client.close()
+    redis_client.set("/dinp/routers/host1:42", "1", ex=10)  # what a router reports
+    for key in redis_client.keys("*"):  # what the original router does
+        parts = key.split("/")
+        assert len(parts) > 2 and parts[0] == "", key
+        if parts[1] == "rs":
+            assert all(re.fullmatch(r"[0-9.]+:[0-9]+", a)
+                       for a in redis_client.lrange(key, 0, -1)), key
+        elif parts[1] == "cname":
+            target = redis_client.get(key)
+            assert target and target.startswith("/rs/") and redis_client.exists(target)
+        else:
+            assert parts[1] == "dinp", key
+    assert not redis_client.exists("dinp:hosts") and not redis_client.exists("dinp:routes:rev")
+
+
+def test_a_router_reports_the_revision_it_serves_and_stops_reporting_at_close(
+    route_store: RedisRouteStore, redis_server: RedisServer
+) -> None:
+    route_store.publish(TABLE)
+
+    async def main() -> None:
+        follower = RedisRouteFollower(redis_server.url, lambda t: None, resync_interval=30)
+        task = asyncio.create_task(follower.run())
+        try:
+            await asyncio.wait_for(follower.connected.wait(), 5)
+            deadline = time.monotonic() + 5
+            while route_store.router_revisions() != {follower.report_key.rsplit("/", 1)[1]: 1}:
+                assert time.monotonic() < deadline, route_store.router_revisions()
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(route_store.publish, RouteTable(
+                backends={"web.localhost": ("127.0.0.9:1",)}, hosts={"web.localhost": "web"}))
+            while list(route_store.router_revisions().values()) != [2]:
+                assert time.monotonic() < deadline + 2, route_store.router_revisions()
+                await asyncio.sleep(0.05)
+            with redis_server.client() as client:
+                assert 0 < client.ttl(follower.report_key) <= 10  # dies with the router
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await follower.close()
+        assert route_store.router_revisions() == {}  # a router that stops is not waited for
 
     asyncio.run(main())

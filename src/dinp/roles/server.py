@@ -100,6 +100,7 @@ class Server:
         self._assignments_changed = asyncio.Event()
         self._unplaceable_logged: dict[str, float] = {}
         self._failing: dict[str, str] = {}  # what fails now ("database", "routes"): why
+        self._sync_since: dict[int, float] = {}  # table rev -> since when routers lag
         self._tasks: set[asyncio.Future[Any]] = set()
         self.closing = False
         self._update_assignments()
@@ -287,11 +288,12 @@ class Server:
     async def reconcile_once(self) -> None:
         """Plan against fresh desired state and execute.
 
-        The route table without the instances a plan removes is published before their
-        rows are deleted, so agents (which stop what their rows no longer place) never
-        stop an instance that routers may still send requests to. Without Redis, the
-        plan's placements and node changes are carried out all the same; its removals
-        wait, in the database, for a table that can be written. Without the database
+        The route table without the instances a plan removes is published, and served by
+        every live router, before their rows are deleted: agents stop what their rows no
+        longer place, so no router sends a request to an instance that is stopping.
+        Without Redis, the plan's placements and node changes are carried out all the
+        same; its removals wait, in the database, for a table that can be written.
+        Without the database
         nothing changes."""
         try:
             snapshot = await self.db(self.store.snapshot)
@@ -299,7 +301,7 @@ class Server:
             actions = scheduler.plan(snapshot.desired, real, now=time.monotonic(),
                                      node_timeout=self.config.node_timeout)
             changes = [a for a in actions if not isinstance(a, Unplaceable)]
-            if real.complete and not await self._publish_without(snapshot, real, changes):
+            if real.complete and not await self._unrouted(snapshot, real, changes):
                 changes = [a for a in changes if not isinstance(a, Remove)]
             if changes:
                 for action in changes:
@@ -315,23 +317,44 @@ class Server:
         with contextlib.suppress(Unavailable):  # the database went away just now
             await self._report_unplaceable([a for a in actions if isinstance(a, Unplaceable)])
 
-    async def _publish_without(self, snapshot: Snapshot, real: Real,
-                               changes: Sequence[scheduler.Action]) -> bool:
-        """Publish the table of `snapshot` less the instances `changes` remove; False
-        (and say so, once) when Redis cannot take it."""
+    async def _unrouted(self, snapshot: Snapshot, real: Real,
+                        changes: Sequence[scheduler.Action]) -> bool:
+        """Publish the table of `snapshot` less the instances `changes` remove; True once
+        every live router serves it, so those instances may stop. False (their removal
+        waits for a later round) while Redis cannot take the table or a router is behind."""
         leaving = {a.instance for a in changes if isinstance(a, Remove)}
         desired = snapshot.desired
         if leaving:
             desired = dataclasses.replace(desired, instances=tuple(
                 i for i in desired.instances if i.id not in leaving))
         try:
-            await self.publish_routes(desired, snapshot, real)
+            rev = await self.publish_routes(desired, snapshot, real)
+            self._paused("routes", "")
+            return not leaving or await self._routers_serve(rev, len(leaving))
         except Unavailable as exc:
             self._paused("routes", f"route table not written ({exc}); instances are still "
                          "placed and started, removals wait for it")
             return False
-        self._paused("routes", "")
-        return True
+
+    async def _routers_serve(self, rev: int, leaving: int) -> bool:
+        """Every router that reports (its key alive) serves `rev` or later; a router
+        still behind after router_sync_timeout is not waited for any longer."""
+        revisions = await asyncio.to_thread(self.route_store.router_revisions)
+        behind = sorted(r for r, served in revisions.items() if served < rev)
+        if not behind:
+            self._sync_since = {}
+            return True
+        since = self._sync_since.setdefault(rev, time.monotonic())
+        self._sync_since = {rev: since}
+        if time.monotonic() - since >= self.config.router_sync_timeout:
+            log.warning("router(s) %s did not take route table rev %d within %g s; "
+                        "stopping %d instance(s) all the same", ", ".join(behind), rev,
+                        self.config.router_sync_timeout, leaving)
+            return True
+        log.debug("waiting for router(s) %s to serve route table rev %d before %d "
+                  "instance(s) stop", ", ".join(behind), rev, leaving)
+        asyncio.get_running_loop().call_later(0.1, self.wake)
+        return False
 
     def _paused(self, what: str, message: str) -> None:
         """Log a failure of `what` once (not every round), and when it works again."""
@@ -343,7 +366,7 @@ class Server:
         self._failing[what] = message
 
     async def publish_routes(self, desired: scheduler.Desired, snapshot: Snapshot,
-                             real: Real) -> None:
+                             real: Real) -> int:
         table = self._carry_over(snapshot, routes.compute(
             desired, real, domain=self.config.domain,
             custom_domains={a.name: a.domains for a in snapshot.apps.values()},
@@ -355,6 +378,7 @@ class Server:
         self.routes = routes.RouteTable(backends=table.backends, cnames=table.cnames,
                                         hosts=table.hosts, rev=rev)
         self.routes_published = True
+        return rev
 
     def _carry_over(self, snapshot: Snapshot, table: routes.RouteTable) -> routes.RouteTable:
         """Keep the routes published before this server started for the instances of

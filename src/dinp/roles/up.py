@@ -38,6 +38,9 @@ class TeeRouteStore:
     def current(self) -> routes.RouteTable:
         return self.redis.current()
 
+    def router_revisions(self) -> dict[str, int]:
+        return self.redis.router_revisions()
+
 
 def _secret(path: Path) -> str:
     """A token kept in the state directory, made on first use."""

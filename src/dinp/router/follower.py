@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -17,6 +20,16 @@ from dinp.routes import RouteTable, read_redis, redact
 
 # Its log lines keep the logger name they had when this lived in routes.py.
 log = logging.getLogger("dinp.routes")
+
+# A router says which table revision it serves this often; the key lives REPORT_TTL, so a
+# router that died stops counting soon after.
+REPORT_INTERVAL = 3.0
+REPORT_TTL = 10
+
+
+def router_id() -> str:
+    """This router process: host and pid (each worker process follows on its own)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}"
 
 
 class RedisRouteFollower:
@@ -44,6 +57,9 @@ class RedisRouteFollower:
         self._last = RouteTable()
         self._ready = False  # handed a table to on_table yet
         self._warned_empty = False
+        # Under /dinp/routers/<this>, the revision this router serves: the server waits
+        # for every live router to serve a table before stopping what it no longer holds.
+        self.report_key = const.ROUTER_KEY_PREFIX + router_id()
 
     async def load(self, *, full: bool = True) -> RouteTable:
         """The current table. Reading a whole table is Python work that grows with it
@@ -78,6 +94,12 @@ class RedisRouteFollower:
         self._last = table
         self._ready = True
         self.on_table(table)
+        await self.report()
+
+    async def report(self) -> None:
+        """Say which revision this router serves (expires unless said again)."""
+        if self._ready and self._last.rev:
+            await self.client.set(self.report_key, self._last.rev, ex=REPORT_TTL)
 
     async def run(self) -> None:
         """Follow Redis until cancelled."""
@@ -89,18 +111,7 @@ class RedisRouteFollower:
                 await self._reload(full=True)
                 self.connected.set()
                 backoff = 0.1
-                loop = asyncio.get_running_loop()
-                while True:
-                    timeout = max(0.0, self.last_loaded + self.resync_interval - loop.time())
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-                    if msg is not None:
-                        # Coalesce a burst of notifications into one read.
-                        while await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=0.001):
-                            pass
-                    # A notification reads only a moved revision; the periodic re-read
-                    # reads everything, the safety net for writes that missed the rev.
-                    await self._reload(full=msg is None)
+                await self._follow(pubsub)
             except asyncio.CancelledError:
                 raise
             except (redis.RedisError, OSError) as exc:
@@ -114,6 +125,30 @@ class RedisRouteFollower:
                 with contextlib.suppress(redis.RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _follow(self, pubsub: Any) -> None:
+        """Re-read on each notification and every resync_interval; report every
+        REPORT_INTERVAL."""
+        loop = asyncio.get_running_loop()
+        next_report = loop.time()
+        while True:
+            resync_at = self.last_loaded + self.resync_interval
+            if loop.time() >= next_report:
+                await self.report()
+                next_report = loop.time() + REPORT_INTERVAL
+            timeout = max(0.0, min(resync_at, next_report) - loop.time())
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+            if msg is not None:
+                # Coalesce a burst of notifications into one read.
+                while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.001):
+                    pass
+                await self._reload(full=False)  # reads only a moved revision
+            elif loop.time() >= resync_at:
+                # The safety net for writes that missed the rev: read everything.
+                await self._reload(full=True)
+
     async def close(self) -> None:
+        # A router that stops is no longer waited for (one that dies expires).
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.client.delete(self.report_key)
         await self.client.aclose()
         self._sync.close()
