@@ -170,6 +170,22 @@ class DockerRuntime:
         if self._ours(old.labels):
             old.remove(force=True, v=True)
 
+    def exit_info(self, container: Container, *, lines: int = 5) -> str:
+        """How a container ended, in words: its exit code (or that it ran out of memory)
+        and its last lines of output, so a crash can be explained once it is gone."""
+        with self.errors():
+            try:
+                state = self.client.api.inspect_container(container.id)["State"]
+                raw = self.client.api.logs(container.id, stdout=True, stderr=True,
+                                           tail=lines)
+            except docker.errors.NotFound:
+                return "exited (the container is gone)"
+        code = state.get("ExitCode")
+        how = "ran out of memory" if state.get("OOMKilled") else f"exited with code {code}"
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        tail = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+        return f"{how}: {tail[-400:]}" if tail else how
+
     def stop(self, container: Container, *, timeout: float) -> None:
         """Stop (SIGTERM, then SIGKILL after `timeout`) and remove one of our containers."""
         with self.errors():

@@ -135,6 +135,13 @@ class Timeout(DinpError):
     http_status = 504
 
 
+class DeployFailed(DinpError):
+    """A release did not come up and its rollout was halted (or cancelled): the release
+    before it serves."""
+
+    exit_code = 9
+
+
 class ConfigError(DinpError):
     exit_code = 2
 

@@ -79,6 +79,10 @@ class AppRow(SQLModel, table=True):
     env_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     domains_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
     release: int = 1
+    # Rollouts: new instances started at once (0: a quarter of the count, at least one),
+    # and how long a release may take to come up before it is halted.
+    surge: int = 0
+    deploy_timeout: float = Field(default=120.0, sa_type=TIME)
     created_at: float = Field(default_factory=now, sa_type=TIME)
     updated_at: float = Field(default_factory=now, sa_type=TIME)
 
@@ -111,6 +115,9 @@ class ReleaseRow(SQLModel, table=True):
     health_path: str | None = Field(default=None, max_length=200)
     change: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_by: str = Field(default="", max_length=200)
+    # deploying, deployed, failed or cancelled (rollouts.py); why, when it failed.
+    status: str = Field(default="deployed", max_length=16)
+    failure: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_at: float = Field(default_factory=now, sa_type=TIME)
 
     def spec(self, app: AppRow) -> ReleaseSpec:

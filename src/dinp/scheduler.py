@@ -15,6 +15,9 @@ Rules it keeps:
   draining, or it runs an old release) is removed only once enough healthy instances of
   the current release run elsewhere: the app never drops below its healthy count because
   of the planner.
+- A rollout (instances of an older release remain) starts at most `surge` new instances
+  that are not healthy yet at a time; replacing the instances of a node that went down is
+  not limited.
 - A node silent for longer than `node_timeout` is marked down; when it reports again it is
   marked ready. A node's containers are never touched here: the agent converges to the
   instance list, so removing an instance row is how a container is stopped.
@@ -37,6 +40,9 @@ class AppSpec:
     instances: int
     memory_mb: int
     release: int
+    # During a rollout, at most this many instances of the new release start at once
+    # (not yet healthy); 0: no limit.
+    surge: int = 0
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,10 @@ def _plan_app(
             ledger.drop(inst.node, app.name, inst.memory_mb)
 
     missing = app.instances - len(current)
+    if app.surge and any(i.release != app.release for i in instances):
+        # A rollout: a batch at a time; the next once this one is healthy.
+        starting = sum(1 for i in current if not real.healthy(i))
+        missing = min(missing, max(0, app.surge - starting))
     for placed in range(missing):
         node = ledger.choose(app.name, app.memory_mb)
         if node is None:

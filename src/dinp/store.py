@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, col, select
 
 from dinp import releases as rel
-from dinp import schema
+from dinp import rollouts, schema
 from dinp.errors import Conflict, NotFound, Unavailable
 from dinp.models import AppRow, ClusterRow, EventRow, InstanceRow, NodeRow, ReleaseRow, TokenRow
 from dinp.releases import ReleaseSpec
@@ -60,6 +60,8 @@ class Snapshot:
     apps: dict[str, AppRow]
     nodes: dict[str, NodeRow]
     releases: dict[tuple[str, int], ReleaseSpec] = field(default_factory=dict)
+    # Each app's current release and any newer one (a failed deploy), newest first.
+    recent: dict[str, list[ReleaseRow]] = field(default_factory=dict)
 
 
 class Store:
@@ -148,15 +150,21 @@ class Store:
                     tuple_(ReleaseRow.app, ReleaseRow.version).in_(sorted(wanted))))
                     if wanted else ())
             }
+            recent: dict[str, list[ReleaseRow]] = {}
+            for row, _ in s.exec(select(ReleaseRow, AppRow).where(
+                    ReleaseRow.app == AppRow.name, ReleaseRow.version >= AppRow.release)
+                    .order_by(col(ReleaseRow.version).desc())):
+                recent.setdefault(row.app, []).append(row)
         desired = Desired(
-            apps={a.name: AppSpec(a.name, a.instances, a.memory_mb, a.release)
+            apps={a.name: AppSpec(a.name, a.instances, a.memory_mb, a.release,
+                                  rollouts.surge(a.instances, a.surge))
                   for a in apps.values()},
             instances=tuple(
                 Placed(r.id, r.app, r.release, r.node, r.memory_mb, r.created_at) for r in rows
             ),
             nodes={n.name: NodeSpec(n.name, n.status, n.capacity_mb) for n in nodes.values()},
         )
-        return Snapshot(desired, apps, nodes, releases)
+        return Snapshot(desired, apps, nodes, releases, recent)
 
     def get_app(self, name: str) -> AppRow:
         with self.session() as s:
@@ -184,11 +192,13 @@ class Store:
 
     def create_app(
         self, *, name: str, image: str, instances: int, memory_mb: int, port: int,
-        env: dict[str, str], health_path: str | None, by: str = "",
+        env: dict[str, str], health_path: str | None, by: str = "", surge: int = 0,
+        deploy_timeout: float = 120.0,
     ) -> AppRow:
         app = AppRow(
             name=name, image=image, instances=instances, memory_mb=memory_mb, port=port,
             env_json=json.dumps(env, sort_keys=True), health_path=health_path, release=1,
+            surge=surge, deploy_timeout=deploy_timeout,
         )
         with self.session() as s:
             if s.get(AppRow, name) is not None:
@@ -197,7 +207,7 @@ class Store:
             s.add(ReleaseRow(app=name, version=1, image=image, env_json=app.env_json,
                              port=port, memory_mb=memory_mb, health_path=health_path,
                              change=rel.describe(None, rel.ReleaseSpec(image)),
-                             created_by=by))
+                             created_by=by, status=rollouts.DEPLOYING))
             s.add(EventRow(app=name, message=f"created with {instances} instance(s) of {image}"))
             try:
                 s.commit()
@@ -246,17 +256,58 @@ class Store:
     @staticmethod
     def _add_release(s: Session, app: AppRow, spec: ReleaseSpec, change: str,
                      by: str) -> None:
-        """Release N+1 of `app` running `spec`; the app row shows it as current."""
+        """Release N+1 of `app` running `spec`; the app row shows it as current. A
+        release still rolling out is superseded: it stays in the history as cancelled."""
+        latest = s.exec(select(ReleaseRow).where(ReleaseRow.app == app.name)
+                        .order_by(col(ReleaseRow.version).desc())).first()
+        for rolling in s.exec(select(ReleaseRow).where(
+                ReleaseRow.app == app.name, ReleaseRow.status == rollouts.DEPLOYING)):
+            rolling.status, rolling.failure = rollouts.CANCELLED, "superseded by a new release"
+            s.add(rolling)
         env_json = json.dumps(dict(spec.env), sort_keys=True)
-        version = app.release + 1
+        version = (latest.version if latest else app.release) + 1
         s.add(ReleaseRow(app=app.name, version=version, image=spec.image, env_json=env_json,
                          port=spec.port, memory_mb=spec.memory_mb,
-                         health_path=spec.health_path, change=change, created_by=by))
-        app.image, app.env_json, app.port = spec.image, env_json, spec.port
-        app.memory_mb, app.health_path = spec.memory_mb, spec.health_path
-        app.release, app.updated_at = version, time.time()
+                         health_path=spec.health_path, change=change, created_by=by,
+                         status=rollouts.DEPLOYING))
+        Store._point_at(app, spec, version)
         s.add(app)
         s.add(EventRow(app=app.name, message=f"release {version}: {change}"))
+
+    def record_verdict(self, name: str, version: int, status: str, reason: str = "") -> AppRow:
+        """The rollout of `version` ended: deployed; or failed (or cancelled), and the
+        app goes back to the newest release before it that deployed, whose instances
+        still serve."""
+        with self.session() as s:
+            app = self._app_for_update(s, name)
+            row = s.exec(select(ReleaseRow).where(
+                ReleaseRow.app == name, ReleaseRow.version == version)).first()
+            if row is None or row.status != rollouts.DEPLOYING or app.release != version:
+                return app  # decided meanwhile (a new deploy, a cancel): nothing to record
+            row.status, row.failure = status, reason
+            s.add(row)
+            if status == rollouts.DEPLOYED:
+                s.add(EventRow(app=name, message=f"release {version} deployed"))
+            else:
+                back = s.exec(select(ReleaseRow).where(
+                    ReleaseRow.app == name, ReleaseRow.version < version,
+                    ReleaseRow.status == rollouts.DEPLOYED,
+                ).order_by(col(ReleaseRow.version).desc())).first()
+                if back is not None:
+                    self._point_at(app, back.spec(app), back.version)
+                    s.add(app)
+                s.add(EventRow(app=name, message=f"release {version} {status}: {reason}"
+                               + (f"; back to release {back.version}" if back else "")))
+            s.commit()
+            return app
+
+    @staticmethod
+    def _point_at(app: AppRow, spec: ReleaseSpec, version: int) -> None:
+        """Make release `version` (running `spec`) the app's current one."""
+        app.image, app.env_json, app.port = (spec.image, json.dumps(dict(spec.env),
+                                                                    sort_keys=True), spec.port)
+        app.memory_mb, app.health_path = spec.memory_mb, spec.health_path
+        app.release, app.updated_at = version, time.time()
 
     def scale_app(self, name: str, instances: int) -> AppRow:
         with self.session() as s:

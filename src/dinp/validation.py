@@ -182,6 +182,27 @@ def instances(value: object) -> int:
     return count
 
 
+MAX_DEPLOY_TIMEOUT = 3600
+
+
+def surge(value: object) -> int:
+    """New instances a rollout starts at once; 0 means a quarter of the count."""
+    number = whole_number(value)
+    if number is None or not 0 <= number <= MAX_INSTANCES:
+        raise InvalidInput("surge", f"{value!r} is not a whole number from 0 to "
+                           f"{MAX_INSTANCES} (0: a quarter of the instances)")
+    return number
+
+
+def deploy_timeout(value: object) -> float:
+    """Seconds a release may take to come up before its rollout is halted."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            1 <= value <= MAX_DEPLOY_TIMEOUT):
+        raise InvalidInput("deploy_timeout", f"{value!r} is not a number of seconds from 1 "
+                           f"to {MAX_DEPLOY_TIMEOUT}")
+    return float(value)
+
+
 def port(value: object, field: str = "port") -> int:
     number = whole_number(value)
     if number is None or not 1 <= number <= 65535:

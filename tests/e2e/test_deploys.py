@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -84,3 +85,50 @@ def test_env_restart_rollback_and_scale_down_drop_no_request(cluster: Cluster) -
     releases = c.cli.json("app", "releases", app)
     assert [(r["version"], r["change"]) for r in releases] == [
         (4, "rollback to 1"), (3, "restart"), (2, "set B"), (1, f"created from {IMAGE}")]
+
+
+@pytest.fixture(scope="module")
+def crash_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An image whose app writes a line and exits 3 at once: a release that crashes."""
+    ctx = tmp_path_factory.mktemp("crash")
+    (ctx / "Dockerfile").write_text(
+        'FROM dinp/busybox:1\nCMD ["/bin/sh", "-c", "echo boom: no DATABASE_URL >&2; exit 3"]\n')
+    tag = f"dinp-test/crash:{secrets.token_hex(3)}"
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(ctx)], check=True,
+                   capture_output=True)
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("case", ["missing-image", "never-healthy", "crash"])
+def test_a_release_that_cannot_come_up_is_halted_while_the_old_one_serves(
+    cluster: Cluster, crash_image: str, case: str
+) -> None:
+    c = cluster
+    app = f"bad-{case}"
+    args, reason = {
+        "missing-image": (["--image", "127.0.0.1:5000/no-such-image:1"], "no-such-image"),
+        "never-healthy": (["--health-path", "/no-such-page"], "health check"),
+        "crash": (["--image", crash_image], "exited with code 3"),
+    }[case]
+    c.cli.run("app", "create", app, "--image", IMAGE, "--instances", "2", "--memory", "32m",
+              "--deploy-timeout", "8", "--wait", "--timeout", "60")
+    with Prober(c.router_addr, f"{app}.apps.test") as probe:
+        time.sleep(0.3)
+        result = c.cli.run("app", "deploy", app, *args, "--wait", "--timeout", "60",
+                           check=False, timeout=90)
+        time.sleep(0.5)
+    assert result.returncode == 9, result.stdout + result.stderr  # DeployFailed
+    assert "release 2 failed" in result.stderr and reason in result.stderr
+    failed = [(t, s) for t, s in probe.answers if s != 200]
+    assert failed == [] and len(probe.answers) > 100
+    assert releases_seen(probe) == {1}  # the old release served every request
+    shown = c.cli.json("app", "show", app)
+    assert shown["release"] == 1 and shown["state"].startswith("deploy of release 2 failed")
+    rows = c.cli.json("app", "releases", app)
+    assert [(r["version"], r["status"]) for r in rows] == [(2, "failed"), (1, "deployed")]
+    assert reason in rows[0]["failure"]
+    wait_for(lambda: len(docker_ids(f"io.dinp.app={app}")) == 2, 30,
+             "the failed release's containers to go")

@@ -8,11 +8,13 @@ Several "nodes" share this one engine, each advertising its own 127.0.0.x addres
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
@@ -688,3 +690,51 @@ def test_an_agent_upgraded_before_its_server_keeps_reporting_and_serving(
     assert all([c["instance"] for c in r["containers"]] == [a.id] for r in reports), reports
     assert running(docker_client, str(legacy.id))  # adopted, not replaced
     assert len(docker_client.api.containers(filters={"label": f"io.dinp.node={node_name}"})) == 1
+
+
+@pytest.fixture(scope="module")
+def crash_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An image whose app says something and exits 3 at once, as a broken release does."""
+    ctx = tmp_path_factory.mktemp("crash")
+    (ctx / "Dockerfile").write_text(
+        "FROM dinp/busybox:1\n"
+        'CMD ["/bin/sh", "-c", "echo starting up; echo boom: no DATABASE_URL >&2; exit 3"]\n')
+    tag = f"dinp-test/crash:{secrets.token_hex(3)}"
+    client = docker.from_env()
+    try:
+        client.images.build(path=str(ctx), tag=tag, rm=True)
+        yield tag
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            client.images.remove(tag, force=True)
+        client.close()
+
+
+def test_a_container_that_keeps_crashing_is_restarted_with_backoff_and_says_why(
+    runtime: DockerRuntime, crash_image: str
+) -> None:
+    crashing = assignment(app_name(), image=crash_image)
+
+    async def main() -> None:
+        agent = make_agent(runtime.node, runtime)
+        give(agent, "r1", [crashing])
+        starts = []
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            before = {c.id for c in runtime.list()}
+            await agent.converge()
+            after = {c.id for c in runtime.list()}
+            if after - before:
+                starts.append(time.monotonic())
+            await asyncio.sleep(0.2)
+        retry = agent.state.retries[crashing.id]
+        assert retry.failures >= 2
+        assert "exited with code 3" in retry.message and "boom: no DATABASE_URL" in retry.message
+        reason = agent.heartbeat_body().failures[crashing.id]
+        assert "exited with code 3" in reason  # ... and the server is told
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        # Not a tight loop: after the first crash, each restart waits longer.
+        assert len(starts) <= 5, starts
+        assert gaps and max(gaps) >= 2.0, gaps
+
+    asyncio.run(main())

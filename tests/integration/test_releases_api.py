@@ -3,6 +3,7 @@ and each instance keeping its own release's image and env while a rollout runs."
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.integration.test_api import GOOD, Api, instance_json, run
@@ -22,7 +23,7 @@ async def heartbeat_running(api: Api, instances: list[dict[str, Any]]) -> dict[s
 
 async def _rollout(api: Api) -> None:
     await api.heartbeat()
-    status, _ = await api.call("POST", "/apps", body={**GOOD, "instances": 2,
+    status, _ = await api.call("POST", "/apps", body={**GOOD, "instances": 2, "surge": 2,
                                                       "env": {"A": "1"}})
     assert status == 201
     await api.server.reconcile_once()
@@ -112,3 +113,96 @@ def test_env_restart_rollback_and_refusals_on_mariadb(mysql_url: str, redis_url:
     run(mysql_url, redis_url, _changes)
 
 
+
+
+async def _halt(api: Api) -> None:
+    """A release whose instances never become healthy is halted at its deadline: the
+    app goes back to the release before, which serves at full count throughout."""
+    await api.heartbeat()
+    status, _ = await api.call("POST", "/apps", body={**GOOD, "instances": 2,
+                                                      "deploy_timeout": 1})
+    assert status == 201
+    await api.server.reconcile_once()
+    _, reply = await api.heartbeat()
+    first = await heartbeat_running(api, reply["instances"])
+    old = [i["id"] for i in first["instances"]]
+    _, shown = await api.call("GET", "/apps/web")
+    assert shown["state"] == "running" and shown["rollout"]["status"] == "deployed"
+
+    status, app = await api.call("POST", "/apps/web/deploy",
+                                 body={"image": "127.0.0.1:5000/no-such:9"})
+    assert status == 200 and app["release"] == 2
+    await api.server.reconcile_once()
+    _, reply = await api.heartbeat(containers=[
+        instance_json(i, "web", port=31000 + n) for n, i in enumerate(old)])
+    new = [i["id"] for i in reply["instances"] if i["release"] == 2]
+    assert len(new) == 1  # surge: a quarter of 2, at least one, at a time
+    body = {"address": "127.0.0.2", "capacity_mb": 4096, "free_mb": 3000,
+            "containers": [instance_json(i, "web", port=31000 + n)
+                           for n, i in enumerate(old)],
+            "failures": [{"instance": new[0],
+                          "message": "cannot start: no-such:9 not found"}]}
+    await api.call("POST", "/nodes/n1/heartbeat", token="ct", body=body)
+    _, shown = await api.call("GET", "/apps/web")
+    assert shown["state"].startswith("deploying release 2: 0 of 2")
+
+    await asyncio.sleep(1.1)  # past deploy_timeout
+    await api.server.reconcile_once()
+    _, shown = await api.call("GET", "/apps/web")
+    assert shown["release"] == 1 and shown["image"] == GOOD["image"]
+    assert shown["state"].startswith("deploy of release 2 failed: release 2: 0 of 2 new")
+    assert "no-such:9 not found" in shown["state"] and shown["state"].endswith(
+        "release 1 serves")
+    await api.server.reconcile_once()
+    _, reply = await api.call("POST", "/nodes/n1/heartbeat", token="ct", body=body)
+    assert sorted(i["id"] for i in reply["instances"]) == sorted(old)  # old ones stay
+    _, rows = await api.call("GET", "/apps/web/releases")
+    assert [(r["version"], r["status"]) for r in rows] == [(2, "failed"), (1, "deployed")]
+
+    # The next deploy is release 3, made from release 1.
+    status, app = await api.call("POST", "/apps/web/deploy", body={"env": {"X": "1"}})
+    assert app["release"] == 3 and app["image"] == GOOD["image"]
+    status, app = await api.call("POST", "/apps/web/deploy/cancel")
+    assert status == 200 and app["release"] == 1
+    assert "release 3 cancelled" in app["state"]
+    status, reply = await api.call("POST", "/apps/web/deploy/cancel")
+    assert status == 409 and "no deploy in progress" in reply["error"]
+
+
+async def _unschedulable(api: Api) -> None:
+    await api.heartbeat(capacity_mb=1024)
+    status, _ = await api.call("POST", "/apps", body={**GOOD, "instances": 1,
+                                                      "memory": "2g"})
+    assert status == 201
+    await api.server.reconcile_once()
+    _, shown = await api.call("GET", "/apps/web")
+    assert shown["state"] == ("unschedulable: 1 instance(s) need 2048m each; the largest "
+                              "free is 1024m on n1")
+
+
+def test_a_release_that_never_comes_up_is_halted_and_cancel_does_the_same(
+        sqlite_url: str, redis_url: str) -> None:
+    run(sqlite_url, redis_url, _halt)
+
+
+def test_a_halt_on_mariadb(mysql_url: str, redis_url: str) -> None:
+    run(mysql_url, redis_url, _halt)
+
+
+def test_an_app_without_room_says_how_much_is_missing(sqlite_url: str, redis_url: str) -> None:
+    run(sqlite_url, redis_url, _unschedulable)
+
+
+async def _deleted_meanwhile(api: Api) -> None:
+    """Found by schemathesis under load: an app deleted between the snapshot a reconcile
+    read and the rollout verdict it records must not stop the server's loop."""
+    assert (await api.call("POST", "/apps", body={**GOOD, "instances": 0}))[0] == 201
+    api.store.delete_app("web")  # another server, or a request racing this reconcile
+    await api.server._judge_rollouts(api.server.real())  # the snapshot still has it
+    await api.server.reconcile_once()
+    assert (await api.call("GET", "/apps/web"))[0] == 404
+
+
+def test_an_app_deleted_during_a_reconcile_stops_nothing(sqlite_url: str,
+                                                         redis_url: str) -> None:
+    run(sqlite_url, redis_url, _deleted_meanwhile)

@@ -53,8 +53,8 @@ def test_create_get_and_snapshot(store: Store) -> None:
 
     snap = store.snapshot()
     assert sorted(snap.apps) == ["api-2", "web"]
-    assert snap.desired.apps["web"] == AppSpec("web", 2, 128, 1)
-    assert snap.desired.apps["api-2"] == AppSpec("api-2", 1, 64, 1)
+    assert snap.desired.apps["web"] == AppSpec("web", 2, 128, 1, surge=1)
+    assert snap.desired.apps["api-2"] == AppSpec("api-2", 1, 64, 1, surge=1)
     assert snap.desired.instances == ()  # nothing placed until the planner says so
     assert snap.apps["api-2"].health_path is None
 

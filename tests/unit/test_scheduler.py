@@ -437,6 +437,41 @@ def test_release_change_places_new_and_removes_old_only_once_new_are_healthy() -
     assert places(third) == []
 
 
+def test_a_rollout_starts_a_surge_of_new_instances_at_a_time() -> None:
+    """4 instances, surge 1: one new one starts; only once it is healthy does an old one
+    leave and the next new one start; healthy instances never drop below 4."""
+    ns = nodes(NodeSpec("a", READY, 4096), NodeSpec("b", READY, 4096))
+    old = tuple(Placed(f"o{i}", "web", 1, "ab"[i % 2], 256, created=float(i))
+                for i in range(4))
+    desired = Desired(apps(AppSpec("web", 4, 256, 2, surge=1)), old, ns)
+    for round_no in range(4):
+        new_ids = [i.id for i in desired.instances if i.release == 2]
+        starting = run(desired, fresh_real(ns.values(), desired.instances))
+        assert len(places(starting)) == 1, round_no  # one at a time
+        desired = apply(desired, starting)
+        started = [i.id for i in desired.instances if i.release == 2 and i.id not in new_ids]
+        unhealthy = fresh_real(ns.values(), desired.instances, unhealthy=started)
+        assert run(desired, unhealthy) == []  # nothing more while it is not healthy
+        healthy = fresh_real(ns.values(), desired.instances)
+        after = run(desired, healthy)
+        assert len(removes(after)) == 1 and all(r.reason == "old release"
+                                                for r in removes(after))
+        desired = apply(desired, [a for a in after if isinstance(a, Remove)])
+        assert len(desired.instances) == 4  # all healthy: never fewer than asked for
+    assert {i.release for i in desired.instances} == {2} and len(desired.instances) == 4
+
+
+def test_surge_does_not_slow_the_replacement_of_a_dead_node() -> None:
+    ns = nodes(NodeSpec("a", READY, 4096), NodeSpec("b", READY, 4096))
+    rows = tuple(Placed(f"i{i}", "web", 1, "a", 256) for i in range(3))
+    desired = Desired(apps(AppSpec("web", 3, 256, 1, surge=1)), rows, ns)
+    real = fresh_real([ns["b"]], (), silent=["a"])
+    real = Real({**real.reports, "a": NodeReport("a", NOW - 2 * TIMEOUT, 4096, ())},
+                complete=True)
+    actions = run(desired, real)
+    assert len(places(actions)) == 3  # all at once: no rollout, a node is gone
+
+
 def test_old_release_unhealthy_instances_go_before_healthy_ones() -> None:
     # One new instance serves, so one of the two old ones may go: it must be the broken
     # one, or the app drops from two healthy instances to one.

@@ -15,7 +15,7 @@ from dinp import validation
 from dinp.client import Client
 from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
 from dinp.const import DEFAULT_APP_PORT
-from dinp.errors import InvalidInput, Timeout
+from dinp.errors import DeployFailed, InvalidInput, Timeout
 from dinp.output import console, err_console, print_json, table
 
 cli = typer.Typer(no_args_is_help=True)
@@ -54,6 +54,13 @@ def create(
     health_path: str | None = typer.Option(None, "--health-path",
                                            help="HTTP path checked for health "
                                            "(default: a TCP connect)."),
+    surge: int = typer.Option(0, "--surge", min=0, max=validation.MAX_INSTANCES,
+                              help="New instances a rollout starts at once "
+                              "(0: a quarter of the instances)."),
+    deploy_timeout: float = typer.Option(120.0, "--deploy-timeout", min=1,
+                                         max=validation.MAX_DEPLOY_TIMEOUT,
+                                         help="Seconds a release may take to come up "
+                                         "before its rollout is halted."),
     wait: bool = WaitOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
@@ -63,7 +70,8 @@ def create(
     """Create an app and run INSTANCES of IMAGE."""
     api = client(server, token)
     body = {"name": name, "image": image, "instances": instances, "memory": memory,
-            "port": port, "env": validation.env_pairs(env), "health_path": health_path}
+            "port": port, "env": validation.env_pairs(env), "health_path": health_path,
+            "surge": surge, "deploy_timeout": deploy_timeout}
     app = api.post("/apps", body)
     _report(api, app, wait=wait, timeout=timeout, as_json=as_json,
             message=f"created [bold]{name}[/]: {instances} x {image} → {{url}}")
@@ -92,7 +100,8 @@ def show(name: str = typer.Argument(..., help="App name."), as_json: bool = Json
         print_json(app)
         return
     s = app["status"]
-    console.print(f"[bold]{app['name']}[/]  {app['url']}\n"
+    console.print(f"[bold]{app['name']}[/]  {escape(app['state'])}")
+    console.print(f"{app['url']}\n"
                   f"image {app['image']}  release {app['release']}  memory {app['memory_mb']}m"
                   f"  port {app['port']}  health {app['health_path'] or 'tcp'}\n"
                   f"instances: {app['instances']} wanted, {s['placed']} placed, "
@@ -174,18 +183,27 @@ def probe_router(app: dict[str, Any]) -> bool:
         return False
 
 
+def _halted(app: dict[str, Any], release: int) -> None:
+    """Fail when the rollout waited for was halted (the release before it serves)."""
+    rollout = app.get("rollout", {})
+    if rollout.get("failed_release") == release:
+        raise DeployFailed(f"{app['name']}: {app['state']}",
+                           hint=f"`dinp app releases {app['name']}` and `dinp app show "
+                           f"{app['name']}` tell more.")
+
+
 def wait_serving(api: Client, name: str, *, timeout: float, quiet: bool) -> dict[str, Any]:
     """Poll until every wanted instance is healthy, routed and answers via the router."""
     deadline = time.monotonic() + timeout
     app: dict[str, Any] = api.get(f"/apps/{name}")
+    release = app["release"]  # the one to wait for: a halt goes back to an older one
     with Status("waiting for instances", console=err_console) as status:
         if quiet:
             status.stop()
         while time.monotonic() < deadline:
             app = api.get(f"/apps/{name}")
-            s = app["status"]
-            status.update(f"{name}: {s['placed']}/{app['instances']} placed, "
-                          f"{s['healthy']} healthy, {s['routed']} routed")
+            status.update(f"{name}: {app['state']}")
+            _halted(app, release)
             if _serving(app) and probe_router(app):
                 return app
             time.sleep(0.1)

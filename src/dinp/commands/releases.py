@@ -34,6 +34,8 @@ def deploy(
                                       _memory(v), help="New memory per instance, e.g. 512m."),
     health_path: str | None = typer.Option(None, "--health-path",
                                            help="A new HTTP health path ('' for TCP)."),
+    cancel: bool = typer.Option(False, "--cancel", help="Halt the rollout in progress "
+                                "instead: the release before it serves again."),
     wait: bool = WaitOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
@@ -42,6 +44,13 @@ def deploy(
 ) -> None:
     """Make the app's next release and roll it out: new instances first, then the old
     ones leave."""
+    if cancel:
+        app = client(server, token).post(f"/apps/{name}/deploy/cancel", {})
+        if as_json:
+            print_json(app)
+        else:
+            console.print(f"{name}: {app['state']}")
+        return
     body: dict[str, Any] = {}
     if image is not None:
         body["image"] = validation.image(image)

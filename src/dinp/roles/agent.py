@@ -113,6 +113,8 @@ class Agent:
         self._engine_error = ""
         # Container ids being stopped and instance ids being started right now.
         self._busy: set[str] = set()
+        # Exited containers already recorded as crashes (by container id).
+        self._crashes_seen: set[str] = set()
 
     # -- server I/O -------------------------------------------------------------------
 
@@ -366,6 +368,7 @@ class Agent:
         already handles); its bookkeeping is applied here."""
         async with self._converge_lock:
             await self.refresh()
+            await self._note_crashes()
             actions = node_plan.plan(self._view(), now=time.monotonic(),
                                      start_timeout=self.config.start_timeout)
             stops, starts = self._apply(actions)
@@ -374,6 +377,22 @@ class Agent:
             self._busy.update(c.id for c in stops)
             self._busy.update(a.id for a in starts)
             return stops, starts, self.runtime.cluster
+
+    async def _note_crashes(self) -> None:
+        """A container of an assigned instance that exited is a crash: recorded with its
+        exit code and last output (the reason reaches the server), and its next start
+        backs off when it keeps crashing (the first one restarts at once)."""
+        assigned = {a.id for a in self.state.assignment or []}
+        for c in self._containers:
+            if c.state in {"exited", "dead"} and c.instance in assigned \
+                    and c.id not in self._crashes_seen:
+                self._crashes_seen.add(c.id)
+                with contextlib.suppress(Unavailable):
+                    how = await asyncio.to_thread(self.runtime.exit_info, c)
+                    delay = self._failed(c.instance, f"{c.name} {how}", first_free=True)
+                    log.warning("%s %s (restarting in %.0f s)", c.name, how, delay)
+        live = {c.id for c in self._containers}
+        self._crashes_seen &= live  # forget containers that are gone
 
     def _view(self) -> node_plan.NodeView:
         """What the plan is made from: a frozen copy of what the agent knows now."""
@@ -428,11 +447,13 @@ class Agent:
         self._report.set()
         self._kick.set()  # what changed meanwhile is looked at now
 
-    def _failed(self, instance: str, message: str) -> float:
-        """Record a failure of `instance`: its next start waits, longer each time."""
+    def _failed(self, instance: str, message: str, *, first_free: bool = False) -> float:
+        """Record a failure of `instance`: its next start waits, longer each time
+        (`first_free`: not after the first, as a one-off crash deserves)."""
         retry = self.state.retries.setdefault(instance, _Retry())
         retry.failures += 1
-        delay = min(MAX_START_BACKOFF, 2.0 ** retry.failures)
+        exponent = retry.failures - 1 if first_free else retry.failures
+        delay = min(MAX_START_BACKOFF, 2.0 ** exponent) if exponent else 0.0
         retry.next_at = time.monotonic() + delay
         retry.message = message
         self.state.health.pop(instance, None)

@@ -18,10 +18,10 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from dinp import releases, validation, wire
+from dinp import releases, rollouts, validation, wire
 from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
-from dinp.errors import DinpError, InvalidInput, Unauthorized, Unavailable
+from dinp.errors import Conflict, DinpError, InvalidInput, Unauthorized, Unavailable
 from dinp.lifecycle import run_until_stopped, start_site
 from dinp.models import AppRow
 from dinp.roles.openapi import MAX_BODY
@@ -131,7 +131,8 @@ async def list_apps(request: web.Request) -> web.Response:
 async def create_app(request: web.Request) -> web.Response:
     server = srv(request)
     data = await json_body(request)
-    unknown = set(data) - {"name", "image", "instances", "memory", "port", "env", "health_path"}
+    unknown = set(data) - {"name", "image", "instances", "memory", "port", "env", "health_path",
+                           "surge", "deploy_timeout"}
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "unknown field")
     spec = {
@@ -142,6 +143,8 @@ async def create_app(request: web.Request) -> web.Response:
         "port": validation.port(data.get("port", DEFAULT_APP_PORT)),
         "env": validation.env(data.get("env")),
         "health_path": validation.health_path(data.get("health_path")),
+        "surge": validation.surge(data.get("surge", 0)),
+        "deploy_timeout": validation.deploy_timeout(data.get("deploy_timeout", 120)),
     }
     app = await server.db(server.store.create_app, **spec, by=WHO)
     await server.desired_changed()
@@ -237,7 +240,22 @@ async def list_releases(request: web.Request) -> web.Response:
         "version": r.version, "current": r.version == app.release,
         **r.spec(app).to_json(), "env": sorted(r.spec(app).env),
         "change": r.change, "created_by": r.created_by, "created_at": r.created_at,
+        "status": r.status, "failure": r.failure,
     } for r in rows])
+
+
+async def cancel_deploy(request: web.Request) -> web.Response:
+    """Halt the rollout in progress as a failed one would be: back to the release before."""
+    server = srv(request)
+    name = app_in_path(request)
+    app = await server.db(server.store.get_app, name)
+    current = next((r for r in await server.db(server.store.releases, name)
+                    if r.version == app.release), None)
+    if current is None or current.status != rollouts.DEPLOYING or app.release == 1:
+        raise Conflict(f"{name} has no deploy in progress to cancel")
+    app = await server.db(server.store.record_verdict, name, app.release,
+                          rollouts.CANCELLED, f"cancelled by {WHO}")
+    return await _released(request, app)
 
 
 async def delete_app(request: web.Request) -> web.Response:
@@ -335,6 +353,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_get(f"{p}/apps/{{name}}", get_app)
     app.router.add_post(f"{p}/apps/{{name}}/scale", scale_app)
     app.router.add_post(f"{p}/apps/{{name}}/deploy", deploy_app)
+    app.router.add_post(f"{p}/apps/{{name}}/deploy/cancel", cancel_deploy)
     app.router.add_post(f"{p}/apps/{{name}}/rollback", rollback_app)
     app.router.add_post(f"{p}/apps/{{name}}/restart", restart_app)
     app.router.add_post(f"{p}/apps/{{name}}/env", set_env)

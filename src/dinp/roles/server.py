@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dinp import routes, scheduler
+from dinp import rollouts, routes, scheduler
 from dinp.config import ServerConfig
-from dinp.errors import DinpError, NodeTaken, Unavailable, WrongCluster
+from dinp.errors import DinpError, NodeTaken, NotFound, Unavailable, WrongCluster
 from dinp.models import AppRow
 from dinp.releases import ReleaseSpec
 from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
@@ -101,6 +101,7 @@ class Server:
         self._unplaceable_logged: dict[str, float] = {}
         self._failing: dict[str, str] = {}  # what fails now ("database", "routes"): why
         self._sync_since: dict[int, float] = {}  # table rev -> since when routers lag
+        self.unplaceable: dict[str, str] = {}  # app -> why some of it cannot be placed
         self._tasks: set[asyncio.Future[Any]] = set()
         self.closing = False
         self._update_assignments()
@@ -314,8 +315,56 @@ class Server:
             self._paused("database", f"reconcile paused, nothing changed: {exc}")
             return
         self._update_assignments()
+        unplaceable = [a for a in actions if isinstance(a, Unplaceable)]
+        self.unplaceable = {a.app: self._unplaceable_words(a) for a in unplaceable}
         with contextlib.suppress(Unavailable):  # the database went away just now
-            await self._report_unplaceable([a for a in actions if isinstance(a, Unplaceable)])
+            await self._report_unplaceable(unplaceable)
+            if real.complete:
+                await self._judge_rollouts(real)
+
+    async def _judge_rollouts(self, real: Real) -> None:
+        """Record each rollout that ended: deployed, or failed (halted: the app goes back
+        to its release before, whose instances still serve)."""
+        snapshot, ended = self.snapshot, False
+        for name, recent in snapshot.recent.items():
+            app, release = snapshot.apps.get(name), recent[-1]
+            if app is None or release.version != app.release:
+                continue
+            instances = [i for i in snapshot.desired.instances if i.app == name]
+            failures = {i.id: self.heartbeats[i.node].failures[i.id] for i in instances
+                        if i.release == release.version and i.node in self.heartbeats
+                        and i.id in self.heartbeats[i.node].failures}
+            verdict = rollouts.judge(
+                release=release.version, status=release.status, made_at=release.created_at,
+                now=time.time(), deploy_timeout=app.deploy_timeout,
+                first=release.version == 1, failures=failures,
+                progress=rollouts.progress(release.version, app.instances, instances, real),
+                unplaceable=self.unplaceable.get(name))
+            if verdict is not None:
+                log.log(logging.INFO if verdict.status == rollouts.DEPLOYED else logging.WARNING,
+                        "app %s release %d %s %s", name, release.version, verdict.status,
+                        verdict.reason)
+                try:
+                    await self.db(self.store.record_verdict, name, release.version,
+                                  verdict.status, verdict.reason)
+                except NotFound:
+                    continue  # deleted meanwhile: nothing to record
+                ended = True
+        if ended:
+            await self.desired_changed()
+
+    def _unplaceable_words(self, item: Unplaceable) -> str:
+        """Why instances of an app cannot be placed, with the room there is."""
+        free = {n: spec.capacity_mb for n, spec in self.snapshot.desired.nodes.items()
+                if spec.status == scheduler.READY}
+        for inst in self.snapshot.desired.instances:
+            if inst.node in free:
+                free[inst.node] -= inst.memory_mb
+        if not free:
+            return f"{item.missing} instance(s) need {item.memory_mb}m and no node is ready"
+        node = max(sorted(free), key=lambda n: free[n])
+        return (f"{item.missing} instance(s) need {item.memory_mb}m each; the largest free "
+                f"is {max(0, free[node])}m on {node}")
 
     async def _unrouted(self, snapshot: Snapshot, real: Real,
                         changes: Sequence[scheduler.Action]) -> bool:
@@ -418,7 +467,10 @@ class Server:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.reconcile_interval)
             self._wake.clear()
-            await self.reconcile_once()
+            try:
+                await self.reconcile_once()
+            except Exception:  # a bug must not stop the loop that keeps apps running
+                log.exception("reconcile failed; trying again")
 
     def release_waiters(self) -> None:
         """Answer every open long-poll now, so shutting down never waits for them."""
@@ -467,16 +519,50 @@ class Server:
             "name": app.name, "image": app.image, "instances": app.instances,
             "memory_mb": app.memory_mb, "port": app.port, "health_path": app.health_path,
             "release": app.release, "url": self.app_url(app.name), "host": host,
-            "router_url": self.config.router_url,
+            "router_url": self.config.router_url, "surge": app.surge,
+            "deploy_timeout": app.deploy_timeout,
             "created_at": app.created_at, "updated_at": app.updated_at,
             "status": {"placed": len(rows), "running": running, "healthy": healthy,
                        "routed": len(routed)},
+            **self._state(app, rows, real, instances),
         }
         if detail:
             view["env"] = app.env
             view["domains"] = app.domains
             view["instance_list"] = instances
         return view
+
+    def _state(self, app: AppRow, rows: list[scheduler.Placed], real: Real,
+               instances: list[dict[str, Any]]) -> dict[str, Any]:
+        """The app's state in words, and its rollout: running, deploying (k of n new
+        healthy), deploy failed (why), unschedulable (why), failing (why)."""
+        recent = self.snapshot.recent.get(app.name, [])
+        current = next((r for r in recent if r.version == app.release), None)
+        newest = recent[0] if recent else None
+        progress = rollouts.progress(app.release, app.instances, rows, real)
+        rollout = {"release": app.release, "status": current.status if current else "-",
+                   "wanted": progress.wanted, "placed": progress.placed,
+                   "healthy": progress.healthy, "old": progress.old}
+        errors = sorted({i["error"] for i in instances if i.get("error")})
+        if newest is not None and newest.version > app.release and newest.status in (
+                rollouts.FAILED, rollouts.CANCELLED):
+            rollout.update(failed_release=newest.version, reason=newest.failure)
+            state = (f"deploy of release {newest.version} {newest.status}: {newest.failure}; "
+                     f"release {app.release} serves")
+        elif app.name in self.unplaceable:
+            state = f"unschedulable: {self.unplaceable[app.name]}"
+        elif current is not None and current.status == rollouts.DEPLOYING:
+            state = (f"deploying release {app.release}: {progress.healthy} of "
+                     f"{progress.wanted} new instance(s) healthy, {progress.old} old left")
+            if errors:
+                state += f"; {errors[0]}"
+        elif errors and progress.healthy < app.instances:
+            state = f"failing: {errors[0]}"
+        elif progress.healthy < app.instances:
+            state = f"starting: {progress.healthy} of {app.instances} healthy"
+        else:
+            state = "running"
+        return {"state": state, "rollout": rollout}
 
     def node_views(self) -> list[dict[str, Any]]:
         out = []
