@@ -77,6 +77,7 @@ class AppRow(SQLModel, table=True):
     port: int
     health_path: str | None = Field(default=None, max_length=200)
     env_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    # Unused since custom domains have their own table (kept for older databases).
     domains_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
     release: int = 1
     # Rollouts: new instances started at once (0: a quarter of the count, at least one),
@@ -91,10 +92,6 @@ class AppRow(SQLModel, table=True):
         value: dict[str, str] = json.loads(self.env_json)
         return value
 
-    @property
-    def domains(self) -> list[str]:
-        value: list[str] = json.loads(self.domains_json)
-        return value
 
 
 class ReleaseRow(SQLModel, table=True):
@@ -140,6 +137,17 @@ class InstanceRow(SQLModel, table=True):
     release: int
     node: str = Field(sa_type=NAME, index=True)
     memory_mb: int
+    created_at: float = Field(default_factory=now, sa_type=TIME)
+
+
+class DomainRow(SQLModel, table=True):
+    """A custom domain routed to an app: one app per domain (the primary key), stored
+    lowercase, written to Redis as the original's `/cname/<domain>`."""
+
+    __tablename__ = "domains"
+
+    domain: str = Field(primary_key=True, sa_type=name_type(253))
+    app: str = Field(sa_type=NAME, index=True)
     created_at: float = Field(default_factory=now, sa_type=TIME)
 
 

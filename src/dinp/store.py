@@ -25,7 +25,16 @@ from sqlmodel import Session, SQLModel, col, select
 from dinp import releases as rel
 from dinp import rollouts, schema
 from dinp.errors import Conflict, NotFound, Unavailable
-from dinp.models import AppRow, ClusterRow, EventRow, InstanceRow, NodeRow, ReleaseRow, TokenRow
+from dinp.models import (
+    AppRow,
+    ClusterRow,
+    DomainRow,
+    EventRow,
+    InstanceRow,
+    NodeRow,
+    ReleaseRow,
+    TokenRow,
+)
 from dinp.releases import ReleaseSpec
 from dinp.scheduler import (
     Action,
@@ -62,6 +71,7 @@ class Snapshot:
     releases: dict[tuple[str, int], ReleaseSpec] = field(default_factory=dict)
     # Each app's current release and any newer one (a failed deploy), newest first.
     recent: dict[str, list[ReleaseRow]] = field(default_factory=dict)
+    domains: dict[str, list[str]] = field(default_factory=dict)  # app -> custom domains
 
 
 class Store:
@@ -150,6 +160,9 @@ class Store:
                     tuple_(ReleaseRow.app, ReleaseRow.version).in_(sorted(wanted))))
                     if wanted else ())
             }
+            domains: dict[str, list[str]] = {}
+            for d in s.exec(select(DomainRow).order_by(col(DomainRow.domain))):
+                domains.setdefault(d.app, []).append(d.domain)
             recent: dict[str, list[ReleaseRow]] = {}
             for row, _ in s.exec(select(ReleaseRow, AppRow).where(
                     ReleaseRow.app == AppRow.name, ReleaseRow.version >= AppRow.release)
@@ -164,7 +177,7 @@ class Store:
             ),
             nodes={n.name: NodeSpec(n.name, n.status, n.capacity_mb) for n in nodes.values()},
         )
-        return Snapshot(desired, apps, nodes, releases, recent)
+        return Snapshot(desired, apps, nodes, releases, recent, domains)
 
     def get_app(self, name: str) -> AppRow:
         with self.session() as s:
@@ -330,9 +343,44 @@ class Store:
                 raise NotFound(f"no app named {name!r}")
             s.execute(delete(InstanceRow).where(col(InstanceRow.app) == name))
             s.execute(delete(ReleaseRow).where(col(ReleaseRow.app) == name))
+            s.execute(delete(DomainRow).where(col(DomainRow.app) == name))
             s.delete(app)
             s.add(EventRow(app=name, message="deleted"))
             s.commit()
+
+    # -- custom domains ---------------------------------------------------------------
+
+    def add_domain(self, name: str, domain: str) -> None:
+        """Route `domain` (lowercase) to app `name`; a domain serves one app only."""
+        with self.session() as s:
+            self._app_for_update(s, name)
+            taken = s.get(DomainRow, domain)
+            if taken is not None:
+                where = "this app" if taken.app == name else f"app {taken.app!r}"
+                raise Conflict(f"{domain} is routed to {where} already")
+            s.add(DomainRow(domain=domain, app=name))
+            s.add(EventRow(app=name, message=f"domain {domain} added"))
+            try:
+                s.commit()
+            except sqlalchemy.exc.IntegrityError as exc:  # added by another request
+                raise Conflict(f"{domain} is routed to another app already") from exc
+
+    def remove_domain(self, name: str, domain: str) -> None:
+        with self.session() as s:
+            row = s.get(DomainRow, domain)
+            if row is None or row.app != name:
+                raise NotFound(f"{domain} is not a domain of {name}",
+                               hint=f"`dinp app domains list {name}` shows them.")
+            s.delete(row)
+            s.add(EventRow(app=name, message=f"domain {domain} removed"))
+            s.commit()
+
+    def domains(self, name: str) -> list[DomainRow]:
+        with self.session() as s:
+            if s.get(AppRow, name) is None:
+                raise NotFound(f"no app named {name!r}", hint="`dinp app list` shows the apps.")
+            return list(s.exec(select(DomainRow).where(DomainRow.app == name)
+                               .order_by(col(DomainRow.domain))))
 
     # -- nodes ----------------------------------------------------------------------
 

@@ -60,6 +60,27 @@ def app_name(value: object, *, allow_reserved: bool = False, field: str = "name"
     return value
 
 
+# A hostname of two labels or more (RFC 1123), any case (stored lowercase), 4-253 long.
+DOMAIN = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]"
+                    r"([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+DOMAIN_LENGTH = (4, 253)
+
+
+def domain(value: object, *, platform: str = "") -> str:
+    """A custom domain, lowercased; not one under the platform's own domain (those are
+    the apps' own hosts)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("domain", "a domain is required, e.g. www.example.com")
+    low, high = DOMAIN_LENGTH
+    if not low <= len(value) <= high or not DOMAIN.fullmatch(value):
+        raise InvalidInput("domain", f"{value!r} is not a domain name (e.g. www.example.com)")
+    name = value.lower()
+    if platform and (name == platform or name.endswith("." + platform)):
+        raise InvalidInput("domain", f"{name} is under the platform's domain {platform}: "
+                           "apps are served there already")
+    return name
+
+
 _CLUSTER_ID = re.compile(r"^[a-z0-9]{1,32}$")
 
 

@@ -132,3 +132,21 @@ def test_a_release_that_cannot_come_up_is_halted_while_the_old_one_serves(
     assert reason in rows[0]["failure"]
     wait_for(lambda: len(docker_ids(f"io.dinp.app={app}")) == 2, 30,
              "the failed release's containers to go")
+
+
+def test_a_custom_domain_routes_through_the_router_and_stops_when_removed(
+        cluster: Cluster) -> None:
+    c = cluster
+    c.cli.run("app", "create", "site", "--image", IMAGE, "--instances", "1", "--memory",
+              "32m", "--wait", "--timeout", "60")
+    c.cli.run("app", "domains", "add", "site", "Shop.Example.ORG")
+    wait_for(lambda: c.get("shop.example.org")[0] == 200, 10, "the domain to route")
+    status, body = c.get("SHOP.example.org:80")  # any case, with a port
+    assert status == 200 and "hello from site" in body
+    assert [d["domain"] for d in c.cli.json("app", "domains", "list", "site")] == [
+        "shop.example.org"]
+    c.cli.run("app", "create", "site2", "--image", IMAGE, "--instances", "0")
+    other = c.cli.run("app", "domains", "add", "site2", "shop.example.org", check=False)
+    assert other.returncode == 4 and "routed to app 'site'" in other.stderr
+    c.cli.run("app", "domains", "remove", "site", "shop.example.org")
+    wait_for(lambda: c.get("shop.example.org")[0] == 404, 10, "the domain to stop routing")

@@ -206,3 +206,52 @@ async def _deleted_meanwhile(api: Api) -> None:
 def test_an_app_deleted_during_a_reconcile_stops_nothing(sqlite_url: str,
                                                          redis_url: str) -> None:
     run(sqlite_url, redis_url, _deleted_meanwhile)
+
+
+async def _domains(api: Api, redis_url: str) -> None:
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    for name in ("web", "shop"):
+        assert (await api.call("POST", "/apps", body={**GOOD, "name": name}))[0] == 201
+    status, reply = await api.call("POST", "/apps/web/domains",
+                                   body={"domain": "WWW.Example.COM"})
+    assert status == 201 and reply["domain"] == "www.example.com"  # stored lowercase
+    await api.server.reconcile_once()
+    assert client.get("/cname/www.example.com") == "/rs/web.localhost"
+    for other, domain in (("shop", "www.example.com"), ("shop", "Www.Example.Com"),
+                          ("web", "www.example.com")):
+        status, reply = await api.call("POST", f"/apps/{other}/domains",
+                                       body={"domain": domain})
+        assert status == 409 and "routed to" in reply["error"], (other, domain)
+    for bad in ("example", "bad_domain.com", "web.localhost", "a.web.localhost", "x" * 300,
+                "www.example.com.", " www.example.com"):
+        status, reply = await api.call("POST", "/apps/shop/domains", body={"domain": bad})
+        assert status == 400 and reply["field"] == "domain", bad
+    assert (await api.call("POST", "/apps/shop/domains",
+                           body={"domain": "shop.example.org"}))[0] == 201
+    status, rows = await api.call("GET", "/apps/web/domains")
+    assert [r["domain"] for r in rows] == ["www.example.com"]
+    assert (await api.call("GET", "/apps/web"))[1]["domains"] == ["www.example.com"]
+
+    status, reply = await api.call("DELETE", "/apps/shop/domains/www.example.com")
+    assert status == 404  # not shop's
+    assert (await api.call("DELETE", "/apps/web/domains/www.example.com"))[0] == 200
+    await api.server.reconcile_once()
+    assert not client.exists("/cname/www.example.com")
+    assert client.get("/cname/shop.example.org") == "/rs/shop.localhost"
+    assert (await api.call("DELETE", "/apps/shop"))[0] == 200  # its domains go with it
+    await api.server.reconcile_once()
+    assert not client.exists("/cname/shop.example.org")
+    assert (await api.call("POST", "/apps/web/domains",
+                           body={"domain": "shop.example.org"}))[0] == 201  # free again
+    client.close()
+
+
+def test_custom_domains_are_unique_lowercase_and_leave_redis_with_them(
+        sqlite_url: str, redis_url: str) -> None:
+    run(sqlite_url, redis_url, lambda api: _domains(api, redis_url))
+
+
+def test_custom_domains_on_mariadb(mysql_url: str, redis_url: str) -> None:
+    run(mysql_url, redis_url, lambda api: _domains(api, redis_url))

@@ -1,4 +1,5 @@
-"""`dinp app deploy|rollback|restart|releases|env`: changing what an app runs.
+"""`dinp app deploy|rollback|restart|releases|env|domains`: changing what an app runs
+and where it is served.
 
 Each change makes a new release that the server rolls out: new instances start and are
 routed before old ones leave. `--wait` returns once every instance runs the new release
@@ -168,3 +169,39 @@ def _release(name: str, verb: str, body: dict[str, Any] | None, *, wait: bool,
             if not wait else f"{name}: release {app['release']} serves at {{url}}")
     if not wait and not as_json:
         console.print(f"`dinp app show {name}` follows it; --wait waits for it.")
+
+
+domains_cli = typer.Typer(no_args_is_help=True, help="An app's custom domains (DNS points "
+                          "them at the routers; each routes to one app).")
+app_cli.add_typer(domains_cli, name="domains")
+
+
+@domains_cli.command("add")
+def domains_add(name: str = typer.Argument(..., help="App name."),
+                domain: str = typer.Argument(..., help="e.g. www.example.com"),
+                server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Route a custom domain to the app (at once, through every router)."""
+    added = client(server, token).post(f"/apps/{name}/domains", {"domain": domain})
+    console.print(f"{name}: {added['domain']} added")
+
+
+@domains_cli.command("remove")
+def domains_remove(name: str = typer.Argument(..., help="App name."),
+                   domain: str = typer.Argument(..., help="The domain to stop routing."),
+                   server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """Stop routing a custom domain to the app."""
+    client(server, token).delete(f"/apps/{name}/domains/{domain.lower()}")
+    console.print(f"{name}: {domain.lower()} removed")
+
+
+@domains_cli.command("list")
+def domains_list(name: str = typer.Argument(..., help="App name."), as_json: bool = JsonOpt,
+                 server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
+    """The app's custom domains."""
+    rows = client(server, token).get(f"/apps/{name}/domains")
+    if as_json:
+        print_json(rows)
+        return
+    table(None, ["DOMAIN", "ADDED"], [
+        (r["domain"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])))
+        for r in rows])

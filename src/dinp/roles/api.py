@@ -244,6 +244,33 @@ async def list_releases(request: web.Request) -> web.Response:
     } for r in rows])
 
 
+async def list_domains(request: web.Request) -> web.Response:
+    server = srv(request)
+    rows = await server.db(server.store.domains, app_in_path(request))
+    return web.json_response([{"domain": r.domain, "created_at": r.created_at} for r in rows])
+
+
+async def add_domain(request: web.Request) -> web.Response:
+    """Route a custom domain to the app (written as the original's /cname/<domain>)."""
+    server = srv(request)
+    name = app_in_path(request)
+    data = await json_body(request)
+    _known_fields(data, {"domain"})
+    domain = validation.domain(data.get("domain"), platform=server.config.domain)
+    await server.db(server.store.add_domain, name, domain)
+    await server.desired_changed()
+    return web.json_response({"app": name, "domain": domain}, status=201)
+
+
+async def remove_domain(request: web.Request) -> web.Response:
+    server = srv(request)
+    name = app_in_path(request)
+    domain = validation.domain(request.match_info["domain"])
+    await server.db(server.store.remove_domain, name, domain)
+    await server.desired_changed()
+    return web.json_response({"app": name, "removed": domain})
+
+
 async def cancel_deploy(request: web.Request) -> web.Response:
     """Halt the rollout in progress as a failed one would be: back to the release before."""
     server = srv(request)
@@ -358,6 +385,9 @@ def make_app(server: Server) -> web.Application:
     app.router.add_post(f"{p}/apps/{{name}}/restart", restart_app)
     app.router.add_post(f"{p}/apps/{{name}}/env", set_env)
     app.router.add_get(f"{p}/apps/{{name}}/releases", list_releases)
+    app.router.add_get(f"{p}/apps/{{name}}/domains", list_domains)
+    app.router.add_post(f"{p}/apps/{{name}}/domains", add_domain)
+    app.router.add_delete(f"{p}/apps/{{name}}/domains/{{domain}}", remove_domain)
     app.router.add_delete(f"{p}/apps/{{name}}", delete_app)
     app.router.add_get(f"{p}/nodes", list_nodes)
     app.router.add_get(f"{p}/events", list_events)

@@ -35,6 +35,9 @@ def _ref(name: str) -> Schema:
 
 APP_NAME: Schema = {"type": "string", "pattern": _ecma(validation.APP_NAME)}
 NODE_NAME: Schema = {"type": "string", "pattern": _ecma(validation.NODE_NAME)}
+DOMAIN: Schema = {"type": "string", "pattern": _ecma(validation.DOMAIN),
+                  "minLength": validation.DOMAIN_LENGTH[0],
+                  "maxLength": validation.DOMAIN_LENGTH[1]}
 INSTANCES: Schema = {"type": "integer", "minimum": 0, "maximum": validation.MAX_INSTANCES}
 
 SCHEMAS: dict[str, Schema] = {
@@ -140,6 +143,9 @@ SCHEMAS: dict[str, Schema] = {
             "failure": {"type": "string"},
         },
     },
+    "Domain": {"type": "object", "required": ["domain"], "additionalProperties": False,
+               "properties": {"domain": {**DOMAIN, "description": "e.g. www.example.com; "
+                                         "not under the platform's own domain"}}},
     "Scale": {"type": "object", "required": ["instances"], "additionalProperties": False,
               "properties": {"instances": INSTANCES}},
     "App": {
@@ -318,6 +324,25 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(400, 401, 404, 409, 503)),
     Operation("get", "/apps/{name}/releases", "The app's releases, newest first", "releases",
               result={"type": "array", "items": _ref("Release")}, params=(APP_PATH,),
+              errors=(400, 401, 404, 503)),
+    Operation("get", "/apps/{name}/domains", "The app's custom domains", "domains",
+              result={"type": "array", "items": {
+                  "type": "object", "required": ["domain"],
+                  "properties": {"domain": {"type": "string"},
+                                 "created_at": {"type": "number"}}}},
+              params=(APP_PATH,), errors=(400, 401, 404, 503)),
+    Operation("post", "/apps/{name}/domains",
+              "Route a custom domain to the app (one app per domain; stored lowercase)",
+              "domains", ok=201, body="Domain", params=(APP_PATH,),
+              result={"type": "object", "required": ["app", "domain"],
+                      "properties": {"app": {"type": "string"},
+                                     "domain": {"type": "string"}}},
+              errors=(400, 401, 404, 409, 503)),
+    Operation("delete", "/apps/{name}/domains/{domain}", "Stop routing a custom domain",
+              "domains", params=(APP_PATH, _path("domain", DOMAIN)),
+              result={"type": "object", "required": ["app", "removed"],
+                      "properties": {"app": {"type": "string"},
+                                     "removed": {"type": "string"}}},
               errors=(400, 401, 404, 503)),
     Operation("get", "/nodes", "List nodes", "nodes",
               result={"type": "array", "items": _ref("Node")}, errors=(401, 503)),

@@ -418,7 +418,7 @@ class Server:
                              real: Real) -> int:
         table = self._carry_over(snapshot, routes.compute(
             desired, real, domain=self.config.domain,
-            custom_domains={a.name: a.domains for a in snapshot.apps.values()},
+            custom_domains=snapshot.domains,
         ))
         # Published on every round even when unchanged: the store's check is cheap and is
         # how an emptied Redis (restarted) gets the whole table back.
@@ -528,7 +528,7 @@ class Server:
         }
         if detail:
             view["env"] = app.env
-            view["domains"] = app.domains
+            view["domains"] = self.snapshot.domains.get(app.name, [])
             view["instance_list"] = instances
         return view
 
