@@ -13,6 +13,7 @@ import typer
 from dinp import __version__
 from dinp.commands import app as app_cmd
 from dinp.commands import build as build_cmd
+from dinp.commands import deploy as deploy_cmd
 from dinp.commands import node as node_cmd
 from dinp.commands import releases as releases_cmd
 from dinp.commands import roles as roles_cmd
@@ -31,6 +32,7 @@ cli.add_typer(app_cmd.cli, name="app", help="Create, change, inspect, scale and 
 cli.add_typer(node_cmd.cli, name="node", help="The machines that run apps.")
 cli.add_typer(build_cmd.cli, name="build", help="Build an app's image: dinp build PATH "
               "--app NAME --version V (see dinp build --help); dinp build base-images.")
+cli.command("deploy")(deploy_cmd.deploy)
 roles_cmd.register(cli)
 session_cmd.register(cli)
 

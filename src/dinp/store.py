@@ -37,6 +37,8 @@ from dinp.models import (
 )
 from dinp.releases import ReleaseSpec
 from dinp.scheduler import (
+    DOWN,
+    READY,
     Action,
     AppSpec,
     Desired,
@@ -420,6 +422,22 @@ class Store:
             if message:
                 s.add(EventRow(node=name, message=message))
             s.commit()
+
+    def set_node_status(self, name: str, status: str) -> NodeRow:
+        """Drain a node (its instances move elsewhere) or make it ready again."""
+        with self.session() as s:
+            node = s.get(NodeRow, name)
+            if node is None:
+                raise NotFound(f"no node named {name!r}", hint="`dinp node list` shows them.")
+            if node.status != status:
+                if node.status == DOWN and status == READY:
+                    raise Conflict(f"node {name} is down: it is ready again once its "
+                                   "agent reports")
+                node.status, node.updated_at = status, time.time()
+                s.add(node)
+                s.add(EventRow(node=name, message=f"node {name} is {status}"))
+                s.commit()
+            return node
 
     # -- the planner's actions ------------------------------------------------------
 

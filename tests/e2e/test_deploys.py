@@ -7,17 +7,22 @@ before it. Zero failed requests is the goal for each change.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import IMAGE, Cluster, running_cluster
 from tests.support import Prober, docker_ids, wait_for
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +155,52 @@ def test_a_custom_domain_routes_through_the_router_and_stops_when_removed(
     assert other.returncode == 4 and "routed to app 'site'" in other.stderr
     c.cli.run("app", "domains", "remove", "site", "shop.example.org")
     wait_for(lambda: c.get("shop.example.org")[0] == 404, 10, "the domain to stop routing")
+
+
+def test_dinp_deploy_builds_pushes_and_rolls_out_an_archive(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
+    """What a CI step runs: from the example's sources to a release serving, in one verb."""
+    c = cluster
+    c.cli.run("app", "create", "pyapp", "--image", IMAGE, "--instances", "2", "--memory",
+              "64m", "--wait", "--timeout", "60")
+    archive = tmp_path / "python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(EXAMPLES / "python", arcname=".")
+    with Prober(c.router_addr, "pyapp.apps.test") as probe:
+        result = c.cli.run("deploy", str(archive), "--app", "pyapp", "--version",
+                           f"ci-{secrets.token_hex(3)}", "--wait", "--timeout", "120",
+                           "--json", "--quiet", timeout=300)
+        time.sleep(1.5)
+    shown = json.loads(result.stdout)
+    assert shown["release"] == 2 and "@sha256:" in shown["image"]  # deployed by digest
+    assert [(t, s) for t, s in probe.answers if s != 200] == []
+    assert "hello from python" in probe.bodies[-1]
+    wait_for(lambda: len(docker_ids("io.dinp.app=pyapp")) == 2, 20, "the old ones to go")
+    missing = c.cli.run("deploy", str(archive), "--app", "no-such-app", check=False)
+    assert missing.returncode == 3 and "no app named 'no-such-app'" in missing.stderr
+
+
+def test_draining_a_node_moves_its_instances_and_drops_no_request(cluster: Cluster) -> None:
+    c = cluster
+    c.cli.run("app", "create", "drainy", "--image", IMAGE, "--instances", "3", "--memory",
+              "32m", "--wait", "--timeout", "60")
+    node = c.cli.json("app", "show", "drainy")["instance_list"][0]["node"]
+    with Prober(c.router_addr, "drainy.apps.test") as probe:
+        time.sleep(0.3)
+        c.cli.run("node", "drain", node)
+
+        def moved() -> bool:
+            a = c.cli.json("app", "show", "drainy")
+            return (node not in {i["node"] for i in a["instance_list"]}
+                    and a["status"]["routed"] == 3)
+
+        wait_for(moved, 30, "the instances to leave the drained node")
+        wait_for(lambda: not docker_ids(f"io.dinp.node={node}", "io.dinp.app=drainy"), 20,
+                 "the drained node's containers to stop")
+    assert [(t, s) for t, s in probe.answers if s != 200] == []
+    nodes = {n["name"]: n for n in c.cli.json("node", "list")}
+    assert nodes[node]["status"] == "draining" and nodes[node]["instances"] == 0
+    c.cli.run("node", "drain", node, "--undo")
+    assert {n["name"]: n["status"] for n in c.cli.json("node", "list")}[node] == "ready"
+    missing = c.cli.run("node", "drain", "no-such-node", check=False)
+    assert missing.returncode == 3

@@ -125,6 +125,23 @@ def _display(quiet: bool, first: str) -> Iterator[tuple[Log, Log]]:
         yield log, progress
 
 
+def build_image(path: Path, *, app: str, version: str, app_type: str | None,
+                cmd: str | None, registry: str | None, push: bool | None,
+                remote: str | None, quiet: bool, config: Path | None) -> dict[str, Any]:
+    """Build PATH locally or on a build service, showing progress; the BuildResult JSON
+    (`dinp build` prints it, `dinp deploy` deploys its `reference`)."""
+    conf = _load(config, registry=_registry(registry), push=push)
+    with _display(quiet, f"building {app}:{version}") as (log, progress):
+        if remote:
+            # The service's own [build] config decides the registry and base images.
+            return remote_build(remote, conf.build_token, path, app=app, version=version,
+                                app_type=app_type, cmd=cmd, push=push, log=log,
+                                progress=progress)
+        return builder.build(path, app=app, version=version, config=conf,
+                             app_type=app_type, cmd=cmd, log=log,
+                             progress=progress).to_json()
+
+
 @cli.command(DEFAULT, hidden=True, cls=_PathCommand)
 def build(
     path: Path = typer.Argument(..., help="A .tar.gz/.tgz/.tar, a .war, or a directory.",
@@ -153,17 +170,9 @@ def build(
     Types: war, binary, python, node, php, static, dockerfile (see docs/building.md).
     `dinp build base-images` makes the base images every type starts from.
     """
-    conf = _load(config, registry=_registry(registry), push=push)
-    with _display(quiet, f"building {app}:{version}") as (log, progress):
-        if remote:
-            # The service's own [build] config decides the registry and base images.
-            result = remote_build(remote, conf.build_token, path, app=app, version=version,
-                                  app_type=app_type, cmd=cmd, push=push, log=log,
-                                  progress=progress)
-        else:
-            result = builder.build(path, app=app, version=version, config=conf,
-                                   app_type=app_type, cmd=cmd, log=log,
-                                   progress=progress).to_json()
+    result = build_image(path, app=app, version=version, app_type=app_type, cmd=cmd,
+                         registry=registry, push=push, remote=remote, quiet=quiet,
+                         config=config)
     if as_json:
         print_json(result)
     elif quiet:

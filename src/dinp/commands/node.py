@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
-from dinp.output import print_json, table
+from dinp.output import console, print_json, table
 
 cli = typer.Typer(no_args_is_help=True)
 
@@ -25,3 +25,16 @@ def list_nodes(as_json: bool = JsonOpt, server: str | None = ServerOpt,
          f"{n['last_seen_s']}s ago" if n["last_seen_s"] is not None else "never")
         for n in nodes
     ])
+
+
+@cli.command("drain")
+def drain(
+    name: str = typer.Argument(..., help="Node name."),
+    undo: bool = typer.Option(False, "--undo", help="Make the node take instances again."),
+    server: str | None = ServerOpt,
+    token: str | None = TokenOpt,
+) -> None:
+    """Move every instance off a node (for maintenance): new ones start elsewhere and are
+    routed before these leave."""
+    node = client(server, token).post(f"/nodes/{name}/drain", {"undo": undo})
+    console.print(f"node {node['name']} is {node['status']}")

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from dinp import releases, rollouts, validation, wire
+from dinp import releases, rollouts, scheduler, validation, wire
 from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
 from dinp.errors import Conflict, DinpError, InvalidInput, Unauthorized, Unavailable
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SERVER_KEY = web.AppKey("server", Server)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+AGENT_ENDPOINTS = frozenset({"heartbeat", "assignments", "cluster"})
 PUBLIC = {f"{API_PREFIX}/health", f"{API_PREFIX}/openapi.json", "/", "/favicon.ico"}
 OPENAPI = openapi_document()
 # Who made a change, for releases and events (users and their tokens come later).
@@ -84,8 +85,9 @@ def auth_middleware(server: Server) -> Any:
         if path in PUBLIC or not path.startswith(API_PREFIX):
             return await handler(request)
         token = bearer(request)
-        if path.startswith(f"{API_PREFIX}/nodes/") and path.count("/") >= 5:
-            # Agent endpoints: /api/v1/nodes/{name}/heartbeat|assignments
+        if path.startswith(f"{API_PREFIX}/nodes/") and path.count("/") == 5 \
+                and path.rsplit("/", 1)[1] in AGENT_ENDPOINTS:
+            # Agent endpoints: /api/v1/nodes/{name}/heartbeat|assignments|cluster
             if not same_secret(token, server.config.cluster_token):
                 raise Unauthorized("invalid cluster token",
                                    hint="The agent's cluster_token must match the server's.")
@@ -297,6 +299,22 @@ async def list_nodes(request: web.Request) -> web.Response:
     return web.json_response(srv(request).node_views())
 
 
+async def drain_node(request: web.Request) -> web.Response:
+    """Move every instance off a node (new ones start elsewhere first); `undo` makes it
+    take instances again."""
+    server = srv(request)
+    node = validation.node_name(request.match_info["node"])
+    data = await json_body(request)
+    _known_fields(data, {"undo"})
+    undo = data.get("undo", False)
+    if not isinstance(undo, bool):
+        raise InvalidInput("undo", "expected true or false")
+    row = await server.db(server.store.set_node_status, node,
+                          scheduler.READY if undo else scheduler.DRAINING)
+    await server.desired_changed()
+    return web.json_response({"name": row.name, "status": row.status})
+
+
 async def list_events(request: web.Request) -> web.Response:
     server = srv(request)
     app = request.query.get("app")
@@ -390,6 +408,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_delete(f"{p}/apps/{{name}}/domains/{{domain}}", remove_domain)
     app.router.add_delete(f"{p}/apps/{{name}}", delete_app)
     app.router.add_get(f"{p}/nodes", list_nodes)
+    app.router.add_post(f"{p}/nodes/{{node}}/drain", drain_node)
     app.router.add_get(f"{p}/events", list_events)
     app.router.add_post(f"{p}/nodes/{{node}}/heartbeat", heartbeat)
     app.router.add_get(f"{p}/nodes/{{node}}/assignments", assignments)

@@ -146,6 +146,9 @@ SCHEMAS: dict[str, Schema] = {
     "Domain": {"type": "object", "required": ["domain"], "additionalProperties": False,
                "properties": {"domain": {**DOMAIN, "description": "e.g. www.example.com; "
                                          "not under the platform's own domain"}}},
+    "Drain": {"type": "object", "additionalProperties": False,
+              "properties": {"undo": {"type": "boolean", "default": False,
+                                      "description": "make the node take instances again"}}},
     "Scale": {"type": "object", "required": ["instances"], "additionalProperties": False,
               "properties": {"instances": INSTANCES}},
     "App": {
@@ -346,6 +349,13 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(400, 401, 404, 503)),
     Operation("get", "/nodes", "List nodes", "nodes",
               result={"type": "array", "items": _ref("Node")}, errors=(401, 503)),
+    Operation("post", "/nodes/{node}/drain",
+              "Drain a node: its instances start elsewhere, then leave it (undo: ready)",
+              "nodes", body="Drain", params=(NODE_PATH,),
+              result={"type": "object", "required": ["name", "status"],
+                      "properties": {"name": {"type": "string"},
+                                     "status": {"type": "string"}}},
+              errors=(400, 401, 404, 409, 503)),
     Operation("get", "/events", "Recent events, newest first", "events",
               result={"type": "array", "items": _ref("Event")},
               params=(_query("app", APP_NAME, "only this app's events"),
