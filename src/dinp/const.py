@@ -33,6 +33,7 @@ HOSTS_KEY = "/dinp/hosts"
 ROUTES_REV_KEY = "/dinp/rev"
 # /dinp/routers/<router>: the route table revision a router serves (with a TTL).
 ROUTER_KEY_PREFIX = "/dinp/routers/"
+ROUTER_REPORT_TTL = 10  # seconds; a router repeats its report well within it
 # Keys older dinps wrote, removed by the server's first full write of the table.
 LEGACY_KEYS = ("dinp:hosts", "dinp:routes:rev")
 ROUTES_CHANNEL = "dinp:routes:changed"

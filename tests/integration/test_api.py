@@ -830,3 +830,37 @@ def test_instances_leave_only_once_every_live_router_serves_the_table_without_th
         client.close()
 
     run(sqlite_url, redis_server.url, body, router_sync_timeout=0.5)
+
+
+def test_a_router_whose_report_vanished_with_redis_is_waited_for_until_it_reports_again(
+    sqlite_url: str, redis_server: RedisServer
+) -> None:
+    """Redis restarted empty takes every router's report with it: a router seen a moment
+    ago has not vanished, it has not reconnected yet and serves its old table. Removals
+    wait for it to report the new table (bounded by router_sync_timeout as ever)."""
+
+    async def body(api: Api) -> None:
+        await api.heartbeat()
+        assert (await api.call("POST", "/apps", body={**GOOD, "instances": 2}))[0] == 201
+        await api.server.reconcile_once()
+        _, hb = await api.heartbeat()
+        running = [instance_json(i["id"], "web", port=31001 + n)
+                   for n, i in enumerate(hb["instances"])]
+        await api.heartbeat(containers=running)
+        client = redis_server.client()
+        await api.server.reconcile_once()
+        client.set("/dinp/routers/r:1", int(client.get("/dinp/rev")), ex=30)
+        await api.server.reconcile_once()  # the server has seen router r:1
+        client.close()
+
+        redis_server.restart()  # empty: the router's report is gone
+        assert (await api.call("POST", "/apps/web/scale", body={"instances": 1}))[0] == 200
+        await api.server.reconcile_once()
+        assert len(api.store.snapshot().desired.instances) == 2  # r:1 has not reported
+        client = redis_server.client()
+        client.set("/dinp/routers/r:1", int(client.get("/dinp/rev")), ex=30)
+        await api.server.reconcile_once()
+        assert len(api.store.snapshot().desired.instances) == 1
+        client.close()
+
+    run(sqlite_url, redis_server.url, body, router_sync_timeout=30)

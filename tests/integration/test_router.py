@@ -358,6 +358,36 @@ def test_backend_closing_before_answering_502_and_slow_backend_504() -> None:
     run(scenario)
 
 
+def test_an_instance_that_hangs_up_on_new_connections_is_passed_over_for_safe_requests(
+) -> None:
+    """An instance that is stopping may still have its port accepted by Docker's proxy,
+    which then closes the connection without a word. Nothing was answered: a GET goes on
+    to the next instance; a POST, which the instance may have acted on, gets a 502."""
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+
+        rude = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        stack.push_async_callback(rude.wait_closed)
+        stack.callback(rude.close)
+        (live,) = await backends(stack, "live")
+        rude_addr = f"127.0.0.1:{rude.sockets[0].getsockname()[1]}"
+        router = await start_router(stack, table({"web": [rude_addr, live.addr],
+                                                  "rude": [rude_addr, rude_addr]}))
+        http = await session(stack)
+        # Round robin starts on the rude one every other request: each must still succeed.
+        assert [await who(http, router, "web.localhost") for _ in range(6)] == ["live"] * 6
+        url = f"http://127.0.0.1:{router.bound_http_port}/upload"
+        async with http.post(url, data=b"x" * 10, headers={"Host": "rude.localhost"}) as r:
+            assert r.status == 502
+        # Every instance hangs up: the last one's failure is the answer, not a loop.
+        status, text = await fetch(http, router, "rude.localhost")
+        assert status == 502 and "closed the connection before answering" in text
+
+    run(scenario)
+
+
 # -- headers ------------------------------------------------------------------------------
 
 def test_forwarded_headers_and_hop_by_hop_headers() -> None:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dinp import rollouts, routes, scheduler
+from dinp import const, rollouts, routes, scheduler
 from dinp.config import ServerConfig
 from dinp.errors import DinpError, NodeTaken, NotFound, Unavailable, WrongCluster
 from dinp.models import AppRow
@@ -101,6 +101,8 @@ class Server:
         self._unplaceable_logged: dict[str, float] = {}
         self._failing: dict[str, str] = {}  # what fails now ("database", "routes"): why
         self._sync_since: dict[int, float] = {}  # table rev -> since when routers lag
+        # Router id -> (the table revision it reported serving, when that was read).
+        self.routers_seen: dict[str, tuple[int, float]] = {}
         self.unplaceable: dict[str, str] = {}  # app -> why some of it cannot be placed
         self._tasks: set[asyncio.Future[Any]] = set()
         self.closing = False
@@ -379,23 +381,44 @@ class Server:
         try:
             rev = await self.publish_routes(desired, snapshot, real)
             self._paused("routes", "")
-            return not leaving or await self._routers_serve(rev, len(leaving))
+            if not leaving:
+                await self._observe_routers()  # so a report that vanishes is noticed
+                return True
+            return await self._routers_serve(rev, len(leaving))
         except Unavailable as exc:
+            # Silence while Redis is away proves nothing: it does not count against them.
+            now = time.monotonic()
+            self.routers_seen = {r: (rev, now) for r, (rev, _) in self.routers_seen.items()}
             self._paused("routes", f"route table not written ({exc}); instances are still "
                          "placed and started, removals wait for it")
             return False
 
-    async def _routers_serve(self, rev: int, leaving: int) -> bool:
-        """Every router that reports (its key alive) serves `rev` or later; a router
-        still behind after router_sync_timeout is not waited for any longer."""
+    async def _observe_routers(self) -> dict[str, int]:
+        """The revision each router reports serving now; also remembered, with when it
+        was seen, for routers whose report vanishes early (see `_routers_serve`)."""
         revisions = await asyncio.to_thread(self.route_store.router_revisions)
-        behind = sorted(r for r, served in revisions.items() if served < rev)
+        now = time.monotonic()
+        self.routers_seen = {r: seen for r, seen in self.routers_seen.items()
+                             if now - seen[1] < const.ROUTER_REPORT_TTL}
+        self.routers_seen.update({r: (rev, now) for r, rev in revisions.items()})
+        return revisions
+
+    async def _routers_serve(self, rev: int, leaving: int) -> bool:
+        """Every live router serves `rev` or later; a router still behind after
+        router_sync_timeout is not waited for any longer.
+
+        Live: its report is there, or it reported less than its TTL ago and the report
+        vanished all the same (Redis restarted empty). Such a router counts as behind
+        until it reports again: it cannot have seen a table written since."""
+        revisions = await self._observe_routers()
+        behind = sorted(r for r in self.routers_seen if revisions.get(r, -1) < rev)
+        now = time.monotonic()
         if not behind:
             self._sync_since = {}
             return True
-        since = self._sync_since.setdefault(rev, time.monotonic())
+        since = self._sync_since.setdefault(rev, now)
         self._sync_since = {rev: since}
-        if time.monotonic() - since >= self.config.router_sync_timeout:
+        if now - since >= self.config.router_sync_timeout:
             log.warning("router(s) %s did not take route table rev %d within %g s; "
                         "stopping %d instance(s) all the same", ", ".join(behind), rev,
                         self.config.router_sync_timeout, leaving)

@@ -72,6 +72,7 @@ class Exchange(Protocol):
     keep_alive: bool
     upgrade: bool
     retryable: bool  # may be sent again on a fresh connection
+    tries: int  # backends that hung up on it without a word, so far
     complete: bool  # the client sent all of it
     status: int  # of the response, once its head came
     sent: int  # response body bytes
@@ -95,8 +96,9 @@ class Client(Protocol[R_contra]):
     def set_backend_full(self, full: bool) -> None:
         """The backend's write buffer is full (or no longer): stop (resume) reading."""
 
-    def retry(self, req: R_contra) -> None:
-        """Send `req` again on a fresh connection: a pooled one closed before reading it."""
+    def retry(self, req: R_contra, *, same: bool) -> None:
+        """Send `req` again: on a fresh connection to the same backend (`same`: a pooled
+        connection it had closed), or to the next backend (it hung up without a word)."""
 
     def start_tunnel(self, req: R_contra) -> None:
         """The backend accepted the upgrade: bytes flow raw both ways from now on."""
@@ -182,10 +184,16 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
             client.close()
         elif self._started and self._until_eof and not self._interim and exc is None:
             self._finish(keep=False)
-        elif not self._got_bytes and self.reused and req.retryable and not client.closed:
+        elif not self._got_bytes and req.retryable and not client.closed and (
+                self.reused or req.tries + 1 < len(req.route.backends)):
             # A pooled connection the server closed as we reused it: nothing was acted on.
+            # A new one closed without a word (an instance stopping, whose port Docker's
+            # proxy still accepts): an idempotent request goes to the next instance.
+            if not self.reused:
+                self.balancer.failed(self.addr, CLOSED, req.route,
+                                     "closed a new connection without answering")
             self._detach()
-            client.retry(req)
+            client.retry(req, same=self.reused)
         elif self._started:
             self._fail(502, CLOSED, f"an instance of app {req.route.app} closed the "
                                     "connection in the middle of its response")

@@ -91,7 +91,7 @@ class Request:
         "agent", "backend", "chunked", "close_after", "complete", "done", "error",
         "has_body", "head", "host", "http10", "index", "keep_alive", "method", "pending",
         "pending_size", "referer", "request_id", "retryable", "route", "sent", "sink",
-        "start", "status", "upgrade", "url",
+        "start", "status", "tries", "upgrade", "url",
     )
     error: str | None  # why it is a bad request (400)
     referer: bytes | None  # noted only with an access log
@@ -114,6 +114,7 @@ class Request:
         self.sink: asyncio.Transport | None = None  # the backend's, once attached
         self.backend: BackendConnection[Request] | None = None
         self.index = 0  # of the backend in route.backends
+        self.tries = 0
         self.status = 0
         self.sent = 0  # response body bytes
         self._read_head(conn, method, url, upgrade, headers)
@@ -560,11 +561,16 @@ class ClientConnection(asyncio.Protocol):
         if self._writing_paused:
             conn.pause_response()
 
-    def retry(self, req: Request) -> None:
-        """A pooled connection was closed by the backend before it read this request:
-        connect afresh to the same backend (then the others)."""
+    def retry(self, req: Request, *, same: bool) -> None:
+        """The backend closed the connection before answering: connect afresh to the same
+        backend if it was a pooled connection (then the others), else to the next one."""
         req.backend = req.sink = None
-        self._task = self.loop.create_task(self._connect(req, req.index, fresh=True))
+        if same:
+            start = req.index
+        else:
+            req.tries += 1
+            start = (req.index + 1) % len(req.route.backends)
+        self._task = self.loop.create_task(self._connect(req, start, fresh=same))
 
     def start_tunnel(self, req: Request) -> None:
         """The backend accepted the upgrade: from now on bytes flow raw both ways."""

@@ -24,7 +24,7 @@ log = logging.getLogger("dinp.routes")
 # A router says which table revision it serves this often; the key lives REPORT_TTL, so a
 # router that died stops counting soon after.
 REPORT_INTERVAL = 3.0
-REPORT_TTL = 10
+REPORT_TTL = const.ROUTER_REPORT_TTL
 
 
 def router_id() -> str:
