@@ -14,6 +14,9 @@ LABEL_NODE = "io.dinp.node"
 # The id of the cluster that made the container (kept in its database): an agent never
 # touches another cluster's containers, whatever their node label says.
 LABEL_CLUSTER = "io.dinp.cluster"
+# Seconds from SIGTERM to SIGKILL when the container stops: the app's stop grace as it
+# was when the container started (its instance may be unassigned when it stops).
+LABEL_STOP_GRACE = "io.dinp.stop-grace"
 
 
 def container_name(app: str, instance: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ class Container:
     host_port: int | None
     # Made by a dinp older than cluster ids (no cluster label): ours only if assigned.
     legacy: bool = False
+    stop_grace: float | None = None  # from its label; None: the agent's stop_timeout
 
     @property
     def running(self) -> bool:
@@ -61,11 +63,15 @@ class Container:
             release = int(labels.get(const.LABEL_RELEASE, "0"))
         except ValueError:
             release = 0
+        try:
+            grace: float | None = float(labels[const.LABEL_STOP_GRACE])
+        except (KeyError, ValueError):
+            grace = None
         return cls(
             id=summary["Id"], name=(summary.get("Names") or ["?"])[0].lstrip("/"),
             app=labels.get(const.LABEL_APP, ""), instance=labels.get(const.LABEL_INSTANCE, ""),
             release=release, state=summary.get("State", "unknown"), host_port=host_port,
-            legacy=const.LABEL_CLUSTER not in labels,
+            legacy=const.LABEL_CLUSTER not in labels, stop_grace=grace,
         )
 
 
@@ -128,6 +134,8 @@ class DockerRuntime:
         }
         if cluster:
             labels[const.LABEL_CLUSTER] = cluster
+        if a.stop_grace is not None:
+            labels[const.LABEL_STOP_GRACE] = f"{a.stop_grace:g}"
         env = {**a.env, "PORT": str(a.port), "DINP_APP": a.app, "DINP_INSTANCE": a.id,
                "DINP_RELEASE": str(a.release)}
         name = const.container_name(a.app, a.id)
@@ -150,7 +158,7 @@ class DockerRuntime:
         ports = c.attrs["NetworkSettings"]["Ports"].get(f"{a.port}/tcp") or []
         host_port = int(ports[0]["HostPort"]) if ports else None
         return Container(id=c.id, name=name, app=a.app, instance=a.id, release=a.release,
-                         state=c.status, host_port=host_port)
+                         state=c.status, host_port=host_port, stop_grace=a.stop_grace)
 
     def _ensure_image(self, image: str) -> None:
         try:
@@ -194,7 +202,7 @@ class DockerRuntime:
                 if not self._ours(c.labels):
                     return
                 if c.status == "running":
-                    c.stop(timeout=int(timeout))
+                    c.stop(timeout=math.ceil(timeout))
                 c.remove(force=True, v=True)  # with its anonymous volumes
             except docker.errors.NotFound:
                 pass

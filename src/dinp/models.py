@@ -84,6 +84,8 @@ class AppRow(SQLModel, table=True):
     # and how long a release may take to come up before it is halted.
     surge: int = 0
     deploy_timeout: float = Field(default=120.0, sa_type=TIME)
+    # Seconds an instance that leaves has between SIGTERM and SIGKILL.
+    stop_grace: float = Field(default=10.0, sa_type=TIME)
     created_at: float = Field(default_factory=now, sa_type=TIME)
     updated_at: float = Field(default_factory=now, sa_type=TIME)
 

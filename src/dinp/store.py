@@ -208,12 +208,12 @@ class Store:
     def create_app(
         self, *, name: str, image: str, instances: int, memory_mb: int, port: int,
         env: dict[str, str], health_path: str | None, by: str = "", surge: int = 0,
-        deploy_timeout: float = 120.0,
+        deploy_timeout: float = 120.0, stop_grace: float = 10.0,
     ) -> AppRow:
         app = AppRow(
             name=name, image=image, instances=instances, memory_mb=memory_mb, port=port,
             env_json=json.dumps(env, sort_keys=True), health_path=health_path, release=1,
-            surge=surge, deploy_timeout=deploy_timeout,
+            surge=surge, deploy_timeout=deploy_timeout, stop_grace=stop_grace,
         )
         with self.session() as s:
             if s.get(AppRow, name) is not None:
@@ -323,6 +323,22 @@ class Store:
                                                                     sort_keys=True), spec.port)
         app.memory_mb, app.health_path = spec.memory_mb, spec.health_path
         app.release, app.updated_at = version, time.time()
+
+    def update_settings(self, name: str, settings: dict[str, float]) -> AppRow:
+        """Change how the app is rolled out and stopped (surge, deploy_timeout,
+        stop_grace): not what runs, so no new release."""
+        with self.session() as s:
+            app = self._app_for_update(s, name)
+            changed = {k: v for k, v in settings.items() if getattr(app, k) != v}
+            for key, value in changed.items():
+                setattr(app, key, value)
+            if changed:
+                app.updated_at = time.time()
+                s.add(app)
+                s.add(EventRow(app=name, message="settings: " + ", ".join(
+                    f"{k} {v:g}" for k, v in sorted(changed.items()))))
+                s.commit()
+            return app
 
     def scale_app(self, name: str, instances: int) -> AppRow:
         with self.session() as s:

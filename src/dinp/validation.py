@@ -224,6 +224,18 @@ def deploy_timeout(value: object) -> float:
     return float(value)
 
 
+MAX_STOP_GRACE = 3600
+
+
+def stop_grace(value: object) -> float:
+    """Seconds an instance has between SIGTERM and SIGKILL to finish its requests."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 <= value <= MAX_STOP_GRACE):
+        raise InvalidInput("stop_grace", f"{value!r} is not a number of seconds from 0 "
+                           f"to {MAX_STOP_GRACE}")
+    return float(value)
+
+
 def port(value: object, field: str = "port") -> int:
     number = whole_number(value)
     if number is None or not 1 <= number <= 65535:

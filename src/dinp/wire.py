@@ -21,6 +21,8 @@ MAX_NUMBER = 1 << 40  # capacities, memory, releases
 MAX_ITEMS = 10_000  # containers or failures in one heartbeat
 MAX_INSTANCE_ID = 16
 MAX_MESSAGE = 2000  # why an instance cannot start
+MAX_DETAIL = 300  # the last answer of a failing health check
+MAX_STOP_GRACE = 3600.0  # seconds between SIGTERM and SIGKILL
 MAX_ID = 200  # agent and cluster ids
 MAX_LONG_POLL = 60.0  # seconds an assignments long-poll may wait
 
@@ -38,10 +40,31 @@ class ContainerInfo:
     state: str
     health: str
     port: int | None
+    # Why it is not healthy: the health check's last answer ("" when healthy, or from
+    # agents older than the field).
+    health_detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"instance": self.instance, "app": self.app, "release": self.release,
+        body = {"instance": self.instance, "app": self.app, "release": self.release,
                 "state": self.state, "health": self.health, "port": self.port}
+        if self.health_detail:
+            body["health_detail"] = self.health_detail
+        return body
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an instance could not start or keeps stopping, and how many times in a row it
+    did; `crash`: its container ran and exited (or was killed), as opposed to not
+    starting at all or never becoming healthy."""
+
+    message: str
+    count: int = 1
+    crash: bool = False
+
+    def to_json(self, instance: str) -> dict[str, Any]:
+        return {"instance": instance, "message": self.message, "count": self.count,
+                "crash": self.crash}
 
 
 @dataclass(frozen=True)
@@ -51,8 +74,9 @@ class Heartbeat:
     capacity_mb: int
     free_mb: int
     containers: tuple[ContainerInfo, ...]
-    # Instances the agent could not start, with the reason (bad image, engine refused…).
-    failures: Mapping[str, str] = field(default_factory=dict)
+    # Instances the agent could not start or that keep failing, with the reason (bad
+    # image, engine refused, the exit of a crash, never healthy…).
+    failures: Mapping[str, Failure] = field(default_factory=dict)
     # Who reports: one id per agent process (a node name has one live agent at a time),
     # and the cluster whose containers it lists ("" until the server said which).
     # None from agents older than these fields.
@@ -62,7 +86,7 @@ class Heartbeat:
     def to_json(self) -> dict[str, Any]:
         body = {"node": self.node, "address": self.address, "capacity_mb": self.capacity_mb,
                 "free_mb": self.free_mb, "containers": [c.to_json() for c in self.containers],
-                "failures": [{"instance": i, "message": m} for i, m in self.failures.items()]}
+                "failures": [f.to_json(i) for i, f in self.failures.items()]}
         if self.agent is not None:
             body["agent"] = self.agent
         if self.cluster is not None:
@@ -82,11 +106,17 @@ class Assignment:
     port: int
     env: dict[str, str]
     health_path: str | None
+    # Seconds from SIGTERM to SIGKILL when its container stops; None: the agent's
+    # stop_timeout (a server older than the field).
+    stop_grace: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "app": self.app, "release": self.release, "image": self.image,
+        body = {"id": self.id, "app": self.app, "release": self.release, "image": self.image,
                 "memory_mb": self.memory_mb, "port": self.port, "env": self.env,
                 "health_path": self.health_path}
+        if self.stop_grace is not None:
+            body["stop_grace"] = self.stop_grace
+        return body
 
 
 def _int(data: dict[str, Any], key: str, *, low: int = 0, high: int = MAX_NUMBER) -> int:
@@ -142,26 +172,44 @@ def parse_heartbeat(node: str, data: object) -> Heartbeat:
         port = c.get("port")
         if port is not None:
             port = validation.port(port, "port")
+        detail = c.get("health_detail", "")
+        if not isinstance(detail, str) or len(detail) > MAX_DETAIL:
+            raise InvalidInput("health_detail", f"expected at most {MAX_DETAIL} characters")
         parsed.append(ContainerInfo(
             instance=_str(c, "instance", max_len=MAX_INSTANCE_ID),
             app=validation.app_name(c.get("app"), allow_reserved=True),
             release=_int(c, "release", low=1), state=state, health=health, port=port,
+            health_detail=detail,
         ))
     failures = data.get("failures", [])
     if not isinstance(failures, list) or len(failures) > MAX_ITEMS:
         raise InvalidInput("failures", "expected a list")
-    failed: dict[str, str] = {}
+    failed: dict[str, Failure] = {}
     for f in failures:
         if not isinstance(f, dict):
             raise InvalidInput("failures", "each failure must be an object")
-        failed[_str(f, "instance", max_len=MAX_INSTANCE_ID)] = _str(f, "message",
-                                                                    max_len=MAX_MESSAGE)
+        crash = f.get("crash", False)
+        if not isinstance(crash, bool):
+            raise InvalidInput("crash", "expected true or false")
+        failed[_str(f, "instance", max_len=MAX_INSTANCE_ID)] = Failure(
+            _str(f, "message", max_len=MAX_MESSAGE),
+            count=_int(f, "count", low=1) if "count" in f else 1, crash=crash)
     return Heartbeat(
         node=validation.node_name(node), address=_str(data, "address"),
         capacity_mb=_int(data, "capacity_mb", low=0), free_mb=_int(data, "free_mb", low=0),
         containers=tuple(parsed), failures=failed,
         agent=_agent_id(data), cluster=_optional_id(data, "cluster"),
     )
+
+
+def _stop_grace(item: dict[str, Any]) -> float | None:
+    if item.get("stop_grace") is None:
+        return None
+    value = item["stop_grace"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 <= value <= MAX_STOP_GRACE):
+        raise InvalidInput("stop_grace", f"expected seconds from 0 to {MAX_STOP_GRACE:g}")
+    return float(value)
 
 
 def parse_assignments(data: object) -> tuple[str, list[Assignment]]:
@@ -179,6 +227,7 @@ def parse_assignments(data: object) -> tuple[str, list[Assignment]]:
             memory_mb=_int(item, "memory_mb", low=1), port=validation.port(item.get("port")),
             env=validation.env(item.get("env")),
             health_path=validation.health_path(item.get("health_path"), stored=True),
+            stop_grace=_stop_grace(item),
         ))
     return str(data.get("rev", "")), out
 

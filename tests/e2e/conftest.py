@@ -69,10 +69,13 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False) -> Iterator[Cluster]:
+def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False,
+                    env: dict[str, str] | None = None) -> Iterator[Cluster]:
     """Start the cluster (private MariaDB database and Redis) and stop it afterwards,
     removing the containers of its nodes. Shared by the tests and `make bench`. With
-    `db_proxy`, the server reaches MariaDB through a TcpProxy the caller can cut."""
+    `db_proxy`, the server reaches MariaDB through a TcpProxy the caller can cut; `env`
+    adds settings (DINP_*) for every process."""
+    extra = env or {}
     api_port, router_port, admin_port = free_port(), free_port(), free_port()
     proxy = TcpProxy(str(MYSQL["host"]), int(MYSQL["port"])) if db_proxy else None
     with mysql_database() as db_url, redis_server() as redis:
@@ -88,7 +91,7 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False) -> It
             DINP_SERVER=f"http://127.0.0.1:{api_port}",
             DINP_HTTP_LISTEN=f"127.0.0.1:{router_port}",
             DINP_ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
-            DINP_DOMAIN="apps.test",
+            DINP_DOMAIN="apps.test", **extra,
         )
         cli_env = dict(env, DINP_TOKEN=env["DINP_ADMIN_TOKEN"])
         server = Proc("server", ["server"], env, workdir / "server.log").start()

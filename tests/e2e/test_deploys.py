@@ -12,6 +12,7 @@ import re
 import secrets
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +21,16 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import IMAGE, Cluster, running_cluster
-from tests.support import Prober, docker_ids, wait_for
+from tests.support import Prober, docker_ids, http_get, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("deploys"),
-                         f"d{secrets.token_hex(3)}") as c:
+    # The agents' own stop timeout is short: an app's stop grace must be what counts.
+    with running_cluster(tmp_path_factory.mktemp("deploys"), f"d{secrets.token_hex(3)}",
+                         env={"DINP_STOP_TIMEOUT": "1"}) as c:
         yield c
 
 
@@ -115,7 +117,8 @@ def test_a_release_that_cannot_come_up_is_halted_while_the_old_one_serves(
     app = f"bad-{case}"
     args, reason = {
         "missing-image": (["--image", "127.0.0.1:5000/no-such-image:1"], "no-such-image"),
-        "never-healthy": (["--health-path", "/no-such-page"], "health check"),
+        "never-healthy": (["--health-path", "/no-such-page"], "health check: GET "
+                          "/no-such-page answered 'HTTP/1.1 404 Not Found'"),
         "crash": (["--image", crash_image], "exited with code 3"),
     }[case]
     c.cli.run("app", "create", app, "--image", IMAGE, "--instances", "2", "--memory", "32m",
@@ -204,3 +207,62 @@ def test_draining_a_node_moves_its_instances_and_drops_no_request(cluster: Clust
     assert {n["name"]: n["status"] for n in c.cli.json("node", "list")}[node] == "ready"
     missing = c.cli.run("node", "drain", "no-such-node", check=False)
     assert missing.returncode == 3
+
+
+@pytest.fixture(scope="module")
+def graceful_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """busybox httpd with a CGI that takes 4 s; on SIGTERM it stops accepting and exits
+    only once its requests in flight are done (5 s later), as a well-behaved app does."""
+    ctx = tmp_path_factory.mktemp("graceful")
+    (ctx / "slow").write_text(
+        '#!/bin/sh\nsleep 4\nprintf "Content-Type: text/plain\\r\\n\\r\\nslow done\\n"\n')
+    (ctx / "start.sh").write_text(
+        'httpd -f -p "${PORT:-8080}" -h /www &\npid=$!\n'
+        'trap \'kill -TERM "$pid"; sleep 5; exit 0\' TERM\nwait "$pid"\n')
+    (ctx / "Dockerfile").write_text(
+        "FROM dinp/busybox:1\nCOPY slow /www/cgi-bin/slow\nCOPY start.sh /start.sh\n"
+        "RUN chmod 755 /www/cgi-bin/slow && echo ok > /www/health\n"
+        'CMD ["/bin/sh", "/start.sh"]\n')
+    tag = f"dinp-test/graceful:{secrets.token_hex(3)}"
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(ctx)], check=True,
+                   capture_output=True)
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], check=False, capture_output=True)
+
+
+def test_requests_in_flight_finish_when_their_instance_leaves(
+        cluster: Cluster, graceful_image: str) -> None:
+    """Slow requests still running on the old instances when a rollout unroutes and stops
+    them: SIGTERM, then the app's stop grace (8 s, where the agents' own default here is
+    1 s) lets them finish. Every one answers 200."""
+    c = cluster
+    c.cli.run("app", "create", "graceful", "--image", graceful_image, "--instances", "2",
+              "--memory", "32m", "--stop-grace", "8", "--health-path", "/health", "--wait",
+              "--timeout", "60")
+    old = {i["id"] for i in c.cli.json("app", "show", "graceful")["instance_list"]}
+    answers: list[tuple[int, str]] = []
+
+    def slow_request() -> None:
+        try:
+            answers.append(http_get(c.router_addr, "graceful.apps.test", "/cgi-bin/slow",
+                                    timeout=20))
+        except OSError as exc:
+            answers.append((0, repr(exc)))
+
+    # Slow requests keep starting through the first seconds of the rollout: some are
+    # in flight on an old instance when it is told to stop.
+    threads = [threading.Thread(target=slow_request) for _ in range(8)]
+    for n, t in enumerate(threads):
+        t.start()
+        if n == 0:
+            c.cli.run("app", "restart", "graceful")
+        time.sleep(0.4)
+    for t in threads:
+        t.join(30)
+    shown = c.cli.json("app", "show", "graceful")
+    assert answers == [(200, "slow done\n")] * 8
+    wait_for(lambda: not old & {i["id"] for i in c.cli.json(
+        "app", "show", "graceful")["instance_list"]}, 30, "the old instances to leave")
+    assert shown["stop_grace"] == 8

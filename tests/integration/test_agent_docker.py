@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import secrets
 import time
@@ -24,7 +25,7 @@ import pytest
 from dinp import const
 from dinp.config import AgentConfig
 from dinp.container import Container, DockerRuntime, StartFailed
-from dinp.health import check
+from dinp.health import Answer, check
 from dinp.roles import agent as agent_mod
 from dinp.roles.agent import Agent
 from dinp.wire import Assignment
@@ -146,6 +147,19 @@ def test_start_creates_a_labelled_limited_unprivileged_container(
     assert not exists(docker_client, c.id)
     assert runtime.list() == []
     runtime.stop(c, timeout=2)  # already gone: no error
+
+
+def test_a_container_keeps_the_stop_grace_it_was_started_with(
+    runtime: DockerRuntime, docker_client: docker.DockerClient
+) -> None:
+    """It stops once its instance is no longer assigned, so the grace travels with it."""
+    a = dataclasses.replace(assignment(app_name()), stop_grace=2.5)
+    c = runtime.start(a)
+    assert c.stop_grace == 2.5
+    assert inspect(docker_client, c.id)["Config"]["Labels"]["io.dinp.stop-grace"] == "2.5"
+    assert [x.stop_grace for x in runtime.list()] == [2.5]
+    plain = runtime.start(assignment(app_name()))
+    assert {x.id: x.stop_grace for x in runtime.list()}[plain.id] is None  # agent's default
 
 
 def test_list_and_stop_touch_only_this_nodes_containers(
@@ -427,13 +441,15 @@ def test_health_checks_against_a_real_container(runtime: DockerRuntime) -> None:
     fetch(port)  # listening
 
     async def main() -> None:
-        assert await check(ADDR, port, None) is True
-        assert await check(ADDR, port, "/health") is True
-        assert await check(ADDR, port, "/") is True
-        assert await check(ADDR, port, "/no-such-page") is False  # 404
+        assert (await check(ADDR, port, None)).ok
+        assert (await check(ADDR, port, "/health")).ok
+        assert (await check(ADDR, port, "/")).ok
+        missing = await check(ADDR, port, "/no-such-page")
+        assert missing == Answer(False, "GET /no-such-page answered 'HTTP/1.1 404 Not Found'")
         closed = free_port(ADDR)
-        assert await check(ADDR, closed, None) is False
-        assert await check(ADDR, closed, "/health") is False
+        refused = await check(ADDR, closed, None)
+        assert not refused.ok and f"TCP port {closed}: Connection refused" in refused.detail
+        assert not (await check(ADDR, closed, "/health")).ok
 
     asyncio.run(main())
 
@@ -455,11 +471,13 @@ def test_health_check_http_status_and_silence() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            assert await check("127.0.0.1", port, "/ok") is True
-            assert await check("127.0.0.1", port, "/moved") is True
-            assert await check("127.0.0.1", port, "/broken") is False
+            assert (await check("127.0.0.1", port, "/ok")).ok
+            assert (await check("127.0.0.1", port, "/moved")).ok
+            broken = await check("127.0.0.1", port, "/broken")
+            assert broken == Answer(False, "GET /broken answered 'HTTP/1.1 500 Oops'")
             t0 = time.monotonic()
-            assert await check("127.0.0.1", port, "/silent", timeout=0.3) is False
+            silent = await check("127.0.0.1", port, "/silent", timeout=0.3)
+            assert silent == Answer(False, "GET /silent: no answer within 0.3 s")
             assert time.monotonic() - t0 < 2
         finally:
             server.close()
@@ -510,7 +528,8 @@ def test_an_instance_that_never_becomes_healthy_is_replaced_with_backoff(
         await agent.converge()  # past start_timeout: stuck, so it is stopped ...
         assert by_instance(runtime) == {}
         reason = agent.heartbeat_body().failures[broken.id]
-        assert "never became healthy" in reason  # ... and the server is told why
+        assert reason.message.startswith("never became healthy in 1 s; last check: GET "
+                                         "/no-such-page answered") and not reason.crash
         await agent.converge()  # ... and not started again before its backoff (2 s)
         assert by_instance(runtime) == {}
         await asyncio.sleep(2.1)
@@ -537,8 +556,8 @@ def test_a_port_that_accepts_then_hangs_up_is_not_healthy() -> None:
         closing = await asyncio.start_server(hang_up, "127.0.0.1", 0)
         waiting = await asyncio.start_server(quiet, "127.0.0.1", 0)
         try:
-            assert not await check("127.0.0.1", closing.sockets[0].getsockname()[1], None)
-            assert await check("127.0.0.1", waiting.sockets[0].getsockname()[1], None)
+            assert not (await check("127.0.0.1", closing.sockets[0].getsockname()[1], None)).ok
+            assert (await check("127.0.0.1", waiting.sockets[0].getsockname()[1], None)).ok
         finally:
             for server in (closing, waiting):
                 server.close()
@@ -731,7 +750,9 @@ def test_a_container_that_keeps_crashing_is_restarted_with_backoff_and_says_why(
         assert retry.failures >= 2
         assert "exited with code 3" in retry.message and "boom: no DATABASE_URL" in retry.message
         reason = agent.heartbeat_body().failures[crashing.id]
-        assert "exited with code 3" in reason  # ... and the server is told
+        # ... and the server is told, with how many times in a row.
+        assert "exited with code 3" in reason.message and reason.crash
+        assert reason.count == retry.failures >= 2
         gaps = [b - a for a, b in itertools.pairwise(starts)]
         # Not a tight loop: after the first crash, each restart waits longer.
         assert len(starts) <= 5, starts

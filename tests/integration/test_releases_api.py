@@ -180,6 +180,58 @@ async def _unschedulable(api: Api) -> None:
                               "free is 1024m on n1")
 
 
+async def _crash_loop(api: Api) -> None:
+    """An instance whose container keeps exiting: the app says it is crash-looping, with
+    how often and the last exit; settings (no release) reach the agents' assignments."""
+    await api.heartbeat()
+    status, app = await api.call("POST", "/apps", body={**GOOD, "instances": 2,
+                                                        "stop_grace": 30})
+    assert status == 201 and app["stop_grace"] == 30
+    await api.server.reconcile_once()
+    _, reply = await api.heartbeat()
+    running = await heartbeat_running(api, reply["instances"])
+    assert {i["stop_grace"] for i in running["instances"]} == {30}
+    ids = sorted(i["id"] for i in running["instances"])
+    exit_3 = f"dinp-web-{ids[0]} exited with code 3: boom: no DATABASE_URL"
+
+    def report(count: int) -> dict[str, Any]:
+        return {"address": "127.0.0.2", "capacity_mb": 4096, "free_mb": 3000,
+                "containers": [instance_json(ids[1], "web", port=31001),
+                               instance_json(ids[0], "web", port=31000, state="exited",
+                                             health="unhealthy")],
+                "failures": [{"instance": ids[0], "message": exit_3, "count": count,
+                              "crash": True}]}
+
+    await api.call("POST", "/nodes/n1/heartbeat", token="ct", body=report(1))
+    _, shown = await api.call("GET", "/apps/web")
+    assert shown["state"] == f"failing: {exit_3}"  # one crash is not a loop yet
+    await api.call("POST", "/nodes/n1/heartbeat", token="ct", body=report(4))
+    _, shown = await api.call("GET", "/apps/web")
+    assert shown["state"] == (
+        "crash-looping: 1 of 2 instance(s) keep exiting, restarted with backoff; "
+        f"{ids[0]} 4 times in a row, last: {exit_3}")
+    crashed = next(i for i in shown["instance_list"] if i["id"] == ids[0])
+    assert crashed["failures"] == 4 and crashed["crash_looping"]
+    _, events = await api.call("GET", "/events?app=web")
+    assert f"instance {ids[0]} crashed: {exit_3}" in [e["message"] for e in events]
+
+    status, app = await api.call("POST", "/apps/web/settings",
+                                 body={"stop_grace": 2.5, "surge": 1})
+    assert status == 200 and (app["stop_grace"], app["surge"], app["release"]) == (2.5, 1, 1)
+    await api.server.reconcile_once()
+    _, reply = await api.call("POST", "/nodes/n1/heartbeat", token="ct", body=report(4))
+    assert {i["stop_grace"] for i in reply["instances"]} == {2.5}
+    for bad in ({"stop_grace": -1}, {"stop_grace": "10"}, {"surge": 1.5},
+                {"release": 2}, {"deploy_timeout": 0}):
+        status, reply = await api.call("POST", "/apps/web/settings", body=bad)
+        assert status == 400, (bad, reply)
+    assert (await api.call("POST", "/apps/nope/settings", body={"surge": 1}))[0] == 404
+
+
+def test_a_crash_looping_instance_is_shown_as_such(sqlite_url: str, redis_url: str) -> None:
+    run(sqlite_url, redis_url, _crash_loop)
+
+
 def test_a_release_that_never_comes_up_is_halted_and_cancel_does_the_same(
         sqlite_url: str, redis_url: str) -> None:
     run(sqlite_url, redis_url, _halt)

@@ -61,6 +61,10 @@ def create(
                                          max=validation.MAX_DEPLOY_TIMEOUT,
                                          help="Seconds a release may take to come up "
                                          "before its rollout is halted."),
+    stop_grace: float = typer.Option(10.0, "--stop-grace", min=0,
+                                     max=validation.MAX_STOP_GRACE,
+                                     help="Seconds an instance that leaves has between "
+                                     "SIGTERM and SIGKILL to finish its requests."),
     wait: bool = WaitOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
@@ -71,7 +75,7 @@ def create(
     api = client(server, token)
     body = {"name": name, "image": image, "instances": instances, "memory": memory,
             "port": port, "env": validation.env_pairs(env), "health_path": health_path,
-            "surge": surge, "deploy_timeout": deploy_timeout}
+            "surge": surge, "deploy_timeout": deploy_timeout, "stop_grace": stop_grace}
     app = api.post("/apps", body)
     _report(api, app, wait=wait, timeout=timeout, as_json=as_json,
             message=f"created [bold]{name}[/]: {instances} x {image} → {{url}}")
@@ -105,14 +109,20 @@ def show(name: str = typer.Argument(..., help="App name."), as_json: bool = Json
                   f"image {app['image']}  release {app['release']}  memory {app['memory_mb']}m"
                   f"  port {app['port']}  health {app['health_path'] or 'tcp'}\n"
                   f"instances: {app['instances']} wanted, {s['placed']} placed, "
-                  f"{s['healthy']} healthy, {s['routed']} routed")
-    table(None, ["INSTANCE", "NODE", "ADDRESS", "STATE", "HEALTH", "RELEASE"], [
+                  f"{s['healthy']} healthy, {s['routed']} routed\n"
+                  f"rollouts: surge {app['surge'] or 'a quarter'}, deploy timeout "
+                  f"{app['deploy_timeout']:g} s, stop grace {app['stop_grace']:g} s")
+    table(None, ["INSTANCE", "NODE", "ADDRESS", "STATE", "HEALTH", "RELEASE", "FAILS"], [
         (i["id"], i["node"] + ("" if i["node_status"] == "ready" else f" ({i['node_status']})"),
-         i["address"], i["state"], i["health"], i["release"]) for i in app["instance_list"]
+         i["address"], i["state"], i["health"], i["release"], i.get("failures", 0))
+        for i in app["instance_list"]
     ])
     for i in app["instance_list"]:
         if i.get("error"):
-            console.print(f"[red]{i['id']} cannot start:[/] {escape(i['error'])}")
+            what = "keeps crashing" if i.get("crash_looping") else "failed"
+            console.print(f"[red]{i['id']} {what}:[/] {escape(i['error'])}")
+        elif i.get("health_detail"):
+            console.print(f"[yellow]{i['id']} health check:[/] {escape(i['health_detail'])}")
     if app["env"]:
         console.print("env: " + " ".join(f"{k}=…" for k in sorted(app["env"])))
 
@@ -133,6 +143,35 @@ def scale(
     app = api.post(f"/apps/{name}/scale", {"instances": instances})
     _report(api, app, wait=wait, timeout=timeout, as_json=as_json,
             message=f"{name}: {instances} instance(s)")
+
+
+@cli.command("settings")
+def settings(
+    name: str = typer.Argument(..., help="App name."),
+    surge: int | None = typer.Option(None, "--surge", min=0, max=validation.MAX_INSTANCES,
+                                     help="New instances a rollout starts at once "
+                                     "(0: a quarter of the instances)."),
+    deploy_timeout: float | None = typer.Option(None, "--deploy-timeout", min=1,
+                                                max=validation.MAX_DEPLOY_TIMEOUT,
+                                                help="Seconds a release may take to come "
+                                                "up before its rollout is halted."),
+    stop_grace: float | None = typer.Option(None, "--stop-grace", min=0,
+                                            max=validation.MAX_STOP_GRACE,
+                                            help="Seconds between SIGTERM and SIGKILL."),
+    as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
+    token: str | None = TokenOpt,
+) -> None:
+    """Show or change how the app is rolled out and stopped (no new release)."""
+    api = client(server, token)
+    changes = {k: v for k, v in (("surge", surge), ("deploy_timeout", deploy_timeout),
+                                 ("stop_grace", stop_grace)) if v is not None}
+    app = api.post(f"/apps/{name}/settings", changes) if changes else api.get(f"/apps/{name}")
+    if as_json:
+        print_json({k: app[k] for k in ("surge", "deploy_timeout", "stop_grace")})
+        return
+    console.print(f"{name}: surge {app['surge']} (0: a quarter of the instances), deploy "
+                  f"timeout {app['deploy_timeout']:g} s, stop grace {app['stop_grace']:g} s")
 
 
 def _report(api: Client, app: dict[str, Any], *, wait: bool, timeout: float, as_json: bool,

@@ -43,7 +43,15 @@ from dinp.health import HealthState, check
 from dinp.lifecycle import run_until_stopped
 from dinp.node_plan import DRAIN_SECONDS as DRAIN_SECONDS
 from dinp.node_plan import FRESH_SECONDS as FRESH_SECONDS
-from dinp.wire import Assignment, ContainerInfo, Heartbeat, parse_assignments
+from dinp.wire import (
+    MAX_DETAIL,
+    MAX_MESSAGE,
+    Assignment,
+    ContainerInfo,
+    Failure,
+    Heartbeat,
+    parse_assignments,
+)
 
 
 def parse_ok(data: object) -> bool:
@@ -65,6 +73,7 @@ class _Retry:
     failures: int = 0
     next_at: float = 0.0
     message: str = ""
+    crash: bool = False  # the last failure was its container exiting
 
 
 @dataclass
@@ -135,17 +144,21 @@ class Agent:
             node=self.config.node_name, address=self.config.advertise,
             capacity_mb=self.capacity_mb, free_mb=machine.free_mb(),
             containers=tuple(
-                ContainerInfo(
-                    instance=c.instance, app=c.app, release=c.release, state=c.state,
-                    health=self.state.health.get(c.instance, HealthState()).status
-                    if c.running else "unhealthy",
-                    port=c.host_port,
-                )
-                for c in self._containers if c.instance and c.app and c.release
+                self._report_of(c) for c in self._containers
+                if c.instance and c.app and c.release
             ),
-            failures={i: r.message[:2000] for i, r in self.state.retries.items()},
+            failures={i: Failure(r.message[:MAX_MESSAGE], count=r.failures, crash=r.crash)
+                      for i, r in self.state.retries.items()},
             agent=self.agent_id, cluster=self.state.cluster,
         )
+
+    def _report_of(self, c: Container) -> ContainerInfo:
+        health = self.state.health.get(c.instance, HealthState())
+        status = health.status if c.running else "unhealthy"
+        return ContainerInfo(
+            instance=c.instance, app=c.app, release=c.release, state=c.state,
+            health=status, port=c.host_port,
+            health_detail=health.detail[:MAX_DETAIL] if status != "healthy" else "")
 
     async def send_heartbeat(self) -> bool:
         """Report; on a reply take the assignment. False when the server did not take it.
@@ -339,10 +352,10 @@ class Agent:
 
         async def one(c: Container) -> bool:
             a = by_instance.get(c.instance)
-            ok = await check(self.config.advertise, c.host_port or 0,
-                             a.health_path if a else None)
+            answer = await check(self.config.advertise, c.host_port or 0,
+                                 a.health_path if a else None)
             health = self.state.health.setdefault(c.instance, HealthState())
-            changed = health.record(ok)
+            changed = health.record(answer)
             if changed and health.status == "healthy":
                 self.state.retries.pop(c.instance, None)  # it works now: no backoff left
             return changed
@@ -389,7 +402,7 @@ class Agent:
                 self._crashes_seen.add(c.id)
                 with contextlib.suppress(Unavailable):
                     how = await asyncio.to_thread(self.runtime.exit_info, c)
-                    delay = self._failed(c.instance, f"{c.name} {how}", first_free=True)
+                    delay = self._failed(c.instance, f"{c.name} {how}", crash=True)
                     log.warning("%s %s (restarting in %.0f s)", c.name, how, delay)
         live = {c.id for c in self._containers}
         self._crashes_seen &= live  # forget containers that are gone
@@ -447,15 +460,15 @@ class Agent:
         self._report.set()
         self._kick.set()  # what changed meanwhile is looked at now
 
-    def _failed(self, instance: str, message: str, *, first_free: bool = False) -> float:
-        """Record a failure of `instance`: its next start waits, longer each time
-        (`first_free`: not after the first, as a one-off crash deserves)."""
+    def _failed(self, instance: str, message: str, *, crash: bool = False) -> float:
+        """Record a failure of `instance`: its next start waits, longer each time (a
+        `crash` not after the first, as a one-off crash deserves)."""
         retry = self.state.retries.setdefault(instance, _Retry())
         retry.failures += 1
-        exponent = retry.failures - 1 if first_free else retry.failures
+        exponent = retry.failures - 1 if crash else retry.failures
         delay = min(MAX_START_BACKOFF, 2.0 ** exponent) if exponent else 0.0
         retry.next_at = time.monotonic() + delay
-        retry.message = message
+        retry.message, retry.crash = message, crash
         self.state.health.pop(instance, None)
         self._kick_later(delay)
         return delay
@@ -474,7 +487,9 @@ class Agent:
     async def _stop(self, c: Container) -> None:
         log.info("stopping %s (%s)", c.name, c.state)
         try:
-            await asyncio.to_thread(self.runtime.stop, c, timeout=self.config.stop_timeout)
+            await asyncio.to_thread(self.runtime.stop, c,
+                                    timeout=c.stop_grace if c.stop_grace is not None
+                                    else self.config.stop_timeout)
         except (DinpError, docker.errors.APIError) as exc:
             log.error("cannot stop %s: %s", c.name, exc)
         self.state.unassigned_since.pop(c.instance, None)

@@ -40,6 +40,11 @@ PUBLIC = {f"{API_PREFIX}/health", f"{API_PREFIX}/openapi.json", "/", "/favicon.i
 OPENAPI = openapi_document()
 # Who made a change, for releases and events (users and their tokens come later).
 WHO = "admin"
+# An app's settings that are not part of its releases, with their checks.
+SETTINGS: dict[str, Callable[[object], float]] = {
+    "surge": validation.surge, "deploy_timeout": validation.deploy_timeout,
+    "stop_grace": validation.stop_grace,
+}
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
@@ -134,7 +139,7 @@ async def create_app(request: web.Request) -> web.Response:
     server = srv(request)
     data = await json_body(request)
     unknown = set(data) - {"name", "image", "instances", "memory", "port", "env", "health_path",
-                           "surge", "deploy_timeout"}
+                           *SETTINGS}
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "unknown field")
     spec = {
@@ -147,6 +152,7 @@ async def create_app(request: web.Request) -> web.Response:
         "health_path": validation.health_path(data.get("health_path")),
         "surge": validation.surge(data.get("surge", 0)),
         "deploy_timeout": validation.deploy_timeout(data.get("deploy_timeout", 120)),
+        "stop_grace": validation.stop_grace(data.get("stop_grace", 10)),
     }
     app = await server.db(server.store.create_app, **spec, by=WHO)
     await server.desired_changed()
@@ -173,6 +179,19 @@ async def scale_app(request: web.Request) -> web.Response:
         raise InvalidInput(sorted(unknown)[0], "unknown field")
     count = validation.instances(data.get("instances"))
     app = await server.db(server.store.scale_app, name, count)
+    await server.desired_changed()
+    return web.json_response(server.app_view(app, detail=True))
+
+
+async def app_settings(request: web.Request) -> web.Response:
+    """How the app is rolled out and stopped: takes effect from the next rollout (and
+    containers started from now on), without a release."""
+    server = srv(request)
+    name = app_in_path(request)
+    data = await json_body(request)
+    _known_fields(data, set(SETTINGS))
+    app = await server.db(server.store.update_settings, name,
+                          {k: SETTINGS[k](v) for k, v in data.items()})
     await server.desired_changed()
     return web.json_response(server.app_view(app, detail=True))
 
@@ -397,6 +416,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_post(f"{p}/apps", create_app)
     app.router.add_get(f"{p}/apps/{{name}}", get_app)
     app.router.add_post(f"{p}/apps/{{name}}/scale", scale_app)
+    app.router.add_post(f"{p}/apps/{{name}}/settings", app_settings)
     app.router.add_post(f"{p}/apps/{{name}}/deploy", deploy_app)
     app.router.add_post(f"{p}/apps/{{name}}/deploy/cancel", cancel_deploy)
     app.router.add_post(f"{p}/apps/{{name}}/rollback", rollback_app)

@@ -91,6 +91,10 @@ SCHEMAS: dict[str, Schema] = {
                                "maximum": validation.MAX_DEPLOY_TIMEOUT, "default": 120,
                                "description": "seconds a release may take to come up "
                                "before its rollout is halted"},
+            "stop_grace": {"type": "number", "minimum": 0,
+                           "maximum": validation.MAX_STOP_GRACE, "default": 10,
+                           "description": "seconds an instance that leaves has between "
+                           "SIGTERM and SIGKILL to finish its requests"},
             "health_path": {
                 "type": ["string", "null"],
                 "pattern": f"^(?:{validation.HEALTH_PATH.pattern[1:-1]})?$",
@@ -121,6 +125,12 @@ SCHEMAS: dict[str, Schema] = {
             "unset": {"type": ["array", "null"],
                       "items": {"type": "string", "pattern": _ecma(validation.ENV_KEY)}},
         },
+    },
+    "Settings": {
+        "type": "object", "additionalProperties": False,
+        "description": "how the app is rolled out and stopped; not a new release",
+        "properties": {k: {"$ref": f"#/components/schemas/AppCreate/properties/{k}"}
+                       for k in ("surge", "deploy_timeout", "stop_grace")},
     },
     "Rollback": {
         "type": "object", "additionalProperties": False,
@@ -170,6 +180,7 @@ SCHEMAS: dict[str, Schema] = {
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
             "domains": {"type": "array", "items": {"type": "string"}},
             "surge": {"type": "integer"}, "deploy_timeout": {"type": "number"},
+            "stop_grace": {"type": "number"},
             "state": {"type": "string", "description": "the app's state in words"},
             "rollout": {"type": "object", "required": ["release", "status"],
                         "properties": {"release": {"type": "integer"},
@@ -184,7 +195,12 @@ SCHEMAS: dict[str, Schema] = {
             "release": {"type": "integer"}, "node_status": {"type": "string"},
             "address": {"type": ["string", "null"]}, "state": {"type": "string"},
             "routed": {"type": "boolean"}, "error": {"type": ["string", "null"]},
+            "failures": {"type": "integer",
+                         "description": "times in a row it failed to start or exited"},
+            "crash_looping": {"type": "boolean"},
             "health": {"type": "string"},
+            "health_detail": {"type": "string",
+                              "description": "the health check's last answer"},
         },
     },
     "Node": {
@@ -229,6 +245,9 @@ SCHEMAS: dict[str, Schema] = {
                         "health": {"type": "string", "enum": sorted(wire.HEALTH_STATES)},
                         "port": {"type": ["integer", "null"], "minimum": 1,
                                  "maximum": 65535},
+                        "health_detail": {"type": "string", "maxLength": wire.MAX_DETAIL,
+                                          "description": "the health check's last "
+                                          "answer, when not healthy"},
                     },
                 },
             },
@@ -241,6 +260,11 @@ SCHEMAS: dict[str, Schema] = {
                                      "maxLength": wire.MAX_INSTANCE_ID},
                         "message": {"type": "string", "minLength": 1,
                                     "maxLength": wire.MAX_MESSAGE},
+                        "count": {"type": "integer", "minimum": 1,
+                                  "maximum": wire.MAX_NUMBER,
+                                  "description": "failures in a row"},
+                        "crash": {"type": "boolean",
+                                  "description": "its container ran, then exited"},
                     },
                 },
             },
@@ -306,6 +330,10 @@ OPERATIONS: tuple[Operation, ...] = (
               params=(APP_PATH,), errors=(400, 401, 404, 503)),
     Operation("post", "/apps/{name}/scale", "Set the number of instances", "apps",
               result=_ref("App"), body="Scale", params=(APP_PATH,),
+              errors=(400, 401, 404, 503)),
+    Operation("post", "/apps/{name}/settings",
+              "Change surge, deploy_timeout or stop_grace (no new release)", "apps",
+              result=_ref("App"), body="Settings", params=(APP_PATH,),
               errors=(400, 401, 404, 503)),
     Operation("post", "/apps/{name}/deploy",
               "Make the next release (new image, env, port, memory, health) and roll it out",

@@ -29,6 +29,8 @@ from dinp.wire import Assignment, Heartbeat, assignments_rev
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# An instance whose container exited this many times in a row is crash-looping.
+CRASH_LOOP = 3
 
 
 @dataclass(frozen=True)
@@ -210,13 +212,17 @@ class Server:
     def _record_failures(self, hb: Heartbeat, before: Heartbeat | None) -> None:
         """An event for each new reason an instance could not start (once, not per beat),
         written in the background: a slow database never delays a heartbeat."""
-        for instance, message in hb.failures.items():
-            if before is not None and before.failures.get(instance) == message:
+        for instance, failure in hb.failures.items():
+            seen = before.failures.get(instance) if before is not None else None
+            if seen is not None and seen.message == failure.message:
                 continue
             app = next((i.app for i in self.snapshot.desired.instances if i.id == instance), None)
-            log.warning("node %s cannot start %s: %s", hb.node, instance, message)
-            self._background(self.db(self.store.add_event, f"instance {instance} cannot "
-                                     f"start: {message}", app=app, node=hb.node))
+            what = "crashed" if failure.crash else "cannot start"
+            message = f"instance {instance} {what}: {failure.message}"
+            if failure.count > 1:
+                message += f" ({failure.count} times in a row)"
+            log.warning("node %s: %s", hb.node, message)
+            self._background(self.db(self.store.add_event, message, app=app, node=hb.node))
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` without waiting for it; a database error there only loses an event."""
@@ -274,7 +280,7 @@ class Server:
             per_node.setdefault(inst.node, []).append(Assignment(
                 id=inst.id, app=app.name, release=inst.release, image=release.image,
                 memory_mb=inst.memory_mb, port=release.port, env=dict(release.env),
-                health_path=release.health_path,
+                health_path=release.health_path, stop_grace=app.stop_grace,
             ))
         new = {node: NodeAssignment(assignments_rev(items), items)
                for node, items in per_node.items()}
@@ -333,9 +339,7 @@ class Server:
             if app is None or release.version != app.release:
                 continue
             instances = [i for i in snapshot.desired.instances if i.app == name]
-            failures = {i.id: self.heartbeats[i.node].failures[i.id] for i in instances
-                        if i.release == release.version and i.node in self.heartbeats
-                        and i.id in self.heartbeats[i.node].failures}
+            failures = self._reasons([i for i in instances if i.release == release.version])
             verdict = rollouts.judge(
                 release=release.version, status=release.status, made_at=release.created_at,
                 now=time.time(), deploy_timeout=app.deploy_timeout,
@@ -354,6 +358,24 @@ class Server:
                 ended = True
         if ended:
             await self.desired_changed()
+
+    def _reasons(self, instances: Sequence[scheduler.Placed]) -> dict[str, str]:
+        """Why each of `instances` that is not healthy is not, as its agent said: the
+        reason it cannot start or the exit of its crash, else its health check's last
+        answer."""
+        out: dict[str, str] = {}
+        for inst in instances:
+            hb = self.heartbeats.get(inst.node)
+            if hb is None:
+                continue
+            failure = hb.failures.get(inst.id)
+            if failure is not None:
+                out[inst.id] = failure.message
+                continue
+            c = next((c for c in hb.containers if c.instance == inst.id), None)
+            if c is not None and c.health != "healthy" and c.health_detail:
+                out[inst.id] = f"health check: {c.health_detail}"
+        return out
 
     def _unplaceable_words(self, item: Unplaceable) -> str:
         """Why instances of an app cannot be placed, with the room there is."""
@@ -527,23 +549,30 @@ class Server:
             running += bool(c and c.running)
             healthy += bool(c and c.running and c.healthy)
             state = ("running" if c.running else "stopped") if c else "pending"
-            if c and hb:
-                state = next((x.state for x in hb.containers if x.instance == inst.id), state)
+            info = next((x for x in hb.containers if x.instance == inst.id), None) if hb \
+                else None
+            if c and info:
+                state = info.state
+            failure = hb.failures.get(inst.id) if hb else None
             instances.append({
                 "id": inst.id, "node": inst.node, "release": inst.release,
                 "node_status": node.status if node else "unknown",
                 "address": c.address if c else None, "state": state,
                 "routed": bool(c and c.address in routed),
-                "error": hb.failures.get(inst.id) if hb else None,
+                "error": failure.message if failure else None,
+                "failures": failure.count if failure else 0,
+                "crash_looping": bool(failure and failure.crash
+                                      and failure.count >= CRASH_LOOP),
                 "health": ("healthy" if c.healthy else "unhealthy" if c.running else "-")
                 if c else "unknown",
+                "health_detail": info.health_detail if info else "",
             })
         view: dict[str, Any] = {
             "name": app.name, "image": app.image, "instances": app.instances,
             "memory_mb": app.memory_mb, "port": app.port, "health_path": app.health_path,
             "release": app.release, "url": self.app_url(app.name), "host": host,
             "router_url": self.config.router_url, "surge": app.surge,
-            "deploy_timeout": app.deploy_timeout,
+            "deploy_timeout": app.deploy_timeout, "stop_grace": app.stop_grace,
             "created_at": app.created_at, "updated_at": app.updated_at,
             "status": {"placed": len(rows), "running": running, "healthy": healthy,
                        "routed": len(routed)},
@@ -558,7 +587,8 @@ class Server:
     def _state(self, app: AppRow, rows: list[scheduler.Placed], real: Real,
                instances: list[dict[str, Any]]) -> dict[str, Any]:
         """The app's state in words, and its rollout: running, deploying (k of n new
-        healthy), deploy failed (why), unschedulable (why), failing (why)."""
+        healthy), deploy failed (why), unschedulable (why), crash-looping (which, how
+        often, the last exit), failing (why)."""
         recent = self.snapshot.recent.get(app.name, [])
         current = next((r for r in recent if r.version == app.release), None)
         newest = recent[0] if recent else None
@@ -567,6 +597,7 @@ class Server:
                    "wanted": progress.wanted, "placed": progress.placed,
                    "healthy": progress.healthy, "old": progress.old}
         errors = sorted({i["error"] for i in instances if i.get("error")})
+        looping = [i for i in instances if i["crash_looping"]]
         if newest is not None and newest.version > app.release and newest.status in (
                 rollouts.FAILED, rollouts.CANCELLED):
             rollout.update(failed_release=newest.version, reason=newest.failure)
@@ -579,6 +610,11 @@ class Server:
                      f"{progress.wanted} new instance(s) healthy, {progress.old} old left")
             if errors:
                 state += f"; {errors[0]}"
+        elif looping:
+            worst = max(looping, key=lambda i: i["failures"])
+            state = (f"crash-looping: {len(looping)} of {len(instances)} instance(s) keep "
+                     f"exiting, restarted with backoff; {worst['id']} {worst['failures']} "
+                     f"times in a row, last: {worst['error']}")
         elif errors and progress.healthy < app.instances:
             state = f"failing: {errors[0]}"
         elif progress.healthy < app.instances:

@@ -1,0 +1,67 @@
+"""The agent <-> server messages: what a newer field carries, and what an older peer
+without it gets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dinp.errors import InvalidInput
+from dinp.wire import (
+    Assignment,
+    ContainerInfo,
+    Failure,
+    Heartbeat,
+    parse_assignments,
+    parse_heartbeat,
+)
+
+CONTAINER = ContainerInfo("3f2a9c01de", "web", 2, "running", "starting", 32768,
+                          health_detail="GET /health answered 'HTTP/1.1 500 Oops'")
+
+
+def test_a_heartbeat_round_trips_with_health_details_and_failure_counts() -> None:
+    hb = Heartbeat(node="n1", address="127.0.0.2", capacity_mb=1024, free_mb=900,
+                   containers=(CONTAINER,),
+                   failures={"3f2a9c01de": Failure("exited with code 3", count=4, crash=True)},
+                   agent="host:1:ab", cluster="5f0c2a9e7d314b66")
+    assert parse_heartbeat("n1", hb.to_json()) == hb
+
+
+def test_fields_older_agents_do_not_send_take_their_old_meaning() -> None:
+    body: dict[str, Any] = {
+        "address": "127.0.0.2", "capacity_mb": 1, "free_mb": 1,
+        "containers": [{"instance": "a1", "app": "web", "release": 1, "state": "running",
+                        "health": "healthy", "port": 1}],
+        "failures": [{"instance": "a1", "message": "cannot start"}]}
+    hb = parse_heartbeat("n1", body)
+    assert hb.containers[0].health_detail == ""
+    assert hb.failures == {"a1": Failure("cannot start", count=1, crash=False)}
+
+
+@pytest.mark.parametrize("failure", [
+    {"count": 0}, {"count": "2"}, {"count": 1.5}, {"crash": "yes"}, {"crash": 1}])
+def test_a_malformed_failure_is_refused(failure: dict[str, Any]) -> None:
+    body = {"address": "a", "capacity_mb": 1, "free_mb": 1, "containers": [],
+            "failures": [{"instance": "a1", "message": "m", **failure}]}
+    with pytest.raises(InvalidInput):
+        parse_heartbeat("n1", body)
+
+
+def test_a_health_detail_is_bounded() -> None:
+    body = {"address": "a", "capacity_mb": 1, "free_mb": 1, "containers": [
+        {**CONTAINER.to_json(), "health_detail": "x" * 301}]}
+    with pytest.raises(InvalidInput, match="health_detail"):
+        parse_heartbeat("n1", body)
+
+
+def test_an_assignment_carries_the_stop_grace_and_an_older_server_none() -> None:
+    a = Assignment(id="a1", app="web", release=1, image="reg/web:1", memory_mb=64, port=8080,
+                   env={}, health_path=None, stop_grace=2.5)
+    assert parse_assignments({"rev": "r", "instances": [a.to_json()]}) == ("r", [a])
+    older = {k: v for k, v in a.to_json().items() if k != "stop_grace"}
+    assert parse_assignments({"rev": "r", "instances": [older]})[1][0].stop_grace is None
+    for bad in (-1, "10", True, 1e9):
+        with pytest.raises(InvalidInput, match="stop_grace"):
+            parse_assignments({"instances": [{**a.to_json(), "stop_grace": bad}]})
