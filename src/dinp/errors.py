@@ -130,12 +130,21 @@ class Unavailable(DinpError):
     http_status = 503
 
 
-class Timeout(DinpError):
+class _WaitEnded(DinpError):
+    """A wait on an app that ended without it serving; `app` is what was seen last."""
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 app: dict[str, Any] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.app: dict[str, Any] = app or {}
+
+
+class Timeout(_WaitEnded):
     exit_code = 7
     http_status = 504
 
 
-class DeployFailed(DinpError):
+class DeployFailed(_WaitEnded):
     """A release did not come up and its rollout was halted (or cancelled): the release
     before it serves."""
 

@@ -126,10 +126,13 @@ def test_a_release_that_cannot_come_up_is_halted_while_the_old_one_serves(
     with Prober(c.router_addr, f"{app}.apps.test") as probe:
         time.sleep(0.3)
         result = c.cli.run("app", "deploy", app, *args, "--wait", "--timeout", "60",
-                           check=False, timeout=90)
+                           "--json", check=False, timeout=90)
         time.sleep(0.5)
     assert result.returncode == 9, result.stdout + result.stderr  # DeployFailed
     assert "release 2 failed" in result.stderr and reason in result.stderr
+    outcome = json.loads(result.stdout)  # a pipeline gets the outcome as JSON too
+    assert outcome["outcome"] == "halted" and outcome["rollout"]["failed_release"] == 2
+    assert reason in outcome["error"]
     failed = [(t, s) for t, s in probe.answers if s != 200]
     assert failed == [] and len(probe.answers) > 100
     assert releases_seen(probe) == {1}  # the old release served every request
@@ -176,6 +179,7 @@ def test_dinp_deploy_builds_pushes_and_rolls_out_an_archive(cluster: Cluster,
         time.sleep(1.5)
     shown = json.loads(result.stdout)
     assert shown["release"] == 2 and "@sha256:" in shown["image"]  # deployed by digest
+    assert shown["outcome"] == "serving"
     assert [(t, s) for t, s in probe.answers if s != 200] == []
     assert "hello from python" in probe.bodies[-1]
     wait_for(lambda: len(docker_ids("io.dinp.app=pyapp")) == 2, 20, "the old ones to go")

@@ -176,11 +176,22 @@ def settings(
 
 def _report(api: Client, app: dict[str, Any], *, wait: bool, timeout: float, as_json: bool,
             message: str) -> None:
-    """After a change: wait until it serves if asked, then print the app or `message`."""
-    if wait:
-        app = wait_serving(api, app["name"], timeout=timeout, quiet=as_json)
+    """After a change: wait until it serves if asked, then print the app or `message`.
+    With `as_json` the app is printed whatever happens, with `outcome` saying how the
+    wait ended (`serving`, `halted`, `timeout`; `requested` without a wait), so a
+    pipeline reads one document either way."""
+    outcome = "requested"
+    try:
+        if wait:
+            app = wait_serving(api, app["name"], timeout=timeout, quiet=as_json)
+            outcome = "serving"
+    except (DeployFailed, Timeout) as exc:
+        if as_json:
+            print_json({**exc.app, "outcome": "halted" if isinstance(exc, DeployFailed)
+                        else "timeout", "error": exc.message})
+        raise
     if as_json:
-        print_json(app)
+        print_json({**app, "outcome": outcome})
     else:
         console.print(message.replace("{url}", app["url"]))
 
@@ -228,7 +239,7 @@ def _halted(app: dict[str, Any], release: int) -> None:
     if rollout.get("failed_release") == release:
         raise DeployFailed(f"{app['name']}: {app['state']}",
                            hint=f"`dinp app releases {app['name']}` and `dinp app show "
-                           f"{app['name']}` tell more.")
+                           f"{app['name']}` tell more.", app=app)
 
 
 def wait_serving(api: Client, name: str, *, timeout: float, quiet: bool) -> dict[str, Any]:
@@ -252,4 +263,4 @@ def wait_serving(api: Client, name: str, *, timeout: float, quiet: bool) -> dict
         for i in app["instance_list"]
     ) or "none placed"
     raise Timeout(f"{name} is not serving after {timeout:.0f} s ({states})",
-                  hint=f"`dinp app show {name}` and the server's events tell why.")
+                  hint=f"`dinp app show {name}` and the server's events tell why.", app=app)
