@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup venv services images demo stop test test-unit lint bench clean bench-router docs
+.PHONY: help setup venv services images demo stop test test-unit lint bench clean bench-router docs screenshots
 
 help: ## List the targets
 	@echo "usage: make TARGET [PYTEST_ARGS='...']"
@@ -56,6 +56,10 @@ bench-router: venv ## dinp's router vs Caddy and nginx, one core each (wrk); upd
 docs: venv ## Write docs/cli.md from the CLI itself (a test fails when it is stale)
 	$(PY) -c 'from dinp.cli import cli; from dinp.commands.reference import markdown; \
 		print(markdown(cli), end="")' > docs/cli.md
+
+screenshots: setup ## Run the Dashboard's browser tests, saving screenshots in docs/screenshots
+	mkdir -p docs/screenshots
+	DINP_SCREENSHOTS=$(CURDIR)/docs/screenshots $(VENV)/bin/pytest tests/e2e/test_dashboard.py
 
 clean: ## Stop the demo, remove state/, build/ and caches (keeps .venv and images)
 	@if [ -f state/dinp-up.pid ]; then bash scripts/demo.sh stop; fi

@@ -18,8 +18,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 # gcc and libc6-dev: examples/build.sh compiles the binary example (gcc -static).
+# chromium: the Dashboard's browser tests (driven by Playwright, pointed at it).
 PACKAGES=(docker.io docker-registry busybox-static mariadb-server redis-server curl
-          debootstrap wrk make gcc libc6-dev)
+          debootstrap wrk make gcc libc6-dev chromium)
 VENV="$ROOT/.venv"
 VENV_STAMP="$VENV/.dinp-installed"
 PYTHON=${PYTHON:-python3}

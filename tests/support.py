@@ -254,10 +254,10 @@ class Dinp:
     env: dict[str, str]
     procs: list[Proc] = field(default_factory=list)
 
-    def run(self, *args: str, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([DINP, *args], env=self.env, capture_output=True, text=True,
-                                timeout=timeout)
+                                timeout=timeout, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"dinp {' '.join(args)} exited {result.returncode}:\n"
                                  f"{result.stdout}\n{result.stderr}")

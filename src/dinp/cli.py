@@ -11,6 +11,7 @@ import sys
 import typer
 
 from dinp import __version__
+from dinp.commands import accounts as accounts_cmd
 from dinp.commands import app as app_cmd
 from dinp.commands import build as build_cmd
 from dinp.commands import deploy as deploy_cmd
@@ -35,6 +36,7 @@ cli.add_typer(build_cmd.cli, name="build", help="Build an app's image: dinp buil
 cli.command("deploy")(deploy_cmd.deploy)
 roles_cmd.register(cli)
 session_cmd.register(cli)
+accounts_cmd.register(cli)
 
 
 def _version(value: bool) -> None:

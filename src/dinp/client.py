@@ -32,14 +32,26 @@ def credentials_path() -> Path:
 
 
 def save_credentials(server: str, token: str) -> Path:
-    """Remember the server and token for later CLI calls (file readable by the user only)."""
+    """Remember the server and token for later CLI calls, in a file only the user can
+    read or write (0600, in a 0700 directory), replaced whole so it is never half
+    written."""
     path = credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text(json.dumps({"server": server, "token": token}, indent=2) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # even if it existed with other modes
+        f.write(json.dumps({"server": server, "token": token}, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def forget_token() -> Path | None:
+    """Remove the saved token (the server stays, for the next `dinp login`)."""
+    saved = load_credentials()
+    if "token" not in saved:
+        return None
+    return save_credentials(saved.get("server", DEFAULT_SERVER), "")
 
 
 def load_credentials() -> dict[str, str]:

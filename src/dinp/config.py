@@ -41,6 +41,8 @@ class ServerConfig:
     # Instances leave only once every live router serves a table without them; a router
     # that has not taken it after this long (hung, partitioned) is not waited for.
     router_sync_timeout: float = 5.0
+    # How long a session token made by signing in with a password lasts (30 days).
+    session_ttl: float = 2592000.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

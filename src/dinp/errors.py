@@ -90,6 +90,14 @@ class Unauthorized(DinpError):
     http_status = 401
 
 
+class Forbidden(DinpError):
+    """Who asks is known, and may not do this (another team's app, an admin's verb, a
+    token scoped to another app)."""
+
+    exit_code = 5
+    http_status = 403
+
+
 class NotFound(DinpError):
     exit_code = 3
     http_status = 404
@@ -165,9 +173,9 @@ class BuildFailed(DinpError):
 
 
 # The classes an HTTP status stands for when an answer comes back (see from_json).
-_BY_STATUS: tuple[type[DinpError], ...] = (Unauthorized, NotFound, Conflict, Unavailable,
-                                           Timeout)
+_BY_STATUS: tuple[type[DinpError], ...] = (Unauthorized, Forbidden, NotFound, Conflict,
+                                           Unavailable, Timeout)
 # The classes a stream line may name.
 _KINDS: dict[str, type[DinpError]] = {k.__name__: k for k in (
-    DinpError, InvalidInput, Unauthorized, NotFound, Conflict, Unavailable, Timeout,
+    DinpError, InvalidInput, Unauthorized, Forbidden, NotFound, Conflict, Unavailable, Timeout,
     ConfigError, BuildFailed)}

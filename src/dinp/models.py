@@ -80,6 +80,9 @@ class AppRow(SQLModel, table=True):
     # Unused since custom domains have their own table (kept for older databases).
     domains_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
     release: int = 1
+    # The team whose members may see and change the app (None only in databases made
+    # before teams, until the server's first start puts those apps in team "default").
+    team: str | None = Field(default=None, sa_type=NAME, index=True)
     # Rollouts: new instances started at once (0: a quarter of the count, at least one),
     # and how long a release may take to come up before it is halted.
     surge: int = 0
@@ -184,18 +187,73 @@ class EventRow(SQLModel, table=True):
     app: str | None = Field(default=None, sa_type=NAME, index=True)
     node: str | None = Field(default=None, sa_type=NAME)
     message: str = Field(sa_column=Column(Text, nullable=False))
+    # Who made the change and from where (an IP address); None: dinp itself.
+    user: str | None = Field(default=None, sa_type=name_type(100), index=True)
+    source: str | None = Field(default=None, max_length=64)
 
 
 class TokenRow(SQLModel, table=True):
-    """API tokens, stored as SHA-256 digests: the database never holds a usable token."""
+    """API tokens, stored as SHA-256 digests: the database never holds a usable token.
+    Each belongs to a user and acts as that user (whose role and teams are read on every
+    request), or as that user for one app only (`app`: a CI pipeline's token)."""
 
     __tablename__ = "tokens"
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(sa_type=NAME)
     digest: str = Field(sa_type=name_type(64), unique=True)
-    role: str = Field(default="admin", max_length=16)
+    # Only for tokens made before users existed (their user is "admin"); unused since.
+    role: str = Field(default="", max_length=16)
+    user: str | None = Field(default=None, sa_type=NAME, index=True)
+    app: str | None = Field(default=None, sa_type=NAME)
+    prefix: str = Field(default="", max_length=16)  # its first characters, to tell it apart
+    session: bool = False  # made by a password login: `dinp logout` revokes it
+    expires_at: float | None = Field(default=None, sa_type=TIME)
+    revoked_at: float | None = Field(default=None, sa_type=TIME)
+    created_by: str = Field(default="", sa_type=NAME)
     created_at: float = Field(default_factory=now, sa_type=TIME)
+
+
+class UserRow(SQLModel, table=True):
+    """A person (or a robot account): admin or member, in teams (MemberRow)."""
+
+    __tablename__ = "users"
+
+    name: str = Field(primary_key=True, sa_type=name_type(100))
+    role: str = Field(default="member", max_length=16)  # access.ADMIN or access.MEMBER
+    # An scrypt hash (passwords.py); None: the user signs in with tokens only.
+    password: str | None = Field(default=None, max_length=255)
+    disabled: bool = False
+    created_by: str = Field(default="", sa_type=name_type(100))
+    created_at: float = Field(default_factory=now, sa_type=TIME)
+
+
+class TeamRow(SQLModel, table=True):
+    """Apps belong to a team; its members may change them. Quotas: None is no limit."""
+
+    __tablename__ = "teams"
+
+    name: str = Field(primary_key=True, sa_type=NAME)
+    memory_quota_mb: int | None = None  # instances x memory of all its apps
+    instances_quota: int | None = None
+    created_at: float = Field(default_factory=now, sa_type=TIME)
+
+
+class MemberRow(SQLModel, table=True):
+    __tablename__ = "team_members"
+
+    team: str = Field(primary_key=True, sa_type=NAME)
+    user: str = Field(primary_key=True, sa_type=name_type(100))
+
+
+class NodeCredentialRow(SQLModel, table=True):
+    """The generation of a node's agent credential (tokens.node_credential): making a new
+    one bumps it, and the credentials of older generations stop working."""
+
+    __tablename__ = "node_credentials"
+
+    node: str = Field(primary_key=True, sa_type=NAME)
+    generation: int = 0
 
 
 class ClusterRow(SQLModel, table=True):

@@ -9,7 +9,6 @@ at all (one transaction each).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import secrets
@@ -18,12 +17,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy.exc
-from sqlalchemy import create_engine, delete, text, tuple_
+from sqlalchemy import create_engine, delete, or_, text, tuple_
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, col, select
 
+from dinp import quotas, rollouts, schema
 from dinp import releases as rel
-from dinp import rollouts, schema
+from dinp.access import DEFAULT_TEAM, SYSTEM, Actor
 from dinp.errors import Conflict, NotFound, Unavailable
 from dinp.models import (
     AppRow,
@@ -31,9 +31,10 @@ from dinp.models import (
     DomainRow,
     EventRow,
     InstanceRow,
+    NodeCredentialRow,
     NodeRow,
     ReleaseRow,
-    TokenRow,
+    TeamRow,
 )
 from dinp.releases import ReleaseSpec
 from dinp.scheduler import (
@@ -58,10 +59,6 @@ def new_id() -> str:
     return secrets.token_hex(5)
 
 
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """Desired state as the planner sees it, plus the app rows the API and agents need,
@@ -74,6 +71,8 @@ class Snapshot:
     # Each app's current release and any newer one (a failed deploy), newest first.
     recent: dict[str, list[ReleaseRow]] = field(default_factory=dict)
     domains: dict[str, list[str]] = field(default_factory=dict)  # app -> custom domains
+    # The generation of each node's agent credential (tokens.node_credential).
+    node_generations: dict[str, int] = field(default_factory=dict)
 
 
 class Store:
@@ -165,6 +164,7 @@ class Store:
             domains: dict[str, list[str]] = {}
             for d in s.exec(select(DomainRow).order_by(col(DomainRow.domain))):
                 domains.setdefault(d.app, []).append(d.domain)
+            generations = {r.node: r.generation for r in s.exec(select(NodeCredentialRow))}
             recent: dict[str, list[ReleaseRow]] = {}
             for row, _ in s.exec(select(ReleaseRow, AppRow).where(
                     ReleaseRow.app == AppRow.name, ReleaseRow.version >= AppRow.release)
@@ -179,7 +179,7 @@ class Store:
             ),
             nodes={n.name: NodeSpec(n.name, n.status, n.capacity_mb) for n in nodes.values()},
         )
-        return Snapshot(desired, apps, nodes, releases, recent, domains)
+        return Snapshot(desired, apps, nodes, releases, recent, domains, generations)
 
     def get_app(self, name: str) -> AppRow:
         with self.session() as s:
@@ -188,6 +188,10 @@ class Store:
             raise NotFound(f"no app named {name!r}", hint="`dinp app list` shows the apps.")
         return app
 
+    def find_app(self, name: str) -> AppRow | None:
+        with self.session() as s:
+            return s.get(AppRow, name)
+
     def releases(self, app: str) -> list[ReleaseRow]:
         with self.session() as s:
             return list(s.exec(
@@ -195,11 +199,21 @@ class Store:
                 .order_by(ReleaseRow.version.desc())  # type: ignore[attr-defined]
             ))
 
-    def events(self, *, app: str | None = None, limit: int = 50) -> list[EventRow]:
+    def events(self, *, app: str | None = None, user: str | None = None,
+               visible: tuple[frozenset[str], str] | None = None,
+               limit: int = 50) -> list[EventRow]:
+        """The newest events, of `app` and by `user` if given. `visible` (apps, user):
+        only events of those apps or made by that user (what a member may see)."""
         with self.session() as s:
             query = select(EventRow)
             if app is not None:
                 query = query.where(EventRow.app == app)
+            if user is not None:
+                query = query.where(EventRow.user == user)
+            if visible is not None:
+                apps, me = visible
+                query = query.where(or_(col(EventRow.app).in_(sorted(apps)),
+                                        col(EventRow.user) == me))
             query = query.order_by(EventRow.id.desc()).limit(limit)  # type: ignore[union-attr]
             return list(s.exec(query))
 
@@ -207,30 +221,33 @@ class Store:
 
     def create_app(
         self, *, name: str, image: str, instances: int, memory_mb: int, port: int,
-        env: dict[str, str], health_path: str | None, by: str = "", surge: int = 0,
-        deploy_timeout: float = 120.0, stop_grace: float = 10.0,
+        env: dict[str, str], health_path: str | None, team: str = DEFAULT_TEAM,
+        actor: Actor = SYSTEM, surge: int = 0, deploy_timeout: float = 120.0,
+        stop_grace: float = 10.0,
     ) -> AppRow:
         app = AppRow(
             name=name, image=image, instances=instances, memory_mb=memory_mb, port=port,
             env_json=json.dumps(env, sort_keys=True), health_path=health_path, release=1,
-            surge=surge, deploy_timeout=deploy_timeout, stop_grace=stop_grace,
+            team=team, surge=surge, deploy_timeout=deploy_timeout, stop_grace=stop_grace,
         )
         with self.session() as s:
             if s.get(AppRow, name) is not None:
                 raise Conflict(f"an app named {name!r} already exists")
+            self._check_quota(s, team, quotas.Usage(), quotas.Usage.of(instances, memory_mb))
             s.add(app)
             s.add(ReleaseRow(app=name, version=1, image=image, env_json=app.env_json,
                              port=port, memory_mb=memory_mb, health_path=health_path,
                              change=rel.describe(None, rel.ReleaseSpec(image)),
-                             created_by=by, status=rollouts.DEPLOYING))
-            s.add(EventRow(app=name, message=f"created with {instances} instance(s) of {image}"))
+                             created_by=actor.user or "", status=rollouts.DEPLOYING))
+            _event(s, actor, f"created with {instances} instance(s) of {image} in team "
+                   f"{team}", app=name)
             try:
                 s.commit()
             except sqlalchemy.exc.IntegrityError as exc:
                 raise Conflict(f"an app named {name!r} already exists") from exc
         return app
 
-    def deploy(self, name: str, change: rel.Change, *, by: str = "") -> AppRow:
+    def deploy(self, name: str, change: rel.Change, *, actor: Actor = SYSTEM) -> AppRow:
         """Make the next release of `name` from its current one and `change`; the
         planner then rolls the app's instances to it."""
         with self.session() as s:
@@ -239,11 +256,14 @@ class Store:
                 ReleaseRow.app == name, ReleaseRow.version == app.release)).one()
             old = current.spec(app)
             new = rel.apply(old, change)
-            self._add_release(s, app, new, rel.describe(old, new, restart=change.restart), by)
+            self._check_memory(s, app, new.memory_mb)
+            self._add_release(s, app, new, rel.describe(old, new, restart=change.restart),
+                              actor)
             s.commit()
             return app
 
-    def rollback(self, name: str, version: int | None = None, *, by: str = "") -> AppRow:
+    def rollback(self, name: str, version: int | None = None, *,
+                 actor: Actor = SYSTEM) -> AppRow:
         """A new release equal to `version` (default: the one before the current)."""
         with self.session() as s:
             app = self._app_for_update(s, name)
@@ -253,11 +273,15 @@ class Store:
             row = s.exec(select(ReleaseRow).where(
                 ReleaseRow.app == name, ReleaseRow.version == target)).first()
             if row is None:
-                raise NotFound(f"{name} has no release {target}",
+                # The app exists, the release asked for does not: not a 404 (what is
+                # missing is no resource of the URL), a request the app cannot take.
+                raise Conflict(f"{name} has no release {target}",
                                hint=f"`dinp app releases {name}` lists them.")
             if target == app.release:
                 raise Conflict(f"{name} runs release {target} already")
-            self._add_release(s, app, row.spec(app), f"rollback to {target}", by)
+            spec = row.spec(app)
+            self._check_memory(s, app, spec.memory_mb)
+            self._add_release(s, app, spec, f"rollback to {target}", actor)
             s.commit()
             return app
 
@@ -269,8 +293,35 @@ class Store:
         return app
 
     @staticmethod
+    def _check_quota(s: Session, team: str | None, before: quotas.Usage,
+                     after: quotas.Usage) -> None:
+        """Refuse a change that takes the app's team past its quota (the team's row is
+        locked until the change commits, so two changes at once are counted in turn)."""
+        if team is None:
+            return
+        row = s.exec(select(TeamRow).where(TeamRow.name == team).with_for_update()).first()
+        if row is None and team == DEFAULT_TEAM:  # made on first use, without a quota
+            s.add(TeamRow(name=team))
+            return
+        if row is None:
+            raise NotFound(f"no team named {team!r}", hint="`dinp team list` shows them.")
+        quota = quotas.Quota(instances=row.instances_quota, memory_mb=row.memory_quota_mb)
+        if quota == quotas.Quota():
+            return
+        used = quotas.Usage()
+        for instances, memory_mb in s.exec(select(AppRow.instances, AppRow.memory_mb)
+                                           .where(AppRow.team == team)):
+            used = used + quotas.Usage.of(instances, memory_mb)
+        quotas.check(team, quota, used, before, after)
+
+    def _check_memory(self, s: Session, app: AppRow, memory_mb: int) -> None:
+        if memory_mb != app.memory_mb:
+            self._check_quota(s, app.team, quotas.Usage.of(app.instances, app.memory_mb),
+                              quotas.Usage.of(app.instances, memory_mb))
+
+    @staticmethod
     def _add_release(s: Session, app: AppRow, spec: ReleaseSpec, change: str,
-                     by: str) -> None:
+                     actor: Actor) -> None:
         """Release N+1 of `app` running `spec`; the app row shows it as current. A
         release still rolling out is superseded: it stays in the history as cancelled."""
         latest = s.exec(select(ReleaseRow).where(ReleaseRow.app == app.name)
@@ -283,13 +334,14 @@ class Store:
         version = (latest.version if latest else app.release) + 1
         s.add(ReleaseRow(app=app.name, version=version, image=spec.image, env_json=env_json,
                          port=spec.port, memory_mb=spec.memory_mb,
-                         health_path=spec.health_path, change=change, created_by=by,
-                         status=rollouts.DEPLOYING))
+                         health_path=spec.health_path, change=change,
+                         created_by=actor.user or "", status=rollouts.DEPLOYING))
         Store._point_at(app, spec, version)
         s.add(app)
-        s.add(EventRow(app=app.name, message=f"release {version}: {change}"))
+        _event(s, actor, f"release {version}: {change}", app=app.name)
 
-    def record_verdict(self, name: str, version: int, status: str, reason: str = "") -> AppRow:
+    def record_verdict(self, name: str, version: int, status: str, reason: str = "", *,
+                       actor: Actor = SYSTEM) -> AppRow:
         """The rollout of `version` ended: deployed; or failed (or cancelled), and the
         app goes back to the newest release before it that deployed, whose instances
         still serve."""
@@ -302,7 +354,7 @@ class Store:
             row.status, row.failure = status, reason
             s.add(row)
             if status == rollouts.DEPLOYED:
-                s.add(EventRow(app=name, message=f"release {version} deployed"))
+                _event(s, actor, f"release {version} deployed", app=name)
             else:
                 back = s.exec(select(ReleaseRow).where(
                     ReleaseRow.app == name, ReleaseRow.version < version,
@@ -311,8 +363,8 @@ class Store:
                 if back is not None:
                     self._point_at(app, back.spec(app), back.version)
                     s.add(app)
-                s.add(EventRow(app=name, message=f"release {version} {status}: {reason}"
-                               + (f"; back to release {back.version}" if back else "")))
+                _event(s, actor, f"release {version} {status}: {reason}"
+                       + (f"; back to release {back.version}" if back else ""), app=name)
             s.commit()
             return app
 
@@ -324,7 +376,8 @@ class Store:
         app.memory_mb, app.health_path = spec.memory_mb, spec.health_path
         app.release, app.updated_at = version, time.time()
 
-    def update_settings(self, name: str, settings: dict[str, float]) -> AppRow:
+    def update_settings(self, name: str, settings: dict[str, float], *,
+                        actor: Actor = SYSTEM) -> AppRow:
         """Change how the app is rolled out and stopped (surge, deploy_timeout,
         stop_grace): not what runs, so no new release."""
         with self.session() as s:
@@ -335,25 +388,25 @@ class Store:
             if changed:
                 app.updated_at = time.time()
                 s.add(app)
-                s.add(EventRow(app=name, message="settings: " + ", ".join(
-                    f"{k} {v:g}" for k, v in sorted(changed.items()))))
+                _event(s, actor, "settings: " + ", ".join(
+                    f"{k} {v:g}" for k, v in sorted(changed.items())), app=name)
                 s.commit()
             return app
 
-    def scale_app(self, name: str, instances: int) -> AppRow:
+    def scale_app(self, name: str, instances: int, *, actor: Actor = SYSTEM) -> AppRow:
         with self.session() as s:
-            app = s.get(AppRow, name)
-            if app is None:
-                raise NotFound(f"no app named {name!r}")
+            app = self._app_for_update(s, name)
             if app.instances != instances:
-                s.add(EventRow(app=name, message=f"scaled from {app.instances} to {instances}"))
+                self._check_quota(s, app.team, quotas.Usage.of(app.instances, app.memory_mb),
+                                  quotas.Usage.of(instances, app.memory_mb))
+                _event(s, actor, f"scaled from {app.instances} to {instances}", app=name)
                 app.instances = instances
                 app.updated_at = time.time()
                 s.add(app)
                 s.commit()
             return app
 
-    def delete_app(self, name: str) -> None:
+    def delete_app(self, name: str, *, actor: Actor = SYSTEM) -> None:
         """Delete the app; its instance rows go too, so agents stop its containers."""
         with self.session() as s:
             app = s.get(AppRow, name)
@@ -363,12 +416,12 @@ class Store:
             s.execute(delete(ReleaseRow).where(col(ReleaseRow.app) == name))
             s.execute(delete(DomainRow).where(col(DomainRow.app) == name))
             s.delete(app)
-            s.add(EventRow(app=name, message="deleted"))
+            _event(s, actor, "deleted", app=name)
             s.commit()
 
     # -- custom domains ---------------------------------------------------------------
 
-    def add_domain(self, name: str, domain: str) -> None:
+    def add_domain(self, name: str, domain: str, *, actor: Actor = SYSTEM) -> None:
         """Route `domain` (lowercase) to app `name`; a domain serves one app only."""
         with self.session() as s:
             self._app_for_update(s, name)
@@ -377,20 +430,20 @@ class Store:
                 where = "this app" if taken.app == name else f"app {taken.app!r}"
                 raise Conflict(f"{domain} is routed to {where} already")
             s.add(DomainRow(domain=domain, app=name))
-            s.add(EventRow(app=name, message=f"domain {domain} added"))
+            _event(s, actor, f"domain {domain} added", app=name)
             try:
                 s.commit()
             except sqlalchemy.exc.IntegrityError as exc:  # added by another request
                 raise Conflict(f"{domain} is routed to another app already") from exc
 
-    def remove_domain(self, name: str, domain: str) -> None:
+    def remove_domain(self, name: str, domain: str, *, actor: Actor = SYSTEM) -> None:
         with self.session() as s:
             row = s.get(DomainRow, domain)
             if row is None or row.app != name:
                 raise NotFound(f"{domain} is not a domain of {name}",
                                hint=f"`dinp app domains list {name}` shows them.")
             s.delete(row)
-            s.add(EventRow(app=name, message=f"domain {domain} removed"))
+            _event(s, actor, f"domain {domain} removed", app=name)
             s.commit()
 
     def domains(self, name: str) -> list[DomainRow]:
@@ -439,7 +492,7 @@ class Store:
                 s.add(EventRow(node=name, message=message))
             s.commit()
 
-    def set_node_status(self, name: str, status: str) -> NodeRow:
+    def set_node_status(self, name: str, status: str, *, actor: Actor = SYSTEM) -> NodeRow:
         """Drain a node (its instances move elsewhere) or make it ready again."""
         with self.session() as s:
             node = s.get(NodeRow, name)
@@ -451,7 +504,7 @@ class Store:
                                    "agent reports")
                 node.status, node.updated_at = status, time.time()
                 s.add(node)
-                s.add(EventRow(node=name, message=f"node {name} is {status}"))
+                _event(s, actor, f"node {name} is {status}", node=name)
                 s.commit()
             return node
 
@@ -491,19 +544,8 @@ class Store:
             s.add(EventRow(app=app, node=node, message=message))
             s.commit()
 
-    # -- tokens ---------------------------------------------------------------------
 
-    def ensure_admin_token(self, preset: str = "") -> str | None:
-        """Create the first admin token if there is none; return it (shown once) or None."""
-        with self.session() as s:
-            if s.exec(select(TokenRow).where(TokenRow.role == "admin")).first() is not None:
-                return None
-            token = preset or "dinp_" + secrets.token_urlsafe(24)
-            s.add(TokenRow(name="admin", digest=token_digest(token), role="admin"))
-            s.commit()
-            return token
-
-    def token_role(self, token: str) -> str | None:
-        with self.session() as s:
-            row = s.exec(select(TokenRow).where(TokenRow.digest == token_digest(token))).first()
-            return row.role if row else None
+def _event(s: Session, actor: Actor, message: str, *, app: str | None = None,
+           node: str | None = None) -> None:
+    """An event of a change, with who made it and from where (the audit trail)."""
+    s.add(EventRow(app=app, node=node, message=message, user=actor.user, source=actor.source))

@@ -9,6 +9,7 @@ import json
 import re
 from typing import TypeGuard
 
+from dinp import passwords
 from dinp.errors import InvalidInput
 
 # DNS label (RFC 1123), lowercase only; the app name becomes `<app>.<domain>`.
@@ -304,3 +305,95 @@ def health_path(value: object, *, stored: bool = False) -> str | None:
         raise InvalidInput("health_path", f"{value!r} must be a URL path starting with '/'"
                            " (printable ASCII, no spaces, at most 200 characters)")
     return value
+
+
+# -- accounts -----------------------------------------------------------------------------
+
+# User names: lowercase, may be an e-mail address.
+USER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._@+-]{0,98}[a-z0-9])?$")
+TEAM_NAME = APP_NAME
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._ -]{0,61}[A-Za-z0-9])?$")
+MAX_TOKEN_SECONDS = 5 * 365 * 86400  # five years
+MAX_QUOTA_INSTANCES = 1_000_000
+MAX_QUOTA_MEMORY_MB = 1 << 30  # a petabyte
+
+
+def user_name(value: object, field: str = "user") -> str:
+    if not isinstance(value, str) or not USER_NAME.fullmatch(value):
+        raise InvalidInput(field, f"{value!r} is not a valid user name (lowercase letters, "
+                           "digits and . _ @ + -, at most 100; e.g. alice or "
+                           "alice@example.com)")
+    return value
+
+
+def team_name(value: object, field: str = "team") -> str:
+    if not isinstance(value, str) or not TEAM_NAME.fullmatch(value):
+        raise InvalidInput(field, f"{value!r} is not a valid team name (a lowercase DNS "
+                           "label: letters, digits, '-', at most 63)")
+    return value
+
+
+def token_name(value: object) -> str:
+    if not isinstance(value, str) or not TOKEN_NAME.fullmatch(value):
+        raise InvalidInput("name", f"{value!r} is not a valid token name (letters, digits, "
+                           "space . _ -, at most 63)")
+    return value
+
+
+def password(value: object) -> str:
+    low, high = passwords.MIN_LENGTH, passwords.MAX_LENGTH
+    if not isinstance(value, str) or not low <= len(value) <= high:
+        raise InvalidInput("password", f"expected {low} to {high} characters")
+    if "\x00" in value:
+        raise InvalidInput("password", "must not contain NUL")
+    return value
+
+
+def seconds(value: object, field: str, *, low: float = 1,
+            high: float = MAX_TOKEN_SECONDS) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            low <= value <= high):
+        raise InvalidInput(field, f"{value!r} is not a number of seconds from {low:g} to "
+                           f"{high:g}")
+    return float(value)
+
+
+_DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhdwy]?)\s*$")
+_DURATION_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400,
+                     "y": 365 * 86400}
+
+
+def duration(value: str, field: str = "expires") -> float:
+    """`90d`, `12h`, `1y`, `3600` (seconds) as seconds: for a person typing at the CLI."""
+    m = _DURATION.fullmatch(value.lower())
+    if m is None:
+        raise InvalidInput(field, f"{value!r} is not a duration; use e.g. 30d, 12h or 1y")
+    return seconds(int(m.group(1)) * _DURATION_SECONDS[m.group(2)], field)
+
+
+QUOTA_TEXT = re.compile(
+    rf"^(?:{int_range_pattern(0, MAX_QUOTA_MEMORY_MB)}[mM]"
+    rf"|{int_range_pattern(0, MAX_QUOTA_MEMORY_MB // 1024)}[gG])$")
+
+
+def quota_memory(value: object) -> int | None:
+    """A team's memory quota: megabytes, or a text such as `64g`; None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, str) and QUOTA_TEXT.fullmatch(value):
+        return int(value[:-1]) * (1024 if value[-1] in "gG" else 1)
+    mb = whole_number(value)
+    if mb is None or not 0 <= mb <= MAX_QUOTA_MEMORY_MB:
+        raise InvalidInput("memory", f"{value!r} is not a size from 0m to "
+                           f"{MAX_QUOTA_MEMORY_MB // 1024}g (e.g. 64g), or null")
+    return mb
+
+
+def quota_instances(value: object) -> int | None:
+    if value is None:
+        return None
+    count = whole_number(value)
+    if count is None or not 0 <= count <= MAX_QUOTA_INSTANCES:
+        raise InvalidInput("instances", f"{value!r} is not a whole number from 0 to "
+                           f"{MAX_QUOTA_INSTANCES}")
+    return count

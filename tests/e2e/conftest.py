@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +130,39 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(tmp_path_factory.mktemp("cluster"),
                          f"e2e{secrets.token_hex(3)}") as c:
         yield c
+
+
+@dataclass
+class ServerProc:
+    proc: Proc
+    url: str
+    admin_token: str
+    cluster_token: str
+    port: int
+
+
+@contextlib.contextmanager
+def server_process(work: Path) -> Iterator[ServerProc]:
+    port = free_port()
+    admin, cluster = secrets.token_hex(16), secrets.token_hex(16)
+    with redis_server() as redis:
+        env = base_env(work, DINP_DATABASE_URL=f"sqlite:///{work / 'dinp.db'}",
+                       DINP_REDIS_URL=redis.url, DINP_CLUSTER_TOKEN=cluster,
+                       DINP_ADMIN_TOKEN=admin, DINP_API_LISTEN=f"127.0.0.1:{port}")
+        proc = Proc("server", ["server"], env, work / "server.log").start()
+        try:
+            wait_for(lambda: http_get(f"127.0.0.1:{port}", "127.0.0.1",
+                                      "/api/v1/health")[0] == 200, 20, "the server")
+            yield ServerProc(proc, f"http://127.0.0.1:{port}", admin, cluster, port)
+        finally:
+            assert proc.stop(), "dinp server must exit by itself on SIGTERM"
+
+
+def call(server: ServerProc, method: str, path: str, body: Any = None) -> Any:
+    """The API as the admin, for setting a test up."""
+    req = urllib.request.Request(f"{server.url}/api/v1{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {server.admin_token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())

@@ -21,6 +21,7 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from dinp import wire
+from dinp.accounts import Accounts
 from dinp.config import ServerConfig
 from dinp.errors import NodeTaken
 from dinp.roles.api import make_app
@@ -76,7 +77,7 @@ async def running_api(database_url: str, redis_url: str, node_timeout: float = 3
                       heartbeat_interval: float = 2.0,
                       router_sync_timeout: float = 5.0) -> AsyncIterator[Api]:
     store = Store(database_url)
-    store.ensure_admin_token(ADMIN)
+    Accounts(store).ensure_defaults(ADMIN)
     route_store = RedisRouteStore(redis_url)
     config = ServerConfig(cluster_token=CLUSTER, redis_url=redis_url,
                           database_url=database_url, node_timeout=node_timeout,
@@ -117,13 +118,14 @@ def test_auth(sqlite_url: str, redis_url: str) -> None:
         assert (await api.call("GET", "/apps", token="wrong"))[0] == 401
         assert (await api.call("POST", "/apps", token="wrong",
                                body={"name": "web", "image": "hello:1"}))[0] == 401
-        # The cluster token is for agents only, the admin token for users only.
-        assert (await api.call("GET", "/apps", token=CLUSTER))[0] == 401
+        # The cluster token is for agents only, the admin token for users only: both are
+        # known (not 401), and not allowed there (403).
+        assert (await api.call("GET", "/apps", token=CLUSTER))[0] == 403
         status, _ = await api.call("POST", f"/nodes/{NODE}/heartbeat", token=ADMIN,
                                    body={"address": "127.0.0.2", "capacity_mb": 1,
                                          "free_mb": 1, "containers": []})
-        assert status == 401
-        assert (await api.call("GET", f"/nodes/{NODE}/assignments", token=ADMIN))[0] == 401
+        assert status == 403
+        assert (await api.call("GET", f"/nodes/{NODE}/assignments", token=ADMIN))[0] == 403
         assert (await api.call("GET", f"/nodes/{NODE}/assignments", token=None))[0] == 401
         # ... and nothing was registered by the refused heartbeat.
         assert await api.nodes() == []
@@ -216,7 +218,9 @@ async def _lifecycle(api: Api) -> None:
         **GOOD, "instances": 2, "env": {"GREETING": "hi"}, "health_path": "/health"})
     assert status == 201, created
     assert created["name"] == "web" and created["instances"] == 2
-    assert created["memory_mb"] == 64 and created["env"] == {"GREETING": "hi"}
+    assert created["memory_mb"] == 64 and created["env"] == {"GREETING": None}  # hidden
+    status, shown = await api.call("GET", "/apps/web?show_env=true")
+    assert status == 200 and shown["env"] == {"GREETING": "hi"}  # when asked for
 
     status, shown = await api.call("GET", "/apps/web")
     assert status == 200
@@ -607,7 +611,7 @@ def test_big_env_is_stored_or_refused_clearly_on_mariadb(mysql_url: str, redis_u
             assert reply["field"] == "env"
             assert api.store.snapshot().apps == {}
         else:
-            assert (await api.call("GET", "/apps/web"))[1]["env"] == env
+            assert (await api.call("GET", "/apps/web?show_env=true"))[1]["env"] == env
 
     run(mysql_url, redis_url, body)
 

@@ -60,19 +60,26 @@ async def _rollout(api: Api) -> None:
     assert rows[0]["env"] == ["A", "B"] and rows[0]["created_by"] == "admin"
 
 
+async def env_of(api: Api) -> dict[str, str]:
+    status, app = await api.call("GET", "/apps/web?show_env=true")
+    assert status == 200
+    return dict(app["env"])
+
+
 async def _changes(api: Api) -> None:
     assert (await api.call("POST", "/apps", body={**GOOD, "env": {"A": "1"}}))[0] == 201
     status, reply = await api.call("POST", "/apps/web/rollback", body={})
     assert status == 409 and "no release before its first" in reply["error"]
     status, app = await api.call("POST", "/apps/web/env", body={"set": {"B": "2"},
                                                                 "unset": ["A"]})
-    assert status == 200 and app["release"] == 2 and app["env"] == {"B": "2"}
+    assert status == 200 and app["release"] == 2 and app["env"] == {"B": None}  # hidden
+    assert await env_of(api) == {"B": "2"}
     status, app = await api.call("POST", "/apps/web/restart")
-    assert status == 200 and app["release"] == 3 and app["env"] == {"B": "2"}
+    assert status == 200 and app["release"] == 3 and await env_of(api) == {"B": "2"}
     status, app = await api.call("POST", "/apps/web/rollback", body={})
-    assert status == 200 and app["release"] == 4 and app["env"] == {"B": "2"}  # = 2
+    assert status == 200 and app["release"] == 4 and await env_of(api) == {"B": "2"}  # = 2
     status, app = await api.call("POST", "/apps/web/rollback", body={"release": 1})
-    assert status == 200 and app["release"] == 5 and app["env"] == {"A": "1"}
+    assert status == 200 and app["release"] == 5 and await env_of(api) == {"A": "1"}
     status, app = await api.call("POST", "/apps/web/deploy", body={"memory": "128m",
                                                                    "port": 9000})
     assert (app["memory_mb"], app["port"], app["release"]) == (128, 9000, 6)
@@ -82,7 +89,9 @@ async def _changes(api: Api) -> None:
     status, reply = await api.call("POST", "/apps/web/rollback", body={"release": 6})
     assert status == 409
     status, reply = await api.call("POST", "/apps/web/rollback", body={"release": 99})
-    assert status == 404 and "no release 99" in reply["error"]
+    assert status == 409 and "no release 99" in reply["error"]
+    status, reply = await api.call("POST", "/apps/web/rollback", body={"release": 2 ** 70})
+    assert status == 400 and reply["field"] == "release"
     status, reply = await api.call("POST", "/apps/web/deploy", body={"image": "BAD IMAGE"})
     assert status == 400 and reply["field"] == "image"
     status, reply = await api.call("POST", "/apps/WEB/deploy", body={"port": 1})

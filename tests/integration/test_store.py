@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -186,32 +185,6 @@ def test_upsert_node(store: Store) -> None:
     node = store.snapshot().nodes["n1"]
     assert (node.address, node.capacity_mb, node.status) == ("127.0.0.9", 2048, "ready")
     assert count(store, "nodes") == 1
-
-
-def test_admin_token_created_once_and_only_its_digest_stored(store: Store) -> None:
-    token = store.ensure_admin_token()
-    assert token is not None and token.startswith("dinp_") and len(token) > 20
-    assert store.ensure_admin_token() is None
-    assert store.ensure_admin_token("preset-ignored") is None
-    assert count(store, "tokens") == 1
-
-    assert store.token_role(token) == "admin"
-    assert store.token_role("dinp_wrong") is None
-    assert store.token_role("") is None
-
-    with store.engine.connect() as conn:
-        rows = [tuple(r) for r in conn.execute(text("SELECT * FROM tokens"))]
-    dump = repr(rows)
-    assert token not in dump
-    assert hashlib.sha256(token.encode()).hexdigest() in dump
-
-
-def test_admin_token_preset(store: Store) -> None:
-    assert store.ensure_admin_token("my-preset-token") == "my-preset-token"
-    assert store.token_role("my-preset-token") == "admin"
-    with store.engine.connect() as conn:
-        dump = repr([tuple(r) for r in conn.execute(text("SELECT * FROM tokens"))])
-    assert "my-preset-token" not in dump
 
 
 def test_unreachable_mysql_is_unavailable_naming_the_database() -> None:

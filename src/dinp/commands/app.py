@@ -65,6 +65,8 @@ def create(
                                      max=validation.MAX_STOP_GRACE,
                                      help="Seconds an instance that leaves has between "
                                      "SIGTERM and SIGKILL to finish its requests."),
+    team: str | None = typer.Option(None, "--team", help="The team it belongs to "
+                                    "(default: your only team)."),
     wait: bool = WaitOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
@@ -76,6 +78,8 @@ def create(
     body = {"name": name, "image": image, "instances": instances, "memory": memory,
             "port": port, "env": validation.env_pairs(env), "health_path": health_path,
             "surge": surge, "deploy_timeout": deploy_timeout, "stop_grace": stop_grace}
+    if team is not None:
+        body["team"] = team
     app = api.post("/apps", body)
     _report(api, app, wait=wait, timeout=timeout, as_json=as_json,
             message=f"created [bold]{name}[/]: {instances} x {image} → {{url}}")
@@ -104,7 +108,8 @@ def show(name: str = typer.Argument(..., help="App name."), as_json: bool = Json
         print_json(app)
         return
     s = app["status"]
-    console.print(f"[bold]{app['name']}[/]  {escape(app['state'])}")
+    console.print(f"[bold]{app['name']}[/] (team {app.get('team') or '-'})  "
+                  f"{escape(app['state'])}")
     console.print(f"{app['url']}\n"
                   f"image {app['image']}  release {app['release']}  memory {app['memory_mb']}m"
                   f"  port {app['port']}  health {app['health_path'] or 'tcp'}\n"

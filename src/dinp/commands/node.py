@@ -38,3 +38,18 @@ def drain(
     routed before these leave."""
     node = client(server, token).post(f"/nodes/{name}/drain", {"undo": undo})
     console.print(f"node {node['name']} is {node['status']}")
+
+
+@cli.command("credential")
+def credential(
+    name: str = typer.Argument(..., help="Node name."),
+    server: str | None = ServerOpt,
+    token: str | None = TokenOpt,
+) -> None:
+    """Make a new agent credential for a node (the one before stops working).
+
+    Give it to that node's agent as its cluster_token (DINP_CLUSTER_TOKEN): it may
+    report only for this node."""
+    reply = client(server, token).post(f"/nodes/{name}/credential", {})
+    console.print(f"agent credential of node {name} (the one before no longer works):\n"
+                  f"{reply['credential']}")

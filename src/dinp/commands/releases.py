@@ -152,7 +152,8 @@ def env_list(
     token: str | None = TokenOpt,
 ) -> None:
     """The app's env vars; values hidden unless --show-values."""
-    env: dict[str, str] = client(server, token).get(f"/apps/{name}")["env"]
+    path = f"/apps/{name}" + ("?show_env=true" if show_values else "")
+    env: dict[str, str | None] = client(server, token).get(path)["env"]
     shown = {k: (v if show_values else "…") for k, v in sorted(env.items())}
     if as_json:
         print_json(shown)

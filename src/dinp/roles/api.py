@@ -1,8 +1,11 @@
 """The server's HTTP API (aiohttp, JSON under /api/v1/), the dashboard and OpenAPI.
 
 Handlers validate input, call the Server, and shape JSON; errors become JSON bodies with
-a status code and a message naming the field. Users authenticate with an API token,
-agents with the cluster token (both as `Authorization: Bearer …`).
+a status code and a message naming the field. Who may call what is decided before any
+handler runs (`roles/auth.py`); handlers only filter lists to what the caller may see.
+Users authenticate with an API token, agents with their node's credential or the cluster
+token (both as `Authorization: Bearer …`). The accounts' routes are in
+`roles/api_accounts.py`.
 """
 
 from __future__ import annotations
@@ -10,36 +13,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
 
 import redis
 from aiohttp import web
 
-from dinp import releases, rollouts, scheduler, validation, wire
+from dinp import access, releases, rollouts, scheduler, tokens, validation, wire
+from dinp.access import DEFAULT_TEAM, Need
+from dinp.accounts import Accounts
 from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
-from dinp.errors import Conflict, DinpError, InvalidInput, Unauthorized, Unavailable
+from dinp.errors import Conflict, DinpError, Forbidden, InvalidInput, Unavailable
 from dinp.lifecycle import run_until_stopped, start_site
 from dinp.models import AppRow
+from dinp.roles import api_accounts
+from dinp.roles.auth import actor, auth_middleware, principal
+from dinp.roles.handlers import SERVER_KEY, json_body, known_fields, srv
 from dinp.roles.openapi import MAX_BODY
 from dinp.roles.openapi import document as openapi_document
 from dinp.roles.server import Server
 from dinp.routes import RedisRouteStore, RouteStore, redis_error
 from dinp.store import Store
-from dinp.tokens import bearer_token, same_secret
 
 log = logging.getLogger(__name__)
-SERVER_KEY = web.AppKey("server", Server)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-AGENT_ENDPOINTS = frozenset({"heartbeat", "assignments", "cluster"})
-PUBLIC = {f"{API_PREFIX}/health", f"{API_PREFIX}/openapi.json", "/", "/favicon.ico"}
 OPENAPI = openapi_document()
-# Who made a change, for releases and events (users and their tokens come later).
-WHO = "admin"
 # An app's settings that are not part of its releases, with their checks.
 SETTINGS: dict[str, Callable[[object], float]] = {
     "surge": validation.surge, "deploy_timeout": validation.deploy_timeout,
@@ -57,66 +57,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response(exc.to_json(), status=exc.http_status)
 
 
-class TokenCache:
-    """Remembers valid user tokens for a minute so every request does not hit the database."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self._valid: dict[str, float] = {}
-
-    async def role(self, token: str) -> str | None:
-        if self._valid.get(token, 0) > time.monotonic():
-            return "admin"
-        role = await self.server.db(self.server.store.token_role, token)
-        if role:
-            self._valid[token] = time.monotonic() + 60
-        return role
-
-
-def bearer(request: web.Request) -> str:
-    token = bearer_token(request.headers.get("Authorization", ""))
-    if token is None:
-        raise Unauthorized("missing API token",
-                           hint="Run `dinp login`, or set DINP_TOKEN.")
-    return token
-
-
-def auth_middleware(server: Server) -> Any:
-    cache = TokenCache(server)
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if path in PUBLIC or not path.startswith(API_PREFIX):
-            return await handler(request)
-        token = bearer(request)
-        if path.startswith(f"{API_PREFIX}/nodes/") and path.count("/") == 5 \
-                and path.rsplit("/", 1)[1] in AGENT_ENDPOINTS:
-            # Agent endpoints: /api/v1/nodes/{name}/heartbeat|assignments|cluster
-            if not same_secret(token, server.config.cluster_token):
-                raise Unauthorized("invalid cluster token",
-                                   hint="The agent's cluster_token must match the server's.")
-        elif await cache.role(token) is None:
-            raise Unauthorized("invalid API token", hint="Run `dinp login` again.")
-        return await handler(request)
-
-    return middleware
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except (ValueError, LookupError, RecursionError) as exc:  # bad JSON, charset, nesting
-        raise InvalidInput("body", f"not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("body", "expected a JSON object")
-    return data
-
-
-def srv(request: web.Request) -> Server:
-    return request.app[SERVER_KEY]
-
-
 def app_in_path(request: web.Request) -> str:
     """The app named in the URL, checked as on create: a name that could not have been
     created is a 400, never a lookup the database might match loosely."""
@@ -131,15 +71,36 @@ async def health(request: web.Request) -> web.Response:
 
 async def list_apps(request: web.Request) -> web.Response:
     server = srv(request)
-    apps = sorted(server.snapshot.apps.values(), key=lambda a: a.name)
+    who = principal(request)
+    apps = sorted((a for a in server.snapshot.apps.values()
+                   if access.visible_app(who, a.name, a.team)), key=lambda a: a.name)
     return web.json_response([server.app_view(a, detail=False) for a in apps])
+
+
+def _team_for_new_app(who: access.Principal, asked: object) -> str:
+    """The team a new app goes to: the one asked for (a member must be in it), else the
+    caller's only team, else (an admin in no team) team default."""
+    if asked is not None:
+        team = validation.team_name(asked)
+        if not who.admin and team not in who.teams:
+            raise Forbidden(f"{who} is not a member of team {team}")
+        return team
+    if len(who.teams) == 1:
+        return next(iter(who.teams))
+    if who.admin and not who.teams:
+        return DEFAULT_TEAM
+    if not who.teams:
+        raise Forbidden(f"{who} is in no team, so cannot create apps",
+                        hint="An admin can add you to one: `dinp team add-user TEAM USER`.")
+    raise InvalidInput("team", f"you are in several teams ({', '.join(sorted(who.teams))}): "
+                       "say which")
 
 
 async def create_app(request: web.Request) -> web.Response:
     server = srv(request)
     data = await json_body(request)
     unknown = set(data) - {"name", "image", "instances", "memory", "port", "env", "health_path",
-                           *SETTINGS}
+                           "team", *SETTINGS}
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "unknown field")
     spec = {
@@ -154,7 +115,9 @@ async def create_app(request: web.Request) -> web.Response:
         "deploy_timeout": validation.deploy_timeout(data.get("deploy_timeout", 120)),
         "stop_grace": validation.stop_grace(data.get("stop_grace", 10)),
     }
-    app = await server.db(server.store.create_app, **spec, by=WHO)
+    who = principal(request)
+    team = _team_for_new_app(who, data.get("team"))
+    app = await server.db(server.store.create_app, **spec, team=team, actor=actor(request))
     await server.desired_changed()
     log.info("app %s created: %s x%d", app.name, app.image, app.instances)
     return web.json_response(server.app_view(app, detail=True), status=201)
@@ -167,7 +130,18 @@ async def get_app(request: web.Request) -> web.Response:
     if app is None:
         # The snapshot may lag a write made through another server: ask the database.
         app = await server.db(server.store.get_app, name)
-    return web.json_response(server.app_view(app, detail=True))
+    show_env = _query_flag(request, "show_env")
+    if show_env:  # values only for who may change the app (deploy a new env)
+        access.check(principal(request), Need.APP_DEPLOY,
+                     access.Target(app=name, app_team=app.team))
+    return web.json_response(server.app_view(app, detail=True, show_env=show_env))
+
+
+def _query_flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false")
+    if raw not in ("true", "false"):
+        raise InvalidInput(name, "expected true or false")
+    return raw == "true"
 
 
 async def scale_app(request: web.Request) -> web.Response:
@@ -178,7 +152,7 @@ async def scale_app(request: web.Request) -> web.Response:
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "unknown field")
     count = validation.instances(data.get("instances"))
-    app = await server.db(server.store.scale_app, name, count)
+    app = await server.db(server.store.scale_app, name, count, actor=actor(request))
     await server.desired_changed()
     return web.json_response(server.app_view(app, detail=True))
 
@@ -189,17 +163,11 @@ async def app_settings(request: web.Request) -> web.Response:
     server = srv(request)
     name = app_in_path(request)
     data = await json_body(request)
-    _known_fields(data, set(SETTINGS))
+    known_fields(data, set(SETTINGS))
     app = await server.db(server.store.update_settings, name,
-                          {k: SETTINGS[k](v) for k, v in data.items()})
+                          {k: SETTINGS[k](v) for k, v in data.items()}, actor=actor(request))
     await server.desired_changed()
     return web.json_response(server.app_view(app, detail=True))
-
-
-def _known_fields(data: dict[str, Any], known: set[str]) -> None:
-    unknown = set(data) - known
-    if unknown:
-        raise InvalidInput(sorted(unknown)[0], "unknown field")
 
 
 async def _released(request: web.Request, app: AppRow) -> web.Response:
@@ -215,7 +183,7 @@ async def deploy_app(request: web.Request) -> web.Response:
     server = srv(request)
     name = app_in_path(request)
     change = releases.parse_change(await json_body(request))
-    app = await server.db(server.store.deploy, name, change, by=WHO)
+    app = await server.db(server.store.deploy, name, change, actor=actor(request))
     return await _released(request, app)
 
 
@@ -223,13 +191,13 @@ async def rollback_app(request: web.Request) -> web.Response:
     server = srv(request)
     name = app_in_path(request)
     data = await json_body(request)
-    _known_fields(data, {"release"})
+    known_fields(data, {"release"})
     version = data.get("release")
     if version is not None:
         version = validation.whole_number(version)
-        if version is None or version < 1:
+        if version is None or not 1 <= version <= wire.MAX_NUMBER:
             raise InvalidInput("release", "expected a release number (1 or more)")
-    app = await server.db(server.store.rollback, name, version, by=WHO)
+    app = await server.db(server.store.rollback, name, version, actor=actor(request))
     return await _released(request, app)
 
 
@@ -237,7 +205,8 @@ async def restart_app(request: web.Request) -> web.Response:
     """A new release equal to the current one: every instance replaced, rolling."""
     server = srv(request)
     name = app_in_path(request)
-    app = await server.db(server.store.deploy, name, releases.Change(restart=True), by=WHO)
+    app = await server.db(server.store.deploy, name, releases.Change(restart=True),
+                          actor=actor(request))
     return await _released(request, app)
 
 
@@ -245,10 +214,10 @@ async def set_env(request: web.Request) -> web.Response:
     server = srv(request)
     name = app_in_path(request)
     data = await json_body(request)
-    _known_fields(data, {"set", "unset"})
+    known_fields(data, {"set", "unset"})
     change = releases.parse_change({"env": data.get("set") or {},
                                     "unset": data.get("unset") or []})
-    app = await server.db(server.store.deploy, name, change, by=WHO)
+    app = await server.db(server.store.deploy, name, change, actor=actor(request))
     return await _released(request, app)
 
 
@@ -276,9 +245,9 @@ async def add_domain(request: web.Request) -> web.Response:
     server = srv(request)
     name = app_in_path(request)
     data = await json_body(request)
-    _known_fields(data, {"domain"})
+    known_fields(data, {"domain"})
     domain = validation.domain(data.get("domain"), platform=server.config.domain)
-    await server.db(server.store.add_domain, name, domain)
+    await server.db(server.store.add_domain, name, domain, actor=actor(request))
     await server.desired_changed()
     return web.json_response({"app": name, "domain": domain}, status=201)
 
@@ -287,7 +256,7 @@ async def remove_domain(request: web.Request) -> web.Response:
     server = srv(request)
     name = app_in_path(request)
     domain = validation.domain(request.match_info["domain"])
-    await server.db(server.store.remove_domain, name, domain)
+    await server.db(server.store.remove_domain, name, domain, actor=actor(request))
     await server.desired_changed()
     return web.json_response({"app": name, "removed": domain})
 
@@ -301,15 +270,16 @@ async def cancel_deploy(request: web.Request) -> web.Response:
                     if r.version == app.release), None)
     if current is None or current.status != rollouts.DEPLOYING or app.release == 1:
         raise Conflict(f"{name} has no deploy in progress to cancel")
+    who = actor(request)
     app = await server.db(server.store.record_verdict, name, app.release,
-                          rollouts.CANCELLED, f"cancelled by {WHO}")
+                          rollouts.CANCELLED, f"cancelled by {who.user}", actor=who)
     return await _released(request, app)
 
 
 async def delete_app(request: web.Request) -> web.Response:
     server = srv(request)
     name = app_in_path(request)
-    await server.db(server.store.delete_app, name)
+    await server.db(server.store.delete_app, name, actor=actor(request))
     await server.desired_changed()
     return web.json_response({"deleted": name})
 
@@ -324,28 +294,42 @@ async def drain_node(request: web.Request) -> web.Response:
     server = srv(request)
     node = validation.node_name(request.match_info["node"])
     data = await json_body(request)
-    _known_fields(data, {"undo"})
+    known_fields(data, {"undo"})
     undo = data.get("undo", False)
     if not isinstance(undo, bool):
         raise InvalidInput("undo", "expected true or false")
     row = await server.db(server.store.set_node_status, node,
-                          scheduler.READY if undo else scheduler.DRAINING)
+                          scheduler.READY if undo else scheduler.DRAINING, actor=actor(request))
     await server.desired_changed()
     return web.json_response({"name": row.name, "status": row.status})
 
 
 async def list_events(request: web.Request) -> web.Response:
+    """Events newest first: an admin sees all; a member those of their teams' apps and
+    their own changes; a CI token its app's."""
     server = srv(request)
+    who = principal(request)
     app = request.query.get("app")
     if app is not None:
         app = validation.app_name(app, allow_reserved=True, field="app")
+    user = request.query.get("user")
+    if user is not None:
+        user = validation.user_name(user)
     raw = request.query.get("limit", "50")
     limit = int(raw) if re.fullmatch(r"[0-9]{1,4}", raw) else 0
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit", "expected a whole number from 1 to 1000")
-    rows = await server.db(server.store.events, app=app, limit=limit)
+    visible = None
+    if who.app is not None:
+        visible = (frozenset({who.app}), "")
+    elif not who.admin:
+        visible = (frozenset(a.name for a in server.snapshot.apps.values()
+                             if a.team in who.teams), who.user)
+    rows = await server.db(server.store.events, app=app, user=user, visible=visible,
+                           limit=limit)
     return web.json_response([
-        {"at": r.at, "app": r.app, "node": r.node, "message": r.message} for r in rows
+        {"at": r.at, "app": r.app, "node": r.node, "message": r.message, "user": r.user,
+         "source": r.source} for r in rows
     ])
 
 
@@ -354,6 +338,18 @@ async def heartbeat(request: web.Request) -> web.Response:
     data = await json_body(request)
     hb = wire.parse_heartbeat(request.match_info["node"], data)
     return web.json_response(await server.heartbeat(hb))
+
+
+async def node_credential(request: web.Request) -> web.Response:
+    """A new agent credential for a node: it reports for that node only. The one made
+    before stops working once the servers read the new generation (within a reconcile)."""
+    server = srv(request)
+    node = validation.node_name(request.match_info["node"])
+    generation = await server.db(server.accounts.new_node_generation, node,
+                                 actor=actor(request))
+    await server.desired_changed()
+    return web.json_response({"node": node, "credential": tokens.node_credential(
+        server.config.cluster_token, node, generation)})
 
 
 async def node_cluster(request: web.Request) -> web.Response:
@@ -407,6 +403,7 @@ def make_app(server: Server) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware(server)], client_max_size=MAX_BODY
     )
+    api_accounts.add_routes(app)
     app[SERVER_KEY] = server
     p = API_PREFIX
     app.router.add_get("/", dashboard)
@@ -429,6 +426,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_delete(f"{p}/apps/{{name}}", delete_app)
     app.router.add_get(f"{p}/nodes", list_nodes)
     app.router.add_post(f"{p}/nodes/{{node}}/drain", drain_node)
+    app.router.add_post(f"{p}/nodes/{{node}}/credential", node_credential)
     app.router.add_get(f"{p}/events", list_events)
     app.router.add_post(f"{p}/nodes/{{node}}/heartbeat", heartbeat)
     app.router.add_get(f"{p}/nodes/{{node}}/assignments", assignments)
@@ -452,7 +450,7 @@ async def start(config: ServerConfig, route_store: RouteStore | None = None) -> 
             store.close()
             raise redis_error(config.redis_url, exc) from exc
         route_store = redis_store
-    token = await asyncio.to_thread(store.ensure_admin_token, config.admin_token)
+    token = await asyncio.to_thread(Accounts(store).ensure_defaults, config.admin_token)
     if token and not config.admin_token:
         # Shown once: only its digest is stored.
         print(f"dinp: admin API token (shown once, keep it): {token}", flush=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dinp import validation, wire
+from dinp.access import ROLES, Need
 from dinp.const import API_PREFIX
 
 Schema = dict[str, Any]
@@ -39,6 +40,18 @@ DOMAIN: Schema = {"type": "string", "pattern": _ecma(validation.DOMAIN),
                   "minLength": validation.DOMAIN_LENGTH[0],
                   "maxLength": validation.DOMAIN_LENGTH[1]}
 INSTANCES: Schema = {"type": "integer", "minimum": 0, "maximum": validation.MAX_INSTANCES}
+
+USER: Schema = {"type": "string", "pattern": _ecma(validation.USER_NAME)}
+PASSWORD: Schema = {"type": "string", "minLength": 10, "maxLength": 1024,
+                    "pattern": "^[^\\x00]*$"}
+QUOTA_MEMORY: Schema = {
+    "description": "all the team's apps together: megabytes, or e.g. 64g; null: no limit",
+    "oneOf": [{"type": "null"},
+              {"type": "integer", "minimum": 0, "maximum": validation.MAX_QUOTA_MEMORY_MB},
+              {"type": "string", "pattern": validation.QUOTA_TEXT.pattern}]}
+QUOTA_INSTANCES: Schema = {"type": ["integer", "null"], "minimum": 0,
+                           "maximum": validation.MAX_QUOTA_INSTANCES,
+                           "description": "null: no limit"}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": {
@@ -91,6 +104,9 @@ SCHEMAS: dict[str, Schema] = {
                                "maximum": validation.MAX_DEPLOY_TIMEOUT, "default": 120,
                                "description": "seconds a release may take to come up "
                                "before its rollout is halted"},
+            "team": {"type": ["string", "null"], "pattern": _ecma(validation.TEAM_NAME),
+                     "description": "the team it belongs to (null, the default: your only "
+                     "team; for an admin in no team, team default)"},
             "stop_grace": {"type": "number", "minimum": 0,
                            "maximum": validation.MAX_STOP_GRACE, "default": 10,
                            "description": "seconds an instance that leaves has between "
@@ -135,6 +151,7 @@ SCHEMAS: dict[str, Schema] = {
     "Rollback": {
         "type": "object", "additionalProperties": False,
         "properties": {"release": {"type": ["integer", "null"], "minimum": 1,
+                                   "maximum": wire.MAX_NUMBER,
                                    "description": "default: the one before the current"}},
     },
     "Release": {
@@ -177,10 +194,12 @@ SCHEMAS: dict[str, Schema] = {
                 "properties": {k: {"type": "integer"}
                                for k in ("placed", "running", "healthy", "routed")},
             },
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "env": {"type": "object", "additionalProperties": {"type": ["string", "null"]},
+                    "description": "values are null unless show_env=true was asked by "
+                    "someone allowed to change the app"},
             "domains": {"type": "array", "items": {"type": "string"}},
             "surge": {"type": "integer"}, "deploy_timeout": {"type": "number"},
-            "stop_grace": {"type": "number"},
+            "stop_grace": {"type": "number"}, "team": {"type": ["string", "null"]},
             "state": {"type": "string", "description": "the app's state in words"},
             "rollout": {"type": "object", "required": ["release", "status"],
                         "properties": {"release": {"type": "integer"},
@@ -217,8 +236,88 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object", "required": ["at", "message"],
         "properties": {"at": {"type": "number", "description": "Unix seconds"},
                        "app": {"type": ["string", "null"]},
-                       "node": {"type": ["string", "null"]}, "message": {"type": "string"}},
+                       "node": {"type": ["string", "null"]}, "message": {"type": "string"},
+                       "user": {"type": ["string", "null"],
+                                "description": "who made the change; null: dinp itself"},
+                       "source": {"type": ["string", "null"],
+                                  "description": "the address the change came from"}},
     },
+    "Login": {"type": "object", "required": ["user", "password"],
+              "additionalProperties": False,
+              "properties": {"user": USER, "password": PASSWORD}},
+    "Password": {"type": "object", "required": ["password"], "additionalProperties": False,
+                 "properties": {"password": PASSWORD}},
+    "Disable": {"type": "object", "additionalProperties": False,
+                "properties": {"undo": {"type": "boolean", "default": False,
+                                        "description": "enable the user again"}}},
+    "Whoami": {"type": "object", "required": ["user", "role", "teams"],
+               "properties": {"user": {"type": "string"}, "role": {"type": "string"},
+                              "teams": {"type": "array", "items": {"type": "string"}},
+                              "app": {"type": ["string", "null"],
+                                      "description": "a CI token: only this app"},
+                              "token": {"type": ["integer", "null"]}}},
+    "User": {"type": "object", "required": ["name", "role", "teams", "disabled"],
+             "properties": {"name": {"type": "string"},
+                            "role": {"type": "string", "enum": list(ROLES)},
+                            "teams": {"type": "array", "items": {"type": "string"}},
+                            "disabled": {"type": "boolean"},
+                            "password": {"type": "boolean",
+                                         "description": "whether one is set"},
+                            "created_by": {"type": "string"},
+                            "created_at": {"type": "number"}}},
+    "UserCreate": {"type": "object", "required": ["name"], "additionalProperties": False,
+                   "properties": {"name": USER,
+                                  "admin": {"type": "boolean", "default": False},
+                                  "password": {**PASSWORD, "type": ["string", "null"],
+                                               "description": "null: none (the user gets "
+                                               "a first token instead)"},
+                                  "teams": {"type": "array", "maxItems": 100,
+                                            "items": {"type": "string", "pattern":
+                                                      _ecma(validation.TEAM_NAME)}}}},
+    "UserCreated": {"type": "object", "required": ["user"],
+                    "properties": {"user": _ref("User"),
+                                   "token": {"type": ["string", "null"],
+                                             "description": "without a password: the "
+                                             "user's first token, shown once"}}},
+    "Team": {"type": "object", "required": ["name", "members", "apps", "quota", "usage"],
+             "properties": {"name": {"type": "string"},
+                            "members": {"type": "array", "items": {"type": "string"}},
+                            "apps": {"type": "array", "items": {"type": "string"}},
+                            "quota": {"type": "object"}, "usage": {"type": "object"},
+                            "created_at": {"type": "number"}}},
+    "TeamCreate": {"type": "object", "required": ["name"], "additionalProperties": False,
+                   "properties": {"name": {"type": "string",
+                                           "pattern": _ecma(validation.TEAM_NAME)},
+                                  "memory": QUOTA_MEMORY, "instances": QUOTA_INSTANCES}},
+    "Quota": {"type": "object", "additionalProperties": False,
+              "properties": {"memory": QUOTA_MEMORY, "instances": QUOTA_INSTANCES}},
+    "Member": {"type": "object", "required": ["user"], "additionalProperties": False,
+               "properties": {"user": USER}},
+    "Token": {"type": "object", "required": ["id", "name", "user", "state"],
+              "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                             "user": {"type": ["string", "null"]},
+                             "app": {"type": ["string", "null"]},
+                             "prefix": {"type": "string"}, "session": {"type": "boolean"},
+                             "state": {"type": "string",
+                                       "enum": ["active", "expired", "revoked"]},
+                             "expires_at": {"type": ["number", "null"]},
+                             "revoked_at": {"type": ["number", "null"]},
+                             "created_by": {"type": "string"},
+                             "created_at": {"type": "number"}}},
+    "TokenCreate": {"type": "object", "required": ["name"], "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "pattern": _ecma(validation.TOKEN_NAME)},
+                        "app": {**APP_NAME, "description": "only this app: read, deploy, "
+                                "restart, roll back (a CI pipeline's token)"},
+                        "expires_in": {"type": ["number", "null"], "minimum": 1,
+                                       "maximum": validation.MAX_TOKEN_SECONDS,
+                                       "description": "seconds; null: never"},
+                        "user": {**USER, "description": "whose token (admins only; "
+                                 "default: yours)"}}},
+    "TokenCreated": {"type": "object", "required": ["token"],
+                     "properties": {"token": {"type": "string",
+                                              "description": "shown once"},
+                                    "info": _ref("Token")}},
     "Heartbeat": {
         "type": "object", "required": ["address", "capacity_mb", "free_mb", "containers"],
         "properties": {
@@ -291,13 +390,12 @@ class Operation:
     path: str  # under API_PREFIX, with {params}
     summary: str
     tag: str
+    need: Need
     ok: int = 200
     result: Schema | None = None  # the success body
     body: str | None = None  # a schema name in SCHEMAS
     params: tuple[Schema, ...] = ()
     errors: tuple[int, ...] = (400, 401, 503)
-    public: bool = False
-    security: str = "user"  # "user" (an API token) or "agent" (the cluster token)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -313,50 +411,71 @@ def _query(name: str, schema: Schema, description: str = "") -> Schema:
 APP_PATH = _path("name", APP_NAME)
 NODE_PATH = _path("node", NODE_NAME)
 
+A = Need  # what each operation needs of who asks (access.py); the API enforces it
+USER_PATH = _path("user", {"type": "string", "pattern": _ecma(validation.USER_NAME)})
+TEAM_PATH = _path("team", {"type": "string", "pattern": _ecma(validation.TEAM_NAME)})
+OBJECT: Schema = {"type": "object"}
+
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("get", "/health", "Liveness of the server", "server", public=True,
-              result={"type": "object"}, errors=()),
-    Operation("get", "/openapi.json", "This document", "server", public=True,
-              result={"type": "object"}, errors=()),
-    Operation("get", "/apps", "List apps", "apps",
+    Operation("get", "/health", "Liveness of the server", "server", A.PUBLIC,
+              result=OBJECT, errors=()),
+    Operation("get", "/openapi.json", "This document", "server", A.PUBLIC,
+              result=OBJECT, errors=()),
+    Operation("post", "/login", "Sign in with a user name and password: a session token",
+              "accounts", A.PUBLIC, body="Login", result=_ref("TokenCreated"),
+              errors=(400, 401, 503)),
+    Operation("post", "/logout", "Sign out: the session token used is revoked",
+              "accounts", A.SIGNED_IN, result=OBJECT, errors=(401, 503)),
+    Operation("get", "/whoami", "Who this token acts as", "accounts", A.SIGNED_IN,
+              result=_ref("Whoami"), errors=(401, 503)),
+    Operation("get", "/apps", "List the apps you may see", "apps", A.SIGNED_IN,
               result={"type": "array", "items": _ref("App")}, errors=(401, 503)),
-    Operation("post", "/apps", "Create an app", "apps", ok=201, result=_ref("App"),
-              body="AppCreate", errors=(400, 401, 409, 503)),
-    Operation("get", "/apps/{name}", "Show an app with its instances", "apps",
-              result=_ref("App"), params=(APP_PATH,), errors=(400, 401, 404, 503)),
+    Operation("post", "/apps", "Create an app in one of your teams", "apps", A.MEMBER,
+              ok=201, result=_ref("App"), body="AppCreate",
+              errors=(400, 401, 404, 409, 503)),
+    Operation("get", "/apps/{name}", "Show an app with its instances (env values only "
+              "with show_env, for who may change it)", "apps", A.APP_READ,
+              result=_ref("App"),
+              params=(APP_PATH, _query("show_env", {"type": "string",
+                                                    "enum": ["true", "false"]},
+                                       "include env values")),
+              errors=(400, 401, 404, 503)),
     Operation("delete", "/apps/{name}", "Delete an app and stop its instances", "apps",
+              A.APP_CHANGE,
               result={"type": "object", "required": ["deleted"],
                       "properties": {"deleted": {"type": "string"}}},
               params=(APP_PATH,), errors=(400, 401, 404, 503)),
     Operation("post", "/apps/{name}/scale", "Set the number of instances", "apps",
-              result=_ref("App"), body="Scale", params=(APP_PATH,),
-              errors=(400, 401, 404, 503)),
+              A.APP_CHANGE, result=_ref("App"), body="Scale", params=(APP_PATH,),
+              errors=(400, 401, 404, 409, 503)),
     Operation("post", "/apps/{name}/settings",
               "Change surge, deploy_timeout or stop_grace (no new release)", "apps",
-              result=_ref("App"), body="Settings", params=(APP_PATH,),
+              A.APP_CHANGE, result=_ref("App"), body="Settings", params=(APP_PATH,),
               errors=(400, 401, 404, 503)),
     Operation("post", "/apps/{name}/deploy",
               "Make the next release (new image, env, port, memory, health) and roll it out",
-              "releases", result=_ref("App"), body="Deploy", params=(APP_PATH,),
-              errors=(400, 401, 404, 409, 503)),
+              "releases", A.APP_DEPLOY, result=_ref("App"), body="Deploy",
+              params=(APP_PATH,), errors=(400, 401, 404, 409, 503)),
     Operation("post", "/apps/{name}/deploy/cancel",
               "Halt the rollout in progress: back to the release before it", "releases",
-              result=_ref("App"), params=(APP_PATH,), errors=(400, 401, 404, 409, 503)),
+              A.APP_DEPLOY, result=_ref("App"), params=(APP_PATH,),
+              errors=(400, 401, 404, 409, 503)),
     Operation("post", "/apps/{name}/rollback",
               "Make a new release equal to an earlier one and roll it out", "releases",
-              result=_ref("App"), body="Rollback", params=(APP_PATH,),
+              A.APP_DEPLOY, result=_ref("App"), body="Rollback", params=(APP_PATH,),
               errors=(400, 401, 404, 409, 503)),
     Operation("post", "/apps/{name}/restart",
               "Replace every instance, rolling (a new release equal to the current)",
-              "releases", result=_ref("App"), params=(APP_PATH,),
+              "releases", A.APP_DEPLOY, result=_ref("App"), params=(APP_PATH,),
               errors=(400, 401, 404, 503)),
     Operation("post", "/apps/{name}/env", "Set or unset env vars: a new release, rolled out",
-              "releases", result=_ref("App"), body="EnvChange", params=(APP_PATH,),
-              errors=(400, 401, 404, 409, 503)),
+              "releases", A.APP_DEPLOY, result=_ref("App"), body="EnvChange",
+              params=(APP_PATH,), errors=(400, 401, 404, 409, 503)),
     Operation("get", "/apps/{name}/releases", "The app's releases, newest first", "releases",
-              result={"type": "array", "items": _ref("Release")}, params=(APP_PATH,),
-              errors=(400, 401, 404, 503)),
+              A.APP_READ, result={"type": "array", "items": _ref("Release")},
+              params=(APP_PATH,), errors=(400, 401, 404, 503)),
     Operation("get", "/apps/{name}/domains", "The app's custom domains", "domains",
+              A.APP_READ,
               result={"type": "array", "items": {
                   "type": "object", "required": ["domain"],
                   "properties": {"domain": {"type": "string"},
@@ -364,39 +483,91 @@ OPERATIONS: tuple[Operation, ...] = (
               params=(APP_PATH,), errors=(400, 401, 404, 503)),
     Operation("post", "/apps/{name}/domains",
               "Route a custom domain to the app (one app per domain; stored lowercase)",
-              "domains", ok=201, body="Domain", params=(APP_PATH,),
+              "domains", A.APP_CHANGE, ok=201, body="Domain", params=(APP_PATH,),
               result={"type": "object", "required": ["app", "domain"],
                       "properties": {"app": {"type": "string"},
                                      "domain": {"type": "string"}}},
               errors=(400, 401, 404, 409, 503)),
     Operation("delete", "/apps/{name}/domains/{domain}", "Stop routing a custom domain",
-              "domains", params=(APP_PATH, _path("domain", DOMAIN)),
+              "domains", A.APP_CHANGE, params=(APP_PATH, _path("domain", DOMAIN)),
               result={"type": "object", "required": ["app", "removed"],
                       "properties": {"app": {"type": "string"},
                                      "removed": {"type": "string"}}},
               errors=(400, 401, 404, 503)),
-    Operation("get", "/nodes", "List nodes", "nodes",
+    Operation("get", "/nodes", "List nodes", "nodes", A.MEMBER,
               result={"type": "array", "items": _ref("Node")}, errors=(401, 503)),
     Operation("post", "/nodes/{node}/drain",
               "Drain a node: its instances start elsewhere, then leave it (undo: ready)",
-              "nodes", body="Drain", params=(NODE_PATH,),
+              "nodes", A.ADMIN, body="Drain", params=(NODE_PATH,),
               result={"type": "object", "required": ["name", "status"],
                       "properties": {"name": {"type": "string"},
                                      "status": {"type": "string"}}},
               errors=(400, 401, 404, 409, 503)),
-    Operation("get", "/events", "Recent events, newest first", "events",
-              result={"type": "array", "items": _ref("Event")},
+    Operation("post", "/nodes/{node}/credential",
+              "A new agent credential for the node (the one before stops working)",
+              "nodes", A.ADMIN, params=(NODE_PATH,),
+              result={"type": "object", "required": ["node", "credential"],
+                      "properties": {"node": {"type": "string"},
+                                     "credential": {"type": "string"}}},
+              errors=(400, 401, 503)),
+    Operation("get", "/events", "Recent events you may see, newest first", "events",
+              A.SIGNED_IN, result={"type": "array", "items": _ref("Event")},
               params=(_query("app", APP_NAME, "only this app's events"),
+                      _query("user", {"type": "string",
+                                      "pattern": _ecma(validation.USER_NAME)},
+                             "only the changes this user made"),
                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
                                        "default": 50})),
               errors=(400, 401, 503)),
+    Operation("get", "/users", "List users", "accounts", A.ADMIN,
+              result={"type": "array", "items": _ref("User")}, errors=(401, 503)),
+    Operation("post", "/users", "Create a user (without a password: with a first token)",
+              "accounts", A.ADMIN, ok=201, body="UserCreate", result=_ref("UserCreated"),
+              errors=(400, 401, 404, 409, 503)),
+    Operation("post", "/users/{user}/disable",
+              "Disable a user (their tokens stop working) or enable them (undo)",
+              "accounts", A.ADMIN, body="Disable", params=(USER_PATH,), result=_ref("User"),
+              errors=(400, 401, 404, 409, 503)),
+    Operation("post", "/users/{user}/password", "Set a user's password (yours, or as admin)",
+              "accounts", A.SELF, body="Password", params=(USER_PATH,), result=OBJECT,
+              errors=(400, 401, 404, 503)),
+    Operation("get", "/teams", "List the teams you may see", "accounts", A.MEMBER,
+              result={"type": "array", "items": _ref("Team")}, errors=(401, 503)),
+    Operation("post", "/teams", "Create a team", "accounts", A.ADMIN, ok=201,
+              body="TeamCreate", result=_ref("Team"), errors=(400, 401, 409, 503)),
+    Operation("get", "/teams/{team}", "Show a team: members, apps, quota and usage",
+              "accounts", A.TEAM_READ, params=(TEAM_PATH,), result=_ref("Team"),
+              errors=(400, 401, 404, 503)),
+    Operation("delete", "/teams/{team}", "Delete a team without apps", "accounts", A.ADMIN,
+              params=(TEAM_PATH,), result=OBJECT, errors=(400, 401, 404, 409, 503)),
+    Operation("post", "/teams/{team}/users", "Add a user to a team", "accounts", A.ADMIN,
+              params=(TEAM_PATH,), body="Member", result=_ref("Team"),
+              errors=(400, 401, 404, 503)),
+    Operation("delete", "/teams/{team}/users/{user}", "Remove a user from a team",
+              "accounts", A.ADMIN, params=(TEAM_PATH, USER_PATH), result=_ref("Team"),
+              errors=(400, 401, 404, 503)),
+    Operation("post", "/teams/{team}/quota", "Set a team's quota (null: no limit)",
+              "accounts", A.ADMIN, params=(TEAM_PATH,), body="Quota", result=_ref("Team"),
+              errors=(400, 401, 404, 503)),
+    Operation("get", "/tokens", "Your API tokens (all=true: everyone's, for admins)",
+              "accounts", A.MEMBER, result={"type": "array", "items": _ref("Token")},
+              params=(_query("all", {"type": "string", "enum": ["true", "false"]}),),
+              errors=(400, 401, 503)),
+    Operation("post", "/tokens", "Make an API token (for one app only: a CI token)",
+              "accounts", A.MEMBER, ok=201, body="TokenCreate",
+              result=_ref("TokenCreated"), errors=(400, 401, 404, 503)),
+    Operation("delete", "/tokens/{id}", "Revoke a token (yours, or as admin anyone's)",
+              "accounts", A.MEMBER,
+              params=(_path("id", {"type": "integer", "minimum": 1,
+                                   "maximum": wire.MAX_NUMBER}),),
+              result=_ref("Token"), errors=(400, 401, 404, 503)),
     Operation("post", "/nodes/{node}/heartbeat",
               "Agent heartbeat: the node's real state; the reply is its assignment",
-              "agents", result=_ref("Assignment"), body="Heartbeat", params=(NODE_PATH,),
-              errors=(400, 401, 409, 503), security="agent"),
+              "agents", A.AGENT, result=_ref("Assignment"), body="Heartbeat",
+              params=(NODE_PATH,), errors=(400, 401, 409, 503)),
     Operation("get", "/nodes/{node}/assignments",
               "Long-poll a node's assignment until it differs from `rev`", "agents",
-              result=_ref("Assignment"),
+              A.AGENT, result=_ref("Assignment"),
               params=(NODE_PATH,
                       _query("rev", {"type": "string", "maxLength": 64},
                              "the revision the agent has"),
@@ -407,17 +578,19 @@ OPERATIONS: tuple[Operation, ...] = (
                                        "pattern": wire.ID_TEXT.pattern},
                              "the agent process asking: only the node's live agent is "
                              "answered")),
-              errors=(400, 401, 409, 503), security="agent"),
+              errors=(400, 401, 409, 503)),
     Operation("get", "/nodes/{node}/cluster",
               "The cluster a node belongs to: an agent asks before it lists containers",
-              "agents", params=(NODE_PATH,),
+              "agents", A.AGENT, params=(NODE_PATH,),
               result={"type": "object", "required": ["node", "cluster"],
                       "properties": {"node": {"type": "string"},
                                      "cluster": {"type": "string"}}},
-              errors=(400, 401), security="agent"),
+              errors=(400, 401)),
 )
 
-ERRORS = {400: "invalid input (the body says which field)", 401: "no or wrong token",
+ERRORS = {400: "invalid input (the body says which field)",
+          401: "no token, or one that is unknown, expired or revoked",
+          403: "who asks may not do this (the body says why)",
           404: "no such app", 409: "conflicts with what exists",
           413: f"the body is larger than {MAX_BODY // 1024} KiB",
           503: "the database is unreachable"}
@@ -428,7 +601,9 @@ def _operation(op: Operation) -> dict[str, Any]:
         str(op.ok): {"description": "success",
                      "content": {"application/json": {"schema": op.result or {}}}},
     }
-    for code in sorted({*op.errors, *((413,) if op.body else ())}):
+    implied = {*((413,) if op.body else ()),
+               *(() if op.need is Need.PUBLIC else (401, 403))}
+    for code in sorted({*op.errors, *implied}):
         content = {"text/plain": {"schema": {"type": "string"}}} if code == 413 else {
             "application/json": {"schema": _ref("Error")}}
         responses[str(code)] = {"description": ERRORS[code], "content": content}
@@ -439,7 +614,9 @@ def _operation(op: Operation) -> dict[str, Any]:
     if op.body:
         out["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": _ref(op.body)}}}
-    out["security"] = [] if op.public else [{op.security: []}]
+    out["security"] = ([] if op.need is Need.PUBLIC else
+                       [{"agent" if op.need is Need.AGENT else "user": []}])
+    out["x-dinp-access"] = op.need.value
     return out
 
 

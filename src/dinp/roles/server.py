@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dinp import const, rollouts, routes, scheduler
+from dinp.accounts import Accounts
 from dinp.config import ServerConfig
 from dinp.errors import DinpError, NodeTaken, NotFound, Unavailable, WrongCluster
 from dinp.models import AppRow
@@ -80,6 +81,7 @@ class Server:
     ) -> None:
         self.config = config
         self.store = store
+        self.accounts = Accounts(store)
         self.route_store = route_store
         self.started = time.monotonic()
         self.cluster_id = store.cluster_id()
@@ -535,7 +537,9 @@ class Server:
         suffix = f":{port}" if port and port != default else ""
         return f"{scheme}://{routes.app_host(name, self.config.domain)}{suffix}/"
 
-    def app_view(self, app: AppRow, *, detail: bool) -> dict[str, Any]:
+    def app_view(self, app: AppRow, *, detail: bool, show_env: bool = False) -> dict[str, Any]:
+        """An app as the API shows it; env values only with `show_env` (the caller was
+        allowed to see them), else only their names."""
         real = Real(self.reports, complete=True)
         host = routes.app_host(app.name, self.config.domain)
         rows = [i for i in self.snapshot.desired.instances if i.app == app.name]
@@ -573,13 +577,14 @@ class Server:
             "release": app.release, "url": self.app_url(app.name), "host": host,
             "router_url": self.config.router_url, "surge": app.surge,
             "deploy_timeout": app.deploy_timeout, "stop_grace": app.stop_grace,
+            "team": app.team,
             "created_at": app.created_at, "updated_at": app.updated_at,
             "status": {"placed": len(rows), "running": running, "healthy": healthy,
                        "routed": len(routed)},
             **self._state(app, rows, real, instances),
         }
         if detail:
-            view["env"] = app.env
+            view["env"] = app.env if show_env else dict.fromkeys(app.env)
             view["domains"] = self.snapshot.domains.get(app.name, [])
             view["instance_list"] = instances
         return view
