@@ -32,7 +32,7 @@ from tests.support import TEST_LABEL, free_port, wait_until
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "dinp-examples/hello:1"
+IMAGE = "dinp-examples/hello:2"
 ADDR = "127.0.0.2"
 CLUSTER = secrets.token_hex(8)  # this test run's cluster id
 
