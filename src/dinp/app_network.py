@@ -16,11 +16,12 @@ isolates every container on it from every other just as well.
 
 The agent makes it when it is missing, before it starts a container. Two agents sharing
 an engine may make it at the same moment, and the engine does not stop that (it checks
-for a duplicate name, but not under a lock): so once it is made, every network of that
-name with our label is listed and the oldest is used, by every agent alike; any other one
-is removed if no container uses it (the engine refuses otherwise; a container on it goes
-when its instance is next replaced). No other network is ever removed, and a network of
-that name that dinp did not make (no label) is refused, never used or touched.
+for a duplicate name, but not under a lock). While two networks share the name the engine
+starts no container on either ("ambiguous"), so such a start fails and is retried with
+backoff. Every agent, each time, lists the networks of that name with our label, uses the
+oldest, and removes the others unless a container uses them (the engine refuses then):
+the duplicates are gone at the next start. No other network is ever removed, and a
+network of that name that dinp did not make (no label) is refused, never used or touched.
 """
 
 from __future__ import annotations
