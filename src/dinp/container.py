@@ -28,7 +28,7 @@ import docker.models.images
 
 from dinp import app_network, const, sandbox
 from dinp.docker_engine import DockerEngine, split_ref
-from dinp.errors import DinpError, InvalidInput
+from dinp.errors import ConfigError, DinpError, InvalidInput
 from dinp.sandbox import ImageFacts, Policy
 from dinp.wire import Assignment
 
@@ -160,7 +160,7 @@ class DockerRuntime:
                     **box.docker_options(),
                 )
                 c.reload()
-            except InvalidInput as exc:  # the image's io.dinp.* labels
+            except (InvalidInput, ConfigError) as exc:  # its image's labels, the network
                 raise StartFailed(f"cannot start {name} from {a.image}: {exc}") from exc
             except docker.errors.APIError as exc:
                 raise StartFailed(f"cannot start {name} from {a.image}: "

@@ -53,7 +53,7 @@ def make_runtime(docker_client: docker.DockerClient, make_node_name: Callable[[]
 
     def make(**policy: Any) -> DockerRuntime:
         rt = DockerRuntime(node=make_node_name(), advertise=ADDR, cluster=CLUSTER,
-                           policy=Policy(network=TEST_NETWORK, **policy))
+                           policy=Policy(**{"network": TEST_NETWORK, **policy}))
         made.append(rt)
         return rt
 
@@ -363,12 +363,18 @@ def test_a_duplicate_in_use_is_left_until_its_containers_are_gone(
 
 
 def test_a_network_dinp_did_not_make_is_refused_and_untouched(
-    docker_client: docker.DockerClient, network_name: str
+    docker_client: docker.DockerClient, network_name: str,
+    make_runtime: Callable[..., DockerRuntime],
 ) -> None:
     theirs = docker_client.api.create_network(network_name, labels={TEST_LABEL: "x"})["Id"]
     with pytest.raises(ConfigError, match="dinp did not make"):
         app_network.ensure(docker_client, network_name)
+    rt = make_runtime(network=network_name)
+    with pytest.raises(StartFailed, match=f"a network named {network_name} exists that dinp"):
+        rt.start(assignment())
+    assert rt.list() == []
     assert [n["Id"] for n in named(docker_client, network_name)] == [theirs]
+    assert docker_client.api.inspect_network(theirs)["Containers"] == {}
 
 
 def test_a_network_of_ours_that_lets_containers_talk_is_refused(
