@@ -19,6 +19,7 @@ import contextlib
 import io
 import logging
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,7 @@ class DockerRuntime:
         self.policy = policy or Policy()
         # What each image says about itself, by image id (an id names one content).
         self._images: dict[str, ImageFacts] = {}
+        self._network_lock = threading.Lock()
         # Set once the server said which cluster this node belongs to; "" sees nothing.
         self.cluster = cluster
         # A server older than cluster ids: containers are matched by node name alone.
@@ -148,9 +150,10 @@ class DockerRuntime:
             try:
                 self._remove_by_name(name)
                 facts = self._facts(self._ensure_image(a.image), name, labels)
+                with self._network_lock:  # this agent's starts never race to make it
+                    network = app_network.ensure(self.client, self.policy.network)
                 box = sandbox.confine(facts, memory_mb=a.memory_mb, policy=self.policy,
-                                      network=app_network.ensure(self.client,
-                                                                 self.policy.network))
+                                      network=network)
                 c = self.client.containers.run(  # type: ignore[call-overload]
                     a.image, name=name, detach=True, labels=labels, environment=env,
                     ports={f"{a.port}/tcp": (self.advertise, None)},

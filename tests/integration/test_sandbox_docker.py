@@ -338,6 +338,43 @@ def test_racing_agents_make_one_network(docker_client: docker.DockerClient,
     assert [n["Id"] for n in named(docker_client, network_name)] == [ids[0]]
 
 
+def test_an_agents_first_starts_at_once_share_one_new_network(
+    docker_client: docker.DockerClient, network_name: str,
+    make_runtime: Callable[..., DockerRuntime],
+) -> None:
+    """A fresh node's first deploy starts several instances at once: none of them may
+    fail because they all found the network missing."""
+    rt = make_runtime(network=network_name)
+    started: list[Container] = []
+    errors: list[BaseException] = []
+    # All four reach the network at the same moment (right after reading the image).
+    together = threading.Barrier(4)
+    read_image = rt._facts
+
+    def facts(*args: Any) -> Any:
+        together.wait(30)
+        return read_image(*args)
+
+    rt._facts = facts  # type: ignore[method-assign]
+
+    def start() -> None:
+        try:
+            started.append(rt.start(assignment()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(started) == 4
+    assert len(named(docker_client, network_name)) == 1
+    for c in started:
+        assert list(inspect(docker_client, c)["NetworkSettings"]["Networks"]) == [network_name]
+        rt.stop(c, timeout=1)
+
+
 def test_a_duplicate_in_use_is_left_until_its_containers_are_gone(
     docker_client: docker.DockerClient, network_name: str, make_node_name: Callable[[], str]
 ) -> None:
