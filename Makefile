@@ -23,7 +23,7 @@ venv: ## Only create/update .venv (pip install -e '.[dev]')
 services: ## Only start dockerd, the registry, MariaDB and Redis
 	@bash scripts/setup.sh services
 
-images: ## Only build dinp/busybox:1, hello:1 and the base images of dinp build
+images: ## Only build dinp/busybox:1, hello:2 and the base images of dinp build
 	@bash scripts/setup.sh images
 
 demo: setup ## Run `dinp up` in the background and deploy 3 instances of the hello app

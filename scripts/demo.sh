@@ -23,7 +23,7 @@ NODE=local
 APP=hello
 REGISTRY=127.0.0.1:5000
 SOURCE=examples/python  # the Python example app, with its library vendored
-VERSION=py-1  # not 1: 127.0.0.1:5000/hello:1 is the busybox hello of scripts/images.sh
+VERSION=py-1  # not 1: 127.0.0.1:5000/hello:2 is the busybox hello of scripts/images.sh
 
 say() { printf 'demo: %s\n' "$*" >&2; }
 die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -4,9 +4,9 @@
 # and is rebuilt only when they change, so a run with nothing to do takes well under 1 s.
 #
 #   dinp/busybox:1          FROM scratch + Debian's static busybox (/bin/busybox)
-#   dinp-examples/hello:1   examples/hello: busybox httpd serving "hello from $DINP_APP
+#   dinp-examples/hello:2   examples/hello: busybox httpd serving "hello from $DINP_APP
 #                           instance $DINP_INSTANCE release $DINP_RELEASE", /health -> ok
-#   127.0.0.1:5000/hello:1  the same image, pushed to the local registry
+#   127.0.0.1:5000/hello:2  the same image, pushed to the local registry
 #
 # Needs a running Docker engine and, for the push, the registry (scripts/setup.sh starts both).
 set -euo pipefail
@@ -16,8 +16,8 @@ REGISTRY=${DINP_REGISTRY:-127.0.0.1:5000}
 BUSYBOX_BIN=/bin/busybox
 BUSYBOX_IMAGE=dinp/busybox:1
 HELLO_DIR="$ROOT/examples/hello"
-HELLO_IMAGE=dinp-examples/hello:1
-HELLO_REMOTE="$REGISTRY/hello:1"
+HELLO_IMAGE=dinp-examples/hello:2
+HELLO_REMOTE="$REGISTRY/hello:2"
 HASH_LABEL=dinp-build.hash
 export DOCKER_BUILDKIT=0  # the legacy builder: there is no buildx on these machines
 
@@ -79,7 +79,7 @@ if [ "$(image_hash "$BUSYBOX_IMAGE")" != "$busybox_hash" ]; then
     trap - EXIT
 fi
 
-# --- dinp-examples/hello:1 ----------------------------------------------------------------
+# --- dinp-examples/hello:2 ----------------------------------------------------------------
 
 [ -f "$HELLO_DIR/Dockerfile" ] || die "$HELLO_DIR/Dockerfile is missing"
 busybox_id=$(docker image inspect -f '{{.Id}}' "$BUSYBOX_IMAGE")
@@ -95,11 +95,11 @@ fi
 
 # --- push to the local registry -----------------------------------------------------------
 
-# The digest the registry holds for hello:1 (empty if none), and the ones Docker knows
+# The digest the registry holds for hello:2 (empty if none), and the ones Docker knows
 # for the local image: equal means the registry already has this very image.
 remote_digest=$(curl -fsI --max-time 5 \
     -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-    "http://$REGISTRY/v2/hello/manifests/1" 2>/dev/null \
+    "http://$REGISTRY/v2/hello/manifests/2" 2>/dev/null \
     | tr -d '\r' | awk 'tolower($1) == "docker-content-digest:" {print $2}' || true)
 hello_id=$(docker image inspect -f '{{.Id}}' "$HELLO_IMAGE")
 remote_id=$(docker image inspect -f '{{.Id}}' "$HELLO_REMOTE" 2>/dev/null || true)

@@ -8,10 +8,12 @@ Docker engine, a tool), and in CI that means the setup forgot it.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
+
+from tests.support import remove_test_network
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
 
@@ -25,3 +27,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every service must be there: {reason}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_network() -> Iterator[None]:
+    """The session's app network (tests.support.TEST_NETWORK) goes when the session ends;
+    the containers on it were removed by the tests' own teardown."""
+    yield
+    remove_test_network()

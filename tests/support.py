@@ -26,6 +26,9 @@ import pymysql
 DINP = str(Path(sys.executable).parent / "dinp")
 # Label for containers a test starts itself (not through dinp), so teardown finds them.
 TEST_LABEL = "io.dinp.test"
+# The app network of this test session (`app_network`): every runtime and dinp process the
+# tests start uses it, not an operator's `dinp`, and it is removed when the session ends.
+TEST_NETWORK = f"dinp-test-{secrets.token_hex(4)}"
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 
 
@@ -197,6 +200,22 @@ def docker_ids(*labels: str) -> list[str]:
     return sorted(subprocess.run(args, check=True, capture_output=True, text=True).stdout.split())
 
 
+def remove_test_network() -> None:
+    """Remove this session's app network, if it was made and no container uses it any more
+    (never raises: it runs at the end of the session)."""
+    with contextlib.suppress(Exception):
+        import docker
+
+        client = docker.from_env(timeout=30)
+        try:
+            for net in client.api.networks(names=[TEST_NETWORK]):
+                if net.get("Name") == TEST_NETWORK:
+                    with contextlib.suppress(docker.errors.DockerException):
+                        client.api.remove_network(net["Id"])
+        finally:
+            client.close()
+
+
 def remove_node_containers(node: str) -> None:
     ids = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=io.dinp.node={node}"],
@@ -270,7 +289,7 @@ class Dinp:
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DINP_")}
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), COLUMNS="200",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", DINP_APP_NETWORK=TEST_NETWORK)
     env.update(extra)
     return env
 

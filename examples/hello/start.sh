@@ -7,6 +7,7 @@ mkdir -p /www
 printf 'hello from %s instance %s release %s\n' \
     "${DINP_APP:-unknown}" "${DINP_INSTANCE:-unknown}" "${DINP_RELEASE:-unknown}" \
     >/www/index.html
+printf 'ok\n' >/www/health
 # Not `exec httpd`: as PID 1 httpd ignores SIGTERM and `docker stop` would wait 10 s.
 # This shell stays PID 1, passes SIGTERM/SIGINT on and exits as soon as httpd has.
 httpd -f -v -p "$port" -h /www &

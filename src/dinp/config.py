@@ -59,6 +59,15 @@ class AgentConfig:
     start_timeout: float = 60.0
     stop_timeout: float = 10.0
     docker_host: str = ""
+    # The sandbox of every app container (dinp.sandbox): the one network of the engine
+    # where containers cannot reach each other, the uid:gid of images that would run as
+    # root, the processes a container may have, the size of each tmpfs, and CPU shares
+    # per GiB of the instance's memory (0: Docker's default).
+    app_network: str = "dinp"
+    app_user: str = "65534:65534"
+    pids_limit: int = 512
+    tmp_size_mb: int = 64
+    cpu_shares_per_gb: int = 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,6 +107,7 @@ class UpConfig:
     redis_url: str = ""
     node_name: str = "local"
     capacity_mb: int = 0
+    app_network: str = "dinp"  # as the agent's
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

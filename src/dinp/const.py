@@ -18,6 +18,15 @@ LABEL_CLUSTER = "io.dinp.cluster"
 # was when the container started (its instance may be unassigned when it stops).
 LABEL_STOP_GRACE = "io.dinp.stop-grace"
 
+# Image labels that say what an app needs of its sandbox (see docs/building.md): the
+# paths it writes besides /tmp (comma-separated; each becomes a size-limited tmpfs), and
+# `false` to keep its root filesystem writable (an escape hatch for a Dockerfile of one's
+# own). `dinp build` sets the first on every image it makes, empty when nothing is needed.
+LABEL_WRITABLE = "io.dinp.writable"
+LABEL_READ_ONLY = "io.dinp.read-only"
+# Set by `dinp build` on every image: its app type.
+LABEL_BUILD_TYPE = "io.dinp.build.type"
+
 
 def container_name(app: str, instance: str) -> str:
     """The Docker name of an instance's container."""

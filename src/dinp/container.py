@@ -7,28 +7,39 @@ is ever touched. Containers made before clusters had ids carry no cluster label:
 listed as `legacy`, and the agent adopts only those the server assigns to it. Until the
 agent knows its cluster (the server tells it), it sees no container at all. Every call
 here blocks; the agent runs them in threads.
+
+Every container starts confined: `sandbox.confine` decides how from what its image says
+(read once per image id) and the node's policy, and it joins the engine's app network
+(`app_network`), where containers cannot reach each other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
+import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
+import docker.models.images
 
-from dinp import const
+from dinp import app_network, const, sandbox
 from dinp.docker_engine import DockerEngine, split_ref
-from dinp.errors import DinpError
+from dinp.errors import ConfigError, DinpError, InvalidInput
+from dinp.sandbox import ImageFacts, Policy
 from dinp.wire import Assignment
 
 log = logging.getLogger(__name__)
 # How long one call to the engine may wait: a stuck engine must show in the node's report
 # (the heartbeat runs beside these calls), not hang a converge for minutes.
 ENGINE_TIMEOUT = 60
+# The most of an image's /etc/passwd or /etc/group that is read to tell its USER's uid.
+MAX_ACCOUNTS_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -83,9 +94,13 @@ class DockerRuntime:
     """The containers of one node on one Docker engine."""
 
     def __init__(self, *, node: str, advertise: str, base_url: str = "",
-                 cluster: str = "") -> None:
+                 cluster: str = "", policy: Policy | None = None) -> None:
         self.node = node
         self.advertise = advertise
+        self.policy = policy or Policy()
+        # What each image says about itself, by image id (an id names one content).
+        self._images: dict[str, ImageFacts] = {}
+        self._network_lock = threading.Lock()
         # Set once the server said which cluster this node belongs to; "" sees nothing.
         self.cluster = cluster
         # A server older than cluster ids: containers are matched by node name alone.
@@ -142,16 +157,22 @@ class DockerRuntime:
         with self.errors():
             try:
                 self._remove_by_name(name)
-                self._ensure_image(a.image)
+                facts = self._facts(self._ensure_image(a.image), name, labels)
+                with self._network_lock:  # this agent's starts never race to make it
+                    network = app_network.ensure(self.client, self.policy.network)
+                box = sandbox.confine(facts, memory_mb=a.memory_mb, policy=self.policy,
+                                      network=network)
                 c = self.client.containers.run(  # type: ignore[call-overload]
                     a.image, name=name, detach=True, labels=labels, environment=env,
-                    mem_limit=f"{a.memory_mb}m", memswap_limit=f"{a.memory_mb}m",
                     ports={f"{a.port}/tcp": (self.advertise, None)},
-                    init=True, privileged=False, restart_policy={"Name": "no"},
+                    restart_policy={"Name": "no"},
                     log_config={"Type": "json-file", "Config": {"max-size": "10m",
                                                                   "max-file": "3"}},
+                    **box.docker_options(),
                 )
                 c.reload()
+            except (InvalidInput, ConfigError) as exc:  # its image's labels, the network
+                raise StartFailed(f"cannot start {name} from {a.image}: {exc}") from exc
             except docker.errors.APIError as exc:
                 raise StartFailed(f"cannot start {name} from {a.image}: "
                                   f"{exc.explanation or exc}") from exc
@@ -160,13 +181,59 @@ class DockerRuntime:
         return Container(id=c.id, name=name, app=a.app, instance=a.id, release=a.release,
                          state=c.status, host_port=host_port, stop_grace=a.stop_grace)
 
-    def _ensure_image(self, image: str) -> None:
+    def _ensure_image(self, image: str) -> docker.models.images.Image:
         try:
-            self.client.images.get(image)
+            return self.client.images.get(image)
         except docker.errors.ImageNotFound:
             log.info("pulling %s", image)
             repo, tag = split_ref(image)  # tag: a digest, if the image names one
             self.client.images.pull(repo, tag=tag)
+            return self.client.images.get(image)
+
+    def _facts(self, image: docker.models.images.Image, name: str,
+               labels: dict[str, str]) -> ImageFacts:
+        """What `image` says about itself, read once per image id. A USER given by name
+        is looked up in the image's own /etc/passwd and /etc/group, read from a container
+        made (never started) under the instance's name and labels, so that a crash on
+        the way leaves only a dead container of the instance, which is replaced."""
+        key = str(image.id)
+        facts = self._images.get(key)
+        if facts is not None:
+            return facts
+        user = str((image.attrs.get("Config") or {}).get("User") or "")
+        accounts = {"passwd": "", "group": ""}
+        if sandbox.needs_accounts(user):
+            probe = self.client.api.create_container(
+                key, name=name, labels=labels, entrypoint=["/dinp-never-started"],
+                network_disabled=True)["Id"]
+            try:
+                for file in accounts:
+                    accounts[file] = self._read_file(probe, f"/etc/{file}")
+            finally:
+                self.client.api.remove_container(probe, force=True)
+        facts = ImageFacts.from_inspect(image.attrs, **accounts)
+        self._images[key] = facts
+        return facts
+
+    def _read_file(self, container: str, path: str) -> str:
+        """A small text file of a container's filesystem; "" if it has none there."""
+        try:
+            stream, _ = self.client.api.get_archive(container, path)
+        except docker.errors.NotFound:
+            return ""
+        data = bytearray()
+        for chunk in stream:
+            data += chunk
+            if len(data) > MAX_ACCOUNTS_BYTES + 4096:
+                break
+        try:
+            with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+                member = next((m for m in tar if m.isfile()), None)
+                handle = tar.extractfile(member) if member is not None else None
+                return handle.read(MAX_ACCOUNTS_BYTES).decode(errors="replace") \
+                    if handle is not None else ""
+        except tarfile.TarError:
+            return ""
 
     def _remove_by_name(self, name: str) -> None:
         """A leftover container with our name (crashed start, dead instance) goes first,

@@ -28,7 +28,7 @@ from tests.support import (
     wait_for,
 )
 
-IMAGE = "127.0.0.1:5000/hello:1"  # through the local registry, as a team would deploy
+IMAGE = "127.0.0.1:5000/hello:2"  # through the local registry, as a team would deploy
 # (fault, failed requests, recovery) measured by test_faults.py, printed after the run.
 FAULT_ROWS: list[tuple[str, str, str]] = []
 

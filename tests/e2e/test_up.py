@@ -22,7 +22,7 @@ from tests.support import (
     wait_for,
 )
 
-IMAGE = "dinp-examples/hello:1"  # already on the machine: no registry involved
+IMAGE = "dinp-examples/hello:2"  # already on the machine: no registry involved
 
 
 class Up:

@@ -20,12 +20,16 @@ import pytest
 from dinp.build import base_images as baseimages
 from dinp.build.engine import Engine
 from dinp.config import BuildConfig
+from dinp.container import DockerRuntime
 from dinp.errors import Unavailable
-from tests.support import TEST_LABEL, delete_from_registry
+from dinp.sandbox import Policy
+from dinp.wire import Assignment
+from tests.support import TEST_LABEL, TEST_NETWORK, delete_from_registry
 
 REGISTRY = "127.0.0.1:5000"
 ROOT = Path(__file__).resolve().parents[2]
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+SERVE_CLUSTER = secrets.token_hex(8)  # the cluster `serve` starts containers for
 EXPECTED = {
     "binary": "hello from a static binary",
     "war": "hello from a war on Tomcat",
@@ -101,9 +105,10 @@ def app_name(engine: Engine) -> Iterator[Callable[[], str]]:
 
     yield make
     for name in made:
-        for c in engine.api.containers(all=True, filters={"label": f"{TEST_LABEL}={name}"}):
-            with contextlib.suppress(Exception):
-                engine.api.remove_container(c["Id"], force=True)
+        for label in (f"{TEST_LABEL}={name}", f"io.dinp.node={name}"):
+            for c in engine.api.containers(all=True, filters={"label": label}):
+                with contextlib.suppress(Exception):
+                    engine.api.remove_container(c["Id"], force=True)
         for image in engine.api.images(name=f"{REGISTRY}/{name}"):
             with contextlib.suppress(Exception):
                 engine.api.remove_image(image["Id"], force=True)
@@ -121,16 +126,19 @@ def http_get(port: int, path: str = "/") -> tuple[int, str]:
 
 
 def serve(engine: Engine, ref: str, name: str) -> tuple[str, int]:
-    """Run `ref` as dinp's agent would (PORT set, --init, not root-mapped) on an
-    ephemeral port of 127.0.0.1; (container id, host port)."""
-    container = engine.client.containers.run(
-        ref, detach=True, init=True, labels={TEST_LABEL: name},
-        environment={"PORT": "9000", "DINP_APP": name},
-        ports={"9000/tcp": ("127.0.0.1", None)}, mem_limit="256m",
-    )
-    container.reload()
-    port = int(container.attrs["NetworkSettings"]["Ports"]["9000/tcp"][0]["HostPort"])
-    return container.id, port
+    """Run `ref` as dinp's agent does, with `DockerRuntime.start` (confined, PORT=9000,
+    256 MB), published on an ephemeral port of 127.0.0.1; (container id, host port). The
+    container's node is `name`, so the app_name fixture removes it."""
+    runtime = DockerRuntime(node=name, advertise="127.0.0.1", cluster=SERVE_CLUSTER,
+                            policy=Policy(network=TEST_NETWORK))
+    try:
+        c = runtime.start(Assignment(id=secrets.token_hex(5), app=name, release=1,
+                                     image=ref, memory_mb=256, port=9000, env={},
+                                     health_path=None))
+    finally:
+        runtime.close()
+    assert c.host_port is not None
+    return c.id, c.host_port
 
 
 def tgz(path: Path, files: dict[str, bytes], modes: dict[str, int] | None = None) -> Path:

@@ -28,14 +28,16 @@ from dinp.container import Container, DockerRuntime, StartFailed
 from dinp.health import Answer, check
 from dinp.roles import agent as agent_mod
 from dinp.roles.agent import Agent
+from dinp.sandbox import Policy
 from dinp.wire import Assignment
-from tests.support import TEST_LABEL, free_port, wait_until
+from tests.support import TEST_LABEL, TEST_NETWORK, free_port, wait_until
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "dinp-examples/hello:1"
+IMAGE = "dinp-examples/hello:2"
 ADDR = "127.0.0.2"
 CLUSTER = secrets.token_hex(8)  # this test run's cluster id
+POLICY = Policy(network=TEST_NETWORK)
 
 
 def app_name() -> str:
@@ -88,7 +90,7 @@ def summary(client: docker.DockerClient, cid: str) -> dict[str, Any]:
 
 @pytest.fixture
 def runtime(docker_client: docker.DockerClient, node_name: str) -> Any:
-    rt = DockerRuntime(node=node_name, advertise=ADDR, cluster=CLUSTER)
+    rt = DockerRuntime(node=node_name, advertise=ADDR, cluster=CLUSTER, policy=POLICY)
     try:
         yield rt
     finally:
@@ -166,7 +168,8 @@ def test_list_and_stop_touch_only_this_nodes_containers(
     runtime: DockerRuntime, docker_client: docker.DockerClient,
     node_name: str, make_node_name: Callable[[], str],
 ) -> None:
-    other = DockerRuntime(node=make_node_name(), advertise="127.0.0.3", cluster=CLUSTER)
+    other = DockerRuntime(node=make_node_name(), advertise="127.0.0.3", cluster=CLUSTER,
+                          policy=POLICY)
     try:
         theirs = other.start(assignment(app_name()))
     finally:
@@ -201,7 +204,8 @@ def test_start_never_removes_another_nodes_container_of_the_same_name(
     make_node_name: Callable[[], str],
 ) -> None:
     a = assignment(app_name())
-    other = DockerRuntime(node=make_node_name(), advertise="127.0.0.3", cluster=CLUSTER)
+    other = DockerRuntime(node=make_node_name(), advertise="127.0.0.3", cluster=CLUSTER,
+                          policy=POLICY)
     try:
         theirs = other.start(a)
     finally:
@@ -384,7 +388,8 @@ def test_a_restarted_agent_adopts_running_containers(
         ids = {i: c.id for i, c in by_instance(runtime).items()}
         assert len(ids) == 2
 
-        fresh_runtime = DockerRuntime(node=node_name, advertise=ADDR, cluster=CLUSTER)
+        fresh_runtime = DockerRuntime(node=node_name, advertise=ADDR, cluster=CLUSTER,
+                                      policy=POLICY)
         try:
             second = make_agent(node_name, fresh_runtime)
             # Before any assignment: it adopts, it does not act.
@@ -573,7 +578,8 @@ def test_another_cluster_with_the_same_node_name_is_never_touched(
 ) -> None:
     """Two clusters (two `dinp up`, say) whose nodes are both called the same: neither
     lists, stops, replaces or removes the other's containers."""
-    other = DockerRuntime(node=node_name, advertise=ADDR, cluster=secrets.token_hex(8))
+    other = DockerRuntime(node=node_name, advertise=ADDR, cluster=secrets.token_hex(8),
+                          policy=POLICY)
     try:
         a = assignment(app_name())
         theirs = other.start(a)
@@ -602,7 +608,7 @@ def test_a_runtime_that_does_not_know_its_cluster_sees_and_starts_nothing(
     runtime: DockerRuntime, node_name: str
 ) -> None:
     ours = runtime.start(assignment(app_name()))
-    blind = DockerRuntime(node=node_name, advertise=ADDR)
+    blind = DockerRuntime(node=node_name, advertise=ADDR, policy=POLICY)
     try:
         assert blind.list() == []
         with pytest.raises(StartFailed, match="cluster"):
@@ -688,7 +694,7 @@ def test_an_agent_upgraded_before_its_server_keeps_reporting_and_serving(
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        runtime = DockerRuntime(node=node_name, advertise=ADDR)
+        runtime = DockerRuntime(node=node_name, advertise=ADDR, policy=POLICY)
         agent = Agent(AgentConfig(node_name=node_name, advertise=ADDR, capacity_mb=1024,
                                   server=f"http://127.0.0.1:{port}", cluster_token="x"),
                       runtime)

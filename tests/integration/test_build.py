@@ -1,7 +1,9 @@
 """`dinp build` against the real engine and the real registry (127.0.0.1:5000).
 
 Each example app is built from its archive (examples/build.sh), pushed, removed locally,
-pulled back from the registry, run with PORT set and asked for a page. Every failure the
+pulled back from the registry, started as the agent starts it (`DockerRuntime.start`:
+read-only root, not root, no capability, PORT set), checked healthy and asked for a page;
+war and php also write where their image says they do (compiled JSPs, sessions). Every failure the
 builder knows (hostile archives, undetectable types, a failing step, an unreachable
 engine or registry, a refused push) must leave no image tagged as the release and nothing
 in the build's temporary directory. Images and registry manifests made here are removed.
@@ -9,6 +11,7 @@ in the build's temporary directory. Images and registry manifests made here are 
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import io
 import json
@@ -31,6 +34,7 @@ from dinp.build.archive import BadArchive, file_sha256
 from dinp.build.engine import Engine
 from dinp.config import BuildConfig
 from dinp.errors import BuildFailed, InvalidInput, Unavailable
+from dinp.health import check
 from tests.integration.builds import EXPECTED, REGISTRY, ROOT, http_get, serve, tgz
 from tests.support import DINP, free_port, wait_until
 
@@ -69,14 +73,31 @@ def test_example_is_built_pushed_pulled_back_and_serves_on_port(
     info = engine.image(ref) or {}
     assert f"{REGISTRY}/{name}@{result.digest}" in info["RepoDigests"]
 
-    _, port = serve(engine, ref, name)
+    # Served as the agent serves it: confined (read-only root, not root, no capability).
+    cid, port = serve(engine, ref, name)
     timeout = 60 if kind == "war" else 20
+    assert wait_until(lambda: asyncio.run(check("127.0.0.1", port, None)), timeout=timeout), \
+        f"{kind} did not become healthy on $PORT"
     assert wait_until(lambda: http_get(port)[0] == 200, timeout=timeout), \
         f"{kind} did not answer on $PORT"
     assert EXPECTED[kind] in http_get(port)[1]
-    if kind == "war":
+    inspected = engine.api.inspect_container(cid)
+    assert inspected["HostConfig"]["ReadonlyRootfs"] is True
+    assert inspected["HostConfig"]["CapDrop"] == ["ALL"]
+    assert inspected["Config"]["User"] not in ("", "root", "0", "0:0")
+    assert inspected["State"]["Running"]
+    if kind == "war":  # a JSP is compiled into Tomcat's work directory, a tmpfs
         status, body = http_get(port, "/hello.jsp")
         assert status == 200 and "hello from JSP on Apache Tomcat" in body
+        code, out = engine.client.containers.get(cid).exec_run(
+            ["sh", "-c", "ls /var/cache/tomcat10/Catalina/localhost/ROOT/org/apache/jsp"])
+        assert code == 0 and "hello_jsp.class" in out.decode(), out
+    if kind == "php":  # sessions are written where PHP keeps them, a tmpfs
+        code, out = engine.client.containers.get(cid).exec_run(["php", "-r", (
+            'session_id("dinptest"); session_start(); $_SESSION["n"] = 1; '
+            'session_write_close(); echo file_get_contents(session_save_path() '
+            '. "/sess_dinptest");')])
+        assert (code, out.decode()) == (0, "n|i:1;"), out
 
 
 def test_a_directory_and_its_tarball_build_alike(

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dinp import validation
+from dinp import const, validation
 from dinp.build import archive, dockerfiles, types
 from dinp.build.engine import Engine, Log, check_registry, no_log, registry_reachable
 from dinp.config import BuildConfig
@@ -45,7 +45,7 @@ from dinp.errors import BuildFailed, ConfigError, InvalidInput
 LABEL_APP = "io.dinp.build.app"
 LABEL_VERSION = "io.dinp.build.version"
 LABEL_SHA256 = "io.dinp.build.sha256"
-LABEL_TYPE = "io.dinp.build.type"
+LABEL_TYPE = const.LABEL_BUILD_TYPE
 LABEL_TIME = "io.dinp.build.time"
 
 # A Docker tag, less the tags dinp or Docker give a meaning to.

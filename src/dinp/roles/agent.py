@@ -43,6 +43,7 @@ from dinp.health import HealthState, check
 from dinp.lifecycle import run_until_stopped
 from dinp.node_plan import DRAIN_SECONDS as DRAIN_SECONDS
 from dinp.node_plan import FRESH_SECONDS as FRESH_SECONDS
+from dinp.sandbox import Policy
 from dinp.wire import (
     MAX_DETAIL,
     MAX_MESSAGE,
@@ -627,7 +628,7 @@ async def serve(config: AgentConfig) -> None:
     require_secret(config.cluster_token, key="cluster_token", section="agent")
     runtime = await asyncio.to_thread(
         lambda: DockerRuntime(node=config.node_name, advertise=config.advertise,
-                              base_url=config.docker_host)
+                              base_url=config.docker_host, policy=Policy.of(config))
     )
     agent = Agent(config, runtime)
     log.info("agent %s advertising %s, %d MB for apps, server %s", config.node_name,

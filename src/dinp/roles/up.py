@@ -21,6 +21,7 @@ from dinp.lifecycle import run_until_stopped
 from dinp.roles import api
 from dinp.roles.agent import Agent
 from dinp.router import Router
+from dinp.sandbox import Policy
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ async def serve(conf: UpConfig) -> None:
         store = TeeRouteStore(memory, routes.RedisRouteStore(conf.redis_url))
 
     runtime = await asyncio.to_thread(
-        lambda: DockerRuntime(node=conf.node_name, advertise="127.0.0.1")
+        lambda: DockerRuntime(node=conf.node_name, advertise="127.0.0.1",
+                              policy=Policy(network=conf.app_network))
     )
     server, runner = await api.start(server_conf, store)
     router = Router()  # RouterConfig's defaults
