@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -509,3 +510,39 @@ def test_a_second_signal_ends_the_grace_period_at_once(redis: RedisServer,
         assert "cutting 1 connection(s) still busy" in log
 
     run(scenario, timeout=40)
+
+
+def test_a_late_answer_on_the_control_socket_is_not_taken_for_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker slow to answer (starting, on a loaded machine) makes the supervisor give
+    up; its answer, when it comes, belongs to that question and not to the next one."""
+    from dinp.router.supervisor import WorkerProcess
+
+    async def main() -> None:
+        parent, child = socket.socketpair()
+        worker = WorkerProcess(0)
+        monkeypatch.setattr(WorkerProcess, "alive", property(lambda self: True))
+        worker._reader, worker._writer = await asyncio.open_connection(sock=parent)
+        reader, writer = await asyncio.open_connection(sock=child)
+        answered = 0
+
+        async def slow_then_quick() -> None:
+            nonlocal answered
+            while question := await reader.readline():
+                seq = question.split()[-1].decode()
+                if answered == 0:
+                    await asyncio.sleep(0.3)  # past the first question's timeout
+                answered += 1
+                writer.write(json.dumps({"seq": seq, "stats": {"rev": answered}}).encode()
+                             + b"\n")
+                await writer.drain()
+
+        task = asyncio.create_task(slow_then_quick())
+        assert await worker.stats(timeout=0.1) is None
+        await asyncio.sleep(0.4)  # the late answer is in the socket now
+        assert await worker.stats(timeout=1.0) == {"rev": 2}
+        task.cancel()
+        writer.close()
+        worker.close_control()
+
+    asyncio.run(main())

@@ -82,8 +82,12 @@ async def _worker(config: RouterConfig, control: socket.socket) -> None:
 
         async def serve_control() -> None:
             try:
-                while await reader.readline():
-                    writer.write(json.dumps(router.stats()).encode() + b"\n")
+                while question := await reader.readline():
+                    # The answer names its question: one the supervisor gave up waiting
+                    # for must not be taken for the answer to the next.
+                    seq = question.split()[-1].decode(errors="replace")
+                    writer.write(json.dumps({"seq": seq, "stats": router.stats()}).encode()
+                                 + b"\n")
                     await writer.drain()
             except (ConnectionError, OSError):
                 pass
@@ -110,6 +114,7 @@ class WorkerProcess:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
+        self._asked = 0  # questions asked on the control socket, to match their answers
 
     async def start(self, config: RouterConfig) -> None:
         parent, child = socket.socketpair()
@@ -132,16 +137,20 @@ class WorkerProcess:
         if self._reader is None or self._writer is None or not self.alive:
             return None
         async with self._lock:
+            self._asked += 1
+            seq = str(self._asked)
             try:
-                self._writer.write(b"snapshot\n")
+                self._writer.write(f"snapshot {seq}\n".encode())
                 await self._writer.drain()
-                line = await asyncio.wait_for(self._reader.readline(), timeout)
-            except (TimeoutError, ConnectionError, OSError):
+                async with asyncio.timeout(timeout):
+                    while line := await self._reader.readline():
+                        answer = json.loads(line)
+                        if answer.get("seq") == seq:  # else: a late answer to an earlier one
+                            stats: WorkerStats = answer["stats"]
+                            return stats
+            except (TimeoutError, ConnectionError, OSError, ValueError):
                 return None
-        if not line:
-            return None
-        stats: WorkerStats = json.loads(line)
-        return stats
+        return None  # the worker closed its control socket
 
     def close_control(self) -> None:
         if self._writer is not None:
