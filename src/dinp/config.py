@@ -138,6 +138,9 @@ class BuildConfig:
     # `dinp build --remote` sends), the largest upload, and builds run at once.
     serve_listen: str = "127.0.0.1:7071"
     build_token: str = ""
+    # The dinp server's URL: then the service also takes any API token that may deploy
+    # the app it builds (a CI token of that app, say), as the server says.
+    server: str = ""
     max_upload_mb: int = 1024
     max_builds: int = 2
     # For python apps that bring a requirements.txt instead of vendored libraries.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import ServerProc, server_process
-from tests.support import Dinp, base_env
+from tests.support import Dinp, Proc, base_env, delete_from_registry, free_port, http_get, wait_for
 
 IMAGE = "127.0.0.1:5000/hello:1"
 
@@ -138,3 +138,42 @@ def test_bad_input_is_refused_before_anything_changes(server: ServerProc,
         check=False)
     assert result.returncode == 5 and "wrong user name or password" in result.stderr
     assert not (tmp_path / "nobody" / "config" / "dinp" / "cli.json").exists()
+
+
+def test_a_ci_token_builds_its_app_on_a_build_service_that_asks_the_server(
+        server: ServerProc, tmp_path: Path) -> None:
+    """`dinp build serve` with the server's URL and no build token of its own: it builds
+    for any token the server says may deploy the app, and for no other."""
+    admin = cli(server, tmp_path / "admin", server.admin_token)
+    admin.run("team", "create", "docs")
+    for app in ("manual", "wiki"):
+        admin.run("app", "create", app, "--image", IMAGE, "--instances", "0", "--team", "docs")
+    ci_token = admin.json("token", "create", "ci manual", "--app", "manual")["token"]
+    port = free_port()
+    work = tmp_path / "builds"
+    work.mkdir()
+    env = base_env(work, DINP_SERVER=server.url, DINP_REGISTRY="127.0.0.1:5000",
+                   DINP_SERVE_LISTEN=f"127.0.0.1:{port}", DINP_TMP_DIR=str(work))
+    service = Proc("build-serve", ["build", "serve"], env, work / "serve.log").start()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>the manual</h1>\n")
+    try:
+        wait_for(lambda: http_get(f"127.0.0.1:{port}", "x", "/api/v1/health")[0] == 200, 20,
+                 "the build service")
+        ci = cli(server, tmp_path / "ci", ci_token)
+        remote = f"http://127.0.0.1:{port}"
+        built = ci.run("build", str(site), "--app", "manual", "--version", "1", "--remote",
+                       remote, "--json", "--quiet")
+        assert json.loads(built.stdout)["image"] == "127.0.0.1:5000/manual:1"
+        refused = ci.run("build", str(site), "--app", "wiki", "--version", "1", "--remote",
+                         remote, check=False)
+        assert refused.returncode == 5  # the server refused even to say
+        assert "may only read, deploy, restart and roll back app manual" in refused.stderr
+        admin.run("token", "revoke", str(admin.json("token", "list", "--all")[0]["id"]))
+        refused = ci.run("build", str(site), "--app", "manual", "--version", "2", "--remote",
+                         remote, check=False)
+        assert refused.returncode == 5 and "revoked" in refused.stderr
+    finally:
+        assert service.stop()
+        delete_from_registry("127.0.0.1:5000", "manual")

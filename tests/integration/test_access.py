@@ -163,6 +163,7 @@ MATRIX: list[tuple[str, str, str, Any, dict[str, int]]] = [
     ("post", "/apps", "/apps", {"name": "newapp", "image": IMAGE, "team": "blue"},
      row("201 201 403 403")),
     ("get", "/apps/{name}", "/apps/bluapp", None, row("200 200 403 200")),
+    ("get", "/apps/{name}/access", "/apps/bluapp/access", None, row("200 200 403 200")),
     ("delete", "/apps/{name}", "/apps/bluapp", None, row("200 200 403 403")),
     ("post", "/apps/{name}/scale", "/apps/bluapp/scale", {"instances": 2},
      row("200 200 403 403")),

@@ -24,13 +24,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from dinp.build import builder
 from dinp.build.engine import Log
 from dinp.config import BuildConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX
-from dinp.errors import DinpError, InvalidInput, Unauthorized
+from dinp.errors import DinpError, Forbidden, InvalidInput, Unauthorized, Unavailable
 from dinp.lifecycle import run_until_stopped, start_site
 from dinp.tokens import bearer_token, same_secret
 
@@ -41,11 +42,33 @@ _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
 CHUNK = 1 << 16
 
 
-def _check_token(request: web.Request, config: BuildConfig) -> None:
+async def _check_token(request: web.Request, config: BuildConfig, app: str) -> None:
+    """The service's own build token; or, with `server` set, a dinp API token the server
+    says may deploy `app` (asked at once, per build: a revoked token builds nothing)."""
     token = bearer_token(request.headers.get("Authorization", ""))
-    if token is None or not same_secret(token, config.build_token):
+    if token is not None and same_secret(token, config.build_token):
+        return
+    if token is None or not config.server:
         raise Unauthorized("invalid or missing build token",
-                           hint="Set DINP_BUILD_TOKEN to the build service's build_token.")
+                           hint="Set DINP_BUILD_TOKEN to the build service's build_token"
+                           + (", or DINP_TOKEN to an API token that may deploy the app."
+                              if config.server else "."))
+    builder.check_app(app)
+    url = f"{config.server.rstrip('/')}{API_PREFIX}/apps/{app}/access"
+    try:
+        async with aiohttp.ClientSession() as http, http.get(
+                url, headers={"Authorization": f"Bearer {token}"}, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            body = await resp.json(content_type=None)
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise Unavailable(f"the dinp server at {config.server} is unreachable: {exc}",
+                          hint="Check server in [build].") from None
+    if status != 200:
+        raise DinpError.from_json(status, body)
+    if not body.get("deploy"):
+        raise Forbidden(f"{body.get('user')}'s token may not deploy app {app}, so may not "
+                        "build it")
 
 
 def _params(request: web.Request) -> dict[str, Any]:
@@ -78,8 +101,8 @@ async def _receive(request: web.Request, dest: Path, limit: int) -> None:
 async def create_build(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG_KEY]
     try:
-        _check_token(request, config)
         params = _params(request)
+        await _check_token(request, config, params["app"])
         builder.check_app(params["app"])
         builder.check_version(params["version"])
     except DinpError as exc:
@@ -156,7 +179,9 @@ def make_app(config: BuildConfig) -> web.Application:
 
 
 async def start(config: BuildConfig) -> web.AppRunner:
-    require_secret(config.build_token, key="build_token", section="build")
+    # With a server to ask, the service may take API tokens alone.
+    require_secret(config.build_token, key="build_token", section="build",
+                   needed=not config.server)
     host, port = split_hostport(config.serve_listen, default_port=7071)
     runner = await start_site(make_app(config), host, port)
     log.info("build service on http://%s:%d%s/builds (registry %s, %d build(s) at a time)",

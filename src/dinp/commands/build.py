@@ -4,6 +4,7 @@ the dinp.build package that show progress and the build log with rich."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from dinp.build.base_images import ensure as ensure_base_images
 from dinp.build.engine import Log, check_registry, no_log
 from dinp.build.remote import remote_build
 from dinp.build.types import BASE_TYPES, TYPES
+from dinp.client import load_credentials
 from dinp.errors import InvalidInput
 from dinp.output import err_console, print_json, table
 
@@ -134,7 +136,11 @@ def build_image(path: Path, *, app: str, version: str, app_type: str | None,
     with _display(quiet, f"building {app}:{version}") as (log, progress):
         if remote:
             # The service's own [build] config decides the registry and base images.
-            return remote_build(remote, conf.build_token, path, app=app, version=version,
+            # The service's own token if this machine has it, else the user's API token
+            # (a service that knows the server takes a token that may deploy the app).
+            token = conf.build_token or os.environ.get("DINP_TOKEN") or \
+                load_credentials().get("token", "")
+            return remote_build(remote, token, path, app=app, version=version,
                                 app_type=app_type, cmd=cmd, push=push, log=log,
                                 progress=progress)
         return builder.build(path, app=app, version=version, config=conf,

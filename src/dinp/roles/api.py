@@ -144,6 +144,29 @@ def _query_flag(request: web.Request, name: str) -> bool:
     return raw == "true"
 
 
+async def app_access(request: web.Request) -> web.Response:
+    """What the caller may do with the app (the Dashboard shows its buttons from it; the
+    build service asks it before building for a token that is not its own)."""
+    server = srv(request)
+    name = app_in_path(request)
+    app = server.snapshot.apps.get(name)
+    if app is None:
+        app = await server.db(server.store.get_app, name)
+    who = principal(request)
+    target = access.Target(app=name, app_team=app.team)
+
+    def may(need: Need) -> bool:
+        try:
+            access.check(who, need, target)
+        except Forbidden:
+            return False
+        return True
+
+    return web.json_response({"app": name, "team": app.team, "user": who.user,
+                              "read": True, "deploy": may(Need.APP_DEPLOY),
+                              "change": may(Need.APP_CHANGE)})
+
+
 async def scale_app(request: web.Request) -> web.Response:
     server = srv(request)
     name = app_in_path(request)
@@ -414,6 +437,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_get(f"{p}/apps/{{name}}", get_app)
     app.router.add_post(f"{p}/apps/{{name}}/scale", scale_app)
     app.router.add_post(f"{p}/apps/{{name}}/settings", app_settings)
+    app.router.add_get(f"{p}/apps/{{name}}/access", app_access)
     app.router.add_post(f"{p}/apps/{{name}}/deploy", deploy_app)
     app.router.add_post(f"{p}/apps/{{name}}/deploy/cancel", cancel_deploy)
     app.router.add_post(f"{p}/apps/{{name}}/rollback", rollback_app)
