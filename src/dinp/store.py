@@ -201,11 +201,14 @@ class Store:
 
     def events(self, *, app: str | None = None, user: str | None = None,
                visible: tuple[frozenset[str], str] | None = None,
-               limit: int = 50) -> list[EventRow]:
-        """The newest events, of `app` and by `user` if given. `visible` (apps, user):
-        only events of those apps or made by that user (what a member may see)."""
+               after: int = 0, limit: int = 50) -> list[EventRow]:
+        """The newest events (newer than event `after`), of `app` and by `user` if given.
+        `visible` (apps, user): only events of those apps or made by that user (what a
+        member may see)."""
         with self.session() as s:
             query = select(EventRow)
+            if after:
+                query = query.where(col(EventRow.id) > after)
             if app is not None:
                 query = query.where(EventRow.app == app)
             if user is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from dinp import validation
 from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
@@ -270,21 +272,56 @@ def events(
     user: str | None = typer.Option(None, "--user", "-u",
                                     help="Only the changes this user made."),
     limit: int = typer.Option(50, "--limit", "-n", min=1, max=1000),
+    follow: bool = typer.Option(False, "--follow", "-f",
+                                help="Then print new events as they happen, until Ctrl-C."),
     as_json: bool = JsonOpt, server: str | None = ServerOpt, token: str | None = TokenOpt,
 ) -> None:
     """What happened, newest first.
 
-    Placements, starts, crashes, deploys, and who changed what, when, from where."""
-    query = [f"limit={limit}"] + ([f"app={app}"] if app else []) + (
-        [f"user={user}"] if user else [])
-    rows = client(server, token).get("/events?" + "&".join(query))
-    if as_json:
-        print_json(rows)
+    Placements, starts, health changes, crashes, nodes down and up, deploys, and who
+    changed what, when, from where. With --follow: oldest first, then each new one."""
+    api = client(server, token)
+    query = ([f"app={app}"] if app else []) + ([f"user={user}"] if user else [])
+    rows = api.get("/events?" + "&".join([f"limit={limit}", *query]))
+    if not follow:
+        if as_json:
+            print_json(rows)
+        else:
+            _events_table(rows)
         return
+    last = max((e["id"] for e in rows), default=0)
+    _print_events(list(reversed(rows)), as_json=as_json)
+    try:
+        while True:
+            time.sleep(1.0)
+            new = api.get("/events?" + "&".join([f"after={last}", "limit=1000", *query]))
+            if new:
+                last = max(e["id"] for e in new)
+                _print_events(list(reversed(new)), as_json=as_json)
+    except KeyboardInterrupt:
+        return
+
+
+def _who(e: dict[str, Any]) -> str:
+    return (e["user"] or "dinp") + (f" ({e['source']})" if e.get("source") else "")
+
+
+def _events_table(rows: list[dict[str, Any]]) -> None:
     table(None, ["WHEN", "APP", "WHO", "WHAT"], [
         (time.strftime("%m-%d %H:%M:%S", time.localtime(e["at"])), e["app"] or e["node"],
-         (e["user"] or "dinp") + (f" ({e['source']})" if e.get("source") else ""),
-         e["message"]) for e in rows])
+         _who(e), e["message"]) for e in rows])
+
+
+def _print_events(rows: list[dict[str, Any]], *, as_json: bool) -> None:
+    """Events one per line as they come (a table cannot grow)."""
+    for e in rows:
+        if as_json:
+            sys.stdout.write(json.dumps(e, sort_keys=True) + "\n")
+        else:
+            console.print(f"{time.strftime('%m-%d %H:%M:%S', time.localtime(e['at']))}  "
+                          f"{e['app'] or e['node'] or '-'}  {_who(e)}  {escape(e['message'])}",
+                          highlight=False)
+    sys.stdout.flush()
 
 
 def register(cli: typer.Typer) -> None:

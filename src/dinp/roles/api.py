@@ -342,6 +342,10 @@ async def list_events(request: web.Request) -> web.Response:
     limit = int(raw) if re.fullmatch(r"[0-9]{1,4}", raw) else 0
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit", "expected a whole number from 1 to 1000")
+    raw = request.query.get("after", "0")
+    after = int(raw) if re.fullmatch(r"[0-9]{1,13}", raw) else -1
+    if not 0 <= after <= wire.MAX_NUMBER:
+        raise InvalidInput("after", f"expected an event id from 0 to {wire.MAX_NUMBER}")
     visible = None
     if who.app is not None:
         visible = (frozenset({who.app}), "")
@@ -349,10 +353,10 @@ async def list_events(request: web.Request) -> web.Response:
         visible = (frozenset(a.name for a in server.snapshot.apps.values()
                              if a.team in who.teams), who.user)
     rows = await server.db(server.store.events, app=app, user=user, visible=visible,
-                           limit=limit)
+                           after=after, limit=limit)
     return web.json_response([
-        {"at": r.at, "app": r.app, "node": r.node, "message": r.message, "user": r.user,
-         "source": r.source} for r in rows
+        {"id": r.id, "at": r.at, "app": r.app, "node": r.node, "message": r.message,
+         "user": r.user, "source": r.source} for r in rows
     ])
 
 
