@@ -288,8 +288,9 @@ class Dinp:
 
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DINP_")}
+    # Metrics ports are shared defaults: a test that wants them gives each process its own.
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), COLUMNS="200",
-               PYTHONUNBUFFERED="1", DINP_APP_NETWORK=TEST_NETWORK)
+               PYTHONUNBUFFERED="1", DINP_APP_NETWORK=TEST_NETWORK, DINP_METRICS_LISTEN="")
     env.update(extra)
     return env
 

@@ -34,6 +34,7 @@ cli.add_typer(node_cmd.cli, name="node", help="The machines that run apps.")
 cli.add_typer(build_cmd.cli, name="build", help="Build an app's image: dinp build PATH "
               "--app NAME --version V (see dinp build --help); dinp build base-images.")
 cli.command("deploy")(deploy_cmd.deploy)
+cli.command("status")(node_cmd.status)
 roles_cmd.register(cli)
 session_cmd.register(cli)
 accounts_cmd.register(cli)

@@ -43,6 +43,8 @@ class ServerConfig:
     router_sync_timeout: float = 5.0
     # How long a session token made by signing in with a password lasts (30 days).
     session_ttl: float = 2592000.0
+    # Prometheus text at /metrics; empty: not served.
+    metrics_listen: str = "127.0.0.1:7073"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,6 +61,8 @@ class AgentConfig:
     start_timeout: float = 60.0
     stop_timeout: float = 10.0
     docker_host: str = ""
+    # Prometheus text at /metrics; empty: not served.
+    metrics_listen: str = "127.0.0.1:7074"
     # The sandbox of every app container (dinp.sandbox): the one network of the engine
     # where containers cannot reach each other, the uid:gid of images that would run as
     # root, the processes a container may have, the size of each tmpfs, and CPU shares

@@ -54,6 +54,7 @@ class Container:
     # Made by a dinp older than cluster ids (no cluster label): ours only if assigned.
     legacy: bool = False
     stop_grace: float | None = None  # from its label; None: the agent's stop_timeout
+    created: float = 0.0  # Unix seconds (a container is made anew at each start)
 
     @property
     def running(self) -> bool:
@@ -83,6 +84,7 @@ class Container:
             app=labels.get(const.LABEL_APP, ""), instance=labels.get(const.LABEL_INSTANCE, ""),
             release=release, state=summary.get("State", "unknown"), host_port=host_port,
             legacy=const.LABEL_CLUSTER not in labels, stop_grace=grace,
+            created=float(summary.get("Created") or 0),
         )
 
 

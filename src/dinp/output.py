@@ -43,13 +43,52 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
+          keep: Sequence[str] = (), optional: Sequence[str] = ()) -> None:
+    """A table that fits the terminal (80 columns too) without cutting what people copy:
+    columns in `keep` (image references, URLs, addresses) are never wrapped or cut;
+    columns in `optional` are left out, in that order, while the rest does not fit; any
+    other cell that is still too long wraps, nothing is cut with an ellipsis."""
+    cells = [["-" if v is None else str(v) for v in row] for row in rows]
+    shown = list(range(len(columns)))
+
+    def width(indexes: list[int]) -> int:  # the table's natural width, with its borders
+        return sum(max([len(columns[i]), *(len(r[i]) for r in cells)]) + 3
+                   for i in indexes) + 1
+
+    for name in optional:
+        if width(shown) <= console.width:
+            break
+        shown.remove(columns.index(name))
     t = Table(title=title, title_justify="left", header_style="bold")
-    for col in columns:
-        t.add_column(col)
-    for row in rows:
-        t.add_row(*("-" if v is None else str(v) for v in row))
+    for i in shown:
+        copied = columns[i] in keep
+        t.add_column(columns[i], no_wrap=copied, overflow="fold",
+                     min_width=max((len(r[i]) for r in cells), default=0) if copied else None)
+    for row in cells:
+        t.add_row(*(row[i] for i in shown))
     console.print(t)
+
+
+def duration(seconds: float | None) -> str | None:
+    """45s, 12m, 3h05m, 2d04h: an uptime or an age, short enough for a column."""
+    if seconds is None:
+        return None
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def short_image(image: str) -> str:
+    """An image reference with its digest shortened to 12 hex digits, as `docker`
+    shows image ids (the full reference is in `--json` and `dinp app show`)."""
+    name, at, digest = image.partition("@sha256:")
+    return f"{name}@sha256:{digest[:12]}" if at and len(digest) > 12 else image
 
 
 def error(message: str, hint: str | None = None) -> None:

@@ -543,8 +543,14 @@ class Store:
             s.commit()
 
     def add_event(self, message: str, *, app: str | None = None, node: str | None = None) -> None:
+        self.add_events([(message, app)], node=node)
+
+    def add_events(self, events: Sequence[tuple[str, str | None]], *,
+                   node: str | None = None) -> None:
+        """Events of dinp itself (message, app), in one transaction."""
         with self.session() as s:
-            s.add(EventRow(app=app, node=node, message=message))
+            for message, app in events:
+                s.add(EventRow(app=app, node=node, message=message))
             s.commit()
 
 

@@ -43,12 +43,22 @@ class ContainerInfo:
     # Why it is not healthy: the health check's last answer ("" when healthy, or from
     # agents older than the field).
     health_detail: str = ""
+    started_at: float | None = None  # Unix seconds; None from older agents
+    restarts: int = 0  # times the agent started the instance again on this node
+    memory_mb: int | None = None  # in use now; None when not known
 
     def to_json(self) -> dict[str, Any]:
-        body = {"instance": self.instance, "app": self.app, "release": self.release,
-                "state": self.state, "health": self.health, "port": self.port}
+        body: dict[str, Any] = {"instance": self.instance, "app": self.app,
+                                "release": self.release, "state": self.state,
+                                "health": self.health, "port": self.port}
         if self.health_detail:
             body["health_detail"] = self.health_detail
+        if self.started_at is not None:
+            body["started_at"] = self.started_at
+        if self.restarts:
+            body["restarts"] = self.restarts
+        if self.memory_mb is not None:
+            body["memory_mb"] = self.memory_mb
         return body
 
 
@@ -175,11 +185,18 @@ def parse_heartbeat(node: str, data: object) -> Heartbeat:
         detail = c.get("health_detail", "")
         if not isinstance(detail, str) or len(detail) > MAX_DETAIL:
             raise InvalidInput("health_detail", f"expected at most {MAX_DETAIL} characters")
+        started = c.get("started_at")
+        if started is not None and (isinstance(started, bool) or not isinstance(
+                started, int | float) or not 0 <= started <= MAX_NUMBER):
+            raise InvalidInput("started_at", "expected Unix seconds")
         parsed.append(ContainerInfo(
             instance=_str(c, "instance", max_len=MAX_INSTANCE_ID),
             app=validation.app_name(c.get("app"), allow_reserved=True),
             release=_int(c, "release", low=1), state=state, health=health, port=port,
             health_detail=detail,
+            started_at=None if started is None else float(started),
+            restarts=_int(c, "restarts") if "restarts" in c else 0,
+            memory_mb=_int(c, "memory_mb") if c.get("memory_mb") is not None else None,
         ))
     failures = data.get("failures", [])
     if not isinstance(failures, list) or len(failures) > MAX_ITEMS:

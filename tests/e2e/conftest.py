@@ -55,10 +55,13 @@ class Cluster:
     redis: RedisServer | None = None  # the cluster's own, which tests may restart
     # Between the server and MariaDB, when the cluster was started with `db_proxy`.
     db_proxy: TcpProxy | None = None
+    # Where the server (127.0.0.1) and each agent (its own address) serve /metrics.
+    metrics_port: int = 0
 
     def agent(self, name: str) -> Proc:
         env = dict(self.env, DINP_NODE_NAME=name, DINP_ADVERTISE=self.addresses[name],
-                   DINP_CAPACITY_MB="1024")
+                   DINP_CAPACITY_MB="1024",
+                   DINP_METRICS_LISTEN=f"{self.addresses[name]}:{self.metrics_port}")
         proc = Proc(name, ["agent"], env, self.workdir / f"{name}.log")
         self.agents[name] = proc
         return proc
@@ -80,6 +83,7 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False,
     adds settings (DINP_*) for every process."""
     extra = env or {}
     api_port, router_port, admin_port = free_port(), free_port(), free_port()
+    metrics_port = free_port()
     proxy = TcpProxy(str(MYSQL["host"]), int(MYSQL["port"])) if db_proxy else None
     with mysql_database() as db_url, redis_server() as redis:
         redis_url = redis.url
@@ -97,10 +101,12 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False,
             DINP_DOMAIN="apps.test", **extra,
         )
         cli_env = dict(env, DINP_TOKEN=env["DINP_ADMIN_TOKEN"])
-        server = Proc("server", ["server"], env, workdir / "server.log").start()
+        server = Proc("server", ["server"],
+                      dict(env, DINP_METRICS_LISTEN=f"127.0.0.1:{metrics_port}"),
+                      workdir / "server.log").start()
         router = Proc("router", ["router"], env, workdir / "router.log").start()
         c = Cluster(workdir, env, f"127.0.0.1:{router_port}", Dinp(cli_env), server, router,
-                    redis=redis, db_proxy=proxy)
+                    redis=redis, db_proxy=proxy, metrics_port=metrics_port)
         names = [f"{prefix}-n{i}" for i in (1, 2, 3)]
         c.addresses = {n: f"127.0.0.{i}" for i, n in zip((2, 3, 4), names, strict=True)}
         try:

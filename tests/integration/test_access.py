@@ -185,6 +185,7 @@ MATRIX: list[tuple[str, str, str, Any, dict[str, int]]] = [
     ("delete", "/apps/{name}/domains/{domain}", "/apps/bluapp/domains/shop.example.org",
      None, row("200 200 403 403")),
     ("get", "/nodes", "/nodes", None, row("200 200 200 403")),
+    ("get", "/status", "/status", None, row("200 200 200 403")),
     ("post", "/nodes/{node}/drain", "/nodes/n1/drain", {}, row("200 403 403 403")),
     ("post", "/nodes/{node}/credential", "/nodes/n1/credential", {}, row("200 403 403 403")),
     ("get", "/events", "/events", None, row("200 200 200 200")),

@@ -16,7 +16,7 @@ from dinp.client import Client
 from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
 from dinp.const import DEFAULT_APP_PORT
 from dinp.errors import DeployFailed, InvalidInput, Timeout
-from dinp.output import console, err_console, print_json, table
+from dinp.output import console, duration, err_console, print_json, short_image, table
 
 cli = typer.Typer(no_args_is_help=True)
 
@@ -93,10 +93,10 @@ def list_apps(as_json: bool = JsonOpt, server: str | None = ServerOpt,
     if as_json:
         print_json(apps)
         return
-    table(None, ["APP", "IMAGE", "WANTED", "HEALTHY", "ROUTED", "MEMORY", "URL"], [
-        (a["name"], a["image"], a["instances"], a["status"]["healthy"], a["status"]["routed"],
-         f"{a['memory_mb']}m", a["url"]) for a in apps
-    ])
+    table(None, ["APP", "HEALTHY", "ROUTED", "MEMORY", "IMAGE", "URL"], [
+        (a["name"], f"{a['status']['healthy']}/{a['instances']}", a["status"]["routed"],
+         f"{a['memory_mb']}m", short_image(a["image"]), a["url"]) for a in apps
+    ], keep=("APP", "IMAGE", "URL"), optional=("MEMORY", "ROUTED", "IMAGE"))
 
 
 @cli.command("show")
@@ -117,11 +117,13 @@ def show(name: str = typer.Argument(..., help="App name."), as_json: bool = Json
                   f"{s['healthy']} healthy, {s['routed']} routed\n"
                   f"rollouts: surge {app['surge'] or 'a quarter'}, deploy timeout "
                   f"{app['deploy_timeout']:g} s, stop grace {app['stop_grace']:g} s")
-    table(None, ["INSTANCE", "NODE", "ADDRESS", "STATE", "HEALTH", "RELEASE", "FAILS"], [
+    table(None, ["INSTANCE", "NODE", "ADDRESS", "STATE", "REL", "UP", "RESTARTS", "MEM"], [
         (i["id"], i["node"] + ("" if i["node_status"] == "ready" else f" ({i['node_status']})"),
-         i["address"], i["state"], i["health"], i["release"], i.get("failures", 0))
+         i["address"], _instance_state(i), i["release"], duration(i.get("uptime_s")),
+         i.get("restarts", 0), f"{i['memory_mb']}m" if i.get("memory_mb") is not None
+         else None)
         for i in app["instance_list"]
-    ])
+    ], keep=("INSTANCE", "ADDRESS"), optional=("MEM", "RESTARTS", "UP"))
     for i in app["instance_list"]:
         if i.get("error"):
             what = "keeps crashing" if i.get("crash_looping") else "failed"
@@ -130,6 +132,14 @@ def show(name: str = typer.Argument(..., help="App name."), as_json: bool = Json
             console.print(f"[yellow]{i['id']} health check:[/] {escape(i['health_detail'])}")
     if app["env"]:
         console.print("env: " + " ".join(f"{k}=…" for k in sorted(app["env"])))
+
+
+def _instance_state(i: dict[str, Any]) -> str:
+    """One word when running (its health), else the container's state and health."""
+    if i["state"] == "running":
+        return str(i["health"])
+    return f"{i['state']}/{i['health']}" if i["health"] not in ("-", "unknown") else \
+        str(i["state"])
 
 
 @cli.command("scale")

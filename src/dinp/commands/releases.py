@@ -17,7 +17,7 @@ from dinp import validation
 from dinp.commands.app import TimeoutOpt, WaitOpt, _memory, _report
 from dinp.commands.app import cli as app_cli
 from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
-from dinp.output import console, print_json, table
+from dinp.output import console, print_json, short_image, table
 
 env_cli = typer.Typer(no_args_is_help=True, help="An app's env vars (each change is a new "
                       "release, rolled out).")
@@ -105,11 +105,11 @@ def releases(name: str = typer.Argument(..., help="App name."), as_json: bool = 
     if as_json:
         print_json(rows)
         return
-    table(None, ["RELEASE", "IMAGE", "CHANGE", "BY", "WHEN"], [
-        (f"{r['version']}{' *' if r['current'] else ''}", r["image"], r["change"],
-         r["created_by"] or "-", time.strftime("%Y-%m-%d %H:%M", time.localtime(
+    table(None, ["RELEASE", "STATUS", "IMAGE", "CHANGE", "BY", "WHEN"], [
+        (f"{r['version']}{' *' if r['current'] else ''}", r["status"], short_image(r["image"]),
+         r["change"], r["created_by"] or "-", time.strftime("%Y-%m-%d %H:%M", time.localtime(
              r["created_at"]))) for r in rows
-    ])
+    ], keep=("IMAGE",), optional=("BY", "STATUS"))
 
 
 @env_cli.command("set")

@@ -41,6 +41,7 @@ from dinp.container import Container, DockerRuntime, StartFailed
 from dinp.errors import ConfigError, DinpError, InvalidInput, NodeTaken, Unavailable, WrongCluster
 from dinp.health import HealthState, check
 from dinp.lifecycle import run_until_stopped
+from dinp.metrics import AgentMetrics, metrics_served
 from dinp.node_plan import DRAIN_SECONDS as DRAIN_SECONDS
 from dinp.node_plan import FRESH_SECONDS as FRESH_SECONDS
 from dinp.sandbox import Policy
@@ -95,6 +96,8 @@ class AgentState:
     refused: str = ""
     # Containers made before cluster ids whose instance the server assigned here: ours.
     adopted: set[str] = field(default_factory=set)
+    # Containers this agent started per instance (restarts: all but the first).
+    starts: dict[str, int] = field(default_factory=dict)
 
 
 class Redirected(DinpError):
@@ -119,12 +122,15 @@ class Agent:
         self._converge_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._containers: list[Container] = []
+        self._memory: dict[str, int | None] = {}  # container id -> MB in use
         self._stopping = threading.Event()
         self._engine_error = ""
         # Container ids being stopped and instance ids being started right now.
         self._busy: set[str] = set()
         # Exited containers already recorded as crashes (by container id).
         self._crashes_seen: set[str] = set()
+        self.metrics = AgentMetrics()
+        self.metrics.watch(self._gauges)
 
     # -- server I/O -------------------------------------------------------------------
 
@@ -159,7 +165,15 @@ class Agent:
         return ContainerInfo(
             instance=c.instance, app=c.app, release=c.release, state=c.state,
             health=status, port=c.host_port,
-            health_detail=health.detail[:MAX_DETAIL] if status != "healthy" else "")
+            health_detail=health.detail[:MAX_DETAIL] if status != "healthy" else "",
+            started_at=c.created or None,
+            restarts=max(0, self.state.starts.get(c.instance, 0) - 1),
+            memory_mb=self._memory.get(c.id) if c.running else None)
+
+    def _read_memory(self) -> dict[str, int | None]:
+        """Memory each running container uses (thread: it reads cgroup files)."""
+        return {c.id: machine.container_memory_mb(c.id) for c in self._containers
+                if c.running}
 
     async def send_heartbeat(self) -> bool:
         """Report; on a reply take the assignment. False when the server did not take it.
@@ -223,15 +237,20 @@ class Agent:
     async def _post_heartbeat(self) -> tuple[int, Any]:
         """(HTTP status, decoded body); status 0 when the server did not answer."""
         body = self.heartbeat_body().to_json()
+        started = time.perf_counter()
         try:
             async with self.session.post(self._url("heartbeat"), json=body,
                                          allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 self._refuse_redirect(resp)
-                return resp.status, await resp.json(content_type=None)
+                reply = resp.status, await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError, DinpError) as exc:
             self._server_lost(exc)
+            self.metrics.heartbeats.labels("failed").inc()
             return 0, None
+        self.metrics.heartbeat_seconds.observe(time.perf_counter() - started)
+        self.metrics.heartbeats.labels("ok" if reply[0] == 200 else "refused").inc()
+        return reply
 
     def _refuse_redirect(self, resp: aiohttp.ClientResponse) -> None:
         if 300 <= resp.status < 400:
@@ -303,6 +322,8 @@ class Agent:
             foreign, list) else set()
         if changed:
             log.info("assignment %s: %d instance(s)", rev, len(items))
+            assigned = {a.id for a in items}
+            self.state.starts = {i: n for i, n in self.state.starts.items() if i in assigned}
             self._kick.set()
 
     async def long_poll(self) -> None:
@@ -404,6 +425,7 @@ class Agent:
                 with contextlib.suppress(Unavailable):
                     how = await asyncio.to_thread(self.runtime.exit_info, c)
                     delay = self._failed(c.instance, f"{c.name} {how}", crash=True)
+                    self.metrics.crashes.inc()
                     log.warning("%s %s (restarting in %.0f s)", c.name, how, delay)
         live = {c.id for c in self._containers}
         self._crashes_seen &= live  # forget containers that are gone
@@ -436,6 +458,7 @@ class Agent:
                 log.error("%s %s: replacing it",
                           const.container_name(action.app, action.instance), action.reason)
                 self._failed(action.instance, action.reason)
+                self.metrics.stuck.inc()
             elif isinstance(action, node_plan.ForgetFailure):
                 self.state.retries.pop(action.instance, None)
             elif isinstance(action, node_plan.MarkUnassigned):
@@ -480,8 +503,11 @@ class Agent:
             c = await asyncio.to_thread(self.runtime.start, a, cluster)
         except (StartFailed, DinpError) as exc:
             delay = self._failed(a.id, str(exc))
+            self.metrics.starts.labels("failed").inc()
             log.error("%s (retrying in %.0f s)", exc, delay)
             return
+        self.metrics.starts.labels("ok").inc()
+        self.state.starts[a.id] = self.state.starts.get(a.id, 0) + 1
         self.state.health[a.id] = HealthState()
         log.info("started %s (%s) on port %s", c.name, a.image, c.host_port)
 
@@ -491,6 +517,7 @@ class Agent:
             await asyncio.to_thread(self.runtime.stop, c,
                                     timeout=c.stop_grace if c.stop_grace is not None
                                     else self.config.stop_timeout)
+            self.metrics.stops.inc()
         except (DinpError, docker.errors.APIError) as exc:
             log.error("cannot stop %s: %s", c.name, exc)
         self.state.unassigned_since.pop(c.instance, None)
@@ -505,6 +532,21 @@ class Agent:
 
     def _kick_later(self, delay: float) -> None:
         asyncio.get_running_loop().call_later(max(0.05, delay), self._kick.set)
+
+    def _gauges(self) -> dict[str, tuple[str, str, dict[str, float] | float]]:
+        states: dict[str, float] = {}
+        for c in self._containers:
+            key = c.state if not c.running else self.state.health.get(
+                c.instance, HealthState()).status
+            states[key] = states.get(key, 0) + 1
+        return {
+            "dinp_agent_containers": ("This node's app containers, by state (running ones "
+                                      "by health).", "state", states),
+            "dinp_agent_assigned": ("Instances the server assigned to this node.", "",
+                                    float(len(self.state.assignment or []))),
+            "dinp_agent_server_connected": ("1 while the server answers.", "",
+                                            float(self.state.server_ok)),
+        }
 
     # -- loops ------------------------------------------------------------------------
 
@@ -544,6 +586,7 @@ class Agent:
         while True:
             try:
                 await self.refresh()
+                self._memory = await asyncio.to_thread(self._read_memory)
                 await self.send_heartbeat()
                 if self._engine_error:
                     log.info("Docker engine reachable again")
@@ -633,4 +676,6 @@ async def serve(config: AgentConfig) -> None:
     agent = Agent(config, runtime)
     log.info("agent %s advertising %s, %d MB for apps, server %s", config.node_name,
              config.advertise, agent.capacity_mb, config.server)
-    await run_until_stopped(agent.run())
+    async with metrics_served(agent.metrics.registry, config.metrics_listen,
+                              key="metrics_listen in [agent]", default_port=7074):
+        await run_until_stopped(agent.run())

@@ -26,6 +26,7 @@ from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
 from dinp.errors import Conflict, DinpError, Forbidden, InvalidInput, Unavailable
 from dinp.lifecycle import run_until_stopped, start_site
+from dinp.metrics import metrics_served
 from dinp.models import AppRow
 from dinp.roles import api_accounts
 from dinp.roles.auth import actor, auth_middleware, principal
@@ -311,6 +312,27 @@ async def list_nodes(request: web.Request) -> web.Response:
     return web.json_response(srv(request).node_views())
 
 
+async def status(request: web.Request) -> web.Response:
+    """The whole platform at a glance: nodes, the apps the caller may see with their
+    state, and the routers with the route table revision each serves."""
+    server = srv(request)
+    who = principal(request)
+    apps = sorted((a for a in server.snapshot.apps.values()
+                   if access.visible_app(who, a.name, a.team)), key=lambda a: a.name)
+    return web.json_response({
+        "nodes": server.node_views(),
+        "apps": [{k: v for k, v in server.app_view(a, detail=False).items()
+                  if k in STATUS_FIELDS} for a in apps],
+        "routers": server.router_views(),
+        "route_table": {"rev": server.routes.rev, "hosts": len(server.routes.hosts)},
+        "cluster": server.cluster_id,
+    })
+
+
+STATUS_FIELDS = frozenset({"name", "team", "state", "instances", "status", "release",
+                           "url", "memory_mb"})
+
+
 async def drain_node(request: web.Request) -> web.Response:
     """Move every instance off a node (new ones start elsewhere first); `undo` makes it
     take instances again."""
@@ -453,6 +475,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_delete(f"{p}/apps/{{name}}/domains/{{domain}}", remove_domain)
     app.router.add_delete(f"{p}/apps/{{name}}", delete_app)
     app.router.add_get(f"{p}/nodes", list_nodes)
+    app.router.add_get(f"{p}/status", status)
     app.router.add_post(f"{p}/nodes/{{node}}/drain", drain_node)
     app.router.add_post(f"{p}/nodes/{{node}}/credential", node_credential)
     app.router.add_get(f"{p}/events", list_events)
@@ -503,7 +526,9 @@ async def serve(config: ServerConfig) -> None:
     """`dinp server`: the API and the reconcile loop until a signal."""
     server, runner = await start(config)
     try:
-        await run_until_stopped(server.run())
+        async with metrics_served(server.metrics.registry, config.metrics_listen,
+                                  key="metrics_listen in [server]", default_port=7073):
+            await run_until_stopped(server.run())
     finally:
         server.release_waiters()
         await runner.cleanup()

@@ -22,6 +22,7 @@ from dinp import const, rollouts, routes, scheduler
 from dinp.accounts import Accounts
 from dinp.config import ServerConfig
 from dinp.errors import DinpError, NodeTaken, NotFound, Unavailable, WrongCluster
+from dinp.metrics import ServerMetrics
 from dinp.models import AppRow
 from dinp.releases import ReleaseSpec
 from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
@@ -82,6 +83,8 @@ class Server:
         self.config = config
         self.store = store
         self.accounts = Accounts(store)
+        self.metrics = ServerMetrics()
+        self.metrics.watch(self._gauges)
         self.route_store = route_store
         self.started = time.monotonic()
         self.cluster_id = store.cluster_id()
@@ -190,6 +193,17 @@ class Server:
         """Record a node's real state and answer with the instances it must run.
         Nothing is recorded from a second agent for a live node, nor from an agent that
         listed another cluster's containers (it is told this cluster's id instead)."""
+        started = time.perf_counter()
+        try:
+            reply = await self._heartbeat(hb)
+        except (NodeTaken, WrongCluster):
+            self.metrics.heartbeats.labels("refused").inc()
+            raise
+        self.metrics.heartbeats.labels("ok").inc()
+        self.metrics.heartbeat_seconds.observe(time.perf_counter() - started)
+        return reply
+
+    async def _heartbeat(self, hb: Heartbeat) -> dict[str, Any]:
         self._check_owner(hb.node, hb.agent)
         self._check_cluster(hb)
         known = self.snapshot.nodes.get(hb.node)
@@ -205,26 +219,43 @@ class Server:
         self.heartbeats[hb.node] = hb
         self.reports[hb.node] = NodeReport(hb.node, time.monotonic(), hb.capacity_mb,
                                            containers)
-        self._record_failures(hb, before)
+        self._record_changes(hb, before)
         came_back = self.snapshot.nodes[hb.node].status == scheduler.DOWN
         if previous is None or previous.containers != containers or came_back:
             self.wake()
         return self.assignment_reply(hb.node)
 
-    def _record_failures(self, hb: Heartbeat, before: Heartbeat | None) -> None:
-        """An event for each new reason an instance could not start (once, not per beat),
-        written in the background: a slow database never delays a heartbeat."""
+    def _record_changes(self, hb: Heartbeat, before: Heartbeat | None) -> None:
+        """Events for what changed on the node since its last report: a container that
+        started, an instance that became healthy or unhealthy, a new reason one cannot
+        start or crashed (each once, not per beat). Written in the background, in one
+        transaction: a slow database never delays a heartbeat."""
+        events: list[tuple[str, str | None]] = []  # (message, app)
+        was = {c.instance: c for c in before.containers} if before is not None else {}
+        for c in hb.containers:
+            old = was.get(c.instance)
+            if c.state == "running" and (old is None or old.state != "running"):
+                events.append((f"instance {c.instance} started (release {c.release})", c.app))
+            if old is not None and old.health != c.health and c.state == "running":
+                if c.health == "healthy":
+                    events.append((f"instance {c.instance} is healthy", c.app))
+                elif c.health == "unhealthy":
+                    why = f": {c.health_detail}" if c.health_detail else ""
+                    events.append((f"instance {c.instance} is unhealthy{why}", c.app))
         for instance, failure in hb.failures.items():
             seen = before.failures.get(instance) if before is not None else None
             if seen is not None and seen.message == failure.message:
                 continue
-            app = next((i.app for i in self.snapshot.desired.instances if i.id == instance), None)
             what = "crashed" if failure.crash else "cannot start"
             message = f"instance {instance} {what}: {failure.message}"
             if failure.count > 1:
                 message += f" ({failure.count} times in a row)"
             log.warning("node %s: %s", hb.node, message)
-            self._background(self.db(self.store.add_event, message, app=app, node=hb.node))
+            app = next((i.app for i in self.snapshot.desired.instances if i.id == instance),
+                       None)
+            events.append((message, app))
+        if events:
+            self._background(self.db(self.store.add_events, events, node=hb.node))
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` without waiting for it; a database error there only loses an event."""
@@ -304,8 +335,14 @@ class Server:
         longer place, so no router sends a request to an instance that is stopping.
         Without Redis, the plan's placements and node changes are carried out all the
         same; its removals wait, in the database, for a table that can be written.
-        Without the database
-        nothing changes."""
+        Without the database nothing changes."""
+        started = time.perf_counter()
+        try:
+            await self._reconcile()
+        finally:
+            self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    async def _reconcile(self) -> None:
         try:
             snapshot = await self.db(self.store.snapshot)
             real = self.real()
@@ -318,12 +355,16 @@ class Server:
                 for action in changes:
                     log.info("reconcile: %s", action)
                 await self.db(self.store.apply, changes)
+                for action in changes:
+                    self.metrics.actions.labels(type(action).__name__.lower()).inc()
                 snapshot = await self.db(self.store.snapshot)
             self.snapshot = snapshot
             self._paused("database", "")
         except DinpError as exc:
             self._paused("database", f"reconcile paused, nothing changed: {exc}")
+            self.metrics.reconciles.labels("paused").inc()
             return
+        self.metrics.reconciles.labels("done").inc()
         self._update_assignments()
         unplaceable = [a for a in actions if isinstance(a, Unplaceable)]
         self.unplaceable = {a.app: self._unplaceable_words(a) for a in unplaceable}
@@ -357,6 +398,7 @@ class Server:
                                   verdict.status, verdict.reason)
                 except NotFound:
                     continue  # deleted meanwhile: nothing to record
+                self.metrics.rollouts.labels(verdict.status).inc()
                 ended = True
         if ended:
             await self.desired_changed()
@@ -519,6 +561,30 @@ class Server:
             except Exception:  # a bug must not stop the loop that keeps apps running
                 log.exception("reconcile failed; trying again")
 
+    def _gauges(self) -> dict[str, tuple[str, str, dict[str, float] | float]]:
+        """The state gauges of /metrics, read from what the server knows when scraped."""
+        real = Real(self.reports, complete=True)
+        states: dict[str, float] = dict.fromkeys(("healthy", "unhealthy", "pending"), 0)
+        for inst in self.snapshot.desired.instances:
+            c = real.container(inst)
+            key = "pending" if c is None else "healthy" if c.running and c.healthy \
+                else "unhealthy"
+            states[key] += 1
+        nodes: dict[str, float] = dict.fromkeys(
+            (scheduler.READY, scheduler.DRAINING, scheduler.DOWN), 0)
+        for node in self.snapshot.nodes.values():
+            nodes[node.status] = nodes.get(node.status, 0) + 1
+        return {
+            "dinp_server_instances": ("Instances placed, by what their container does "
+                                      "(pending: none reported yet).", "state", states),
+            "dinp_server_nodes": ("Nodes, by status.", "status", nodes),
+            "dinp_server_apps": ("Apps.", "", float(len(self.snapshot.apps))),
+            "dinp_server_routers": ("Routers seen reporting the table they serve.", "",
+                                    float(len(self.routers_seen))),
+            "dinp_server_route_table_revision": ("The route table's revision.", "",
+                                                 float(self.routes.rev)),
+        }
+
     def release_waiters(self) -> None:
         """Answer every open long-poll now, so shutting down never waits for them."""
         self.closing = True
@@ -570,6 +636,10 @@ class Server:
                 "health": ("healthy" if c.healthy else "unhealthy" if c.running else "-")
                 if c else "unknown",
                 "health_detail": info.health_detail if info else "",
+                "uptime_s": round(time.time() - info.started_at, 1)
+                if info and info.started_at and info.state == "running" else None,
+                "restarts": info.restarts if info else 0,
+                "memory_mb": info.memory_mb if info else None,
             })
         view: dict[str, Any] = {
             "name": app.name, "image": app.image, "instances": app.instances,
@@ -627,6 +697,13 @@ class Server:
         else:
             state = "running"
         return {"state": state, "rollout": rollout}
+
+    def router_views(self) -> list[dict[str, Any]]:
+        """The routers seen lately and the table revision each said it serves."""
+        now = time.monotonic()
+        return [{"id": r, "rev": rev, "behind": rev < self.routes.rev,
+                 "seen_s": round(now - seen, 1)}
+                for r, (rev, seen) in sorted(self.routers_seen.items())]
 
     def node_views(self) -> list[dict[str, Any]]:
         out = []
