@@ -41,6 +41,9 @@ class ServerConfig:
     # Instances leave only once every live router serves a table without them; a router
     # that has not taken it after this long (hung, partitioned) is not waited for.
     router_sync_timeout: float = 5.0
+    # An API call (or heartbeat) that needs the database answers 503 after this long
+    # when the database does not answer (hung, or the network to it).
+    database_timeout: float = 2.0
     # How long a session token made by signing in with a password lasts (30 days).
     session_ttl: float = 2592000.0
     # Prometheus text at /metrics; empty: not served.

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # An instance whose container exited this many times in a row is crash-looping.
 CRASH_LOOP = 3
+# The reconcile's own reads and writes may take longer than an API call's (a large
+# cluster's snapshot); a hung database still pauses it within this.
+RECONCILE_DB_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,29 @@ class Server:
     # -- helpers ----------------------------------------------------------------------
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking store or Redis call on the single worker thread."""
+        """Run a blocking store call on the single worker thread, for an API request or
+        a heartbeat: given up after database_timeout (a hung database answers 503 in
+        seconds, not after the driver's own timeouts)."""
+        return await self.db_within(self.config.database_timeout, fn, *args, **kwargs)
+
+    async def db_within(self, seconds: float, fn: Callable[..., T], *args: Any,
+                        **kwargs: Any) -> T:
+        """Run a blocking store call on the single worker thread, giving up after
+        `seconds`. A call still waiting its turn then is cancelled and never runs, so a
+        refused request changes nothing later; only a call the database was already
+        running may still complete, and the error says so."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        future = self._executor.submit(fn, *args, **kwargs)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future, loop=loop), seconds)
+        except TimeoutError:
+            started = not future.cancel()  # False: it had not started, and now never will
+            raise Unavailable(
+                f"the database ({self.store.safe_url}) did not answer within {seconds:g} s"
+                + ("; this change may still be made once it does: check before trying "
+                   "again" if started else "; nothing was changed"),
+                hint="Check the database server (database_timeout in [server] bounds the "
+                "wait).") from None
 
     def wake(self) -> None:
         """Ask for a reconcile now instead of at the next tick."""
@@ -344,7 +367,7 @@ class Server:
 
     async def _reconcile(self) -> None:
         try:
-            snapshot = await self.db(self.store.snapshot)
+            snapshot = await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot)
             real = self.real()
             actions = scheduler.plan(snapshot.desired, real, now=time.monotonic(),
                                      node_timeout=self.config.node_timeout)
@@ -354,10 +377,10 @@ class Server:
             if changes:
                 for action in changes:
                     log.info("reconcile: %s", action)
-                await self.db(self.store.apply, changes)
+                await self.db_within(RECONCILE_DB_SECONDS, self.store.apply, changes)
                 for action in changes:
                     self.metrics.actions.labels(type(action).__name__.lower()).inc()
-                snapshot = await self.db(self.store.snapshot)
+                snapshot = await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot)
             self.snapshot = snapshot
             self._paused("database", "")
         except DinpError as exc:
