@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import sqlalchemy.exc
 from sqlalchemy import create_engine, delete, or_, text, tuple_
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
-from dinp import quotas, rollouts, schema
+from dinp import migrations, quotas, rollouts
 from dinp import releases as rel
 from dinp.access import DEFAULT_TEAM, SYSTEM, Actor
 from dinp.errors import Conflict, NotFound, Unavailable
@@ -96,8 +96,7 @@ class Store:
         with self.errors():
             if parsed.get_backend_name() == "mysql" and parsed.database:
                 self._create_database(parsed.set(database=""), parsed.database, kwargs)
-            SQLModel.metadata.create_all(engine)
-            schema.upgrade(engine)
+            migrations.upgrade(engine)
         return engine
 
     @staticmethod

@@ -337,7 +337,7 @@ def test_an_older_mariadb_schema_is_upgraded_keeping_every_row(
         assert newest.message == "precise" and abs(newest.at - time.time()) < 5
         # Upgrading again changes nothing: no ALTER (each takes a table lock).
         store.close()
-        with caplog.at_level(logging.INFO, logger="dinp.schema"):
+        with caplog.at_level(logging.INFO, logger="dinp.migrations"):
             store = Store(mysql_url)
         assert caplog.records == []
         assert store.get_app("prcase").image == "hello:1"

@@ -27,6 +27,9 @@ def server(
         None, "--router-url", help="Where users reach the routers (app URLs, --wait)."),
     node_timeout: float | None = typer.Option(None, "--node-timeout",
                                               help="Seconds of silence before a node is down."),
+    migrate_only: bool = typer.Option(False, "--migrate-only",
+                                      help="Bring the database's schema to this version "
+                                      "and exit (for operators who migrate first)."),
 ) -> None:
     """Run the API server and the reconcile loop."""
     from dinp.roles import api
@@ -35,6 +38,16 @@ def server(
         "api_listen": listen, "database_url": database_url, "redis_url": redis_url,
         "domain": domain, "router_url": router_url, "node_timeout": node_timeout,
     })
+    if migrate_only:
+        from dinp import migrations
+        from dinp.store import Store
+
+        store = Store(conf.database_url)  # connecting migrates
+        try:
+            print(f"database at revision {migrations.current(store.engine)} (the newest)")
+        finally:
+            store.close()
+        return
     lifecycle.run(lambda: api.serve(conf))
 
 
