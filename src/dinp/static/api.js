@@ -29,12 +29,19 @@ export class ApiError extends Error {
 
   /** What to show next to the field (the reason alone: the label names the field). */
   get fieldMessage() {
-    return [this.reason || this.error, this.hint].filter(Boolean).join(" ");
+    return sentences(this.reason || this.error, this.hint);
   }
 
+  /** The error and what to do about it, as the server says them. */
   get words() {
-    return [this.error, this.hint].filter(Boolean).join(" ");
+    return sentences(this.error, this.hint);
   }
+}
+
+// "error" and "hint" as two sentences (the API's errors end without a full stop).
+function sentences(error, hint) {
+  if (!hint) return error;
+  return /[.!?:]$/.test(error) ? `${error} ${hint}` : `${error}. ${hint}`;
 }
 
 function fallback(status) {

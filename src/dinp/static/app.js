@@ -169,7 +169,7 @@ function releasesTable(releases) {
 
 function eventsList(events) {
   if (!events.length) return h("p", { class: "dim" }, "No events yet.");
-  return h("ol", { class: "events" }, events.map((e) => h("li", {},
+  return h("ol", { class: "events", tabindex: 0, "aria-label": "Events, newest first" }, events.map((e) => h("li", {},
     timeEl(e.at), " ",
     h("span", { class: "who" }, e.user || "dinp"), " ",
     e.message,

@@ -50,7 +50,7 @@ export function update(region, data, build) {
  * with the keyboard: it takes focus). */
 export function table(caption, head, rows, { empty = "None." } = {}) {
   if (!rows.length) return h("p", { class: "dim" }, empty);
-  return h("div", { class: "scroll", role: "region", "aria-label": caption, tabindex: 0 },
+  return h("div", { class: "scroll", role: "region", "aria-label": caption + " table", tabindex: 0 },
     h("table", {},
       h("caption", { class: "sr-only" }, caption),
       h("thead", {}, h("tr", {}, head.map((c) => h("th", { scope: "col" }, c)))),
@@ -107,7 +107,7 @@ function labelOf(slot) {
   return slot.querySelector("label").textContent;
 }
 
-/** A form whose submit runs `action(form)`; while it runs the submit button is disabled
+/** A form whose submit runs `action(form)`; while it runs the submit button is inert
  * and `progress` is announced; an error is shown in words. Resolves the action's value. */
 export function form(attrs, children, action, { progress = "Working…" } = {}) {
   const el = h("form", { novalidate: true, ...attrs }, children,
@@ -115,9 +115,9 @@ export function form(attrs, children, action, { progress = "Working…" } = {}) 
   el.addEventListener("submit", async (event) => {
     event.preventDefault();
     const button = el.querySelector("button[type=submit]");
-    if (button?.disabled) return;
+    if (el.getAttribute("aria-busy") === "true") return; // submitted already
     clearErrors(el);
-    if (button) button.disabled = true;
+    busy(el, button, true);
     say(progress);
     try {
       const done = await action(el);
@@ -126,19 +126,26 @@ export function form(attrs, children, action, { progress = "Working…" } = {}) 
       say("");
       showError(el, e);
     } finally {
-      if (button) button.disabled = false;
+      busy(el, button, false);
     }
   });
   return el;
 }
 
-/** A button that runs `action`, disabled while it runs; an error is shown in `errorSlot`
- * (an element with role=alert) or announced. */
+// While a request runs its button says so, and stays focusable: a disabled button loses
+// focus, which would throw a keyboard user back to the top of the page.
+function busy(el, button, on) {
+  el.setAttribute("aria-busy", String(on));
+  if (button) button.setAttribute("aria-disabled", String(on));
+}
+
+/** A button that runs `action`, inert while it runs; an error is shown in `errorSlot`
+ * (an element with role=alert) or announced. A second click while it runs does nothing. */
 export function button(label, action, { errorSlot = null, ...attrs } = {}) {
   const el = h("button", { type: "button", ...attrs }, label);
   el.addEventListener("click", async () => {
-    if (el.disabled) return;
-    el.disabled = true;
+    if (el.getAttribute("aria-busy") === "true") return;
+    busy(el, el, true);
     if (errorSlot) errorSlot.textContent = "";
     try {
       const done = await action();
@@ -148,15 +155,24 @@ export function button(label, action, { errorSlot = null, ...attrs } = {}) {
       if (errorSlot) errorSlot.textContent = words;
       else say(words);
     } finally {
-      el.disabled = false;
+      busy(el, el, false);
     }
   });
   return el;
 }
 
+let saidAt = 0;
+
 /** The page's status line (a polite live region): progress and outcomes. */
 export function say(message) {
   document.getElementById("status").textContent = message;
+  saidAt = Date.now();
+}
+
+/** On navigation: an outcome said just now (by the action that navigated: "App web
+ * created") stays; an older one was about the page being left. */
+export function forgetOldNews() {
+  if (Date.now() - saidAt > 1000) document.getElementById("status").textContent = "";
 }
 
 export const value = (form, name) => form.elements[name]?.value.trim() ?? "";

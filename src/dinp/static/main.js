@@ -7,7 +7,7 @@
 // (the log stream).
 
 import { get, post, token, whenUnauthorized } from "./api.js";
-import { say } from "./dom.js";
+import { forgetOldNews, say } from "./dom.js";
 import { appsView, createView } from "./apps.js";
 import { appView } from "./app.js";
 import { nodesView } from "./nodes.js";
@@ -45,6 +45,7 @@ async function show(force = false) {
     else link.removeAttribute("aria-current");
   }
   main.replaceChildren();
+  forgetOldNews();
   const handle = await next.view.mount(main, ctx);
   if (current !== mine) {
     handle?.unmount?.(); // the user went elsewhere while it loaded
