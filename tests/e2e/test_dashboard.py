@@ -224,6 +224,8 @@ def test_a_token_that_stops_working_sends_the_page_back_to_signing_in_with_why(
 def test_creating_an_app_then_scaling_deploying_and_rolling_it_back(
         cluster: Cluster, page: Any) -> None:
     c = cluster
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
     sign_in(page)
     page.get_by_role("link", name="New app").first.click()
     create = page.locator("#create")
@@ -290,6 +292,7 @@ def test_creating_an_app_then_scaling_deploying_and_rolling_it_back(
     serves(c, "shop.apps.test", "release 4")
     assert admin(c, "GET", "/apps/shop")["image"] == NEXT_IMAGE
     expect(page.locator(".events")).to_contain_text("release 4: rollback to 2")
+    assert any("/events?app=shop&after=" in u for u in asked)  # only the newer ones
     audit(page)
 
     page.get_by_role("link", name="Apps", exact=True).click()
@@ -316,6 +319,13 @@ def test_env_values_stay_hidden_until_asked_for(cluster: Cluster, web: str,
     page.wait_for_timeout(2000)  # a few polls: the value is still not in the page
     assert "s3cr3t-value" not in page.content()
     assert admin(cluster, "GET", "/apps/web")["env"] == {"SECRET_KEY": None}
+
+    # Polling goes on while the user types: what they type stays, and so does focus.
+    setter.get_by_label("Variable name").press_sequentially("HALF_TYPED")
+    page.wait_for_timeout(3500)
+    expect(setter.get_by_label("Variable name")).to_be_focused()
+    expect(setter.get_by_label("Variable name")).to_have_value("HALF_TYPED")
+    setter.get_by_label("Variable name").fill("")
 
     page.get_by_role("button", name="Show values").click()
     expect(row).to_contain_text("s3cr3t-value")
@@ -435,6 +445,21 @@ def test_creating_an_app_with_the_keyboard_only(cluster: Cluster, page: Any) -> 
     expect(page.locator("main")).to_be_focused()
     assert page.evaluate("location.hash") == "#/apps/by-keys"
 
+    # Deleting it asks first; Escape (cancel) keeps it.
+    delete = page.get_by_role("button", name="Delete this app")
+    page.once("dialog", lambda d: d.dismiss())
+    delete.focus()
+    kb.press("Enter")
+    expect(page.get_by_role("heading", name="by-keys", level=1)).to_be_visible()
+    assert admin(cluster, "GET", "/apps/by-keys")["name"] == "by-keys"
+    page.once("dialog", lambda d: d.accept())
+    kb.press("Enter")
+    expect(page.locator("#status")).to_have_text("App by-keys deleted.")
+    expect(page.get_by_role("heading", name="Apps", level=1)).to_be_focused()
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        admin(cluster, "GET", "/apps/by-keys")
+    assert gone.value.code == 404
+
 
 def test_nodes_and_draining_one_as_an_admin(cluster: Cluster, page: Any) -> None:
     node = sorted(cluster.agents)[0]
@@ -510,22 +535,22 @@ def test_logs_as_the_stream_says_them(cluster: Cluster, web: str, page: Any) -> 
     sign_in(page)
     open_app(page, web)
     log = page.get_by_role("log")
-    expect(log.locator("li")).to_have_count(14)
+    expect(log.locator(".entry")).to_have_count(14)
     assert "tail=200" in asked[0] and "follow=true" in asked[0]
-    first = log.locator("li").first
+    first = log.locator(".entry").first
     expect(first).to_contain_text(inst[:8])
     expect(first).to_contain_text(node)
     expect(first).to_contain_text("stderr")
     expect(first).to_contain_text("[::ffff:172.18.0.1]:40000: response:200")
-    expect(log.locator("li.warning")).to_contain_text("did not answer")
-    expect(log.locator("li.gone")).to_contain_text(f"9c01de3f {node} (gone)")
+    expect(log.locator(".entry.warning")).to_contain_text("did not answer")
+    expect(log.locator(".entry.gone")).to_contain_text(f"9c01de3f {node} (gone)")
     # The stream ended: the page follows again, and shows no line twice.
     for _ in range(50):  # Playwright answers routes only while it runs: not time.sleep
         if len(asked) >= 2:
             break
         page.wait_for_timeout(200)
     assert len(asked) >= 2, "the page must follow the logs again once a stream ends"
-    expect(log.locator("li")).to_have_count(15)  # the warning again, no line twice
+    expect(log.locator(".entry")).to_have_count(15)  # the warning again, no line twice
     shot(page, "app")
     audit(page)
 
@@ -538,9 +563,9 @@ def test_logs_as_the_stream_says_them(cluster: Cluster, web: str, page: Any) -> 
     page.get_by_role("button", name="Clear").click()
     page.get_by_role("button", name="Pause").click()
     page.get_by_role("button", name="Resume").click()
-    expect(log.locator("li")).to_have_count(2000)
-    expect(log.locator("li").last).to_contain_text("line 2499")
-    expect(log.locator("li").first).to_contain_text("line 500")
+    expect(log.locator(".entry")).to_have_count(2000)
+    expect(log.locator(".entry").last).to_contain_text("line 2499")
+    expect(log.locator(".entry").first).to_contain_text("line 500")
 
     # Chunks split anywhere (inside a line, inside a UTF-8 character) make whole lines.
     lines = page.evaluate("""async () => {
@@ -584,7 +609,7 @@ def test_live_logs_of_a_running_app(cluster: Cluster, web: str, page: Any) -> No
     expect(logs.get_by_role("status")).to_contain_text("Following", timeout=10_000)
     for _ in range(5):
         cluster.get("web.apps.test", "/?from-the-dashboard-test")
-    line = page.get_by_role("log").locator("li").filter(has_text="from-the-dashboard-test")
+    line = page.get_by_role("log").locator(".entry").filter(has_text="from-the-dashboard-test")
     expect(line.first).to_be_visible(timeout=20_000)
     assert any(i[:8] in line.first.inner_text() for i in ids)
 

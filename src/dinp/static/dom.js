@@ -153,7 +153,7 @@ export function button(label, action, { errorSlot = null, ...attrs } = {}) {
     } catch (e) {
       const words = e instanceof ApiError ? e.words : String(e.message || e);
       if (errorSlot) errorSlot.textContent = words;
-      else say(words);
+      else say(words, { bad: true });
     } finally {
       busy(el, el, false);
     }
@@ -163,9 +163,12 @@ export function button(label, action, { errorSlot = null, ...attrs } = {}) {
 
 let saidAt = 0;
 
-/** The page's status line (a polite live region): progress and outcomes. */
-export function say(message) {
-  document.getElementById("status").textContent = message;
+/** The page's status line (a polite live region): progress and outcomes; `bad` for
+ * what went wrong (shown in the error colour). */
+export function say(message, { bad = false } = {}) {
+  const line = document.getElementById("status");
+  line.textContent = message;
+  line.classList.toggle("bad", bad);
   saidAt = Date.now();
 }
 

@@ -46,7 +46,7 @@ export function parseLine(text) {
 }
 
 export function logsPanel(name) {
-  const lines = h("ol", {
+  const lines = h("div", {
     class: "log", id: "log-lines", tabindex: 0, role: "log",
     // Not read aloud line by line: the status below says what arrives.
     "aria-live": "off", "aria-label": `Log lines of ${name}, newest last`,
@@ -88,7 +88,7 @@ export function logsPanel(name) {
 
   function add(item) {
     if (item.warning !== undefined) {
-      pending.push(h("li", { class: "warning" }, h("span", { class: "tag" }, "warning"), " ", String(item.warning)));
+      pending.push(h("div", { class: "entry warning" }, h("span", { class: "tag" }, "warning"), " ", String(item.warning)));
     } else {
       const at = Number(item.at) || 0;
       const key = `${item.instance}|${item.stream}|${item.line}`;
@@ -99,7 +99,7 @@ export function logsPanel(name) {
       }
       seenAtLast.add(key);
       const stream = item.stream === "stderr" ? "stderr" : "stdout";
-      pending.push(h("li", { class: stream + (item.gone ? " gone" : "") },
+      pending.push(h("div", { class: "entry " + stream + (item.gone ? " gone" : "") },
         h("time", { datetime: new Date(at * 1000).toISOString() }, timeText(at)), " ",
         h("span", { class: "inst", title: `instance ${item.instance} on node ${item.node}, release ${item.release}` },
           String(item.instance ?? "?").slice(0, 8), item.node ? ` ${item.node}` : "",

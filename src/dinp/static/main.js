@@ -127,7 +127,7 @@ async function poll() {
     if (!lastOk) say("The server answers again.");
     lastOk = true;
   } catch (e) {
-    if (e.status === 0 && lastOk) say("The server does not answer; retrying…");
+    if (e.status === 0 && lastOk) say("The server does not answer; retrying…", { bad: true });
     if (e.status === 0) lastOk = false;
   } finally {
     polling = false;
