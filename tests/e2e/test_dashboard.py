@@ -377,6 +377,7 @@ def test_the_apis_errors_are_shown_in_words_next_to_their_field(
     expect(memory).to_be_focused()  # where to fix it
     expect(create.get_by_role("alert")).to_contain_text("Memory per instance: ")
     audit(page)
+    shot(page, "create")
 
     memory.fill("32m")
     create.get_by_label("Image", exact=True).fill("Not An Image!")
@@ -389,7 +390,6 @@ def test_the_apis_errors_are_shown_in_words_next_to_their_field(
     create.get_by_label("Image", exact=True).fill(FIRST_IMAGE)
     create.get_by_role("button", name="Create app").click()
     expect(field_error(page, create, "Environment")).to_contain_text("is not KEY=value")
-    shot(page, "create")
     with pytest.raises(urllib.error.HTTPError):
         admin(cluster, "GET", "/apps/broken")  # nothing was created
 
