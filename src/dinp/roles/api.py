@@ -11,9 +11,12 @@ token (both as `Authorization: Bearer …`). The accounts' routes are in
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 
 import redis
@@ -439,9 +442,63 @@ async def assignments(request: web.Request) -> web.Response:
     return web.json_response(reply)
 
 
+@dataclass(frozen=True)
+class StaticFile:
+    body: bytes
+    gzipped: bytes
+    content_type: str
+    etag: str
+
+
+STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript",
+                ".svg": "image/svg+xml"}
+# The Dashboard loads nothing but its own files and talks to this server only.
+DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                 "connect-src 'self'; base-uri 'none'; form-action 'self'; "
+                 "frame-ancestors 'none'")
+
+
+def _static_files() -> dict[str, StaticFile]:
+    """The Dashboard's files (src/dinp/static/), read and compressed once: they are small
+    and do not change while the server runs."""
+    files = {}
+    for entry in resources.files("dinp").joinpath("static").iterdir():
+        kind = STATIC_TYPES.get("." + entry.name.rpartition(".")[2])
+        if kind is None or not entry.is_file():
+            continue
+        body = entry.read_bytes()
+        files[entry.name] = StaticFile(body, gzip.compress(body, mtime=0), kind,
+                                       '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+    return files
+
+
+STATIC = _static_files()
+
+
+def _serve_static(request: web.Request, name: str) -> web.Response:
+    item = STATIC.get(name)
+    if item is None:
+        raise web.HTTPNotFound()
+    # no-cache: the browser asks again each time, and gets a bodiless 304 while unchanged.
+    headers = {"ETag": item.etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding",
+               "X-Content-Type-Options": "nosniff", "Content-Security-Policy": DASHBOARD_CSP,
+               "Referrer-Policy": "no-referrer"}
+    if item.etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    body = item.body
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        body, headers["Content-Encoding"] = item.gzipped, "gzip"
+    return web.Response(body=body, headers=headers, content_type=item.content_type,
+                        charset="utf-8")
+
+
 async def dashboard(request: web.Request) -> web.Response:
-    page = resources.files("dinp").joinpath("static/dashboard.html").read_text()
-    return web.Response(text=page, content_type="text/html")
+    return _serve_static(request, "dashboard.html")
+
+
+async def static_file(request: web.Request) -> web.Response:
+    """The Dashboard's scripts and styles (public, like the page: it signs in itself)."""
+    return _serve_static(request, request.match_info["file"])
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -456,6 +513,7 @@ def make_app(server: Server) -> web.Application:
     app[SERVER_KEY] = server
     p = API_PREFIX
     app.router.add_get("/", dashboard)
+    app.router.add_get("/static/{file}", static_file)
     app.router.add_get(f"{p}/health", health)
     app.router.add_get(f"{p}/openapi.json", openapi)
     app.router.add_get(f"{p}/apps", list_apps)
