@@ -80,11 +80,34 @@ class Client:
             token=token or os.environ.get("DINP_TOKEN") or saved.get("token") or "",
         )
 
+    @property
+    def servers(self) -> list[str]:
+        """`server` may name several, comma-separated: any of them forwards to the one
+        that leads, so the next is tried when one cannot be reached."""
+        return [s.strip().rstrip("/") for s in self.server.split(",") if s.strip()] or [
+            self.server]
+
     def request(self, method: str, path: str, body: Any = None, *,
                 timeout: float | None = None) -> Any:
-        """Call the API; return decoded JSON or raise the DinpError the server described."""
+        """Call the API; return decoded JSON or raise the DinpError the server described.
+        A server that cannot be reached is passed over for the next one, if the request
+        cannot have been made there (refused connection), or if it is a read."""
+        servers = self.servers
+        for n, server in enumerate(servers):
+            try:
+                return self._request(server, method, path, body, timeout)
+            except _Unreachable as exc:
+                if n + 1 == len(servers) or not (exc.refused or method == "GET"):
+                    raise Unavailable(
+                        f"dinp server at {server} is unreachable: {exc.reason}",
+                        hint="Is it running? Set DINP_SERVER or run `dinp login URL`.",
+                    ) from None
+        raise AssertionError("no server")  # servers is never empty
+
+    def _request(self, server: str, method: str, path: str, body: Any,
+                 timeout: float | None) -> Any:
         # Names come from users: quote them so "my app" is a 404, not a broken request.
-        url = f"{self.server}{API_PREFIX}{urllib.parse.quote(path, safe='/?=&')}"
+        url = f"{server}{API_PREFIX}{urllib.parse.quote(path, safe='/?=&')}"
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -99,15 +122,13 @@ class Client:
             raise _api_error(exc) from None
         except (ValueError, http.client.HTTPException) as exc:
             raise DinpError(
-                f"{self.server} did not answer like a dinp server: {exc}",
+                f"{server} did not answer like a dinp server: {exc}",
                 hint="Check DINP_SERVER (or `dinp login URL`): it must be the API's URL.",
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise Unavailable(
-                f"dinp server at {self.server} is unreachable: {reason}",
-                hint="Is it running? Set DINP_SERVER or run `dinp login URL`.",
-            ) from None
+            raise _Unreachable(reason, refused=isinstance(reason, ConnectionRefusedError)
+                               or isinstance(exc, ConnectionRefusedError)) from None
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -117,6 +138,13 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+
+class _Unreachable(Exception):
+    def __init__(self, reason: object, *, refused: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.refused = refused  # the connection was refused: nothing was sent
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

@@ -48,6 +48,12 @@ class ServerConfig:
     session_ttl: float = 2592000.0
     # Prometheus text at /metrics; empty: not served.
     metrics_listen: str = "127.0.0.1:7073"
+    # Several servers may run on one database: one leads (a lease in the database) and
+    # the others forward to it. How long the lease lasts without being renewed, and how
+    # the other servers reach this one (empty: http://<api_listen>, or this machine's
+    # name when it listens on every address).
+    lease_ttl: float = 5.0
+    advertise_url: str = ""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -138,6 +138,10 @@ class Unavailable(DinpError):
     http_status = 503
 
 
+class NotLeaderYet(Unavailable):
+    """No server holds the leader lease at this moment (a takeover under way)."""
+
+
 class _WaitEnded(DinpError):
     """A wait on an app that ended without it serving; `app` is what was seen last."""
 

@@ -256,6 +256,21 @@ class NodeCredentialRow(SQLModel, table=True):
     generation: int = 0
 
 
+class LeaseRow(SQLModel, table=True):
+    """Which server leads (runs the reconcile loop and takes the agents' reports), until
+    when, and how to reach it: taken and renewed with one conditional UPDATE (see
+    Store.claim_lease). `epoch` grows with each new holder; the leader's writes carry it,
+    so a server that lost the lease without knowing it changes nothing."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, sa_type=NAME)
+    holder: str = Field(sa_type=name_type(200))
+    url: str = Field(default="", max_length=255)
+    epoch: int = 0
+    expires_at: float = Field(sa_type=TIME)
+
+
 class ClusterRow(SQLModel, table=True):
     """The cluster's identity, made once at the first start and kept: every container
     the cluster starts carries it (label io.dinp.cluster), so several clusters can share

@@ -17,20 +17,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy.exc
-from sqlalchemy import create_engine, delete, or_, text, tuple_
+from sqlalchemy import case, create_engine, delete, or_, text, tuple_, update
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, col, select
 
 from dinp import migrations, quotas, rollouts
 from dinp import releases as rel
 from dinp.access import DEFAULT_TEAM, SYSTEM, Actor
-from dinp.errors import Conflict, NotFound, Unavailable
+from dinp.errors import Conflict, DinpError, NotFound, Unavailable
 from dinp.models import (
     AppRow,
     ClusterRow,
     DomainRow,
     EventRow,
     InstanceRow,
+    LeaseRow,
     NodeCredentialRow,
     NodeRow,
     ReleaseRow,
@@ -57,6 +58,26 @@ log = logging.getLogger(__name__)
 def new_id() -> str:
     """A short random instance id: 10 hex digits, unique enough per cluster."""
     return secrets.token_hex(5)
+
+
+class NotLeader(DinpError):
+    """This server's lease was taken over: it must change nothing (another leads)."""
+
+    exit_code = 6
+    http_status = 503
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who leads, how to reach it, its epoch, and for how many seconds more."""
+
+    holder: str
+    url: str
+    epoch: int
+    remaining: float
+
+
+LEADER = "leader"
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,65 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # -- leadership -------------------------------------------------------------------
+
+    def _db_now(self, s: Session) -> float:
+        """The database's clock, in Unix seconds: one clock for every server's lease."""
+        if self.engine.dialect.name == "sqlite":
+            expr = "(julianday('now') - 2440587.5) * 86400.0"
+        else:
+            expr = "UNIX_TIMESTAMP(NOW(6))"
+        return float(s.execute(text(f"SELECT {expr}")).scalar_one())
+
+    def claim_lease(self, holder: str, url: str, ttl: float) -> Lease:
+        """Take the leader lease, or renew it, if it is ours or has expired: one
+        conditional UPDATE, so of several servers trying at once one wins. Return who
+        holds it now."""
+        with self.session() as s:
+            now = self._db_now(s)
+            took = s.execute(
+                update(LeaseRow).where(
+                    col(LeaseRow.name) == LEADER,
+                    or_(col(LeaseRow.holder) == holder, col(LeaseRow.expires_at) < now))
+                # epoch first: MySQL's later assignments see the earlier ones' values.
+                .ordered_values(
+                    ("epoch", case((col(LeaseRow.holder) == holder, col(LeaseRow.epoch)),
+                                   else_=col(LeaseRow.epoch) + 1)),
+                    ("holder", holder), ("url", url), ("expires_at", now + ttl)))
+            if took.rowcount == 0 and s.get(LeaseRow, LEADER) is None:  # type: ignore[attr-defined]
+                s.add(LeaseRow(name=LEADER, holder=holder, url=url, epoch=1,
+                               expires_at=now + ttl))
+                try:
+                    s.commit()
+                except sqlalchemy.exc.IntegrityError:  # another server was first
+                    s.rollback()
+            else:
+                s.commit()
+            s.expire_all()
+            row = s.get(LeaseRow, LEADER)
+            assert row is not None
+            return Lease(row.holder, row.url, row.epoch, row.expires_at - now)
+
+    def release_lease(self, holder: str) -> None:
+        """Give the lease up at once (a server that stops), so a standby need not wait
+        for it to expire."""
+        with self.session() as s:
+            s.execute(update(LeaseRow).where(col(LeaseRow.name) == LEADER,
+                                             col(LeaseRow.holder) == holder)
+                      .values(expires_at=0.0))
+            s.commit()
+
+    @staticmethod
+    def _fence(s: Session, fence: tuple[str, int] | None) -> None:
+        """In a leader's write: refuse it unless the lease is still this server's, in
+        the same epoch (the row is locked until the write commits)."""
+        if fence is None:
+            return
+        row = s.exec(select(LeaseRow).where(LeaseRow.name == LEADER)
+                     .with_for_update()).first()
+        if row is None or (row.holder, row.epoch) != fence:
+            raise NotLeader("another server leads now: this one changes nothing")
 
     # -- reads ----------------------------------------------------------------------
 
@@ -512,9 +592,12 @@ class Store:
 
     # -- the planner's actions ------------------------------------------------------
 
-    def apply(self, actions: Sequence[Action]) -> None:
-        """Carry out a plan in one transaction: all of it or none."""
+    def apply(self, actions: Sequence[Action], *,
+              fence: tuple[str, int] | None = None) -> None:
+        """Carry out a plan in one transaction: all of it or none; with `fence` (holder,
+        epoch), only while that server still holds the lease."""
         with self.session() as s:
+            self._fence(s, fence)
             for action in actions:
                 if isinstance(action, Place):
                     inst = InstanceRow(id=new_id(), app=action.app, release=action.release,

@@ -57,6 +57,8 @@ class Cluster:
     db_proxy: TcpProxy | None = None
     # Where the server (127.0.0.1) and each agent (its own address) serve /metrics.
     metrics_port: int = 0
+    # Further servers on the same database and Redis (`running_cluster(servers=2)`).
+    standbys: list[Proc] = field(default_factory=list)
 
     def agent(self, name: str) -> Proc:
         env = dict(self.env, DINP_NODE_NAME=name, DINP_ADVERTISE=self.addresses[name],
@@ -70,20 +72,23 @@ class Cluster:
         return http_get(self.router_addr, host, path)
 
     def logs(self) -> str:
-        procs = [self.server, self.router, *self.agents.values()]
+        procs = [self.server, *self.standbys, self.router, *self.agents.values()]
         return "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in procs)
 
 
 @contextlib.contextmanager
 def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False,
-                    env: dict[str, str] | None = None) -> Iterator[Cluster]:
+                    env: dict[str, str] | None = None, servers: int = 1) -> Iterator[Cluster]:
     """Start the cluster (private MariaDB database and Redis) and stop it afterwards,
     removing the containers of its nodes. Shared by the tests and `make bench`. With
     `db_proxy`, the server reaches MariaDB through a TcpProxy the caller can cut; `env`
-    adds settings (DINP_*) for every process."""
+    adds settings (DINP_*) for every process. With `servers`, more servers share the
+    database: the first one started leads, and agents and the CLI know them all."""
     extra = env or {}
     api_port, router_port, admin_port = free_port(), free_port(), free_port()
     metrics_port = free_port()
+    api_ports = [api_port] + [free_port() for _ in range(servers - 1)]
+    urls = ",".join(f"http://127.0.0.1:{p}" for p in api_ports)
     proxy = TcpProxy(str(MYSQL["host"]), int(MYSQL["port"])) if db_proxy else None
     with mysql_database() as db_url, redis_server() as redis:
         redis_url = redis.url
@@ -95,7 +100,7 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False,
             DINP_CLUSTER_TOKEN=secrets.token_hex(16), DINP_ADMIN_TOKEN=secrets.token_hex(16),
             DINP_API_LISTEN=f"127.0.0.1:{api_port}",
             DINP_ROUTER_URL=f"http://127.0.0.1:{router_port}",
-            DINP_SERVER=f"http://127.0.0.1:{api_port}",
+            DINP_SERVER=urls,
             DINP_HTTP_LISTEN=f"127.0.0.1:{router_port}",
             DINP_ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
             DINP_DOMAIN="apps.test", **extra,
@@ -104,14 +109,20 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False,
         server = Proc("server", ["server"],
                       dict(env, DINP_METRICS_LISTEN=f"127.0.0.1:{metrics_port}"),
                       workdir / "server.log").start()
+        standbys = [Proc(f"server{i + 2}", ["server"],
+                         dict(env, DINP_API_LISTEN=f"127.0.0.1:{port}"),
+                         workdir / f"server{i + 2}.log") for i, port in enumerate(api_ports[1:])]
         router = Proc("router", ["router"], env, workdir / "router.log").start()
         c = Cluster(workdir, env, f"127.0.0.1:{router_port}", Dinp(cli_env), server, router,
-                    redis=redis, db_proxy=proxy, metrics_port=metrics_port)
+                    redis=redis, db_proxy=proxy, metrics_port=metrics_port,
+                    standbys=standbys)
         names = [f"{prefix}-n{i}" for i in (1, 2, 3)]
         c.addresses = {n: f"127.0.0.{i}" for i, n in zip((2, 3, 4), names, strict=True)}
         try:
             wait_for(lambda: c.cli.run("node", "list", check=False).returncode == 0, 20,
                      "the server to answer")
+            for standby in standbys:  # after the first: it leads
+                standby.start()
             for name in names:
                 c.agent(name).start()
             wait_for(lambda: len([n for n in c.cli.json("node", "list")
@@ -123,7 +134,7 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False,
             print(c.logs())
             raise
         finally:
-            for proc in [*c.agents.values(), c.router, c.server]:
+            for proc in [*c.agents.values(), c.router, *c.standbys, c.server]:
                 proc.stop()
             for name in names:
                 remove_node_containers(name)

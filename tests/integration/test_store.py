@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from dinp.errors import Conflict, NotFound, Unavailable
 from dinp.scheduler import AppSpec, Place, Remove, SetNodeStatus, Unplaceable
-from dinp.store import Store
+from dinp.store import NotLeader, Store
 from tests.support import free_port
 
 
@@ -343,3 +343,23 @@ def test_an_older_mariadb_schema_is_upgraded_keeping_every_row(
         assert store.get_app("prcase").image == "hello:1"
     finally:
         store.close()
+
+
+def test_the_leader_lease_is_one_servers_and_fences_its_writes(store: Store) -> None:
+    """One conditional UPDATE decides who leads; an expired lease passes to the next with
+    a new epoch, and a write fenced with the old epoch changes nothing."""
+    a = store.claim_lease("a", "http://a:7070", 30)
+    assert (a.holder, a.epoch) == ("a", 1) and a.remaining == pytest.approx(30, abs=1)
+    assert store.claim_lease("b", "http://b:7070", 30).holder == "a"  # a leads
+    assert store.claim_lease("a", "http://a:7070", 30).epoch == 1  # renewed, same epoch
+    store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=4096)
+    create(store, "web")
+    store.apply([Place("web", 1, "n1", 64)], fence=("a", 1))
+    store.release_lease("a")  # a stops: b need not wait for the lease to expire
+    b = store.claim_lease("b", "http://b:7070", 30)
+    assert (b.holder, b.url, b.epoch) == ("b", "http://b:7070", 2)
+    with pytest.raises(NotLeader):
+        store.apply([Place("web", 1, "n1", 64)], fence=("a", 1))
+    assert len(store.snapshot().desired.instances) == 1  # a's late write did nothing
+    store.apply([Place("web", 1, "n1", 64)], fence=("b", 2))
+    assert len(store.snapshot().desired.instances) == 2

@@ -122,6 +122,9 @@ class Agent:
         self._converge_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._containers: list[Container] = []
+        self.servers = [u.strip() for u in config.server.split(",") if u.strip()] or [
+            config.server]
+        self._server_index = 0
         self._memory: dict[str, int | None] = {}  # container id -> MB in use
         self._stopping = threading.Event()
         self._engine_error = ""
@@ -135,13 +138,27 @@ class Agent:
     # -- server I/O -------------------------------------------------------------------
 
     @property
+    def server(self) -> str:
+        """The server URL in use: one of `server`'s (comma-separated), the next one after
+        a failure, so an agent goes on when its server dies (any server forwards to the
+        one that leads)."""
+        return self.servers[self._server_index % len(self.servers)]
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                base_url=self.config.server.rstrip("/") + "/",
+                base_url=self.server.rstrip("/") + "/",
                 headers={"Authorization": f"Bearer {self.config.cluster_token}"},
             )
         return self._session
+
+    def _next_server(self) -> None:
+        if len(self.servers) > 1:
+            self._server_index += 1
+            old, self._session = self._session, None
+            if old is not None:
+                asyncio.get_running_loop().create_task(old.close())
 
     def _url(self, suffix: str) -> str:
         return f"{API_PREFIX.lstrip('/')}/nodes/{self.config.node_name}/{suffix}"
@@ -227,7 +244,7 @@ class Agent:
             return True
         if status == 404:
             log.warning("server %s is older than cluster ids: containers are matched by "
-                        "node name only until it is upgraded", self.config.server)
+                        "node name only until it is upgraded", self.server)
             self.runtime.any_cluster = True
             await self.refresh()
             return True
@@ -255,7 +272,7 @@ class Agent:
     def _refuse_redirect(self, resp: aiohttp.ClientResponse) -> None:
         if 300 <= resp.status < 400:
             raise Redirected(
-                f"{self.config.server} answered with a redirect to "
+                f"{self.server} answered with a redirect to "
                 f"{resp.headers.get('Location', '?')}; the agent sends its cluster token "
                 "only to the configured URL",
                 hint="Set server (DINP_SERVER) to the API's own URL.")
@@ -292,12 +309,13 @@ class Agent:
     def _server_lost(self, exc: BaseException) -> None:
         if self.state.server_ok or self.state.assignment is None:
             log.warning("server %s unreachable (%s); keeping every container running",
-                        self.config.server, exc or type(exc).__name__)
+                        self.server, exc or type(exc).__name__)
         self.state.server_ok = False
+        self._next_server()
 
     def _server_back(self) -> None:
         if not self.state.server_ok:
-            log.info("connected to server %s as node %s", self.config.server,
+            log.info("connected to server %s as node %s", self.server,
                      self.config.node_name)
         self.state.server_ok = True
 

@@ -33,6 +33,7 @@ from dinp.metrics import metrics_served
 from dinp.models import AppRow
 from dinp.roles import api_accounts
 from dinp.roles.auth import actor, auth_middleware, principal
+from dinp.roles.forward import forward_middleware, open_session
 from dinp.roles.handlers import SERVER_KEY, json_body, known_fields, srv
 from dinp.roles.openapi import MAX_BODY
 from dinp.roles.openapi import document as openapi_document
@@ -70,7 +71,10 @@ def app_in_path(request: web.Request) -> str:
 # -- handlers ---------------------------------------------------------------------------
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Liveness, and whether this server leads (the others forward to it)."""
+    server = srv(request)
+    return web.json_response({"status": "ok", "leader": server.leading,
+                              "leader_url": server.leader_url})
 
 
 async def list_apps(request: web.Request) -> web.Response:
@@ -507,8 +511,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 def make_app(server: Server) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(server)], client_max_size=MAX_BODY
+        middlewares=[errors_middleware, forward_middleware(server), auth_middleware(server)],
+        client_max_size=MAX_BODY,
     )
+    app.cleanup_ctx.append(open_session)
     api_accounts.add_routes(app)
     app[SERVER_KEY] = server
     p = API_PREFIX
@@ -569,14 +575,21 @@ async def start(config: ServerConfig, route_store: RouteStore | None = None) -> 
         store.close()
         raise
     server = Server(config, store, route_store, inherited=inherited)
+    server.leading = False  # until the lease says otherwise, at once
+    try:
+        await server.claim()
+    except BaseException:
+        server.close()
+        raise
     host, port = split_hostport(config.api_listen, default_port=7070)
     try:
         runner = await start_site(make_app(server), host, port)
     except Unavailable:
         server.close()
         raise
-    log.info("server API on http://%s:%d%s (database %s, domain %s)", host, port, API_PREFIX,
-             store.safe_url, config.domain)
+    log.info("server API on http://%s:%d%s (database %s, domain %s); %s", host, port,
+             API_PREFIX, store.safe_url, config.domain,
+             "leading" if server.leading else f"standby, forwarding to {server.leader_url}")
     return server, runner
 
 
@@ -590,4 +603,5 @@ async def serve(config: ServerConfig) -> None:
     finally:
         server.release_waiters()
         await runner.cleanup()
+        await asyncio.to_thread(server.resign)
         server.close()

@@ -17,6 +17,7 @@ from dinp.const import API_PREFIX
 from dinp.errors import Forbidden, InvalidInput
 from dinp.quotas import Quota
 from dinp.roles.auth import actor, principal
+from dinp.roles.forward import client_address
 from dinp.roles.handlers import json_body, known_fields, srv
 
 
@@ -32,7 +33,7 @@ async def login(request: web.Request) -> web.Response:
         raise InvalidInput("password", "expected the user's password")
     token, info = await server.db(server.accounts.login, name, password,
                                   ttl=server.config.session_ttl,
-                                  actor=Actor(name, request.remote))
+                                  actor=Actor(name, client_address(server, request)))
     return web.json_response({"token": token, "info": info})
 
 

@@ -20,6 +20,8 @@ from dinp import access, tokens, validation
 from dinp.access import ANY_NODE, Actor, Need, Principal, Target
 from dinp.const import API_PREFIX
 from dinp.errors import Unauthorized
+from dinp.roles.forward import client_address
+from dinp.roles.handlers import SERVER_KEY
 from dinp.roles.openapi import OPERATIONS, Operation
 from dinp.roles.server import Server
 
@@ -40,7 +42,7 @@ def principal(request: web.Request) -> Principal:
 
 def actor(request: web.Request) -> Actor:
     """Who makes this request and from where, for the audit trail."""
-    return Actor.of(principal(request), request.remote)
+    return Actor.of(principal(request), client_address(request.app[SERVER_KEY], request))
 
 
 def _rule(request: web.Request) -> Operation | None:

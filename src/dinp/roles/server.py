@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,13 +23,13 @@ from typing import Any, TypeVar
 
 from dinp import const, rollouts, routes, scheduler
 from dinp.accounts import Accounts
-from dinp.config import ServerConfig
+from dinp.config import ServerConfig, split_hostport
 from dinp.errors import DinpError, NodeTaken, NotFound, Unavailable, WrongCluster
 from dinp.metrics import ServerMetrics
 from dinp.models import AppRow
 from dinp.releases import ReleaseSpec
 from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
-from dinp.store import Snapshot, Store
+from dinp.store import NotLeader, Snapshot, Store
 from dinp.wire import Assignment, Heartbeat, assignments_rev
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,22 @@ class NodeAssignment:
         return {"node": node, "status": status, "rev": self.rev, "cluster": cluster,
                 "heartbeat_interval": heartbeat_interval, "foreign": foreign,
                 "instances": [a.to_json() for a in self.instances]}
+
+
+def server_id() -> str:
+    """This server process: host, pid and a random part (as agents are named)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def advertise_url(config: ServerConfig) -> str:
+    """How the other servers reach this one: advertise_url, else its API address (this
+    machine's name in place of an every-address listen)."""
+    if config.advertise_url:
+        return config.advertise_url.rstrip("/")
+    host, port = split_hostport(config.api_listen, default_port=7070)
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"http://{host}:{port}"
 
 
 def _agent_host(agent: str) -> str:
@@ -116,6 +135,15 @@ class Server:
         self.unplaceable: dict[str, str] = {}  # app -> why some of it cannot be placed
         self._tasks: set[asyncio.Future[Any]] = set()
         self.closing = False
+        # Leadership: several servers share a database, the lease holder leads (runs the
+        # reconcile loop, takes the agents' reports); the others forward to it. A Server
+        # made without the lease loop (tests, `dinp up` before run) leads.
+        self.server_id = server_id()
+        self.url = advertise_url(config)
+        self.leading = True
+        self.epoch: int | None = None  # of the lease, when it holds one
+        self.leader_url = self.url
+        self._lease_at = 0.0  # when the lease was last renewed (monotonic)
         self._update_assignments()
 
     # -- helpers ----------------------------------------------------------------------
@@ -377,12 +405,15 @@ class Server:
             if changes:
                 for action in changes:
                     log.info("reconcile: %s", action)
-                await self.db_within(RECONCILE_DB_SECONDS, self.store.apply, changes)
+                await self.db_within(RECONCILE_DB_SECONDS, self.store.apply, changes,
+                                     fence=self._fence())
                 for action in changes:
                     self.metrics.actions.labels(type(action).__name__.lower()).inc()
                 snapshot = await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot)
             self.snapshot = snapshot
             self._paused("database", "")
+        except NotLeader:
+            raise
         except DinpError as exc:
             self._paused("database", f"reconcile paused, nothing changed: {exc}")
             self.metrics.reconciles.labels("paused").inc()
@@ -574,15 +605,93 @@ class Server:
                 await self.db(self.store.add_event, message, app=item.app)
 
     async def run(self) -> None:
-        """Reconcile on every wake-up and at least every reconcile_interval, until cancelled."""
+        """Hold (or wait for) the leader lease, and while leading reconcile on every
+        wake-up and at least every reconcile_interval, until cancelled."""
+        lease = asyncio.create_task(self.lease_loop())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.reconcile_interval)
+                self._wake.clear()
+                if not self.leading:
+                    continue
+                try:
+                    await self.reconcile_once()
+                except NotLeader as exc:
+                    self._step_down(str(exc))
+                except Exception:  # a bug must not stop the loop that keeps apps running
+                    log.exception("reconcile failed; trying again")
+        finally:
+            lease.cancel()
+            await asyncio.gather(lease, return_exceptions=True)
+
+    # -- leadership -------------------------------------------------------------------
+
+    async def claim(self) -> None:
+        """Take or renew the leader lease (or learn who holds it): lead, or forward."""
+        try:
+            lease = await self.db(self.store.claim_lease, self.server_id, self.url,
+                                  self.config.lease_ttl)
+        except Unavailable as exc:
+            # Without the database this server cannot prove it still leads: once the
+            # lease may have expired for the others, it stops acting.
+            if self.leading and self.epoch is not None and time.monotonic() - \
+                    self._lease_at > self.config.lease_ttl * 0.6:
+                self._step_down(f"the lease cannot be renewed: {exc}")
+            return
+        self.leader_url = lease.url
+        if lease.holder != self.server_id:
+            if self.leading:
+                self._step_down(f"server {lease.holder} leads now")
+            self.leading, self.epoch = False, None
+            return
+        self._lease_at = time.monotonic()
+        if not self.leading or self.epoch != lease.epoch:
+            await self._take_over(lease.epoch)
+
+    async def lease_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.reconcile_interval)
-            self._wake.clear()
-            try:
-                await self.reconcile_once()
-            except Exception:  # a bug must not stop the loop that keeps apps running
-                log.exception("reconcile failed; trying again")
+            await self.claim()
+            await asyncio.sleep(self.config.lease_ttl / 3)
+
+    async def _take_over(self, epoch: int) -> None:
+        """Lead from a clean start, as a restarted server would: what another leader
+        knew of the nodes is not ours, so wait for every node to report (or
+        node_timeout) before changing anything, keeping the routes published."""
+        log.warning("this server (%s) leads now, lease epoch %d", self.server_id, epoch)
+        self.started = time.monotonic()
+        self.heartbeats.clear()
+        self.reports.clear()
+        self.snapshot = await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot)
+        self.owners = {n.name: NodeOwner(n.agent, self.started)
+                       for n in self.snapshot.nodes.values() if n.agent}
+        with contextlib.suppress(Unavailable):
+            self.inherited = await asyncio.to_thread(self.route_store.current)
+        self.routes_published = False
+        self.leading, self.epoch = True, epoch
+        self._update_assignments()
+        self.wake()
+
+    def _step_down(self, why: str) -> None:
+        """Stop acting as the leader at once; agents waiting on a long-poll are answered,
+        so they come back through whoever leads."""
+        if self.leading:
+            log.warning("this server no longer leads: %s", why)
+        self.leading, self.epoch = False, None
+        self.heartbeats.clear()
+        self.reports.clear()
+        event, self._assignments_changed = self._assignments_changed, asyncio.Event()
+        event.set()
+
+    def resign(self) -> None:
+        """A server that stops gives the lease up, so a standby takes over at once."""
+        if self.epoch is not None:
+            with contextlib.suppress(DinpError):
+                self.store.release_lease(self.server_id)
+
+    def _fence(self) -> tuple[str, int] | None:
+        """What the leader's writes are checked against (None: not using the lease)."""
+        return (self.server_id, self.epoch) if self.epoch is not None else None
 
     def _gauges(self) -> dict[str, tuple[str, str, dict[str, float] | float]]:
         """The state gauges of /metrics, read from what the server knows when scraped."""
