@@ -441,3 +441,47 @@ class Prober:
 
     def sent_since(self, t0: float) -> int:
         return sum(1 for t, _ in self.answers if t >= t0)
+
+
+class SecondEngine:
+    """A Docker engine of the test's own beside the machine's (its own data root, socket
+    and address pool; no bridge of its own, no iptables rules), so a test can restart a
+    node's engine without touching anyone else's containers."""
+
+    ROOT = Path("/var/lib/dinp-test-engine")
+    RUN = Path("/run/dinp-test-engine")
+
+    def __init__(self) -> None:
+        self.socket = self.RUN / "docker.sock"
+        self.url = f"unix://{self.socket}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SecondEngine:
+        self.RUN.mkdir(parents=True, exist_ok=True)
+        log = (self.RUN / "dockerd.log").open("ab")
+        self.proc = subprocess.Popen(
+            ["dockerd", "--data-root", str(self.ROOT), "--exec-root", str(self.RUN / "exec"),
+             "-H", self.url, "--pidfile", str(self.RUN / "docker.pid"), "--bridge", "none",
+             "--iptables=false", "--ip-masq=false",
+             "--default-address-pool", "base=10.199.0.0/16,size=24"],
+            stdout=log, stderr=log, start_new_session=True)
+        wait_for(lambda: self.docker("info").returncode == 0, 30, "the second engine")
+        return self
+
+    def docker(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", "-H", self.url, *args], capture_output=True,
+                              text=True, timeout=60)
+
+    def stop(self) -> None:
+        """SIGTERM, as `systemctl restart docker` does: the engine stops its containers."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(60)
+            self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            ids = self.docker("ps", "-aq").stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids)
+        self.stop()

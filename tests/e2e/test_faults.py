@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.conftest import FAULT_ROWS as ROWS
 from tests.e2e.conftest import IMAGE, Cluster, running_cluster
 from tests.support import Prober as BaseProber
-from tests.support import Proc, docker_ids, wait_for
+from tests.support import Proc, SecondEngine, TcpProxy, docker_ids, wait_for
 
 APP, HOST = "steady", "steady.apps.test"
 
@@ -281,6 +281,110 @@ def test_a_node_dies(cluster: Cluster) -> None:
     c.agent(node).start()
     wait_for(lambda: {n["name"]: n["status"] for n in c.cli.json("node", "list")}[node]
              == "ready", 20, "the node to come back")
+
+
+def test_a_node_cut_off_then_back(cluster: Cluster) -> None:
+    """The agent loses the server (a partition) while its containers go on running: after
+    node_timeout its instances are placed elsewhere and, once those serve, unrouted. When
+    the node comes back, the first answer to its first report tells it to stop them: no
+    duplicate outlives that heartbeat."""
+    c = cluster
+    settle(c)
+    node = show(c)["instance_list"][0]["node"]
+    api = int(c.env["DINP_SERVER"].split(",")[0].rsplit(":", 1)[1])
+    link = TcpProxy("127.0.0.1", api)  # the node's only way to the server
+    c.agents[node].stop()
+    agent = Proc(node, ["agent"], dict(c.env, DINP_NODE_NAME=node,
+                                      DINP_ADVERTISE=c.addresses[node],
+                                      DINP_CAPACITY_MB="1024",
+                                      DINP_SERVER=f"http://127.0.0.1:{link.port}"),
+                 c.workdir / f"{node}-proxied.log").start()
+    try:
+        wait_for(lambda: full_strength(c) and next(
+            n for n in c.cli.json("node", "list") if n["name"] == node)["last_seen_s"] < 3,
+            30, "the node to report through the link")
+        mine = {i["id"] for i in show(c)["instance_list"] if i["node"] == node}
+        assert mine, "the node runs an instance of the app"
+        with Prober(c.router_addr) as probe:
+            t0 = time.monotonic()
+            link.cut()
+            wait_for(lambda: not mine & {i["id"] for i in show(c)["instance_list"]}
+                     and full_strength(c), 40, "the instances to be replaced elsewhere")
+            # Cut off, the node still runs the replaced instances' containers.
+            assert docker_ids(f"io.dinp.node={node}", f"io.dinp.app={APP}")
+            healed = time.monotonic()
+            link.heal()
+            wait_for(lambda: next(n for n in c.cli.json("node", "list")
+                                  if n["name"] == node)["status"] == "ready", 20,
+                     "the node to report again")
+            reported = time.monotonic()
+            wait_for(lambda: not docker_ids(f"io.dinp.node={node}", f"io.dinp.app={APP}"),
+                     10, "the duplicates to stop")
+            gone = time.monotonic()
+            time.sleep(0.5)
+        failed = probe.failed_since(t0)
+        record("a node cut off from the server, then back", len(failed),
+               probe.sent_since(t0), f"replaced after {healed - t0:.1f} s; duplicates "
+               f"stopped {gone - reported:.1f} s after its first report")
+        assert failed == []
+        assert len(docker_ids(f"io.dinp.app={APP}")) == 3
+        # The first heartbeat back answers with the assignment that lacks them; stopping
+        # one takes the drain (1 s) and the app's stop.
+        assert gone - reported < 5, gone - reported
+    finally:
+        agent.stop()
+        link.close()
+        c.agent(node).start()
+        wait_for(lambda: next(n for n in c.cli.json("node", "list")
+                              if n["name"] == node)["last_seen_s"] < 3, 20,
+                 "the node's own agent back")
+
+
+def test_a_nodes_docker_engine_restarted(cluster: Cluster) -> None:
+    """A fourth node on a Docker engine of its own, which is restarted (its containers
+    stop with it): its instance is replaced elsewhere or comes back on it; no request
+    fails, and the app ends with its count of instances, no duplicates."""
+    c = cluster
+    settle(c)
+    engine = SecondEngine().start()
+    node = "engine-node"
+    agent = Proc(node, ["agent"], dict(c.env, DINP_NODE_NAME=node,
+                                      DINP_ADVERTISE="127.0.0.5", DINP_CAPACITY_MB="1024",
+                                      DINP_DOCKER_HOST=engine.url),
+                 c.workdir / f"{node}.log").start()
+    try:
+        wait_for(lambda: any(n["name"] == node and n["status"] == "ready"
+                             for n in c.cli.json("node", "list")), 20, "the fourth node")
+        c.cli.run("app", "scale", APP, "4", "--wait", "--timeout", "60")
+        assert node in {i["node"] for i in show(c)["instance_list"]}  # spread: it has one
+        with Prober(c.router_addr) as probe:
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            engine.stop()
+            time.sleep(2)
+            engine.start()
+            wait_for(lambda: show(c)["status"]["routed"] == 4
+                     and show(c)["status"]["healthy"] == 4, 60,
+                     "four instances serving again")
+            recovered = time.monotonic() - t0
+            time.sleep(0.5)
+        failed = probe.failed_since(t0)
+        where = "on it again" if node in {i["node"] for i in show(c)["instance_list"]} \
+            else "elsewhere"
+        record("a node's Docker engine restarted", len(failed), probe.sent_since(t0),
+               f"4 serving again after {recovered:.1f} s ({where})")
+        assert failed == []
+        running = docker_ids(f"io.dinp.app={APP}") + [
+            cid for cid in engine.docker("ps", "-q", "--filter",
+                                         f"label=io.dinp.app={APP}").stdout.split()]
+        assert len(running) == 4, running  # no duplicate
+    finally:
+        c.cli.run("app", "scale", APP, "3", check=False)
+        wait_for(lambda: node not in {i["node"] for i in show(c)["instance_list"]}
+                 or len(show(c)["instance_list"]) == 3, 30, "back to 3")
+        agent.stop()
+        engine.close()
+        c.cli.run("node", "drain", node, check=False)
 
 
 def test_a_second_agent_for_a_live_node(cluster: Cluster) -> None:
