@@ -444,29 +444,61 @@ class Prober:
 
 
 class SecondEngine:
-    """A Docker engine of the test's own beside the machine's (its own data root, socket
-    and address pool; no bridge of its own, no iptables rules), so a test can restart a
-    node's engine without touching anyone else's containers."""
+    """A Docker engine of the test's own, in a network namespace of its own (its own
+    loopback, bridge and iptables), reached from this machine through a veth pair at
+    ADDRESS: a test can restart a node's engine without touching anyone else's
+    containers or networks. (An engine beside the machine's in the same namespace
+    deletes its `docker0`.) It cannot reach the registry on the machine's loopback, so
+    images are loaded into it."""
 
     ROOT = Path("/var/lib/dinp-test-engine")
     RUN = Path("/run/dinp-test-engine")
+    NETNS = "dinp-test-engine"
+    ADDRESS = "10.197.0.2"  # the namespace's end; this machine's is 10.197.0.1
 
     def __init__(self) -> None:
         self.socket = self.RUN / "docker.sock"
         self.url = f"unix://{self.socket}"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def _network(cls) -> None:
+        if subprocess.run(["ip", "netns", "exec", cls.NETNS, "true"],
+                          capture_output=True).returncode == 0:
+            return
+        for cmd in (
+                ["ip", "netns", "add", cls.NETNS],
+                ["ip", "link", "add", "dinptest-h", "type", "veth", "peer", "name",
+                 "dinptest-n"],
+                ["ip", "link", "set", "dinptest-n", "netns", cls.NETNS],
+                ["ip", "addr", "add", "10.197.0.1/30", "dev", "dinptest-h"],
+                ["ip", "link", "set", "dinptest-h", "up"],
+                ["ip", "netns", "exec", cls.NETNS, "ip", "addr", "add",
+                 f"{cls.ADDRESS}/30", "dev", "dinptest-n"],
+                ["ip", "netns", "exec", cls.NETNS, "ip", "link", "set", "dinptest-n", "up"],
+                ["ip", "netns", "exec", cls.NETNS, "ip", "link", "set", "lo", "up"]):
+            subprocess.run(cmd, check=True, capture_output=True)
+
     def start(self) -> SecondEngine:
+        self._network()
         self.RUN.mkdir(parents=True, exist_ok=True)
         log = (self.RUN / "dockerd.log").open("ab")
         self.proc = subprocess.Popen(
-            ["dockerd", "--data-root", str(self.ROOT), "--exec-root", str(self.RUN / "exec"),
-             "-H", self.url, "--pidfile", str(self.RUN / "docker.pid"), "--bridge", "none",
-             "--iptables=false", "--ip-masq=false",
-             "--default-address-pool", "base=10.199.0.0/16,size=24"],
+            # nsenter, not `ip netns exec`: that one also remounts /sys, without cgroups.
+            ["nsenter", f"--net=/run/netns/{self.NETNS}", "dockerd", "--data-root",
+             str(self.ROOT),
+             "--exec-root", str(self.RUN / "exec"), "-H", self.url,
+             "--pidfile", str(self.RUN / "docker.pid")],
             stdout=log, stderr=log, start_new_session=True)
         wait_for(lambda: self.docker("info").returncode == 0, 30, "the second engine")
         return self
+
+    def load(self, image: str) -> None:
+        """Copy `image` from the machine's engine (no registry is reachable from here)."""
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "-H", self.url, "load", "-q"], stdin=save.stdout,
+                       check=True, capture_output=True, timeout=120)
+        save.wait(60)
 
     def docker(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["docker", "-H", self.url, *args], capture_output=True,

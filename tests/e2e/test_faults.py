@@ -347,9 +347,11 @@ def test_a_nodes_docker_engine_restarted(cluster: Cluster) -> None:
     c = cluster
     settle(c)
     engine = SecondEngine().start()
+    engine.load(IMAGE)
+    engine.load("dinp/busybox:1")
     node = "engine-node"
     agent = Proc(node, ["agent"], dict(c.env, DINP_NODE_NAME=node,
-                                      DINP_ADVERTISE="127.0.0.5", DINP_CAPACITY_MB="1024",
+                                      DINP_ADVERTISE=engine.ADDRESS, DINP_CAPACITY_MB="1024",
                                       DINP_DOCKER_HOST=engine.url),
                  c.workdir / f"{node}.log").start()
     try:
