@@ -421,3 +421,33 @@ class Prober:
 
     def sent_since(self, t0: float) -> int:
         return sum(1 for t, _ in self.answers if t >= t0)
+
+
+# -- PROXY protocol headers, written independently of the router's parser ------------------
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v1(source: str, source_port: int, dest: str = "192.0.2.80",
+             dest_port: int = 80) -> bytes:
+    """A PROXY v1 header (TCP4 or TCP6 by the source's address)."""
+    family = "TCP6" if ":" in source else "TCP4"
+    if family == "TCP6" and ":" not in dest:
+        dest = "2001:db8::80"
+    return f"PROXY {family} {source} {dest} {source_port} {dest_port}\r\n".encode()
+
+
+def proxy_v2(source: str | None, source_port: int = 0, *, dest: str | None = None,
+             dest_port: int = 443, local: bool = False, tlvs: bytes = b"") -> bytes:
+    """A PROXY v2 header: PROXY over TCP4/TCP6 by the source's address, or LOCAL (a health
+    check from the balancer itself, `source` None), with optional raw TLV bytes."""
+    import ipaddress
+    import struct
+
+    if local or source is None:
+        return PROXY_V2_SIGNATURE + b"\x20\x00" + struct.pack("!H", len(tlvs)) + tlvs
+    src = ipaddress.ip_address(source)
+    dst = ipaddress.ip_address(dest or ("2001:db8::443" if src.version == 6 else "192.0.2.43"))
+    family = b"\x11" if src.version == 4 else b"\x21"
+    body = src.packed + dst.packed + struct.pack("!HH", source_port, dest_port) + tlvs
+    return PROXY_V2_SIGNATURE + b"\x21" + family + struct.pack("!H", len(body)) + body
