@@ -42,11 +42,13 @@ IDLE_BACKEND_TTL = 30.0
 _NONE, _LENGTH, _CHUNKED, _EOF = range(4)
 
 # Response headers the router handles itself; any other passes through as it came.
-_KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE = range(6)
+_KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE, _HSTS = range(7)
 _RESPONSE_SPECIAL = {
     b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING, b"upgrade": _UPGRADE,
     b"keep-alive": _DROP, b"te": _DROP, b"trailer": _DROP, b"proxy-connection": _DROP,
+    # Replaced by the app's HTTPS policy when it sets one, else passed on.
+    b"strict-transport-security": _HSTS,
 }
 # Status lines, with the standard reason phrase (the backend's own is not kept: HTTP/2 has
 # none, and taking it would cost a callback per response).
@@ -78,6 +80,7 @@ class Exchange(Protocol):
     sent: int  # response body bytes
     close_after: bool  # the client connection closes after this response
     sink: asyncio.Transport | None  # where the rest of the request body goes
+    hsts: bytes  # the Strict-Transport-Security line the response gets (b"": none)
 
 
 R = TypeVar("R", bound=Exchange)
@@ -339,6 +342,8 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
                     drop = tokens if drop is None else drop | tokens
             elif kind == _UPGRADE:
                 upgrade = value
+            elif kind == _HSTS and not (self.req is not None and self.req.hsts):
+                out += (name, b": ", value, b"\r\n")
         if drop is not None:  # rare: scan again without the headers Connection named
             drop.add(b"connection")  # and the Connection header itself, or this repeats
             self._headers = [(n, v) for n, v in self._headers if n.lower() not in drop]
@@ -357,6 +362,9 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
         stays open after it: a Content-Length passes through; otherwise an HTTP/1.1
         client gets chunks, an HTTP/1.0 client gets the body until the connection closes."""
         out, length, chunked, _ = self._scan(status)
+        hsts = req.hsts
+        if hsts:
+            out.append(hsts)
         body_allowed = req.method != b"HEAD" and status != 204 and status != 304
         if length is not None and not chunked:
             out += (b"Content-Length: ", length, b"\r\n")
