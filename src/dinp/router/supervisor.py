@@ -26,6 +26,8 @@ from dinp.errors import ConfigError, Unavailable
 from dinp.lifecycle import cannot_listen, run_until_stopped, start_site
 from dinp.router.admin import admin_app
 from dinp.router.metrics import WorkerStats
+from dinp.router.proxy import trusted_networks
+from dinp.router.tls import load_files
 from dinp.router.worker import SHUTDOWN_GRACE, Router, open_access_log, run_worker
 from dinp.routes import redact
 
@@ -177,14 +179,21 @@ class Supervisor:
     async def run(self) -> None:
         config = self.config
         host, port = split_hostport(config.http_listen, default_port=8080)
-        if config.access_log:  # refused here, not by each worker as it starts
-            open_access_log(config.access_log).close()
-        # Holding the port (bound, not listening: it takes no connections) makes the
-        # start fail early when the port is taken, and resolves port 0 for the workers.
-        holder = _reserve(host, port)
+        check_config(config)  # refused here, not by each worker as it starts
+        # Holding the ports (bound, not listening: they take no connections) makes the
+        # start fail early when one is taken, and resolves port 0 for the workers.
+        holders = [_reserve(host, port, "http_listen")]
         try:
-            port = holder.getsockname()[1]
-            config = _with_listen(config, f"{host}:{port}")
+            port = holders[0].getsockname()[1]
+            config = dataclasses.replace(config, http_listen=_hostport(host, port))
+            https = ""
+            if config.https_listen:
+                https_host, https_port = split_hostport(config.https_listen, default_port=443)
+                holders.append(_reserve(https_host, https_port, "https_listen"))
+                https_port = holders[1].getsockname()[1]
+                config = dataclasses.replace(config,
+                                             https_listen=_hostport(https_host, https_port))
+                https = f", https://{https_host}:{https_port}"
             runner: web.AppRunner | None = None
             for worker in self.workers:
                 await worker.start(config)
@@ -196,8 +205,8 @@ class Supervisor:
                 runner = await start_site(admin_app(self.stats, lambda: self.stopping),
                                           admin_host, admin_port)
                 admin_url = f"http://{admin_host}:{runner.addresses[0][1]}"
-            log.info("router serving on http://%s:%d with %d workers, admin on %s, routes "
-                     "from %s", host, port, len(self.workers), admin_url,
+            log.info("router serving on http://%s:%d%s with %d workers, admin on %s, "
+                     "routes from %s", host, port, https, len(self.workers), admin_url,
                      redact(config.redis_url))
             await run_until_stopped(self._supervise(config))
         finally:
@@ -206,7 +215,8 @@ class Supervisor:
             await asyncio.gather(*(w.stop(SHUTDOWN_GRACE) for w in self.workers))
             if runner is not None:
                 await runner.cleanup()
-            holder.close()
+            for holder in holders:
+                holder.close()
 
     async def _wait_ready(self) -> None:
         """Until every worker answers (it answers once it listens)."""
@@ -241,7 +251,19 @@ class Supervisor:
         return [a for a in answers if a is not None]
 
 
-def _reserve(host: str, port: int) -> socket.socket:
+def check_config(config: RouterConfig) -> None:
+    """Refuse a configuration the workers would refuse, before any starts: the access log,
+    the operator's certificate, trusted_proxies."""
+    if config.access_log:
+        open_access_log(config.access_log).close()
+    if config.tls_cert_file:
+        load_files(config.tls_cert_file, config.tls_key_file)
+        if not config.https_listen:
+            log.warning("tls_cert_file is set but https_listen is not: no TLS listener")
+    trusted_networks(config.trusted_proxies)
+
+
+def _reserve(host: str, port: int, key: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -250,9 +272,9 @@ def _reserve(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise cannot_listen(host, port, exc, "http_listen") from exc
+        raise cannot_listen(host, port, exc, key) from exc
     return sock
 
 
-def _with_listen(config: RouterConfig, listen: str) -> RouterConfig:
-    return dataclasses.replace(config, http_listen=listen)
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
