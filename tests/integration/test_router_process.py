@@ -571,6 +571,11 @@ def test_two_workers_serve_tls(redis: RedisServer, tmp_path: Path) -> None:
             spread = [established_by(pid, https_port) for pid in workers]
             assert all(n > 0 for n in spread), spread
 
+        # A session resumes whichever worker takes the next connection (they share their
+        # ticket keys): with keys of their own, about half of these would not.
+        reused = await asyncio.to_thread(_resumptions, ca, https_port, "shop.example.com", 12)
+        assert reused == [True] * 12, reused
+
         # A domain removed from Redis is refused by every worker from then on.
         await publish(redis.url, dataclasses.replace(routes, certs={}))
         deadline = time.monotonic() + 5
@@ -592,6 +597,26 @@ def test_two_workers_serve_tls(redis: RedisServer, tmp_path: Path) -> None:
         assert await router.stop() == 0
 
     run(scenario, timeout=60)
+
+
+def _resumptions(ca: CertAuthority, port: int, name: str, count: int) -> list[bool]:
+    """One TLS session, then `count` new connections offering it: whether each resumed."""
+
+    ctx = ca.client_context()
+    request = b"GET / HTTP/1.1\r\nHost: %b\r\n\r\n" % name.encode()
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as tls:
+        tls.sendall(request)
+        tls.recv(65536)  # the TLS 1.3 tickets come with the first data
+        session = tls.session
+    reused = []
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=name, session=session) as tls:
+            tls.sendall(request)
+            tls.recv(65536)
+            reused.append(tls.session_reused)
+    return reused
 
 
 class _Localhost(AbstractResolver):

@@ -67,9 +67,11 @@ def tls_table(apps: dict[str, list[Backend] | list[str]], *,
 
 async def start_tls_router(stack: contextlib.AsyncExitStack, routes: RouteTable | None,
                            *, proxy_protocol: bool = False, http_proxy_protocol: bool = False,
-                           wait: bool = True, **config: Any) -> Router:
+                           wait: bool = True, ticket_secret: bytes | None = None,
+                           **config: Any) -> Router:
     """A router with a plain and a TLS listener (and the admin port), fed `routes`."""
     router = Router(**config)
+    router.ticket_secret = ticket_secret
     if routes is not None:
         router.set_table(routes)
     stack.push_async_callback(router.close)
@@ -301,9 +303,11 @@ def test_only_tls_12_and_13_with_strong_ciphers_and_alpn_http11() -> None:
     run(scenario)
 
 
-def resumed(port: int, name: str, version: ssl.TLSVersion) -> tuple[bool, bool]:
-    """Two connections (blocking sockets, in a thread): whether the second resumed the
-    first one's session, and whether the first was a resumption (it must not be)."""
+def resumed(port: int, name: str, version: ssl.TLSVersion,
+            again_port: int | None = None) -> tuple[bool, bool]:
+    """Two connections (blocking sockets, in a thread), the second to `again_port` if
+    given: whether the second resumed the first one's session, and whether the first was
+    a resumption (it must not be)."""
     ctx = CA.client_context()
     ctx.maximum_version = version
     ctx.minimum_version = version
@@ -313,7 +317,7 @@ def resumed(port: int, name: str, version: ssl.TLSVersion) -> tuple[bool, bool]:
         tls.sendall(request)
         tls.recv(65536)  # a TLS 1.3 ticket comes after the handshake, with the data
         session, first = tls.session, tls.session_reused
-    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+    with socket.create_connection(("127.0.0.1", again_port or port), 5) as raw, \
             ctx.wrap_socket(raw, server_hostname=name, session=session) as tls:
         tls.sendall(request)
         assert tls.recv(65536).startswith(b"HTTP/1.1 200")
@@ -329,6 +333,28 @@ def test_sessions_resume(wildcard: dict[str, str]) -> None:
         for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
             again, first = await asyncio.to_thread(resumed, port, "web.apps.test", version)
             assert (again, first) == (True, False), version
+
+    run(scenario)
+
+
+def test_routers_with_the_same_ticket_secret_resume_each_others_sessions(
+        wildcard: dict[str, str]) -> None:
+    """As the worker processes of one router do (the supervisor gives them one secret):
+    a session begun on one resumes on another, also under TLS 1.2; a router with another
+    secret cannot resume it."""
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (web,) = await backends(stack, "web")
+        routes = tls_table({"web": [web]})
+        one, two, other = [
+            await start_tls_router(stack, routes, ticket_secret=secret, **wildcard)
+            for secret in (b"s" * 32, b"s" * 32, b"o" * 32)]
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            for target, expected in ((two, True), (other, False)):
+                again, first = await asyncio.to_thread(
+                    resumed, one.bound_https_port or 0, "web.apps.test", version,
+                    target.bound_https_port)
+                assert (again, first) == (expected, False), (version, expected)
 
     run(scenario)
 

@@ -60,7 +60,7 @@ def _log_setup() -> tuple[int, bool]:
 
 
 def worker_main(config: RouterConfig, index: int, control: socket.socket, level: int,
-                json_logs: bool) -> None:
+                json_logs: bool, ticket_secret: bytes) -> None:
     """A worker process (spawned by the Supervisor): one Router on uvloop until SIGTERM
     or until its supervisor goes away (its control socket closes)."""
     import uvloop
@@ -71,10 +71,10 @@ def worker_main(config: RouterConfig, index: int, control: socket.socket, level:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(verbose=level <= logging.DEBUG, quiet=level >= logging.WARNING,
                   json_logs=json_logs)
-    uvloop.run(_worker(config, control))
+    uvloop.run(_worker(config, control, ticket_secret))
 
 
-async def _worker(config: RouterConfig, control: socket.socket) -> None:
+async def _worker(config: RouterConfig, control: socket.socket, ticket_secret: bytes) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -97,7 +97,7 @@ async def _worker(config: RouterConfig, control: socket.socket) -> None:
     stop_tasks: list[asyncio.Task[None]] = []
     try:
         await run_worker(config, stop=stop.wait(), admin=False, reuse_port=True,
-                         on_ready=answer)
+                         on_ready=answer, ticket_secret=ticket_secret)
     finally:
         for task in stop_tasks:
             task.cancel()
@@ -113,12 +113,14 @@ class WorkerProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
 
-    async def start(self, config: RouterConfig) -> None:
+    async def start(self, config: RouterConfig, ticket_secret: bytes) -> None:
         parent, child = socket.socketpair()
         level, json_logs = _log_setup()
         ctx = multiprocessing.get_context("spawn")
+        # The secret goes through the spawn pipe: never in argv, the environment or a file.
         self.process = ctx.Process(
-            target=worker_main, args=(config, self.index, child, level, json_logs),
+            target=worker_main, args=(config, self.index, child, level, json_logs,
+                                      ticket_secret),
             name=f"dinp-router-{self.index}", daemon=True,
         )
         self.process.start()
@@ -175,6 +177,9 @@ class Supervisor:
         self.config = config
         self.workers = [WorkerProcess(i) for i in range(workers)]
         self.stopping = False
+        # What every worker's TLS session ticket keys come from, for as long as this runs:
+        # any worker, a restarted one too, resumes the sessions of any other.
+        self.ticket_secret = os.urandom(32)
 
     async def run(self) -> None:
         config = self.config
@@ -196,7 +201,7 @@ class Supervisor:
                 https = f", https://{https_host}:{https_port}"
             runner: web.AppRunner | None = None
             for worker in self.workers:
-                await worker.start(config)
+                await worker.start(config, self.ticket_secret)
             await self._wait_ready()
             admin_url = "disabled"
             if config.admin_listen:
@@ -241,7 +246,7 @@ class Supervisor:
                     await worker.stop(0)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
-                    await worker.start(config)
+                    await worker.start(config, self.ticket_secret)
                     continue
             if all(w.alive for w in self.workers):
                 backoff = max(1.0, backoff / 2)

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from dinp.router.clients import ClientConnection, TlsClientConnection
 from dinp.router.follower import RedisRouteFollower
 from dinp.router.metrics import WorkerStats
 from dinp.router.proxy import Proxy
+from dinp.router.tickets import SharedTickets
 from dinp.routes import RouteTable, redact
 
 log = logging.getLogger("dinp.router")
@@ -72,6 +74,10 @@ class Router:
         self._admin: web.AppRunner | None = None
         self._tls = False
         self._opening: asyncio.Task[None] | None = None
+        # Set before start_https: the session ticket keys come from it (the same in every
+        # worker of a router, so any worker resumes any worker's sessions).
+        self.ticket_secret: bytes | None = None
+        self._tickets: SharedTickets | None = None
         https_port = config.https_port
         if not https_port and config.https_listen:
             https_port = split_hostport(config.https_listen, default_port=443)[1]
@@ -141,6 +147,9 @@ class Router:
         proxy.routes.flush()
         if proxy.routes.ready:  # a table came before the listener
             certs.update(self.table.certs)
+        if self.ticket_secret is not None and self._tickets is None:
+            self._tickets = SharedTickets(certs.context, self.ticket_secret)
+            self._tickets.start(loop)
         timeout = proxy.config.header_timeout
         server: Listener
         try:
@@ -201,6 +210,8 @@ class Router:
         proxy.begin_closing()  # from now on a connection closes after its response
         if self._opening is not None:
             self._opening.cancel()
+        if self._tickets is not None:
+            self._tickets.stop()
         for server in self._servers:
             server.close()
         loop = asyncio.get_running_loop()
@@ -246,9 +257,12 @@ async def _until(stop: Awaitable[object], watch: Awaitable[None]) -> None:
 
 async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bool,
                      reuse_port: bool = False,
-                     on_ready: Callable[[Router], Awaitable[None]] | None = None) -> None:
+                     on_ready: Callable[[Router], Awaitable[None]] | None = None,
+                     ticket_secret: bytes | None = None) -> None:
     """One router with its Redis follower, until `stop` completes (or a signal, when it
-    serves the admin port itself, as a single process does).
+    serves the admin port itself, as a single process does). `ticket_secret`: what the
+    TLS session ticket keys come from (the same for every worker of a router; a new one
+    without).
 
     It waits up to connect_timeout for the first table; if Redis does not answer by then
     it listens anyway, not ready: /health and every request answer 503 (with
@@ -256,6 +270,7 @@ async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bo
     """
     http_host, http_port = split_hostport(config.http_listen, default_port=8080)
     router = Router(config)
+    router.ticket_secret = ticket_secret or os.urandom(32)
     follower = RedisRouteFollower(config.redis_url, router.set_table,
                                   resync_interval=config.resync_interval)
     router.follower = follower
