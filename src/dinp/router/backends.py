@@ -93,6 +93,7 @@ class Client(Protocol[R_contra]):
 
     transport: asyncio.Transport
     closed: bool
+    tls: bool  # its transport encrypts: one write makes one TLS record
 
     def close(self) -> None: ...
 
@@ -396,6 +397,8 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
         if client is not None and not client.closed:
             if len(out) == 1:
                 client.transport.write(out[0])
+            elif client.tls:  # each piece would be a TLS record of its own
+                client.transport.write(b"".join(out))
             else:
                 client.transport.writelines(out)
         out.clear()
