@@ -11,8 +11,9 @@ protocol headers from a load balancer (accept.py).
 
 The modules, from the wire up:
 
-- proxy_protocol.py, accept.py: the PROXY protocol, and listeners that read it from each
-  new connection before anything else;
+- proxy_protocol.py, accept.py: the PROXY protocol, and what reads it at the start of
+  each connection before handing the connection on;
+- tls_stream.py: the router's own TLS layer between a socket and a client connection;
 - tls.py, tickets.py: TLS settings, the certificate for each handshake, the contexts made
   from the table; session ticket keys shared by the workers;
 - clients.py: the client side: connections from clients, request parsing and head

@@ -752,9 +752,9 @@ class ClientConnection(asyncio.Protocol):
         self._lingering = True
         self._idle_since = self.loop.time()
         self._unpause(self._paused)
-        if self.transport.can_write_eof():
+        if self.transport.can_write_eof():  # TLS too: close_notify, then FIN
             self.transport.write_eof()
-        else:  # TLS: its close_notify, then its transport waits for the client's
+        else:
             self.close()
 
     def close(self) -> None:
@@ -773,19 +773,8 @@ class ClientConnection(asyncio.Protocol):
 
 
 class TlsClientConnection(ClientConnection):
-    """A client connection over TLS (its transport decrypts): X-Forwarded-Proto https,
-    HSTS where the app asks for it, never redirected."""
+    """A client connection over TLS (its transport, a TlsStream, decrypts):
+    X-Forwarded-Proto https, HSTS where the app asks for it, never redirected."""
 
     tls = True
     scheme = b"https"
-
-    def eof_received(self) -> bool:
-        """The client's close_notify: TLS cannot stay half open (the SSL transport closes
-        the connection after this, once what was written is sent)."""
-        self._eof = True
-        req = self.active
-        if self._raw and req is not None and req.backend is not None:
-            transport = req.backend.transport
-            if transport.can_write_eof():
-                transport.write_eof()  # a tunnel passes the end on
-        return False

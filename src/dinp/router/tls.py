@@ -67,30 +67,6 @@ def server_context() -> ssl.SSLContext:
     return ctx
 
 
-class AlertingSSLObject(ssl.SSLObject):
-    """An SSLObject whose failed handshake lets its alert reach the client.
-
-    asyncio's and uvloop's SSL transports close the connection on a handshake error
-    without sending what OpenSSL left in the outgoing buffer: the client would see a reset
-    instead of `unrecognized_name` or `protocol_version` (CPython gh-98078). So the first
-    failure is reported as "wants more data", which makes the transport send the alert; the
-    client then hangs up (or the handshake timeout ends it), and any later call raises the
-    real error."""
-
-    _failure: ssl.SSLError | None = None
-
-    def do_handshake(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        try:
-            super().do_handshake()
-        except ssl.SSLWantReadError:
-            raise
-        except ssl.SSLError as exc:
-            self._failure = exc
-            raise ssl.SSLWantReadError("the alert goes to the client first") from exc
-
-
 def _no_password() -> bytes:
     raise ValueError("the private key is encrypted (it must be given in the clear)")
 
@@ -265,7 +241,6 @@ class CertStore:
         self.wildcard = wildcard
         self.context = server_context()
         self.context.sni_callback = self._on_sni
-        self.context.sslobject_class = AlertingSSLObject
         self.ready = asyncio.Event()
         # Told when the certificates in use change (the route cache depends on them).
         self.listeners: list[Callable[[], None]] = []

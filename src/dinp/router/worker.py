@@ -10,14 +10,14 @@ import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from dinp.config import RouterConfig, split_hostport
 from dinp.errors import ConfigError
 from dinp.lifecycle import cannot_listen, forced, run_until_stopped, start_site
-from dinp.router.accept import ProxyProtocolListener, bind_tcp
+from dinp.router.accept import ProxyHeader, Refusals
 from dinp.router.accesslog import AccessLog
 from dinp.router.admin import admin_app
 from dinp.router.clients import ClientConnection, TlsClientConnection
@@ -25,6 +25,7 @@ from dinp.router.follower import RedisRouteFollower
 from dinp.router.metrics import WorkerStats
 from dinp.router.proxy import Proxy
 from dinp.router.tickets import SharedTickets
+from dinp.router.tls_stream import TlsStream
 from dinp.routes import RouteTable, redact
 
 log = logging.getLogger("dinp.router")
@@ -33,19 +34,6 @@ log = logging.getLogger("dinp.router")
 SHUTDOWN_GRACE = 5.0
 # Allocations of young objects between two collections (Python's default: 700).
 GC_YOUNG = 20_000
-
-
-class Listener(Protocol):
-    """An asyncio Server, or a ProxyProtocolListener."""
-
-    @property
-    def sockets(self) -> Any: ...
-
-    async def start_serving(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
 
 
 def open_access_log(path: str) -> AccessLog:
@@ -72,7 +60,7 @@ class Router:
         # Set once the TLS listener takes connections (after the first table's
         # certificates are in).
         self.https_open = asyncio.Event()
-        self._servers: list[Listener] = []
+        self._servers: list[asyncio.base_events.Server] = []
         self._admin: web.AppRunner | None = None
         self._tls = False
         self._opening: asyncio.Task[None] | None = None
@@ -111,24 +99,20 @@ class Router:
         return stats
 
     async def start_http(self, host: str, port: int, *, reuse_port: bool = False,
-                         proxy_protocol: bool = False) -> list[Listener]:
+                         proxy_protocol: bool = False) -> list[asyncio.base_events.Server]:
         """Listen for clients; port 0 picks a free port (see bound_http_port). With
         `proxy_protocol`, every connection must start with a PROXY header."""
         loop = asyncio.get_running_loop()
         proxy = self.proxy
         proxy.start()
-        server: Listener
+        factory: Callable[[], asyncio.Protocol] = lambda: ClientConnection(proxy)  # noqa: E731
+        if proxy_protocol:
+            refused = Refusals(proxy, "http_listen")
+            factory = lambda: ProxyHeader(  # noqa: E731
+                proxy, lambda client: ClientConnection(proxy, peer=client), refused)
         try:
-            if proxy_protocol:
-                server = ProxyProtocolListener(
-                    proxy, bind_tcp(host, port, reuse_port=reuse_port),
-                    lambda peer: ClientConnection(proxy, peer=peer))
-                await server.start_serving()
-            else:
-                server = await loop.create_server(
-                    lambda: ClientConnection(proxy), host, port, reuse_port=reuse_port,
-                    backlog=2048,
-                )
+            server = await loop.create_server(factory, host, port, reuse_port=reuse_port,
+                                              backlog=2048)
         except OSError as exc:
             raise cannot_listen(host, port, exc, "http_listen") from exc
         self._servers.append(server)
@@ -152,20 +136,18 @@ class Router:
         if self.ticket_secret is not None and self._tickets is None:
             self._tickets = SharedTickets(certs.context, self.ticket_secret)
             self._tickets.start(loop)
-        timeout = proxy.config.header_timeout
-        server: Listener
+        context = certs.context
+
+        def tls(client: str | None = None) -> asyncio.Protocol:
+            return TlsStream(proxy, context, TlsClientConnection(proxy, peer=client))
+
+        factory: Callable[[], asyncio.Protocol] = tls
+        if proxy_protocol:
+            refused = Refusals(proxy, "https_listen")
+            factory = lambda: ProxyHeader(proxy, tls, refused)  # noqa: E731
         try:
-            if proxy_protocol:
-                server = ProxyProtocolListener(
-                    proxy, bind_tcp(host, port, reuse_port=reuse_port),
-                    lambda peer: TlsClientConnection(proxy, peer=peer),
-                    ssl_context=certs.context)
-            else:
-                server = await loop.create_server(
-                    lambda: TlsClientConnection(proxy), host, port, ssl=certs.context,
-                    ssl_handshake_timeout=timeout, reuse_port=reuse_port, backlog=2048,
-                    start_serving=False,
-                )
+            server = await loop.create_server(factory, host, port, reuse_port=reuse_port,
+                                              backlog=2048, start_serving=False)
         except OSError as exc:
             raise cannot_listen(host, port, exc, "https_listen") from exc
         self._servers.append(server)
@@ -176,7 +158,8 @@ class Router:
                                          name="dinp-https")
         self._opening.add_done_callback(self._opened)
 
-    async def _open_when_ready(self, server: Listener, host: str, port: int) -> None:
+    async def _open_when_ready(self, server: asyncio.base_events.Server, host: str,
+                               port: int) -> None:
         await self.proxy.certs.ready.wait()
         try:
             await server.start_serving()
