@@ -432,6 +432,83 @@ def test_keep_alive_pipelining_big_bodies_and_websocket_over_tls(
     run(scenario, timeout=60)
 
 
+def test_back_pressure_and_half_closes_over_tls(wildcard: dict[str, str]) -> None:
+    """A TLS client that stops reading stops the backend, one whose upload the backend
+    does not read is stopped in turn (the router holds neither body); a client that
+    half-closes after its request still gets the answer; an early answer (431) reaches a
+    client still sending."""
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (b,) = await backends(stack, "web")
+        router = await start_tls_router(stack, tls_table({"web": [b]}), **wildcard)
+        host = "web.apps.test"
+
+        # A 1 GB download the client does not read for a while.
+        client = await TlsClient.connect(stack, router, host)
+        await client.send(b"GET /stream?size=%d&length HTTP/1.1\r\nHost: %b\r\n\r\n"
+                          % (1024 * MB, host.encode()))
+        await asyncio.sleep(1.0)
+        stalled = b.streamed
+        await asyncio.sleep(0.3)
+        assert b.streamed == stalled  # the backend is held, not buffered into the router
+        assert stalled < 128 * MB
+        client.writer.transport.abort()  # the client goes away
+
+        async def no_connections() -> bool:
+            return not router.proxy.connections and router.proxy.pool.idle_count() == 0
+
+        assert await eventually(no_connections)
+
+        # A 256 MB upload to a backend that reads nothing for a second.
+        client = await TlsClient.connect(stack, router, host)
+        sent = 0
+
+        async def upload() -> None:
+            nonlocal sent
+            await client.send(b"POST /upload?hold=1 HTTP/1.1\r\nHost: %b\r\n"
+                              b"Content-Length: %d\r\n\r\n" % (host.encode(), 256 * MB))
+            for i in range(256):
+                await client.send(block(i))
+                sent += MB
+
+        task = asyncio.create_task(upload())
+        await asyncio.sleep(0.8)
+        assert sent < 128 * MB
+        await task
+        resp = await client.response()
+        assert resp.status == 200 and resp.json()["size"] == 256 * MB
+
+        # Half-closed (FIN after the request, no close_notify): still answered.
+        port = router.bound_https_port
+        assert port is not None
+
+        def half_closed() -> bytes:
+            ctx = CA.client_context()
+            with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=host) as tls:
+                tls.sendall(b"GET /half HTTP/1.1\r\nHost: %b\r\n\r\n" % host.encode())
+                socket.socket.shutdown(tls, socket.SHUT_WR)  # TCP only: TLS stays on
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+                    if b"\r\n\r\n" in answer and answer.endswith(b"}"):
+                        break
+                return answer
+
+        answer = await asyncio.to_thread(half_closed)
+        assert answer.startswith(b"HTTP/1.1 200") and b'"/half"' in answer
+
+        # An early answer: the head grows past the limit while the client still sends.
+        client = await TlsClient.connect(stack, router, host)
+        await client.send(b"GET / HTTP/1.1\r\nHost: web.apps.test\r\nX-Big: ")
+        await client.send(b"a" * 200_000)
+        resp = await client.response()
+        assert resp.status == 431
+        assert await client.at_eof()
+
+    run(scenario, timeout=40)
+
+
 def test_forwarded_headers_over_tls(wildcard: dict[str, str]) -> None:
     async def scenario(stack: contextlib.AsyncExitStack) -> None:
         (web,) = await backends(stack, "web")
