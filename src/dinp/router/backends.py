@@ -56,6 +56,10 @@ _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
                  for s in HTTPStatus}
 
 
+# A closed connection's parser (one that calls back nothing).
+_SPENT_PARSER = httptools.HttpResponseParser(object())
+
+
 def status_line(status: int) -> bytes:
     return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
 
@@ -178,6 +182,7 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = _SPENT_PARSER  # it held this protocol's callbacks: a cycle
         if self.pooled:
             self.pool.forget(self)
         req, client = self.req, self.client

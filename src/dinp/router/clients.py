@@ -73,6 +73,8 @@ _SPECIAL = {
 }
 # Where the router answers ACME HTTP-01 challenges itself, for any Host, on plain HTTP.
 ACME_PATH = b"/.well-known/acme-challenge/"
+# A closed connection's parser (one that calls back nothing).
+_SPENT_PARSER = httptools.HttpRequestParser(object())
 
 # Why reading from a client is paused (a bit set: reading resumes when it is empty).
 _PIPELINE = 1  # PIPELINE_LIMIT requests wait for their responses
@@ -298,8 +300,11 @@ class ClientConnection(asyncio.Protocol):
                 req.done = True
                 req.status = 499  # as nginx logs it: the client closed the request
                 self._record(req, backend.addr if backend else "")
-        self.active = None
+        self.active = self._cur = None
         self.queue.clear()
+        # The parser holds this protocol's callbacks: without this cycle the connection
+        # is freed when its last reference goes, not by the collector in a batch.
+        self.parser = _SPENT_PARSER
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()

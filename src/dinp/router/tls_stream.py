@@ -35,6 +35,8 @@ log = logging.getLogger("dinp.router")
 
 # The most plaintext taken from OpenSSL in one read (it returns at most one record, 16 KB).
 READ_SIZE = 256 * 1024
+# What a stream's app is once the connection is gone.
+_GONE = asyncio.Protocol()
 
 
 class TlsStream(asyncio.Protocol, asyncio.Transport):
@@ -90,7 +92,12 @@ class TlsStream(asyncio.Protocol, asyncio.Transport):
         if self._handshaking:
             self.proxy.connections.discard(self)
             return
-        self.app.connection_lost(exc)
+        app, self.app = self.app, _GONE
+        # Without the app's reference back (its transport is this stream), the two are
+        # freed as soon as nothing else holds them: OpenSSL's state with them, at once,
+        # instead of by the collector in a batch (a pause of 100 ms every thousand
+        # connections).
+        app.connection_lost(exc)
 
     def pause_writing(self) -> None:
         if not self._handshaking:

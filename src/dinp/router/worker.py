@@ -32,8 +32,6 @@ log = logging.getLogger("dinp.router")
 
 # How long a stopping router lets requests in flight finish.
 SHUTDOWN_GRACE = 5.0
-# Allocations of young objects between two collections (Python's default: 700).
-GC_YOUNG = 20_000
 
 
 def open_access_log(path: str) -> AccessLog:
@@ -287,12 +285,6 @@ async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bo
         # the collections that requests trigger stay short (no latency spikes).
         gc.collect()
         gc.freeze()
-        # And collect the young less often: a new connection (a TLS handshake above all)
-        # makes a few hundred objects, most of which die by their reference count; with
-        # the default threshold (700) the collector ran every few connections and took
-        # about a tenth of a handshake. Collecting this many young objects takes under a
-        # millisecond (0.4 ms measured).
-        gc.set_threshold(GC_YOUNG, 20, 20)
         if admin:
             log.info("router serving on http://%s:%d%s, admin on %s, routes from %s "
                      "(%d hosts)", http_host, router.bound_http_port, https, admin_url,
