@@ -607,8 +607,10 @@ def main() -> None:
     if "dinp" not in names:
         sys.exit("--only must include dinp: the ratios are to it")
     ensure_tools()
-    command = "make bench-router" if os.environ.get("MAKELEVEL") else \
-        " ".join(["benchmarks/router.py", *sys.argv[1:]])
+    extra = [a for a in sys.argv[1:] if a != "--update-doc"]
+    command = " ".join(["benchmarks/router.py", *sys.argv[1:]])
+    if os.environ.get("MAKELEVEL"):
+        command = "make bench-router" + (f" BENCH_ARGS='{' '.join(extra)}'" if extra else "")
     reports: list[tuple[str, str]] = []
     with workdir() as work:
         bench = Bench(args, work)
