@@ -239,6 +239,9 @@ class TlsStream(asyncio.Protocol, asyncio.Transport):
     def is_closing(self) -> bool:
         return self._closing or self.raw.is_closing()
 
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
     def pause_reading(self) -> None:
         if self._reading:
             self._reading = False
