@@ -84,8 +84,12 @@ async def _worker(config: RouterConfig, control: socket.socket, ticket_secret: b
 
         async def serve_control() -> None:
             try:
-                while await reader.readline():
-                    writer.write(json.dumps(router.stats()).encode() + b"\n")
+                while question := await reader.readline():
+                    # The answer names the question it answers (its number), so that an
+                    # answer to one asked before this worker was ready is never taken for
+                    # the answer to a later one.
+                    number = question.split()[-1].decode()
+                    writer.write(json.dumps([number, router.stats()]).encode() + b"\n")
                     await writer.drain()
             except (ConnectionError, OSError):
                 pass
@@ -112,6 +116,7 @@ class WorkerProcess:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
+        self._asked = 0  # questions asked on the control socket
 
     async def start(self, config: RouterConfig, ticket_secret: bytes) -> None:
         parent, child = socket.socketpair()
@@ -136,16 +141,19 @@ class WorkerProcess:
         if self._reader is None or self._writer is None or not self.alive:
             return None
         async with self._lock:
+            self._asked += 1
+            number = str(self._asked)
             try:
-                self._writer.write(b"snapshot\n")
+                self._writer.write(b"snapshot %s\n" % number.encode())
                 await self._writer.drain()
-                line = await asyncio.wait_for(self._reader.readline(), timeout)
-            except (TimeoutError, ConnectionError, OSError):
+                async with asyncio.timeout(timeout):
+                    while line := await self._reader.readline():
+                        answered, stats = json.loads(line)
+                        if answered == number:  # else a late answer to an earlier one
+                            return stats  # type: ignore[no-any-return]
+            except (TimeoutError, ConnectionError, OSError, ValueError):
                 return None
-        if not line:
-            return None
-        stats: WorkerStats = json.loads(line)
-        return stats
+        return None
 
     def close_control(self) -> None:
         if self._writer is not None:

@@ -94,6 +94,10 @@ class Router:
     def stats(self) -> WorkerStats:
         stats = self.proxy.stats()
         stats["redis"] = self.redis_connected
+        # With a TLS listener, ready only once it takes connections (its certificates
+        # are in): a load balancer must not send TLS traffic before.
+        if self._tls and not self.https_open.is_set():
+            stats["ready"] = False
         return stats
 
     async def start_http(self, host: str, port: int, *, reuse_port: bool = False,
