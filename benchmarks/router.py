@@ -386,8 +386,9 @@ class Result:
     @classmethod
     def parse(cls, out: str, cpu: float) -> Result:
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.M)  # in the Latency Distribution
-        p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.M)
+        # In the Latency Distribution (wrk pads "1.03s " with a space).
+        p50 = re.search(r"^\s+50%\s+(\S+)\s*$", out, re.M)
+        p99 = re.search(r"^\s+99%\s+(\S+)\s*$", out, re.M)
         if not (rps and p50 and p99):
             raise RuntimeError(f"cannot read wrk's output:\n{out}")
         errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
