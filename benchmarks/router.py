@@ -1,10 +1,12 @@
-"""dinp's router against Caddy and nginx, each on one core, driven by wrk.
+"""dinp's router against Caddy and nginx, each on one core, driven by wrk: plain HTTP, and
+HTTPS (keep-alive requests, and new TLS handshakes).
 
-    .venv/bin/python benchmarks/router.py [--seconds 5] [--concurrency 16,64,256]
-                                          [--rounds 3] [--update-doc]
+    .venv/bin/python benchmarks/router.py [--mode plain,tls] [--seconds 5]
+        [--concurrency 16,64,256] [--tls-concurrency 16,64] [--tls-key ec|rsa]
+        [--rounds 5] [--baseline-src DIR] [--update-doc]
 
-(`make bench-router` runs it with --update-doc, which rewrites the table in
-docs/performance.md.)
+(`make bench-router` runs it with --update-doc, which rewrites the tables in
+docs/performance.md: plain HTTP, and HTTPS with the key type measured.)
 
 The setup, the same for the three proxies:
 
@@ -24,6 +26,15 @@ The setup, the same for the three proxies:
   a warm-up each. The machine is shared and noisy, and other work only ever slows a run
   down, so each cell keeps the run with the most req/s out of the rounds (with that run's
   own latencies and CPU), the same rule for every proxy: compare within one run.
+- HTTPS (`--mode tls`): the three terminate TLS with the same certificate and key (ECDSA
+  P-256, or RSA-2048 with `--tls-key rsa`, made for the run), TLS 1.2 and 1.3 with
+  Mozilla's "intermediate" ciphers, session tickets on, towards the same backend over
+  plain HTTP. wrk connects to https://localhost (SNI `localhost`): (a) keep-alive
+  requests, (b) `-H "Connection: close"`, a new connection and a full handshake (wrk
+  never resumes a session) per request: handshakes per second.
+- `--baseline-src DIR` adds another dinp (DIR is the `src` of another checkout, e.g. the
+  commit before a change) to the plain HTTP rounds, taking turns like the others: a
+  before/after on the same noisy machine.
 
 Missing tools (wrk, nginx-light, caddy, redis-server) are installed with apt-get (as root).
 """
@@ -55,8 +66,12 @@ from dinp.routes import RedisRouteStore, RouteTable  # noqa: E402
 
 DINP = str(Path(sys.executable).parent / "dinp")
 HOST = "bench.localhost"
+# Over HTTPS the name is `localhost`: it resolves here without a hosts entry, and it is
+# the SNI wrk sends (the name in the URL).
+TLS_HOST = "localhost"
 DOC = ROOT / "docs" / "performance.md"
-BEGIN, END = "<!-- bench-router:begin -->", "<!-- bench-router:end -->"
+MARKERS = {"plain": "bench-router", "tls-ec": "bench-router-tls",
+           "tls-rsa": "bench-router-tls-rsa"}
 PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "caddy": "caddy",
             "redis-server": "redis-server"}
 
@@ -103,8 +118,9 @@ def wait_http(url: str, host: str, timeout: float = 20) -> None:
 @dataclass
 class Proxy:
     name: str
-    port: int
+    port: int  # plain HTTP, or HTTPS in the TLS rounds
     procs: list[subprocess.Popen[bytes]]
+    tls: bool = False
 
     def pids(self) -> list[int]:
         """The proxy's processes and their children (nginx's worker)."""
@@ -200,33 +216,52 @@ http {{
         self.redis_store = store
         return url
 
-    def dinp(self, backends: list[str]) -> Proxy:
+    def dinp(self, backends: list[str], *, name: str = "dinp", src: str | None = None,
+             tls: Path | None = None) -> Proxy:
+        """`src`: run the dinp of another checkout (its `src` directory)."""
         url = self.redis()
         hosts = {f"app{i}.localhost": f"app{i}" for i in range(1000)}
         table = RouteTable(
             backends={**{h: (f"10.0.{i // 250}.{i % 250}:8080",)
-                         for i, h in enumerate(hosts)}, HOST: tuple(backends)},
-            hosts={**hosts, HOST: "bench"},
+                         for i, h in enumerate(hosts)}, HOST: tuple(backends),
+                      TLS_HOST: tuple(backends)},
+            hosts={**hosts, HOST: "bench", TLS_HOST: "bench"},
         )
         self.redis_store.publish(table)
         port, admin = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DINP_")}
-        proc = self.spawn("dinp", self.args.proxy_cpu, [
-            DINP, "router", "--workers", "1", "--listen", f"127.0.0.1:{port}",
-            "--admin", f"127.0.0.1:{admin}", "--redis-url", url], env=env)
+        if src is not None:
+            env["PYTHONPATH"] = src
+        argv = [DINP, "router", "--workers", "1", "--listen", f"127.0.0.1:{port}",
+                "--admin", f"127.0.0.1:{admin}", "--redis-url", url]
+        tls_port = 0
+        if tls is not None:
+            tls_port = free_port()
+            argv += ["--https-listen", f"127.0.0.1:{tls_port}", "--tls-cert",
+                     str(tls / "cert.pem"), "--tls-key", str(tls / "key.pem")]
+        proc = self.spawn(name, self.args.proxy_cpu, argv, env=env)
         wait_http(f"http://127.0.0.1:{port}/", HOST)
-        return Proxy("dinp", port, [proc])
+        if tls is not None:
+            wait_https(tls_port, tls)
+            return Proxy(name, tls_port, [proc], tls=True)
+        return Proxy(name, port, [proc])
 
-    def caddy(self, backends: list[str]) -> Proxy:
+    def caddy(self, backends: list[str], *, tls: Path | None = None) -> Proxy:
         port = free_port()
-        idle = max(self.args.concurrency)
-        conf = self.work / "Caddyfile"
+        idle = max(self.args.concurrency + self.args.tls_concurrency)
+        conf = self.work / f"Caddyfile{'-tls' if tls else ''}"
+        site = f"http://{HOST}:{port}"
+        tls_line = ""
+        if tls is not None:
+            site = f"https://{TLS_HOST}:{port}"
+            tls_line = (f"tls {tls / 'cert.pem'} {tls / 'key.pem'} {{\n"
+                        "    protocols tls1.2 tls1.3\n  }\n  ")
         conf.write_text(f"""{{
   admin off
   auto_https off
 }}
-http://{HOST}:{port} {{
-  reverse_proxy {' '.join(backends)} {{
+{site} {{
+  {tls_line}reverse_proxy {' '.join(backends)} {{
     lb_policy round_robin
     header_up X-Forwarded-Port {{http.request.port}}
     header_up X-Request-Id {{http.request.uuid}}
@@ -240,21 +275,39 @@ http://{HOST}:{port} {{
 """)
         env = dict(os.environ, GOMAXPROCS="1", HOME=str(self.work),
                    XDG_DATA_HOME=str(self.work), XDG_CONFIG_HOME=str(self.work))
-        proc = self.spawn("caddy", self.args.proxy_cpu, [
+        proc = self.spawn(f"caddy{'-tls' if tls else ''}", self.args.proxy_cpu, [
             shutil.which("caddy") or "caddy", "run", "--config", str(conf),
             "--adapter", "caddyfile"], env=env)
+        if tls is not None:
+            wait_https(port, tls)
+            return Proxy("caddy", port, [proc], tls=True)
         wait_http(f"http://127.0.0.1:{port}/", HOST)
         return Proxy("caddy", port, [proc])
 
-    def nginx(self, backends: list[str]) -> Proxy:
+    def nginx(self, backends: list[str], *, tls: Path | None = None) -> Proxy:
         port = free_port()
-        conf = self.work / "proxy.conf"
+        suffix = "-tls" if tls else ""
+        conf = self.work / f"proxy{suffix}.conf"
         servers = "\n".join(f"    server {b};" for b in backends)
+        listen = f"listen 127.0.0.1:{port}"
+        name = HOST
+        tls_conf = ""
+        if tls is not None:
+            listen += " ssl"
+            name = TLS_HOST
+            tls_conf = f"""
+    ssl_certificate {tls / 'cert.pem'};
+    ssl_certificate_key {tls / 'key.pem'};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers {TLS_CIPHERS};
+    ssl_prefer_server_ciphers off;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_tickets on;"""
         conf.write_text(f"""
 worker_processes 1;
 daemon off;
-pid {self.work}/proxy.pid;
-error_log {self.work}/proxy.err warn;
+pid {self.work}/proxy{suffix}.pid;
+error_log {self.work}/proxy{suffix}.err warn;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
@@ -262,15 +315,15 @@ http {{
   proxy_temp_path {self.work}/tmp;
   upstream bench {{
 {servers}
-    keepalive {max(self.args.concurrency)};
+    keepalive {max(self.args.concurrency + self.args.tls_concurrency)};
   }}
   server {{
-    listen 127.0.0.1:{port} default_server backlog=4096;
+    {listen} default_server backlog=4096;{tls_conf}
     return 404;
   }}
   server {{
-    listen 127.0.0.1:{port};
-    server_name {HOST};
+    {listen};
+    server_name {name};{tls_conf}
     location / {{
       proxy_pass http://bench;
       proxy_http_version 1.1;
@@ -285,20 +338,29 @@ http {{
   }}
 }}
 """)
-        proc = self.spawn("nginx", self.args.proxy_cpu, [nginx_bin(), "-c", str(conf),
-                                                         "-p", str(self.work)])
+        proc = self.spawn(f"nginx{suffix}", self.args.proxy_cpu,
+                          [nginx_bin(), "-c", str(conf), "-p", str(self.work)])
+        if tls is not None:
+            wait_https(port, tls)
+            return Proxy("nginx", port, [proc], tls=True)
         wait_http(f"http://127.0.0.1:{port}/", HOST)
         return Proxy("nginx", port, [proc])
 
     # -- measuring ---------------------------------------------------------------------------
 
-    def wrk(self, proxy: Proxy, connections: int, seconds: int) -> Result:
+    def wrk(self, proxy: Proxy, connections: int, seconds: int, *,
+            handshakes: bool = False) -> Result:
+        """A wrk run; `handshakes`: a new connection (and TLS handshake) per request."""
+        if proxy.tls:
+            target = ["-H", "Connection: close"] if handshakes else []
+            target.append(f"https://{TLS_HOST}:{proxy.port}/")
+        else:
+            target = ["-H", f"Host: {HOST}", f"http://127.0.0.1:{proxy.port}/"]
         before = proxy.cpu_seconds()
         started = time.monotonic()
         out = subprocess.run(
             ["taskset", "-c", str(self.args.load_cpu), shutil.which("wrk") or "wrk", "-t1",
-             f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
-             "-H", f"Host: {HOST}", f"http://127.0.0.1:{proxy.port}/"],
+             f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", *target],
             check=True, capture_output=True, text=True,
         ).stdout
         cpu = (proxy.cpu_seconds() - before) / (time.monotonic() - started)
@@ -324,8 +386,9 @@ class Result:
     @classmethod
     def parse(cls, out: str, cpu: float) -> Result:
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.M)  # in the Latency Distribution
-        p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.M)
+        # In the Latency Distribution (wrk pads "1.03s " with a space).
+        p50 = re.search(r"^\s+50%\s+(\S+)\s*$", out, re.M)
+        p99 = re.search(r"^\s+99%\s+(\S+)\s*$", out, re.M)
         if not (rps and p50 and p99):
             raise RuntimeError(f"cannot read wrk's output:\n{out}")
         errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
@@ -363,49 +426,131 @@ def versions() -> str:
             f"Caddy {out('caddy', 'version').split()[0]}; {out('wrk', '--version').split()[1]} wrk")
 
 
-def table(results: dict[tuple[str, int], Result], names: list[str],
-          concurrency: list[int]) -> str:
-    lines = ["| connections | proxy | req/s | p50 ms | p99 ms | proxy CPU | req/s ÷ dinp "
-             "| p99 ÷ dinp | errors |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in concurrency:
-        ours = results[("dinp", c)]
+Cell = tuple[str, str, int]  # (test, proxy, connections)
+TESTS = {"plain": "plain HTTP", "keepalive": "HTTPS keep-alive", "handshakes": "new TLS handshakes"}
+
+
+def table(results: dict[Cell, Result], names: list[str], tests: list[tuple[str, int]]) -> str:
+    lines = ["| test | connections | proxy | req/s | p50 ms | p99 ms | proxy CPU | "
+             "µs of CPU per request | req/s ÷ dinp | p99 ÷ dinp | errors |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for test, c in tests:
+        ours = results[(test, "dinp", c)]
         for name in names:
-            r = results[(name, c)]
-            lines.append(f"| {c} | {name} | {r.rps:,.0f} | {r.p50:.2f} | {r.p99:.2f} | "
-                         f"{r.cpu:.0%} | {r.rps / ours.rps:.2f} | {r.p99 / ours.p99:.2f} | "
-                         f"{r.errors} |")
+            r = results.get((test, name, c))
+            if r is None:
+                continue
+            lines.append(f"| {TESTS[test]} | {c} | {name} | {r.rps:,.0f} | {r.p50:.2f} | "
+                         f"{r.p99:.2f} | {r.cpu:.0%} | {r.cpu * 1e6 / r.rps:.0f} | "
+                         f"{r.rps / ours.rps:.2f} | {r.p99 / ours.p99:.2f} | {r.errors} |")
     return "\n".join(lines)
 
 
-def verdict(results: dict[tuple[str, int], Result], concurrency: list[int]) -> str:
-    """The goals, per concurrency: more req/s than Caddy, a lower p99 than Caddy's, and
-    at least 60% of nginx's req/s."""
+def verdict(results: dict[Cell, Result], tests: list[tuple[str, int]]) -> str:
+    """The goals, per test and concurrency: more req/s than Caddy and a lower p99 than
+    Caddy's; over plain HTTP also at least 60% of nginx's req/s; and the dinp before a
+    change (--baseline-src) as a ratio."""
     lines = []
-    for c in concurrency:
-        ours = results[("dinp", c)]
-        caddy, nginx = results.get(("caddy", c)), results.get(("nginx", c))
-        parts = [f"{c} connections:"]
+    for test, c in tests:
+        ours = results[(test, "dinp", c)]
+        caddy, nginx = results.get((test, "caddy", c)), results.get((test, "nginx", c))
+        base = results.get((test, "dinp-base", c))
+        parts = [f"{TESTS[test]}, {c} connections:"]
         if caddy:
-            faster = "met" if ours.rps > caddy.rps else "NOT met"
+            faster = "met" if ours.rps >= caddy.rps else "NOT met"
             lower = "met" if ours.p99 < caddy.p99 else "NOT met"
             parts.append(f"{ours.rps / caddy.rps:.2f} times Caddy's req/s ({faster}), "
                          f"p99 {ours.p99:.2f} ms vs Caddy's {caddy.p99:.2f} ms ({lower});")
         if nginx:
-            share = "met" if ours.rps >= 0.6 * nginx.rps else "NOT met"
-            parts.append(f"{ours.rps / nginx.rps:.0%} of nginx's req/s (60%: {share})")
+            if test == "plain":
+                share = "met" if ours.rps >= 0.6 * nginx.rps else "NOT met"
+                parts.append(f"{ours.rps / nginx.rps:.0%} of nginx's req/s (60%: {share})")
+            else:
+                parts.append(f"{ours.rps / nginx.rps:.0%} of nginx's req/s")
+        if base:
+            parts.append(f"; {ours.rps / base.rps:.2f} times the baseline's req/s, p99 "
+                         f"{ours.p99:.2f} vs {base.p99:.2f} ms")
         lines.append("- " + " ".join(parts))
     return "\n".join(lines)
 
 
-def update_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in doc or END not in doc:
-        doc += f"\n{BEGIN}\n{END}\n"
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
-    print(f"updated {DOC.relative_to(ROOT)}")
+def update_doc(marker: str, text: str) -> None:
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    doc = DOC.read_text() if DOC.exists() else "# Performance\n"
+    if begin not in doc or end not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    DOC.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    print(f"updated {DOC.relative_to(ROOT)} ({marker})")
+
+
+TLS_CIPHERS = ":".join([  # Mozilla "intermediate" (without DHE), as dinp's router has
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+
+
+def make_certificate(work: Path, kind: str) -> Path:
+    """A self-signed certificate for localhost (ECDSA P-256 or RSA-2048) in `work`/tls:
+    cert.pem and key.pem, the same files for every proxy."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        rsa.generate_private_key(65537, 2048) if kind == "rsa"
+        else ec.generate_private_key(ec.SECP256R1()))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_HOST)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(TLS_HOST)]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    directory = work / "tls"
+    directory.mkdir()
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return directory
+
+
+def wait_https(port: int, tls: Path, timeout: float = 20) -> None:
+    """Until https://localhost:<port>/ answers 200 with the run's certificate."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(tls / "cert.pem"))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"https://{TLS_HOST}:{port}/", timeout=1,
+                                        context=ctx) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"https://{TLS_HOST}:{port}/ does not answer 200")
+        time.sleep(0.1)
+
+
+def negotiated(port: int, tls: Path) -> str:
+    """The protocol and cipher a default OpenSSL client (as wrk's) gets."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(tls / "cert.pem"))
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=TLS_HOST) as conn:
+        cipher = conn.cipher()
+        return f"{conn.version()} {cipher[0] if cipher else '?'}"
 
 
 @contextlib.contextmanager
@@ -417,45 +562,92 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def measure(bench: Bench, proxies: list[Proxy], tests: list[tuple[str, int]],
+            rounds: int, seconds: int) -> dict[Cell, Result]:
+    """Every proxy on every (test, connections), taking turns, `rounds` times."""
+    for proxy in proxies:  # warm up: pools filled, caches hot
+        bench.wrk(proxy, max(c for _, c in tests), 1)
+    runs: dict[Cell, list[Result]] = {}
+    for round_ in range(rounds):
+        for test, c in tests:
+            shift = (round_ + c) % len(proxies)
+            for proxy in proxies[shift:] + proxies[:shift]:
+                result = bench.wrk(proxy, c, seconds, handshakes=test == "handshakes")
+                runs.setdefault((test, proxy.name, c), []).append(result)
+                print(f"round {round_ + 1}/{rounds} {TESTS[test]:<18} c={c:<4} "
+                      f"{proxy.name:<9} {result.rps:>9,.0f} req/s  p50 {result.p50:6.2f} ms"
+                      f"  p99 {result.p99:6.2f} ms  cpu {result.cpu:4.0%}"
+                      f"{f'  errors {result.errors}' if result.errors else ''}", flush=True)
+    return {key: Result.best(rs) for key, rs in runs.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", default="plain,tls", help="plain, tls or both")
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
     parser.add_argument("--concurrency", default="16,64,256",
-                        help="wrk connections, comma-separated")
+                        help="wrk connections over plain HTTP, comma-separated")
+    parser.add_argument("--tls-concurrency", default="16,64",
+                        help="wrk connections over HTTPS, comma-separated")
+    parser.add_argument("--tls-key", choices=["ec", "rsa"], default="ec",
+                        help="the certificate's key: ECDSA P-256 or RSA-2048")
     parser.add_argument("--rounds", type=int, default=5, help="runs per cell (best kept)")
     parser.add_argument("--proxy-cpu", type=int, default=1)
     parser.add_argument("--load-cpu", type=int, default=0)
     parser.add_argument("--only", default="dinp,caddy,nginx", help="proxies to run")
+    parser.add_argument("--baseline-src", default="",
+                        help="the src directory of another dinp checkout, measured beside "
+                        "this one over plain HTTP (a before/after)")
     parser.add_argument("--update-doc", action="store_true",
-                        help=f"write the table into {DOC.relative_to(ROOT)}")
+                        help=f"write the tables into {DOC.relative_to(ROOT)}")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.tls_concurrency = [int(c) for c in args.tls_concurrency.split(",")]
+    modes = [m for m in ("plain", "tls") if m in args.mode.split(",")]
     names = [n for n in ("dinp", "caddy", "nginx") if n in args.only.split(",")]
     if "dinp" not in names:
         sys.exit("--only must include dinp: the ratios are to it")
     ensure_tools()
-    command = "make bench-router" if os.environ.get("MAKELEVEL") else \
-        " ".join(["benchmarks/router.py", *sys.argv[1:]])
-
+    extra = [a for a in sys.argv[1:] if a != "--update-doc"]
+    command = " ".join(["benchmarks/router.py", *sys.argv[1:]])
+    if os.environ.get("MAKELEVEL"):
+        command = "make bench-router" + (f" BENCH_ARGS='{' '.join(extra)}'" if extra else "")
+    reports: list[tuple[str, str]] = []
     with workdir() as work:
         bench = Bench(args, work)
         try:
-            addrs = bench.backend()
-            proxies = [getattr(bench, name)(addrs) for name in names]
-            for proxy in proxies:  # warm up: pools filled, caches hot
-                bench.wrk(proxy, max(args.concurrency), 1)
-            runs: dict[tuple[str, int], list[Result]] = {}
-            for round_ in range(args.rounds):
-                for c in args.concurrency:
-                    shift = (round_ + c) % len(proxies)
-                    for proxy in proxies[shift:] + proxies[:shift]:
-                        result = bench.wrk(proxy, c, args.seconds)
-                        runs.setdefault((proxy.name, c), []).append(result)
-                        print(f"round {round_ + 1}/{args.rounds} c={c:<4} {proxy.name:<6} "
-                              f"{result.rps:>9,.0f} req/s  p50 {result.p50:6.2f} ms  "
-                              f"p99 {result.p99:6.2f} ms  cpu {result.cpu:4.0%}"
-                              f"{f'  errors {result.errors}' if result.errors else ''}",
-                              flush=True)
+            for mode in modes:
+                addrs = bench.backend()
+                tls = make_certificate(work, args.tls_key) if mode == "tls" else None
+                proxies = [getattr(bench, name)(addrs, tls=tls) for name in names]
+                shown = list(names)
+                if mode == "plain" and args.baseline_src:
+                    proxies.append(bench.dinp(addrs, name="dinp-base",
+                                              src=str(Path(args.baseline_src).resolve())))
+                    shown.append("dinp-base")
+                tests = ([("plain", c) for c in args.concurrency] if mode == "plain" else
+                         [(t, c) for t in ("keepalive", "handshakes")
+                          for c in args.tls_concurrency])
+                ciphers = ""
+                if tls is not None:
+                    ciphers = "; negotiated with an OpenSSL client: " + ", ".join(
+                        f"{p.name} {negotiated(p.port, tls)}" for p in proxies)
+                results = measure(bench, proxies, tests, args.rounds, args.seconds)
+                bench.stop_all()  # the next mode starts afresh, the same way
+                bench.procs.clear()
+                when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+                key = ("" if tls is None else
+                       f", {'RSA-2048' if args.tls_key == 'rsa' else 'ECDSA P-256'} certificate")
+                report = (f"Measured {when} with `{command}` (wrk -t1, {args.seconds:g} s per "
+                          f"run, best of {args.rounds} rounds; proxies on CPU {args.proxy_cpu},"
+                          f" wrk and the backend on CPU {args.load_cpu}{key}).\n{versions()}"
+                          f"{ciphers}.\n\n{table(results, shown, tests)}\n\n"
+                          f"{verdict(results, tests)}")
+                print()
+                print(report)
+                print()
+                reports.append((MARKERS["plain" if tls is None else f"tls-{args.tls_key}"],
+                                report))
         except BaseException:
             bench.stop_all()
             for log in sorted(work.glob("*.log")):
@@ -464,17 +656,9 @@ def main() -> None:
             raise
         finally:
             bench.stop_all()
-    results = {key: Result.best(rs) for key, rs in runs.items()}
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    report = (f"Measured {when} with `{command}` (wrk -t1, {args.seconds:g} s per run, "
-              f"best of {args.rounds} rounds; proxies on CPU {args.proxy_cpu}, wrk and "
-              f"the backend on CPU {args.load_cpu}).\n{versions()}.\n\n"
-              f"{table(results, names, args.concurrency)}\n\n"
-              f"{verdict(results, args.concurrency)}")
-    print()
-    print(report)
     if args.update_doc:
-        update_doc(report)
+        for marker, report in reports:
+            update_doc(marker, report)
 
 
 if __name__ == "__main__":

@@ -517,3 +517,120 @@ class SecondEngine:
             if ids:
                 self.docker("rm", "-f", *ids)
         self.stop()
+
+
+# -- PROXY protocol headers, written independently of the router's parser ------------------
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v1(source: str, source_port: int, dest: str = "192.0.2.80",
+             dest_port: int = 80) -> bytes:
+    """A PROXY v1 header (TCP4 or TCP6 by the source's address)."""
+    family = "TCP6" if ":" in source else "TCP4"
+    if family == "TCP6" and ":" not in dest:
+        dest = "2001:db8::80"
+    return f"PROXY {family} {source} {dest} {source_port} {dest_port}\r\n".encode()
+
+
+def proxy_v2(source: str | None, source_port: int = 0, *, dest: str | None = None,
+             dest_port: int = 443, local: bool = False, tlvs: bytes = b"") -> bytes:
+    """A PROXY v2 header: PROXY over TCP4/TCP6 by the source's address, or LOCAL (a health
+    check from the balancer itself, `source` None), with optional raw TLV bytes."""
+    import ipaddress
+    import struct
+
+    if local or source is None:
+        return PROXY_V2_SIGNATURE + b"\x20\x00" + struct.pack("!H", len(tlvs)) + tlvs
+    src = ipaddress.ip_address(source)
+    dst = ipaddress.ip_address(dest or ("2001:db8::443" if src.version == 6 else "192.0.2.43"))
+    family = b"\x11" if src.version == 4 else b"\x21"
+    body = src.packed + dst.packed + struct.pack("!HH", source_port, dest_port) + tlvs
+    return PROXY_V2_SIGNATURE + b"\x21" + family + struct.pack("!H", len(body)) + body
+
+
+# -- a throwaway certificate authority (the `cryptography` package) -------------------------
+
+@dataclass
+class CertAuthority:
+    """A CA made for one test run, and the leaf certificates it signs: PEM texts, as the
+    route table carries them, and files, as an operator gives them."""
+
+    cert_pem: str
+    _key: Any = field(repr=False)
+
+    @classmethod
+    def make(cls, name: str = "dinp test CA") -> CertAuthority:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=True, key_cert_sign=True, crl_sign=True,
+                    content_commitment=False, key_encipherment=False, data_encipherment=False,
+                    key_agreement=False, encipher_only=False, decipher_only=False),
+                    critical=True)
+                .sign(key, hashes.SHA256()))
+        return cls(cert.public_bytes(serialization.Encoding.PEM).decode(), key)
+
+    def issue(self, *names: str, rsa: bool = False, days: int = 30) -> tuple[str, str]:
+        """(certificate chain PEM, private key PEM) for `names` (DNS SANs), ECDSA P-256
+        or RSA-2048; `days` < 0 makes one that has expired."""
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        key: Any = (rsa_keys.generate_private_key(65537, 2048) if rsa
+                    else ec.generate_private_key(ec.SECP256R1()))
+        ca = x509.load_pem_x509_certificate(self.cert_pem.encode())
+        now = datetime.datetime.now(datetime.UTC)
+        start, end = ((now - datetime.timedelta(days=1), now + datetime.timedelta(days=days))
+                      if days > 0 else (now - datetime.timedelta(days=2 - days),
+                                        now - datetime.timedelta(days=1)))
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+                .issuer_name(ca.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start).not_valid_after(end)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                               critical=False)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                               critical=False)
+                .sign(self._key, hashes.SHA256()))
+        chain = cert.public_bytes(serialization.Encoding.PEM).decode() + self.cert_pem
+        pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+        return chain, pem
+
+    def files(self, directory: Path, stem: str, *names: str, rsa: bool = False
+              ) -> tuple[Path, Path]:
+        """A certificate for `names` as two files (chain, key), the key file 0600."""
+        chain, key = self.issue(*names, rsa=rsa)
+        cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+        cert_path.write_text(chain)
+        key_path.write_text(key)
+        key_path.chmod(0o600)
+        return cert_path, key_path
+
+    def client_context(self) -> Any:
+        """A TLS client context that trusts this CA only and checks host names."""
+        import ssl
+
+        ctx = ssl.create_default_context(cadata=self.cert_pem)
+        return ctx

@@ -105,6 +105,23 @@ class RouterConfig:
     max_idle_per_backend: int = 512  # pooled keep-alive connections per instance
     # Access log: empty for none, "-" for stdout, else a file (appended to).
     access_log: str = ""
+    # HTTPS: empty for no TLS listener. It opens once the first route table (with its
+    # certificates) is in, so it never answers a handshake without them.
+    https_listen: str = ""
+    # The https port clients use, for redirects; 0: https_listen's port (443 without one).
+    https_port: int = 0
+    # The operator's wildcard certificate for *.<domain> (PEM chain, and its key; an
+    # empty key file: the key is in the certificate file). Custom domains bring their own
+    # in the route table.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Behind a load balancer: every connection on that listener starts with a PROXY
+    # protocol header (v1 or v2), whose source address is the client's.
+    http_proxy_protocol: bool = False
+    https_proxy_protocol: bool = False
+    # Peers (CIDRs) whose X-Forwarded-For is appended to and X-Forwarded-Proto kept;
+    # from anyone else both are replaced.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -224,6 +241,8 @@ def read_section(path: Path | None, section: str) -> dict[str, Any]:
 
 
 def _coerce(name: str, kind: Any, raw: Any, source: str) -> Any:
+    if typing.get_origin(kind) is tuple:  # a list: TOML array, or comma-separated text
+        return _coerce_list(name, kind, raw, source)
     try:
         if kind is bool:
             if isinstance(raw, bool):
@@ -243,6 +262,25 @@ def _coerce(name: str, kind: Any, raw: Any, source: str) -> Any:
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"{source}: {name} = {raw!r} is not a valid {kind.__name__}")
+
+
+def _coerce_list(name: str, kind: Any, raw: Any, source: str) -> tuple[Any, ...]:
+    """A `tuple[T, ...]` key: a TOML array, or text with comma-separated items (from the
+    environment or a flag); empty items are dropped, so "" is the empty list."""
+    args = typing.get_args(kind)
+    if len(args) != 2 or args[1] is not Ellipsis:  # pragma: no cover - a typo in a role
+        raise TypeError(f"{name}: only tuple[T, ...] keys are supported")
+    if isinstance(raw, str):
+        items: list[Any] = [item.strip() for item in raw.split(",")]
+        items = [item for item in items if item]
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise ConfigError(f"{source}: {name} = {raw!r} is not a list")
+    item_kind = args[0]
+    if item_kind is str and not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{source}: {name} = {raw!r} is not a list of strings")
+    return tuple(_coerce(name, item_kind, item, source) for item in items)
 
 
 def load(

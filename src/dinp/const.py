@@ -46,6 +46,17 @@ ROUTES_REV_KEY = "/dinp/rev"
 # /dinp/routers/<router>: the route table revision a router serves (with a TTL).
 ROUTER_KEY_PREFIX = "/dinp/routers/"
 ROUTER_REPORT_TTL = 10  # seconds; a router repeats its report well within it
+# HTTPS at the routers, written by the server with the rest of the table:
+# /dinp/certs/<domain> (lowercase; may be a wildcard, `*.shop.example.com`): a hash with
+# fields `cert` (the certificate chain, PEM) and `key` (its private key, PEM);
+CERT_PREFIX = "/dinp/certs/"
+CERT_FIELD = "cert"
+KEY_FIELD = "key"
+# /dinp/https: a hash, an app's host -> its HTTPS policy as compact JSON
+# (`{"redirect":true,"hsts":31536000}`); custom domains follow their app's;
+HTTPS_KEY = "/dinp/https"
+# /dinp/acme/<token>: the key authorization a router answers ACME HTTP-01 with.
+ACME_PREFIX = "/dinp/acme/"
 # Keys older dinps wrote, removed by the server's first full write of the table.
 LEGACY_KEYS = ("dinp:hosts", "dinp:routes:rev")
 ROUTES_CHANNEL = "dinp:routes:changed"

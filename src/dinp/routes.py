@@ -1,16 +1,20 @@
-"""The route table: which `addr:port` backends serve each host.
+"""The route table: which `addr:port` backends serve each host, and what the routers need
+for HTTPS (certificates, each app's HTTPS policy, pending ACME challenges).
 
 The server computes it from desired and real state and writes it to a RouteStore; routers
 read it (from Redis with dinp.router.follower). In Redis it keeps the original DINP layout
 (see const.py and docs/architecture.md): `/rs/<host>` lists, `/cname/<domain>` strings, plus
 dinp's `/dinp/hosts` hash so a router can answer 503 (app exists, nothing healthy) apart
-from 404. Every change is one MULTI/EXEC that also bumps `/dinp/rev` and publishes it.
+from 404, and the HTTPS keys `/dinp/certs/<domain>`, `/dinp/https`, `/dinp/acme/<token>`.
+Every change is one MULTI/EXEC that also bumps `/dinp/rev` and publishes it.
 Routers report the revision they serve under `/dinp/routers/<router>`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -27,13 +31,51 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class HttpsPolicy:
+    """What an app asks of HTTPS: plain-HTTP requests redirected (308) to https, and
+    `Strict-Transport-Security: max-age=<hsts>` on its TLS responses (0: no header).
+    In the table (and Redis) it is compact JSON: `{"redirect":true,"hsts":31536000}`."""
+
+    redirect: bool = False
+    hsts: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({"redirect": self.redirect, "hsts": self.hsts},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> HttpsPolicy:
+        """Strict on the keys it knows, blind to others (a newer server may add some).
+        ValueError when it is not such an object."""
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("an HTTPS policy is a JSON object")
+        redirect = value.get("redirect", False)
+        hsts = value.get("hsts", 0)
+        if not isinstance(redirect, bool):
+            raise ValueError(f"redirect = {redirect!r} is not true or false")
+        if isinstance(hsts, bool) or not isinstance(hsts, int) or not 0 <= hsts < 1 << 31:
+            raise ValueError(f"hsts = {hsts!r} is not a number of seconds")
+        return cls(redirect=redirect, hsts=hsts)
+
+
+@dataclass(frozen=True)
 class RouteTable:
-    """An immutable snapshot; routers swap whole snapshots, never edit one in place."""
+    """An immutable snapshot; routers swap whole snapshots, never edit one in place.
+
+    Its repr names certificates by domain only: key material never reaches a log."""
 
     backends: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     cnames: Mapping[str, str] = field(default_factory=dict)  # custom domain -> host
     hosts: Mapping[str, str] = field(default_factory=dict)  # host -> app
     rev: int = 0
+    # domain (lowercase, exact, or a wildcard such as `*.shop.example.com`) ->
+    # (certificate chain PEM, private key PEM)
+    certs: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # an app's host -> its HTTPS policy (HttpsPolicy as JSON); custom domains follow it
+    https: Mapping[str, str] = field(default_factory=dict)
+    # ACME HTTP-01: token -> key authorization
+    challenges: Mapping[str, str] = field(default_factory=dict)
 
     def resolve(self, host: str) -> tuple[str | None, tuple[str, ...]]:
         """(app, backends) for a request's Host; app is None when nothing is served there."""
@@ -41,13 +83,25 @@ class RouteTable:
         target = self.cnames.get(host, host)
         return self.hosts.get(target), self.backends.get(target, ())
 
+    def https_policy(self, host: str) -> str | None:
+        """The HTTPS policy (JSON) of the app served at `host`, custom domains included."""
+        host = hostname(host)
+        return self.https.get(self.cnames.get(host, host))
+
     def same_routes(self, other: RouteTable) -> bool:
-        return (self.backends, self.cnames, self.hosts) == (
-            other.backends, other.cnames, other.hosts,
-        )
+        """The same content, whatever the revisions."""
+        return (self.backends, self.cnames, self.hosts, self.certs, self.https,
+                self.challenges) == (other.backends, other.cnames, other.hosts, other.certs,
+                                     other.https, other.challenges)
 
     def __len__(self) -> int:
         return len(self.hosts)
+
+    def __repr__(self) -> str:
+        return (f"RouteTable(rev={self.rev}, hosts={dict(self.hosts)!r}, "
+                f"backends={dict(self.backends)!r}, cnames={dict(self.cnames)!r}, "
+                f"certs={sorted(self.certs)!r}, https={dict(self.https)!r}, "
+                f"challenges={sorted(self.challenges)!r})")
 
 
 def hostname(host: str) -> str:
@@ -122,10 +176,7 @@ class MemoryRouteStore:
 
     def publish(self, table: RouteTable) -> int:
         if not self.published or not table.same_routes(self.table):
-            self.table = RouteTable(
-                backends=table.backends, cnames=table.cnames, hosts=table.hosts,
-                rev=self.table.rev + 1,
-            )
+            self.table = dataclasses.replace(table, rev=self.table.rev + 1)
             self.published = True
             for listener in self._listeners:
                 listener(self.table)
@@ -156,46 +207,54 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _scan_patterns() -> tuple[str, str]:
-    return const.RS_PREFIX + "*", const.CNAME_PREFIX + "*"
+# What read_redis SCANs for, and how each key's value is read.
+_SCANNED = (const.RS_PREFIX, const.CNAME_PREFIX, const.CERT_PREFIX, const.ACME_PREFIX)
 
 
-def _queue_reads(pipe: Any, rs_keys: list[Any], cname_keys: list[Any]) -> None:
-    """Queue the value reads in one MULTI, so they see one consistent table."""
+def read_redis(client: redis.Redis) -> RouteTable:
+    """The whole table from Redis: keys by SCAN (never KEYS), values in one MULTI, so
+    they are one consistent table."""
+    rs_keys, cname_keys, cert_keys, acme_keys = (
+        list(client.scan_iter(match=prefix + "*", count=1000)) for prefix in _SCANNED)
+    pipe = client.pipeline(transaction=True)
     for key in rs_keys:
         pipe.lrange(key, 0, -1)
     for key in cname_keys:
         pipe.get(key)
+    for key in cert_keys:
+        pipe.hgetall(key)
+    for key in acme_keys:
+        pipe.get(key)
     pipe.hgetall(const.HOSTS_KEY)
+    pipe.hgetall(const.HTTPS_KEY)
     pipe.get(const.ROUTES_REV_KEY)
+    results = iter(pipe.execute())
 
+    def values(keys: list[Any], prefix: str) -> Iterable[tuple[str, Any]]:
+        """(name after the prefix, value) of each key; a key deleted between SCAN and
+        MULTI reads as empty and is left out."""
+        for key, value in zip(keys, results, strict=False):
+            if value:
+                yield _text(key)[len(prefix):], value
 
-def _assemble(rs_keys: list[Any], cname_keys: list[Any], results: list[Any]) -> RouteTable:
-    """A RouteTable from SCANned keys and the replies of `_queue_reads`."""
-    backends: dict[str, tuple[str, ...]] = {}
-    for key, values in zip(rs_keys, results, strict=False):
-        if values:  # a key deleted between SCAN and MULTI reads as an empty list
-            backends[_text(key)[len(const.RS_PREFIX):]] = tuple(_text(v) for v in values)
-    cnames = {
-        _text(key)[len(const.CNAME_PREFIX):]: _cname_target(_text(value))
-        for key, value in zip(cname_keys, results[len(rs_keys):], strict=False)
-        if value is not None
-    }
-    hosts = {_text(k): _text(v) for k, v in (results[-2] or {}).items()}
+    backends = {host: tuple(_text(a) for a in addrs)
+                for host, addrs in values(rs_keys, const.RS_PREFIX)}
+    cnames = {domain: _cname_target(_text(target))
+              for domain, target in values(cname_keys, const.CNAME_PREFIX)}
+    certs: dict[str, tuple[str, str]] = {}
+    for domain, fields in values(cert_keys, const.CERT_PREFIX):
+        pair = {_text(k): _text(v) for k, v in fields.items()}
+        if const.CERT_FIELD in pair and const.KEY_FIELD in pair:
+            certs[domain] = (pair[const.CERT_FIELD], pair[const.KEY_FIELD])
+    challenges = {token: _text(value) for token, value in values(acme_keys, const.ACME_PREFIX)}
+    hosts = {_text(k): _text(v) for k, v in (next(results) or {}).items()}
+    https = {_text(k): _text(v) for k, v in (next(results) or {}).items()}
+    rev = int(next(results) or 0)
     # Tables written by an original DINP server have no hosts hash: every /rs/ key is an app.
     for host in backends:
         hosts.setdefault(host, host.split(".", 1)[0])
-    return RouteTable(backends=backends, cnames=cnames, hosts=hosts, rev=int(results[-1] or 0))
-
-
-def read_redis(client: redis.Redis) -> RouteTable:
-    """The whole table from Redis: keys by SCAN (never KEYS), values in one MULTI."""
-    rs_pattern, cname_pattern = _scan_patterns()
-    rs_keys = list(client.scan_iter(match=rs_pattern, count=1000))
-    cname_keys = list(client.scan_iter(match=cname_pattern, count=1000))
-    pipe = client.pipeline(transaction=True)
-    _queue_reads(pipe, rs_keys, cname_keys)
-    return _assemble(rs_keys, cname_keys, pipe.execute())
+    return RouteTable(backends=backends, cnames=cnames, hosts=hosts, rev=rev, certs=certs,
+                      https=https, challenges=challenges)
 
 
 def redact(url: str) -> str:
@@ -298,14 +357,38 @@ class RedisRouteStore:
             for host, app in table.hosts.items():
                 if before.hosts.get(host) != app:
                     pipe.hset(const.HOSTS_KEY, host, app)
+            _queue_https(pipe, before, table)
             rev = current + 1
             pipe.incr(const.ROUTES_REV_KEY)
             # The notification is in the same MULTI: a connection lost after EXEC cannot
             # leave a change unannounced.
             pipe.publish(const.ROUTES_CHANNEL, str(rev))
             pipe.execute()
-        self._written = RouteTable(
-            backends=table.backends, cnames=table.cnames, hosts=table.hosts, rev=rev
-        )
-        log.debug("route table rev %d: %d hosts", rev, len(table.hosts))
+        self._written = dataclasses.replace(table, rev=rev)
+        log.debug("route table rev %d: %d hosts, %d certificates", rev, len(table.hosts),
+                  len(table.certs))
         return rev
+
+
+def _queue_https(pipe: Any, before: RouteTable, table: RouteTable) -> None:
+    """Queue the changes to the HTTPS keys: what is gone is deleted (a removed domain's
+    certificate leaves Redis, and every router, with this change), what changed is
+    written whole."""
+    for domain in set(before.certs) - set(table.certs):
+        pipe.delete(const.CERT_PREFIX + domain)
+    for domain, (cert, key) in table.certs.items():
+        if before.certs.get(domain) != (cert, key):
+            pipe.delete(const.CERT_PREFIX + domain)
+            pipe.hset(const.CERT_PREFIX + domain,
+                      mapping={const.CERT_FIELD: cert, const.KEY_FIELD: key})
+    gone = set(before.https) - set(table.https)
+    if gone:
+        pipe.hdel(const.HTTPS_KEY, *gone)
+    for host, policy in table.https.items():
+        if before.https.get(host) != policy:
+            pipe.hset(const.HTTPS_KEY, host, policy)
+    for token in set(before.challenges) - set(table.challenges):
+        pipe.delete(const.ACME_PREFIX + token)
+    for token, answer in table.challenges.items():
+        if before.challenges.get(token) != answer:
+            pipe.set(const.ACME_PREFIX + token, answer)

@@ -390,10 +390,17 @@ def test_an_instance_that_hangs_up_on_new_connections_is_passed_over_for_safe_re
 
 # -- headers ------------------------------------------------------------------------------
 
-def test_forwarded_headers_and_hop_by_hop_headers() -> None:
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted"])
+def test_forwarded_headers_and_hop_by_hop_headers(trusted: bool) -> None:
+    """From a client that is not a trusted proxy, X-Forwarded-For and -Proto are
+    replaced (anyone could write them); from a trusted one (trusted_proxies), its
+    X-Forwarded-For is appended to and its -Proto kept. -Host and -Port are always the
+    router's."""
+
     async def scenario(stack: contextlib.AsyncExitStack) -> None:
         (b,) = await backends(stack, "web")
-        router = await start_router(stack, table({"web": [b]}))
+        router = await start_router(stack, table({"web": [b]}), trusted_proxies=(
+            ("192.0.2.0/24", "127.0.0.0/8") if trusted else ("192.0.2.0/24",)))
         client = await RawClient.open(stack, router)
         host = f"web.localhost:{router.bound_http_port}"
         await client.send(
@@ -409,8 +416,12 @@ def test_forwarded_headers_and_hop_by_hop_headers() -> None:
         assert seen["path"] == "/h?x=1"
         headers = {k.lower(): v for k, v in seen["headers"].items()}
         assert headers["host"] == host
-        assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
-        assert headers["x-forwarded-proto"] == "http"
+        if trusted:
+            assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+            assert headers["x-forwarded-proto"] == "https"
+        else:
+            assert headers["x-forwarded-for"] == "127.0.0.1"
+            assert headers["x-forwarded-proto"] == "http"
         assert headers["x-forwarded-host"] == host
         assert headers["x-forwarded-port"] == str(router.bound_http_port)
         assert headers["x-kept"] == "yes"

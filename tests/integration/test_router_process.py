@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -27,10 +28,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from dinp.routes import RedisRouteStore, RouteTable
+from dinp.routes import HttpsPolicy, RedisRouteStore, RouteTable
 from tests.integration.test_router import backends, run, table
-from tests.support import DINP, RedisServer, free_port
+from tests.support import DINP, CertAuthority, RedisServer, free_port
 
 GB = 1 << 30
 
@@ -512,37 +514,116 @@ def test_a_second_signal_ends_the_grace_period_at_once(redis: RedisServer,
     run(scenario, timeout=40)
 
 
-def test_a_late_answer_on_the_control_socket_is_not_taken_for_the_next(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker slow to answer (starting, on a loaded machine) makes the supervisor give
-    up; its answer, when it comes, belongs to that question and not to the next one."""
-    from dinp.router.supervisor import WorkerProcess
+# -- HTTPS --------------------------------------------------------------------------------------
 
-    async def main() -> None:
-        parent, child = socket.socketpair()
-        worker = WorkerProcess(0)
-        monkeypatch.setattr(WorkerProcess, "alive", property(lambda self: True))
-        worker._reader, worker._writer = await asyncio.open_connection(sock=parent)
-        reader, writer = await asyncio.open_connection(sock=child)
-        answered = 0
+def test_two_workers_serve_tls(redis: RedisServer, tmp_path: Path) -> None:
+    """`dinp router --workers 2` with a TLS listener: curl, verifying the chain and the
+    name, gets a custom domain's own certificate and the wildcard for an app's host, over
+    both workers; a name without a certificate is refused; a plain request to an app that
+    asks for HTTPS is redirected; the certificates follow Redis; SIGTERM stops it all."""
+    ca = CertAuthority.make()
+    wildcard_cert, wildcard_key = ca.files(tmp_path, "wildcard", "*.apps.test")
+    (tmp_path / "ca.pem").write_text(ca.cert_pem)
+    https_port = free_port()
 
-        async def slow_then_quick() -> None:
-            nonlocal answered
-            while question := await reader.readline():
-                seq = question.split()[-1].decode()
-                if answered == 0:
-                    await asyncio.sleep(0.3)  # past the first question's timeout
-                answered += 1
-                writer.write(json.dumps({"seq": seq, "stats": {"rev": answered}}).encode()
-                             + b"\n")
-                await writer.drain()
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (b,) = await backends(stack, "web")
+        routes = dataclasses.replace(
+            table({"web": [b]}, domain="apps.test", cnames={"shop.example.com": "web"}),
+            certs={"shop.example.com": ca.issue("shop.example.com")},
+            https={"web.apps.test": HttpsPolicy(redirect=True, hsts=60).to_json()})
+        await publish(redis.url, routes)
+        router = await stack.enter_async_context(router_process(
+            tmp_path, redis.url, "--workers", "2", "--https-listen",
+            f"127.0.0.1:{https_port}", "--tls-cert", str(wildcard_cert), "--tls-key",
+            str(wildcard_key)))
+        workers = router.workers()
+        assert len(workers) == 2
 
-        task = asyncio.create_task(slow_then_quick())
-        assert await worker.stats(timeout=0.1) is None
-        await asyncio.sleep(0.4)  # the late answer is in the socket now
-        assert await worker.stats(timeout=1.0) == {"rev": 2}
-        task.cancel()
-        writer.close()
-        worker.close_control()
+        def https(name: str, *args: str) -> list[str]:
+            return ["--cacert", str(tmp_path / "ca.pem"), "--resolve",
+                    f"{name}:{https_port}:127.0.0.1", *args, f"https://{name}:{https_port}/"]
 
-    asyncio.run(main())
+        for name in ("shop.example.com", "web.apps.test"):
+            out = await curl("-w", "\n%{http_code} %{ssl_verify_result}", *https(name))
+            body, status = out.rsplit("\n", 1)
+            assert status == "200 0", out
+            assert json.loads(body)["headers"]["X-Forwarded-Proto"] == "https"
+        proc = await asyncio.create_subprocess_exec(
+            need("curl"), "-sS", *https("nope.example.net"), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        _, err = await proc.communicate()
+        assert proc.returncode == 35 and b"unrecognized name" in err, err
+        redirect = await curl("-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                              "-H", "Host: web.apps.test", f"{router.url}/x?y")
+        assert redirect == f"308 https://web.apps.test:{https_port}/x?y"
+
+        # Keep-alive TLS connections spread over both workers.
+        connector = aiohttp.TCPConnector(limit=0, ssl=ca.client_context(),
+                                         resolver=_Localhost())
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async def get() -> int:
+                async with http.get(f"https://shop.example.com:{https_port}/") as resp:
+                    await resp.read()
+                    return resp.status
+
+            assert await asyncio.gather(*(get() for _ in range(32))) == [200] * 32
+            spread = [established_by(pid, https_port) for pid in workers]
+            assert all(n > 0 for n in spread), spread
+
+        # A session resumes whichever worker takes the next connection (they share their
+        # ticket keys): with keys of their own, about half of these would not.
+        reused = await asyncio.to_thread(_resumptions, ca, https_port, "shop.example.com", 12)
+        assert reused == [True] * 12, reused
+
+        # A domain removed from Redis is refused by every worker from then on.
+        await publish(redis.url, dataclasses.replace(routes, certs={}))
+        deadline = time.monotonic() + 5
+        while True:
+            codes = []
+            for _ in range(8):  # new connections: the kernel spreads them over both
+                proc = await asyncio.create_subprocess_exec(
+                    need("curl"), "-sS", "-o", "/dev/null", *https("shop.example.com"),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                await proc.communicate()
+                codes.append(proc.returncode)
+            if codes == [35] * 8:
+                break
+            assert time.monotonic() < deadline, codes
+            await asyncio.sleep(0.1)
+        metrics = await router.metrics()
+        assert metrics["dinp_router_tls_refused_total"] >= 9
+        assert metrics["dinp_router_tls_certificates"] == 0
+        assert await router.stop() == 0
+
+    run(scenario, timeout=60)
+
+
+def _resumptions(ca: CertAuthority, port: int, name: str, count: int) -> list[bool]:
+    """One TLS session, then `count` new connections offering it: whether each resumed."""
+
+    ctx = ca.client_context()
+    request = b"GET / HTTP/1.1\r\nHost: %b\r\n\r\n" % name.encode()
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as tls:
+        tls.sendall(request)
+        tls.recv(65536)  # the TLS 1.3 tickets come with the first data
+        session = tls.session
+    reused = []
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=name, session=session) as tls:
+            tls.sendall(request)
+            tls.recv(65536)
+            reused.append(tls.session_reused)
+    return reused
+
+
+class _Localhost(AbstractResolver):
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port,
+                 "family": socket.AF_INET, "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        pass

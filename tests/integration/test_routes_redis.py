@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -22,6 +23,11 @@ TABLE = RouteTable(
               "api-2.localhost": ("127.0.0.2:31005",)},
     cnames={"www.example.com": "web.localhost", "shop.example.org": "web.localhost"},
     hosts={"web.localhost": "web", "api-2.localhost": "api-2", "idle.localhost": "idle"},
+    # Only strings to Redis: these need not be real PEM (test_router_tls.py uses real ones).
+    certs={"www.example.com": ("CHAIN-www", "KEY-www"),
+           "*.shop.example.org": ("CHAIN-shop", "KEY-shop")},
+    https={"web.localhost": '{"redirect":true,"hsts":31536000}'},
+    challenges={"tok-1_A": "tok-1_A.thumbprint"},
 )
 
 
@@ -41,6 +47,12 @@ def assert_in_redis(client: redis.Redis, table: RouteTable) -> None:
     cnames = {k: client.get(k) for k in client.scan_iter(match="/cname/*")}
     assert cnames == {f"/cname/{d}": f"/rs/{h}" for d, h in table.cnames.items()}
     assert client.hgetall("/dinp/hosts") == dict(table.hosts)
+    certs = {k: client.hgetall(k) for k in client.scan_iter(match="/dinp/certs/*")}
+    assert certs == {f"/dinp/certs/{d}": {"cert": c, "key": k}
+                     for d, (c, k) in table.certs.items()}
+    assert client.hgetall("/dinp/https") == dict(table.https)
+    acme = {k: client.get(k) for k in client.scan_iter(match="/dinp/acme/*")}
+    assert acme == {f"/dinp/acme/{t}": a for t, a in table.challenges.items()}
 
 
 def test_publish_writes_the_table_bumps_rev_and_notifies(
@@ -85,12 +97,81 @@ def test_publish_writes_the_table_bumps_rev_and_notifies(
     assert redis_client.lrange("/other/list", 0, -1) == ["x"]
 
 
+def monitored(client: redis.Redis, action: Callable[[], object]) -> list[list[str]]:
+    """The commands Redis ran while `action` ran (MONITOR), each as its words."""
+    commands: list[list[str]] = []
+    ready = threading.Event()
+    done = threading.Event()
+
+    def watch() -> None:
+        with client.monitor() as monitor:
+            ready.set()
+            for item in monitor.listen():
+                words = [w.strip('"') for w in re.findall(r'"(?:[^"\\]|\\.)*"',
+                                                          item["command"])] \
+                    if item["command"].startswith('"') else item["command"].split()
+                if words[:2] == ["GET", "monitor-end"]:
+                    return
+                commands.append([words[0].upper(), *words[1:]] if words else [])
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    ready.wait(5)
+    time.sleep(0.1)
+    try:
+        action()
+    finally:
+        client.get("monitor-end")
+        done.set()
+        thread.join(5)
+    return commands
+
+
+def test_https_keys_change_alone_inside_the_tables_multi(
+    route_store: RedisRouteStore, redis_client: redis.Redis
+) -> None:
+    """A new certificate, a changed policy and a new challenge are written, in the same
+    MULTI/EXEC as the revision bump and the notification; what did not change is not
+    written again; what is gone is deleted."""
+    route_store.publish(TABLE)
+    changed = dataclasses.replace(
+        TABLE,
+        certs={**TABLE.certs, "*.shop.example.org": ("CHAIN-shop-2", "KEY-shop-2"),
+               "new.example.net": ("CHAIN-new", "KEY-new")},
+        https={"web.localhost": '{"redirect":false,"hsts":0}',
+               "api-2.localhost": '{"redirect":true,"hsts":60}'},
+        challenges={"tok-2": "tok-2.thumbprint"},
+    )
+    commands = monitored(redis_client, lambda: route_store.publish(changed))
+    assert_in_redis(redis_client, changed)
+    writes = [c for c in commands if c and c[0] in {"DEL", "HSET", "HDEL", "SET", "RPUSH",
+                                                     "INCRBY", "PUBLISH", "MULTI", "EXEC"}]
+    names = [c[0] for c in writes]
+    assert names[0] == "MULTI" and names[-1] == "EXEC", writes
+    assert names.count("MULTI") == 1 and {"INCRBY", "PUBLISH"} <= set(names), writes
+    touched = {c[1] for c in writes if len(c) > 1 and c[0] not in {"PUBLISH"}}
+    assert touched == {"/dinp/certs/*.shop.example.org", "/dinp/certs/new.example.net",
+                       "/dinp/https", "/dinp/acme/tok-1_A", "/dinp/acme/tok-2",
+                       "/dinp/rev"}, writes
+    # Neither the unchanged certificate nor any route was written again.
+    assert not any("www.example.com" in " ".join(c) for c in writes)
+
+    # A removed domain's certificate leaves Redis.
+    route_store.publish(dataclasses.replace(changed, certs={}, https={}, challenges={}))
+    assert list(redis_client.scan_iter(match="/dinp/certs/*")) == []
+    assert not redis_client.exists("/dinp/https")
+    assert list(redis_client.scan_iter(match="/dinp/acme/*")) == []
+
+
 def test_read_redis_round_trips(route_store: RedisRouteStore) -> None:
     rev = route_store.publish(TABLE)
     table = read_redis(route_store.client)
     assert dict(table.backends) == dict(TABLE.backends)
     assert dict(table.cnames) == dict(TABLE.cnames)
     assert dict(table.hosts) == dict(TABLE.hosts)
+    assert dict(table.certs) == dict(TABLE.certs)
+    assert dict(table.https) == dict(TABLE.https)
+    assert dict(table.challenges) == dict(TABLE.challenges)
     assert table.rev == rev
     assert table.same_routes(TABLE)
     assert table.resolve("WWW.example.com:80") == ("web", TABLE.backends["web.localhost"])
@@ -155,6 +236,9 @@ def test_stale_keys_are_removed_at_first_publish(
     redis_client.rpush("/rs/ghost.localhost", "127.0.0.9:1")
     redis_client.set("/cname/ghost.example.com", "/rs/ghost.localhost")
     redis_client.hset("/dinp/hosts", "ghost.localhost", "ghost")
+    redis_client.hset("/dinp/certs/ghost.example.com", mapping={"cert": "C", "key": "K"})
+    redis_client.hset("/dinp/https", "ghost.localhost", '{"redirect":true}')
+    redis_client.set("/dinp/acme/ghost-token", "ghost-token.x")
     redis_client.set("/dinp/rev", "41")
     redis_client.set("unrelated", "stays")
 

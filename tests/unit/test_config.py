@@ -236,3 +236,56 @@ def test_example_config_documents_every_key_and_loads() -> None:
         names = {f.name for f in dataclasses.fields(cls)}
         assert set(data[section]) == names, section
         load(cls, section, path=example, env={})
+
+
+# --- list keys (trusted_proxies) ---------------------------------------------------------
+
+
+def test_a_list_key_from_a_toml_array(tmp_path: Path) -> None:
+    path = write(tmp_path, '[router]\ntrusted_proxies = ["10.0.0.0/8", "2001:db8::/32"]\n')
+    router = load(RouterConfig, "router", path=path, env={})
+    assert router.trusted_proxies == ("10.0.0.0/8", "2001:db8::/32")
+
+
+def test_a_list_key_from_comma_separated_env_and_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, '[router]\ntrusted_proxies = ["10.0.0.0/8"]\n')
+    env = {"DINP_TRUSTED_PROXIES": " 192.0.2.1/32 , 198.51.100.0/24,"}
+
+    assert load(RouterConfig, "router", path=path, env=env).trusted_proxies == (
+        "192.0.2.1/32", "198.51.100.0/24")
+    flags = {"trusted_proxies": "127.0.0.1/32"}
+    assert load(RouterConfig, "router", path=path, env=env,
+                flags=flags).trusted_proxies == ("127.0.0.1/32",)
+    # An empty value is the empty list: how the environment turns a file's list off.
+    assert load(RouterConfig, "router", path=path,
+                env={"DINP_TRUSTED_PROXIES": ""}).trusted_proxies == ()
+
+
+def test_a_list_key_defaults_to_empty_and_is_hashable() -> None:
+    router = load(RouterConfig, "router", env={})
+    assert router.trusted_proxies == ()
+    hash(router)  # a frozen config stays a value
+
+
+def test_a_list_key_given_as_a_toml_string_is_read_like_the_environment(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, '[router]\ntrusted_proxies = "10.0.0.0/8, 192.0.2.7/32"\n')
+    assert load(RouterConfig, "router", path=path, env={}).trusted_proxies == (
+        "10.0.0.0/8", "192.0.2.7/32")
+
+
+@pytest.mark.parametrize("line", ["trusted_proxies = [1, 2]", "trusted_proxies = 3",
+                                  "trusted_proxies = true"])
+def test_a_list_key_of_the_wrong_type_is_an_error(tmp_path: Path, line: str) -> None:
+    path = write(tmp_path, f"[router]\n{line}\n")
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        load(RouterConfig, "router", path=path, env={})
+
+
+def test_tls_keys_from_env() -> None:
+    env = {"DINP_HTTPS_LISTEN": "0.0.0.0:8443", "DINP_HTTPS_PORT": "443",
+           "DINP_HTTPS_PROXY_PROTOCOL": "yes", "DINP_TLS_CERT_FILE": "/etc/dinp/wild.pem"}
+    router = load(RouterConfig, "router", env=env)
+    assert (router.https_listen, router.https_port, router.https_proxy_protocol,
+            router.http_proxy_protocol, router.tls_cert_file) == (
+        "0.0.0.0:8443", 443, True, False, "/etc/dinp/wild.pem")

@@ -3,9 +3,11 @@ store."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from dinp.routes import MemoryRouteStore, RouteTable, app_host, compute
+from dinp.routes import HttpsPolicy, MemoryRouteStore, RouteTable, app_host, compute
 from dinp.scheduler import (
     READY,
     AppSpec,
@@ -236,3 +238,65 @@ def test_every_subscriber_is_notified() -> None:
 
     assert first == [1]
     assert second == [1]
+
+
+# --- HTTPS: policies, certificates in the table ------------------------------------------
+
+TLS_TABLE = RouteTable(
+    backends=TABLE.backends, cnames=TABLE.cnames, hosts=TABLE.hosts,
+    certs={"www.example.com": ("-----BEGIN CERTIFICATE-----\nMIIB", "PRIVATE-KEY-BYTES")},
+    https={"web.apps.test": '{"redirect":true,"hsts":31536000}'},
+    challenges={"tok": "tok.thumb"},
+)
+
+
+def test_https_policy_follows_custom_domains() -> None:
+    assert TLS_TABLE.https_policy("web.apps.test") == '{"redirect":true,"hsts":31536000}'
+    assert TLS_TABLE.https_policy("WWW.example.com:443") == TLS_TABLE.https["web.apps.test"]
+    assert TLS_TABLE.https_policy("idle.apps.test") is None
+
+
+@pytest.mark.parametrize(("text", "policy"), [
+    ('{"redirect":true,"hsts":31536000}', HttpsPolicy(redirect=True, hsts=31536000)),
+    ("{}", HttpsPolicy()),
+    ('{"hsts":60,"preload":true}', HttpsPolicy(hsts=60)),  # unknown keys: a newer server
+])
+def test_https_policy_from_json(text: str, policy: HttpsPolicy) -> None:
+    assert HttpsPolicy.from_json(text) == policy
+
+
+@pytest.mark.parametrize("text", ['{"redirect":"yes"}', '{"hsts":-1}', '{"hsts":true}',
+                                  '{"hsts":1.5}', "[]", "null", "{", ""])
+def test_https_policy_refuses_what_it_cannot_trust(text: str) -> None:
+    with pytest.raises(ValueError):
+        HttpsPolicy.from_json(text)
+
+
+def test_https_policy_round_trips_as_compact_json() -> None:
+    policy = HttpsPolicy(redirect=True, hsts=31536000)
+    assert policy.to_json() == '{"redirect":true,"hsts":31536000}'
+    assert HttpsPolicy.from_json(policy.to_json()) == policy
+
+
+def test_the_repr_of_a_table_never_shows_key_material() -> None:
+    text = repr(TLS_TABLE)
+    assert "www.example.com" in text
+    assert "PRIVATE-KEY-BYTES" not in text and "BEGIN CERTIFICATE" not in text
+
+
+@pytest.mark.parametrize("change", [
+    dataclasses.replace(TLS_TABLE, certs={}),  # a certificate removed
+    dataclasses.replace(TLS_TABLE, certs={"www.example.com": ("NEW", "NEWKEY")}),  # renewed
+    dataclasses.replace(TLS_TABLE, https={}),  # a policy dropped
+    dataclasses.replace(TLS_TABLE, challenges={"tok": "tok.other"}),
+])
+def test_https_changes_notify(change: RouteTable) -> None:
+    store = MemoryRouteStore()
+    store.publish(TLS_TABLE)
+    calls: list[RouteTable] = []
+    store.subscribe(calls.append)
+
+    assert store.publish(change) == 2
+    assert [t.rev for t in calls] == [1, 2]
+    assert calls[-1].same_routes(change) and not change.same_routes(TLS_TABLE)
+    assert dict(calls[-1].certs) == dict(change.certs)

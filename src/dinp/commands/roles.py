@@ -88,13 +88,21 @@ def router(
     access_log: str | None = typer.Option(None, "--access-log",
                                           help="Write an access log to this file "
                                           "('-': stdout)."),
+    https_listen: str | None = typer.Option(None, "--https-listen",
+                                            help="HTTPS address, host:port (default: none)."),
+    tls_cert: str | None = typer.Option(None, "--tls-cert",
+                                        help="The wildcard certificate for *.<domain> "
+                                        "(PEM chain)."),
+    tls_key: str | None = typer.Option(None, "--tls-key",
+                                       help="Its private key (PEM; default: in --tls-cert)."),
 ) -> None:
-    """Run an HTTP router that follows the route table in Redis."""
+    """Run an HTTP(S) router that follows the route table in Redis."""
     from dinp import router as router_role
 
     conf = cfg.load(cfg.RouterConfig, "router", path=cfg.find_config_file(_s(config)), flags={
         "http_listen": listen, "admin_listen": admin, "redis_url": redis_url,
-        "workers": workers, "access_log": access_log,
+        "workers": workers, "access_log": access_log, "https_listen": https_listen,
+        "tls_cert_file": tls_cert, "tls_key_file": tls_key,
     })
     lifecycle.run(lambda: router_role.serve(conf))
 

@@ -567,8 +567,7 @@ class Server:
         # how an emptied Redis (restarted) gets the whole table back.
         # Its own thread: a slow Redis must not hold up the database queue.
         rev = await asyncio.to_thread(self.route_store.publish, table)
-        self.routes = routes.RouteTable(backends=table.backends, cnames=table.cnames,
-                                        hosts=table.hosts, rev=rev)
+        self.routes = dataclasses.replace(table, rev=rev)
         self.routes_published = True
         return rev
 
@@ -589,8 +588,7 @@ class Server:
             for addr in self.inherited.backends.get(host, ()):
                 if addr.rsplit(":", 1)[0] == address and addr not in backends.get(host, []):
                     backends.setdefault(host, []).append(addr)
-        return routes.RouteTable(backends={h: tuple(b) for h, b in backends.items()},
-                                 cnames=table.cnames, hosts=table.hosts)
+        return dataclasses.replace(table, backends={h: tuple(b) for h, b in backends.items()})
 
     async def _report_unplaceable(self, items: list[Unplaceable]) -> None:
         now = time.monotonic()

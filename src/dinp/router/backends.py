@@ -42,16 +42,22 @@ IDLE_BACKEND_TTL = 30.0
 _NONE, _LENGTH, _CHUNKED, _EOF = range(4)
 
 # Response headers the router handles itself; any other passes through as it came.
-_KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE = range(6)
+_KEEP, _DROP, _CONNECTION, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE, _HSTS = range(7)
 _RESPONSE_SPECIAL = {
     b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING, b"upgrade": _UPGRADE,
     b"keep-alive": _DROP, b"te": _DROP, b"trailer": _DROP, b"proxy-connection": _DROP,
+    # Replaced by the app's HTTPS policy when it sets one, else passed on.
+    b"strict-transport-security": _HSTS,
 }
 # Status lines, with the standard reason phrase (the backend's own is not kept: HTTP/2 has
 # none, and taking it would cost a callback per response).
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
                  for s in HTTPStatus}
+
+
+# A closed connection's parser (one that calls back nothing).
+_SPENT_PARSER = httptools.HttpResponseParser(object())
 
 
 def status_line(status: int) -> bytes:
@@ -78,6 +84,7 @@ class Exchange(Protocol):
     sent: int  # response body bytes
     close_after: bool  # the client connection closes after this response
     sink: asyncio.Transport | None  # where the rest of the request body goes
+    hsts: bytes  # the Strict-Transport-Security line the response gets (b"": none)
 
 
 R = TypeVar("R", bound=Exchange)
@@ -90,6 +97,7 @@ class Client(Protocol[R_contra]):
 
     transport: asyncio.Transport
     closed: bool
+    tls: bool  # its transport encrypts: one write makes one TLS record
 
     def close(self) -> None: ...
 
@@ -174,6 +182,7 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = _SPENT_PARSER  # it held this protocol's callbacks: a cycle
         if self.pooled:
             self.pool.forget(self)
         req, client = self.req, self.client
@@ -339,6 +348,8 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
                     drop = tokens if drop is None else drop | tokens
             elif kind == _UPGRADE:
                 upgrade = value
+            elif kind == _HSTS and not (self.req is not None and self.req.hsts):
+                out += (name, b": ", value, b"\r\n")
         if drop is not None:  # rare: scan again without the headers Connection named
             drop.add(b"connection")  # and the Connection header itself, or this repeats
             self._headers = [(n, v) for n, v in self._headers if n.lower() not in drop]
@@ -357,6 +368,9 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
         stays open after it: a Content-Length passes through; otherwise an HTTP/1.1
         client gets chunks, an HTTP/1.0 client gets the body until the connection closes."""
         out, length, chunked, _ = self._scan(status)
+        hsts = req.hsts
+        if hsts:
+            out.append(hsts)
         body_allowed = req.method != b"HEAD" and status != 204 and status != 304
         if length is not None and not chunked:
             out += (b"Content-Length: ", length, b"\r\n")
@@ -388,6 +402,8 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
         if client is not None and not client.closed:
             if len(out) == 1:
                 client.transport.write(out[0])
+            elif client.tls:  # each piece would be a TLS record of its own
+                client.transport.write(b"".join(out))
             else:
                 client.transport.writelines(out)
         out.clear()

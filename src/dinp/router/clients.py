@@ -47,19 +47,34 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _clock = time.perf_counter
 
 # Request headers the router handles itself; any other passes through as it came.
-(_DROP, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _XFF, _UPGRADE,
- _REQUEST_ID, _REFERER, _USER_AGENT) = range(10)
+(_DROP, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _XFF, _XFP, _UPGRADE,
+ _REQUEST_ID, _REFERER, _USER_AGENT) = range(11)
 _REQUEST_SPECIAL = {
     b"host": _HOST, b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING, b"connection": _CONNECTION,
-    b"x-forwarded-for": _XFF, b"upgrade": _UPGRADE, b"x-request-id": _REQUEST_ID,
-    # Hop-by-hop (RFC 9110 7.6.1), and the X-Forwarded-* headers the router sets itself.
+    b"upgrade": _UPGRADE, b"x-request-id": _REQUEST_ID,
+    # Hop-by-hop (RFC 9110 7.6.1), and the X-Forwarded-* headers the router sets itself:
+    # from a client that is not a trusted proxy, its X-Forwarded-For and -Proto are
+    # replaced too.
     b"keep-alive": _DROP, b"te": _DROP, b"trailer": _DROP, b"proxy-connection": _DROP,
-    b"x-forwarded-proto": _DROP, b"x-forwarded-host": _DROP, b"x-forwarded-port": _DROP,
+    b"x-forwarded-for": _DROP, b"x-forwarded-proto": _DROP, b"x-forwarded-host": _DROP,
+    b"x-forwarded-port": _DROP,
 }
+# From a trusted proxy: its X-Forwarded-For is appended to, its X-Forwarded-Proto kept.
+_REQUEST_SPECIAL_TRUSTED = {**_REQUEST_SPECIAL, b"x-forwarded-for": _XFF,
+                            b"x-forwarded-proto": _XFP}
 # With an access log, two more are noted on the way (and still passed on).
-_REQUEST_SPECIAL_LOGGED = {**_REQUEST_SPECIAL, b"referer": _REFERER,
-                           b"user-agent": _USER_AGENT}
+_LOGGED = {b"referer": _REFERER, b"user-agent": _USER_AGENT}
+# The table a connection uses, by (trusted, logged).
+_SPECIAL = {
+    (False, False): _REQUEST_SPECIAL, (True, False): _REQUEST_SPECIAL_TRUSTED,
+    (False, True): {**_REQUEST_SPECIAL, **_LOGGED},
+    (True, True): {**_REQUEST_SPECIAL_TRUSTED, **_LOGGED},
+}
+# Where the router answers ACME HTTP-01 challenges itself, for any Host, on plain HTTP.
+ACME_PATH = b"/.well-known/acme-challenge/"
+# A closed connection's parser (one that calls back nothing).
+_SPENT_PARSER = httptools.HttpRequestParser(object())
 
 # Why reading from a client is paused (a bit set: reading resumes when it is empty).
 _PIPELINE = 1  # PIPELINE_LIMIT requests wait for their responses
@@ -89,9 +104,9 @@ class Request:
 
     __slots__ = (
         "agent", "backend", "chunked", "close_after", "complete", "done", "error",
-        "has_body", "head", "host", "http10", "index", "keep_alive", "method", "pending",
-        "pending_size", "referer", "request_id", "retryable", "route", "sent", "sink",
-        "start", "status", "tries", "upgrade", "url",
+        "has_body", "head", "host", "hsts", "http10", "index", "keep_alive", "method",
+        "pending", "pending_size", "referer", "request_id", "retryable", "route", "secure",
+        "sent", "sink", "start", "status", "tries", "upgrade", "url",
     )
     error: str | None  # why it is a bad request (400)
     referer: bytes | None  # noted only with an access log
@@ -129,6 +144,7 @@ class Request:
         out = [method, b" ", url, b" HTTP/1.1\r\n"]
         host: bytes | None = None
         xff: bytes | None = None
+        xfp: bytes | None = None
         request_id: bytes | None = None
         upgrade_to = b""
         chunked = has_body = False
@@ -157,6 +173,9 @@ class Request:
             elif kind == _XFF:
                 xff = value if xff is None else xff + b", " + value
                 continue
+            elif kind == _XFP:
+                xfp = value if xfp is None else xfp
+                continue
             elif kind == _UPGRADE:
                 upgrade_to = value
                 continue
@@ -184,12 +203,22 @@ class Request:
             out += (b"Connection: upgrade\r\nUpgrade: ", upgrade_to, b"\r\n")
         if chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
-        if xff is None:
+        secure = conn.tls
+        if xff is None and xfp is None:
             out.append(conn.forwarded)  # X-Forwarded-For and -Proto
-        else:
-            out += (b"X-Forwarded-For: ", xff, b", ", conn.peer,
-                    b"\r\nX-Forwarded-Proto: http\r\n")
-        out.append(route.forwarded)
+        else:  # what a trusted proxy says
+            if xff is not None:
+                out += (b"X-Forwarded-For: ", xff, b", ", conn.peer, b"\r\n")
+            else:
+                out += (b"X-Forwarded-For: ", conn.peer, b"\r\n")
+            if xfp is not None:
+                out += (b"X-Forwarded-Proto: ", xfp, b"\r\n")
+                secure = xfp.partition(b",")[0].strip().lower() == b"https"
+            else:
+                out += (b"X-Forwarded-Proto: ", conn.scheme, b"\r\n")
+        self.secure = secure  # the client's side of it is TLS
+        self.hsts = route.hsts if secure else b""
+        out.append(route.forwarded_tls if secure else route.forwarded)
         if request_id is None:
             request_id = proxy.request_id()
             out += (b"X-Request-Id: ", request_id, b"\r\n\r\n")
@@ -200,17 +229,23 @@ class Request:
 
 
 class ClientConnection(asyncio.Protocol):
-    """One client socket: parses requests, answers them in order, one at a time."""
+    """One client socket: parses requests, answers them in order, one at a time.
 
-    def __init__(self, proxy: Proxy) -> None:
+    `peer`: the client's address when a PROXY header gave it (else the socket's peer)."""
+
+    tls = False  # TlsClientConnection: the client connected over TLS
+    scheme = b"http"
+
+    def __init__(self, proxy: Proxy, *, peer: str | None = None) -> None:
         self.proxy = proxy
         self.loop = proxy.loop
         self.transport = cast(asyncio.Transport, None)
         self.parser = httptools.HttpRequestParser(self)
-        self.peer = b"unknown"
+        self.peer = b"unknown" if peer is None else peer.encode()
+        self._given_peer = peer is not None
         self.forwarded = b""  # the X-Forwarded-For and -Proto lines for this client
         # The request headers the router handles (Referer and User-Agent when it logs).
-        self.special = _REQUEST_SPECIAL_LOGGED if proxy.access_log else _REQUEST_SPECIAL
+        self.special = _REQUEST_SPECIAL
         self.queue: deque[Request] = deque()  # parsed, not started yet
         self.active: Request | None = None
         self.closed = False
@@ -239,11 +274,16 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.peer = str(peer[0]).encode()
-        self.forwarded = b"X-Forwarded-For: " + self.peer + b"\r\nX-Forwarded-Proto: http\r\n"
-        self.proxy.connections.add(self)
+        proxy = self.proxy
+        if not self._given_peer:
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple):
+                self.peer = str(peer[0]).encode()
+        trusted = proxy.trusted(self.peer.decode())
+        self.special = _SPECIAL[trusted, proxy.access_log is not None]
+        self.forwarded = (b"X-Forwarded-For: " + self.peer + b"\r\nX-Forwarded-Proto: "
+                          + self.scheme + b"\r\n")
+        proxy.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -260,8 +300,11 @@ class ClientConnection(asyncio.Protocol):
                 req.done = True
                 req.status = 499  # as nginx logs it: the client closed the request
                 self._record(req, backend.addr if backend else "")
-        self.active = None
+        self.active = self._cur = None
         self.queue.clear()
+        # The parser holds this protocol's callbacks: without this cycle the connection
+        # is freed when its last reference goes, not by the collector in a batch.
+        self.parser = _SPENT_PARSER
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
@@ -496,8 +539,10 @@ class ClientConnection(asyncio.Protocol):
         if not self.queue:
             self._unpause(_PIPELINE)
         route = req.route
-        if not route.backends or req.error is not None or req.method == b"CONNECT":
-            self.respond_error(req, *self._refusal_of(req))
+        if (not route.backends or req.error is not None or req.method == b"CONNECT"
+                or (route.redirect is not None and not req.secure)
+                or (not self.tls and req.url.startswith(ACME_PATH))):
+            self._answer(req)
             return
         proxy = self.proxy
         index = proxy.balancer.pick(route)
@@ -506,6 +551,36 @@ class ClientConnection(asyncio.Protocol):
             self.attach(req, conn, index)
         else:
             self._task = self.loop.create_task(self._connect(req, index, fresh=False))
+
+    def _answer(self, req: Request) -> None:
+        """Answer a request the router answers itself: an error, an ACME challenge, a
+        redirect to HTTPS."""
+        if req.error is None and req.host is not None and req.method != b"CONNECT":
+            if not self.tls and req.url.startswith(ACME_PATH):
+                self._answer_challenge(req)
+                return
+            route = req.route
+            if route.redirect is not None and not req.secure:
+                path = req.url
+                if not path.startswith(b"/"):  # absolute-form (or `*`): its path only
+                    _, sep, rest = path.partition(b"://")
+                    path = b"/" + rest.partition(b"/")[2] if sep else b"/"
+                self._respond(req, 308, b"", b"Location: " + route.redirect + path + b"\r\n")
+                return
+        self.respond_error(req, *self._refusal_of(req))
+
+    def _answer_challenge(self, req: Request) -> None:
+        """ACME HTTP-01: the key authorization for the token, as text (never redirected:
+        the CA asks over plain HTTP, for any Host)."""
+        token = req.url[len(ACME_PATH):].partition(b"?")[0].decode("latin-1")
+        answer = self.proxy.routes.table.challenges.get(token) if token else None
+        if answer is None:
+            self.respond_error(req, 404, "no ACME challenge is pending for this token")
+        elif req.method not in (b"GET", b"HEAD"):
+            self.respond_error(req, 405, "ACME challenges are answered to GET")
+        else:
+            self._respond(req, 200, answer.encode(), b"Cache-Control: no-store\r\n",
+                          content_type=b"text/plain")
 
     def _refusal_of(self, req: Request) -> tuple[int, str]:
         """The status and message for a request the router answers itself."""
@@ -581,32 +656,44 @@ class ClientConnection(asyncio.Protocol):
 
     def respond_error(self, req: Request, status: int, message: str) -> None:
         """Answer `req` with the router's own page."""
+        self._respond(req, status, error_page(status, message), b"", error=True)
+
+    def _respond(self, req: Request, status: int, body: bytes, headers: bytes, *,
+                 content_type: bytes = b"text/html; charset=utf-8",
+                 error: bool = False) -> None:
+        """Answer `req` with the router's own response (`headers`: whole header lines)."""
         req.done = True
         req.sink = None
         req.status = status
         keep = (req.keep_alive and req.complete and status != 400 and not self._raw
                 and not self.proxy.closing)
-        req.sent = self._write_error(status, message, keep=keep, http10=req.http10,
-                                     head_only=req.method == b"HEAD")
+        req.sent = self._write_response(status, body, headers + req.hsts, keep=keep,
+                                        http10=req.http10, head_only=req.method == b"HEAD",
+                                        content_type=content_type, error=error)
         req.close_after = not keep
         self.response_done(req)
 
-    def _write_error(self, status: int, message: str, *, keep: bool, http10: bool = False,
-                     head_only: bool = False) -> int:
+    def _write_error(self, status: int, message: str, *, keep: bool) -> int:
+        return self._write_response(status, error_page(status, message), b"", keep=keep,
+                                    error=True)
+
+    def _write_response(self, status: int, body: bytes, headers: bytes, *, keep: bool,
+                        http10: bool = False, head_only: bool = False,
+                        content_type: bytes = b"text/html; charset=utf-8",
+                        error: bool = False) -> int:
         if self.closed:
             return 0
-        body = error_page(status, message)
         connection = b"" if keep and not http10 else (
             b"Connection: keep-alive\r\n" if keep else b"Connection: close\r\n")
         if status == 503:  # a moment's wait helps: an instance or the table is on its way
             connection += b"Retry-After: %d\r\n" % RETRY_AFTER_SECONDS
-        self.transport.write(
+        if error:
             # X-Dinp-Error tells clients (and `--wait`) the router answered, not the app.
-            b"HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nCache-Control: no-store\r\nX-Dinp-Error: %d\r\n"
-            b"%b\r\n%b"
-            % (status, HTTPStatus(status).phrase.encode(), len(body), status, connection,
-               b"" if head_only else body)
+            headers += b"Cache-Control: no-store\r\nX-Dinp-Error: %d\r\n" % status
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%b%b\r\n%b"
+            % (status, HTTPStatus(status).phrase.encode(), content_type, len(body),
+               headers, connection, b"" if head_only else body)
         )
         return 0 if head_only else len(body)
 
@@ -670,7 +757,7 @@ class ClientConnection(asyncio.Protocol):
         self._lingering = True
         self._idle_since = self.loop.time()
         self._unpause(self._paused)
-        if self.transport.can_write_eof():
+        if self.transport.can_write_eof():  # TLS too: close_notify, then FIN
             self.transport.write_eof()
         else:
             self.close()
@@ -688,3 +775,11 @@ class ClientConnection(asyncio.Protocol):
     def close_if_idle(self) -> None:
         if self.active is None and not self.queue and self._task is None:
             self.close()
+
+
+class TlsClientConnection(ClientConnection):
+    """A client connection over TLS (its transport, a TlsStream, decrypts):
+    X-Forwarded-Proto https, HSTS where the app asks for it, never redirected."""
+
+    tls = True
+    scheme = b"https"

@@ -47,6 +47,10 @@ class WorkerStats(TypedDict):
     table_age: float  # seconds since the table was last read (of the oldest worker)
     redis: bool | None  # every worker follows Redis; None: the table is not from Redis
     workers: int
+    proxy_protocol_errors: int  # connections closed for a bad or missing PROXY header
+    tls_refused: int  # TLS handshakes refused: no certificate for the name asked
+    tls_certificates: int  # domains of the table with a certificate in use
+    tls_certificates_refused: int  # domains of the table whose certificate is left out
 
 
 class AppCounters:
@@ -81,6 +85,8 @@ class Metrics:
     def __init__(self) -> None:
         self.apps: dict[str, AppCounters] = {}
         self.no_app = AppCounters()  # requests that matched no app
+        self.proxy_protocol_errors = 0
+        self.tls_refused = 0
 
     def app(self, name: str) -> AppCounters:
         """The counters of app `name`, made on first use."""
@@ -124,6 +130,11 @@ def merge(workers: list[WorkerStats]) -> WorkerStats:
         "table_age": max((s["table_age"] for s in workers), default=0.0),
         "redis": None if None in redis else all(r is True for r in redis),
         "workers": sum(s["workers"] for s in workers),
+        "proxy_protocol_errors": sum(s["proxy_protocol_errors"] for s in workers),
+        "tls_refused": sum(s["tls_refused"] for s in workers),
+        "tls_certificates": min((s["tls_certificates"] for s in workers), default=0),
+        "tls_certificates_refused": max((s["tls_certificates_refused"] for s in workers),
+                                        default=0),
     }
 
 
@@ -171,7 +182,23 @@ def render(totals: WorkerStats) -> str:
         for kind, n in sorted(stats["errors"].items()):
             lines.append(f'dinp_router_backend_errors_total{{app="{_label(app)}",'
                          f'kind="{kind}"}} {n}')
+    for counter, doc, count in [
+        ("dinp_router_proxy_protocol_errors_total",
+         "Connections closed for a missing, malformed or oversized PROXY protocol header.",
+         totals["proxy_protocol_errors"]),
+        ("dinp_router_tls_refused_total",
+         "TLS handshakes refused: no certificate for the name asked (or no SNI).",
+         totals["tls_refused"]),
+    ]:
+        family(counter, "counter", doc)
+        lines.append(f"{counter} {count}")
     gauges = [
+        ("dinp_router_tls_certificates",
+         "Domains of the route table whose certificate is in use (worker most behind).",
+         totals["tls_certificates"]),
+        ("dinp_router_tls_certificates_refused",
+         "Domains of the route table whose certificate cannot be used (see the log).",
+         totals["tls_certificates_refused"]),
         ("dinp_router_routes", "Hosts in the route table.", totals["routes"]),
         ("dinp_router_route_backends", "Backend addresses in the route table.",
          totals["backends"]),

@@ -2,24 +2,33 @@
 
 The Proxy holds the parts, each with one job: the route cache (routing.py), the balancer
 and its memory of failing backends (balancer.py), the pool of backend connections
-(backends.py), the counters (metrics.py) and the access log; and it runs the tick that
-checks every connection's timeouts, so that no request makes a timer.
+(backends.py), the certificates (tls.py), the counters (metrics.py) and the access log;
+and it runs the tick that checks every connection's timeouts, so that no request makes a
+timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import time
+from collections.abc import Iterable
 from typing import Protocol, cast
 
 from dinp.config import RouterConfig
+from dinp.errors import ConfigError
 from dinp.router.accesslog import AccessLog
 from dinp.router.backends import BackendPool
 from dinp.router.balancer import Balancer
 from dinp.router.metrics import Metrics, WorkerStats
 from dinp.router.routing import RouteCache
+from dinp.router.tls import CertStore, load_files
 from dinp.routes import RouteTable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Client addresses whose trust is remembered (the cache is emptied when full).
+TRUST_CACHE = 4096
 
 
 def tick_interval(config: RouterConfig) -> float:
@@ -38,6 +47,46 @@ class RequestIds:
     def next(self) -> bytes:
         self._count += 1
         return b"%s%x" % (self._prefix, self._count)
+
+
+def trusted_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """trusted_proxies as networks; ConfigError naming the one that is not a CIDR."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"trusted_proxies: {cidr!r} is not an address or a CIDR "
+                              "(10.0.0.0/8, 2001:db8::/32)") from exc
+    return tuple(networks)
+
+
+class Trust:
+    """Which client addresses are trusted proxies (their X-Forwarded-For is appended to,
+    their X-Forwarded-Proto kept), asked once per connection and remembered."""
+
+    def __init__(self, networks: tuple[Network, ...]) -> None:
+        self.networks = networks
+        self._seen: dict[str, bool] = {}
+
+    def __call__(self, address: str) -> bool:
+        if not self.networks:
+            return False
+        known = self._seen.get(address)
+        if known is None:
+            known = self._check(address)
+            if len(self._seen) >= TRUST_CACHE:
+                self._seen = {}
+            self._seen[address] = known
+        return known
+
+    def _check(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return any((mapped or ip) in net for net in self.networks)
 
 
 class Connection(Protocol):
@@ -65,6 +114,11 @@ class Proxy:
         self.pool = BackendPool(self.balancer, max_idle=config.max_idle_per_backend,
                                 connect_timeout=config.connect_timeout)
         self.access_log = access_log
+        self.trusted = Trust(trusted_networks(config.trusted_proxies))
+        wildcard = (load_files(config.tls_cert_file, config.tls_key_file)
+                    if config.tls_cert_file else None)
+        self.certs = CertStore(self.metrics, wildcard)
+        self.certs.listeners.append(self.routes.flush)
         self.connections: set[Connection] = set()
         self.closing = False  # see begin_closing
         # Reached by every request through the proxy it already holds: one attribute
@@ -81,6 +135,7 @@ class Proxy:
             self._tick = self.loop.call_later(self.tick, self._on_tick)
 
     def stop(self) -> None:
+        self.certs.close()
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
@@ -129,4 +184,8 @@ class Proxy:
             "table_age": round(time.monotonic() - routes.table_time, 3),
             "redis": None,
             "workers": 1,
+            "proxy_protocol_errors": self.metrics.proxy_protocol_errors,
+            "tls_refused": self.metrics.tls_refused,
+            "tls_certificates": self.certs.loaded,
+            "tls_certificates_refused": self.certs.refused,
         }

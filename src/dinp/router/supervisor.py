@@ -26,6 +26,8 @@ from dinp.errors import ConfigError, Unavailable
 from dinp.lifecycle import cannot_listen, run_until_stopped, start_site
 from dinp.router.admin import admin_app
 from dinp.router.metrics import WorkerStats
+from dinp.router.proxy import trusted_networks
+from dinp.router.tls import load_files
 from dinp.router.worker import SHUTDOWN_GRACE, Router, open_access_log, run_worker
 from dinp.routes import redact
 
@@ -58,7 +60,7 @@ def _log_setup() -> tuple[int, bool]:
 
 
 def worker_main(config: RouterConfig, index: int, control: socket.socket, level: int,
-                json_logs: bool) -> None:
+                json_logs: bool, ticket_secret: bytes) -> None:
     """A worker process (spawned by the Supervisor): one Router on uvloop until SIGTERM
     or until its supervisor goes away (its control socket closes)."""
     import uvloop
@@ -69,10 +71,10 @@ def worker_main(config: RouterConfig, index: int, control: socket.socket, level:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(verbose=level <= logging.DEBUG, quiet=level >= logging.WARNING,
                   json_logs=json_logs)
-    uvloop.run(_worker(config, control))
+    uvloop.run(_worker(config, control, ticket_secret))
 
 
-async def _worker(config: RouterConfig, control: socket.socket) -> None:
+async def _worker(config: RouterConfig, control: socket.socket, ticket_secret: bytes) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -83,11 +85,11 @@ async def _worker(config: RouterConfig, control: socket.socket) -> None:
         async def serve_control() -> None:
             try:
                 while question := await reader.readline():
-                    # The answer names its question: one the supervisor gave up waiting
-                    # for must not be taken for the answer to the next.
-                    seq = question.split()[-1].decode(errors="replace")
-                    writer.write(json.dumps({"seq": seq, "stats": router.stats()}).encode()
-                                 + b"\n")
+                    # The answer names the question it answers (its number), so that an
+                    # answer to one asked before this worker was ready is never taken for
+                    # the answer to a later one.
+                    number = question.split()[-1].decode()
+                    writer.write(json.dumps([number, router.stats()]).encode() + b"\n")
                     await writer.drain()
             except (ConnectionError, OSError):
                 pass
@@ -99,7 +101,7 @@ async def _worker(config: RouterConfig, control: socket.socket) -> None:
     stop_tasks: list[asyncio.Task[None]] = []
     try:
         await run_worker(config, stop=stop.wait(), admin=False, reuse_port=True,
-                         on_ready=answer)
+                         on_ready=answer, ticket_secret=ticket_secret)
     finally:
         for task in stop_tasks:
             task.cancel()
@@ -114,14 +116,16 @@ class WorkerProcess:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
-        self._asked = 0  # questions asked on the control socket, to match their answers
+        self._asked = 0  # questions asked on the control socket
 
-    async def start(self, config: RouterConfig) -> None:
+    async def start(self, config: RouterConfig, ticket_secret: bytes) -> None:
         parent, child = socket.socketpair()
         level, json_logs = _log_setup()
         ctx = multiprocessing.get_context("spawn")
+        # The secret goes through the spawn pipe: never in argv, the environment or a file.
         self.process = ctx.Process(
-            target=worker_main, args=(config, self.index, child, level, json_logs),
+            target=worker_main, args=(config, self.index, child, level, json_logs,
+                                      ticket_secret),
             name=f"dinp-router-{self.index}", daemon=True,
         )
         self.process.start()
@@ -138,19 +142,18 @@ class WorkerProcess:
             return None
         async with self._lock:
             self._asked += 1
-            seq = str(self._asked)
+            number = str(self._asked)
             try:
-                self._writer.write(f"snapshot {seq}\n".encode())
+                self._writer.write(b"snapshot %s\n" % number.encode())
                 await self._writer.drain()
                 async with asyncio.timeout(timeout):
                     while line := await self._reader.readline():
-                        answer = json.loads(line)
-                        if answer.get("seq") == seq:  # else: a late answer to an earlier one
-                            stats: WorkerStats = answer["stats"]
-                            return stats
+                        answered, stats = json.loads(line)
+                        if answered == number:  # else a late answer to an earlier one
+                            return stats  # type: ignore[no-any-return]
             except (TimeoutError, ConnectionError, OSError, ValueError):
                 return None
-        return None  # the worker closed its control socket
+        return None
 
     def close_control(self) -> None:
         if self._writer is not None:
@@ -182,21 +185,31 @@ class Supervisor:
         self.config = config
         self.workers = [WorkerProcess(i) for i in range(workers)]
         self.stopping = False
+        # What every worker's TLS session ticket keys come from, for as long as this runs:
+        # any worker, a restarted one too, resumes the sessions of any other.
+        self.ticket_secret = os.urandom(32)
 
     async def run(self) -> None:
         config = self.config
         host, port = split_hostport(config.http_listen, default_port=8080)
-        if config.access_log:  # refused here, not by each worker as it starts
-            open_access_log(config.access_log).close()
-        # Holding the port (bound, not listening: it takes no connections) makes the
-        # start fail early when the port is taken, and resolves port 0 for the workers.
-        holder = _reserve(host, port)
+        check_config(config)  # refused here, not by each worker as it starts
+        # Holding the ports (bound, not listening: they take no connections) makes the
+        # start fail early when one is taken, and resolves port 0 for the workers.
+        holders = [_reserve(host, port, "http_listen")]
         try:
-            port = holder.getsockname()[1]
-            config = _with_listen(config, f"{host}:{port}")
+            port = holders[0].getsockname()[1]
+            config = dataclasses.replace(config, http_listen=_hostport(host, port))
+            https = ""
+            if config.https_listen:
+                https_host, https_port = split_hostport(config.https_listen, default_port=443)
+                holders.append(_reserve(https_host, https_port, "https_listen"))
+                https_port = holders[1].getsockname()[1]
+                config = dataclasses.replace(config,
+                                             https_listen=_hostport(https_host, https_port))
+                https = f", https://{https_host}:{https_port}"
             runner: web.AppRunner | None = None
             for worker in self.workers:
-                await worker.start(config)
+                await worker.start(config, self.ticket_secret)
             await self._wait_ready()
             admin_url = "disabled"
             if config.admin_listen:
@@ -205,8 +218,8 @@ class Supervisor:
                 runner = await start_site(admin_app(self.stats, lambda: self.stopping),
                                           admin_host, admin_port)
                 admin_url = f"http://{admin_host}:{runner.addresses[0][1]}"
-            log.info("router serving on http://%s:%d with %d workers, admin on %s, routes "
-                     "from %s", host, port, len(self.workers), admin_url,
+            log.info("router serving on http://%s:%d%s with %d workers, admin on %s, "
+                     "routes from %s", host, port, https, len(self.workers), admin_url,
                      redact(config.redis_url))
             await run_until_stopped(self._supervise(config))
         finally:
@@ -215,7 +228,8 @@ class Supervisor:
             await asyncio.gather(*(w.stop(SHUTDOWN_GRACE) for w in self.workers))
             if runner is not None:
                 await runner.cleanup()
-            holder.close()
+            for holder in holders:
+                holder.close()
 
     async def _wait_ready(self) -> None:
         """Until every worker answers (it answers once it listens)."""
@@ -240,7 +254,7 @@ class Supervisor:
                     await worker.stop(0)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
-                    await worker.start(config)
+                    await worker.start(config, self.ticket_secret)
                     continue
             if all(w.alive for w in self.workers):
                 backoff = max(1.0, backoff / 2)
@@ -250,7 +264,19 @@ class Supervisor:
         return [a for a in answers if a is not None]
 
 
-def _reserve(host: str, port: int) -> socket.socket:
+def check_config(config: RouterConfig) -> None:
+    """Refuse a configuration the workers would refuse, before any starts: the access log,
+    the operator's certificate, trusted_proxies."""
+    if config.access_log:
+        open_access_log(config.access_log).close()
+    if config.tls_cert_file:
+        load_files(config.tls_cert_file, config.tls_key_file)
+        if not config.https_listen:
+            log.warning("tls_cert_file is set but https_listen is not: no TLS listener")
+    trusted_networks(config.trusted_proxies)
+
+
+def _reserve(host: str, port: int, key: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -259,9 +285,9 @@ def _reserve(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise cannot_listen(host, port, exc, "http_listen") from exc
+        raise cannot_listen(host, port, exc, key) from exc
     return sock
 
 
-def _with_listen(config: RouterConfig, listen: str) -> RouterConfig:
-    return dataclasses.replace(config, http_listen=listen)
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
