@@ -329,6 +329,9 @@ SCHEMAS: dict[str, Schema] = {
             "cluster": {"type": "string", "pattern": wire.ID_TEXT.pattern,
                         "description": "the cluster whose containers are listed; empty "
                         "until the server said which (it answers 409 with its id)"},
+            "logs_port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535,
+                          "description": "the port of the agent's logs listener on "
+                          "`address` (GET /logs); absent from older agents"},
             "containers": {
                 "type": "array", "maxItems": wire.MAX_ITEMS,
                 "items": {
