@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from dinp.errors import InvalidInput
@@ -50,9 +51,10 @@ MAX_SINCE = 1e11
 MEDIA_TYPE = "application/x-ndjson"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LogLine:
-    """One line of one instance's container."""
+    """One line of one instance's container (immutable: one object is shared by every
+    reader of it, and so is its encoding, `ndjson`)."""
 
     at: float  # Unix seconds, as Docker stamped it on its node
     instance: str
@@ -71,6 +73,11 @@ class LogLine:
         if self.gone:
             body["gone"] = True
         return body
+
+    @cached_property
+    def ndjson(self) -> bytes:
+        """Its line of NDJSON, made once (on the thread that read it, not the loop)."""
+        return dumps(self.to_json())
 
     @property
     def size(self) -> int:
@@ -330,6 +337,10 @@ class ReorderBuffer:
         self._seq = itertools.count()
         self._bytes = 0
         self.dropped = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self._heap) >= self.max_lines or self._bytes >= self.max_bytes
 
     def push(self, line: LogLine, now: float) -> bool:
         if len(self._heap) >= self.max_lines or self._bytes + line.size > self.max_bytes:

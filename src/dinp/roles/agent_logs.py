@@ -36,7 +36,7 @@ from aiohttp import web
 from dinp import logs, tokens, validation
 from dinp.config import AgentConfig
 from dinp.container import Container, DockerRuntime
-from dinp.docker_logs import Follow, LogReader, ended
+from dinp.docker_logs import LogReader, Tail, Tails, ended
 from dinp.errors import DinpError, InvalidInput, Unauthorized, Unavailable
 from dinp.lifecycle import start_site
 from dinp.log_archive import KEEP_LINES, Archive
@@ -61,6 +61,7 @@ class AgentLogs:
         self.config, self.runtime = config, runtime
         self.containers, self.stats = containers, stats
         self.reader: LogReader | None = None
+        self.tails: Tails | None = None  # the followed containers' streams
         self.archive: Archive | None = None
         self.port: int | None = None
         self.closing = False
@@ -94,6 +95,7 @@ class AgentLogs:
         if self.reader is None:
             self.reader = await asyncio.get_running_loop().run_in_executor(
                 self._pool, lambda: LogReader(self.config.docker_host))
+            self.tails = Tails(self.reader)
         return self.reader
 
     async def _listen(self, *, quiet: bool) -> bool:
@@ -145,7 +147,7 @@ class AgentLogs:
         lines: list[tuple[float, str, str]] = [
             (ns / 1e9, stream, text)
             for ns, stream, text in self.reader.backlog(container_id, since=None,
-                                                        tail=KEEP_LINES)]
+                                                        tail=KEEP_LINES) or []]
         end = ended(inspect, stopped=stopped)
         if end is not None:
             lines.append((end[0], "dinp", end[1]))
@@ -184,8 +186,8 @@ class AgentLogs:
             else:
                 lines, _ = await self._backlog(query, self._ours(query))
                 await self._write(resp, lines)
-        except ConnectionResetError:
-            pass  # the reader left
+        except ConnectionError:  # the reader left
+            pass
         return resp
 
     def _ours(self, query: Query) -> list[Container]:
@@ -206,10 +208,14 @@ class AgentLogs:
         reader = self.reader
         assert reader is not None
 
-        def read(c: Container) -> tuple[list[LogLine], int]:
+        def read(c: Container) -> tuple[list[LogLine], int] | None:
             raw = reader.backlog(c.id, since=query.since, tail=query.tail)
+            if raw is None:
+                return None  # removed since it was listed: its kept lines, if any, serve
             lines = [LogLine(at=ns / 1e9, instance=c.instance, release=c.release,
                              stream=stream, line=text) for ns, stream, text in raw]
+            for x in lines:
+                _ = x.ndjson  # encoded here, off the event loop
             newest = max((ns for ns, _, _ in raw), default=0)
             if not c.running and query.tail > 0:
                 end = ended(reader.inspect(c.id))
@@ -225,14 +231,15 @@ class AgentLogs:
         for c, result in zip(containers, results, strict=True):
             if isinstance(result, BaseException):
                 log.debug("cannot read the log of %s: %s", c.name, result)
-                continue
-            lines += result[0]
-            newest[c.id] = result[1]
+            elif result is not None:
+                lines += result[0]
+                newest[c.id] = result[1]
         if self.archive is not None:
             archive = self.archive
             cluster = self._cluster()
-            lines += await loop.run_in_executor(self._pool, lambda: archive.lines(
-                query, cluster=cluster, skip=frozenset(c.id for c in containers)))
+            live = frozenset(newest)  # read live: their kept lines (if any) are the same
+            lines += await loop.run_in_executor(self._pool, lambda: [
+                x for x in archive.lines(query, cluster=cluster, skip=live) if x.ndjson])
         lines.sort(key=lambda x: x.at)
         return lines, newest
 
@@ -242,7 +249,7 @@ class AgentLogs:
         chunk = bytearray()
         count = 0
         for item in lines:
-            chunk += logs.dumps(item.to_json() if isinstance(item, LogLine) else item)
+            chunk += item.ndjson if isinstance(item, LogLine) else logs.dumps(item)
             count += isinstance(item, LogLine)
             if len(chunk) >= WRITE_CHUNK:
                 await self._send(resp, bytes(chunk), count)
@@ -255,6 +262,9 @@ class AgentLogs:
         await resp.write(data)
         self.stats.bytes += len(data)
         self.stats.lines += lines
+        # A write into free socket buffer does not yield: let the heartbeat (and the other
+        # readers) have the loop between two chunks.
+        await asyncio.sleep(0)
 
     async def _follow(self, request: web.Request, resp: web.StreamResponse,
                       query: Query) -> None:
@@ -267,30 +277,26 @@ class AgentLogs:
             loop.call_soon_threadsafe(wake.set)
 
         queue = LineQueue(notify=notify)
-        follows: dict[str, Follow] = {}
-        reader = self.reader
-        assert reader is not None
+        followed: dict[str, tuple[Tail, int]] = {}
+        tails = self.tails
+        assert tails is not None
+        since_ns = int(query.since * 1e9) - 1 if query.since is not None else 0
 
-        def follow(c: Container, *, since: float | None, tail: int | None,
-                   after_ns: int) -> None:
-            def sink(ns: int, stream: str, text: str) -> None:
-                queue.put(LogLine(at=ns / 1e9, instance=c.instance, release=c.release,
-                                  stream=stream, line=text))
-
-            follows[c.id] = Follow(reader, c.id, since=since, tail=tail, after_ns=after_ns,
-                                   sink=sink, name=c.name).start()
+        def follow(c: Container, *, after_ns: int) -> None:
+            followed[c.id] = tails.subscribe(
+                c.id, queue.put, after_ns=max(after_ns, since_ns), instance=c.instance,
+                release=c.release, name=c.name)
 
         try:
-            t0 = time.time()
+            t0_ns = time.time_ns()
             first = self._ours(query)
             backlog, newest = await self._backlog(query, first)
             await self._write(resp, [*backlog, {"caught_up": True}])
             for c in first:
                 if c.id in newest:
-                    last_ns = newest[c.id] or int(t0 * 1e9) - 1
-                    # Since the last line sent (or since before the backlog was read):
-                    # nothing written meanwhile is lost, nothing sent twice.
-                    follow(c, since=last_ns / 1e9, tail=1000, after_ns=last_ns)
+                    # After the last line sent (or after the backlog was asked for, if it
+                    # had none): nothing written meanwhile is lost, nothing sent twice.
+                    follow(c, after_ns=newest[c.id] or t0_ns - 1)
             last_tick = last_scan = time.monotonic()
             while not self.closing:
                 with contextlib.suppress(TimeoutError):
@@ -314,11 +320,11 @@ class AgentLogs:
                 if now - last_scan >= RESCAN_SECONDS:
                     last_scan = now
                     for c in self._ours(query):
-                        if c.id not in follows:  # started since: all of its lines
-                            follow(c, since=query.since, tail=None, after_ns=0)
+                        if c.id not in followed:  # started since: all of its lines
+                            follow(c, after_ns=0)
         finally:
-            for f in follows.values():
-                f.close()
+            for tail, key in followed.values():
+                tail.unsubscribe(key)
 
 
 def parse_query(raw: Any) -> Query:
