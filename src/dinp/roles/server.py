@@ -22,6 +22,7 @@ from dinp import const, rollouts, routes, scheduler
 from dinp.accounts import Accounts
 from dinp.config import ServerConfig
 from dinp.errors import DinpError, NodeTaken, NotFound, Unavailable, WrongCluster
+from dinp.logs import LogStats
 from dinp.models import AppRow
 from dinp.releases import ReleaseSpec
 from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
@@ -110,6 +111,7 @@ class Server:
         self.unplaceable: dict[str, str] = {}  # app -> why some of it cannot be placed
         self._tasks: set[asyncio.Future[Any]] = set()
         self.closing = False
+        self.log_stats = LogStats()  # what `GET /apps/{name}/logs` sent (roles/logs_api.py)
         self._update_assignments()
 
     # -- helpers ----------------------------------------------------------------------
