@@ -57,8 +57,9 @@ class Cluster:
     db_proxy: TcpProxy | None = None
 
     def agent(self, name: str) -> Proc:
+        # Its logs listener on any free port: the heartbeat tells the server which.
         env = dict(self.env, DINP_NODE_NAME=name, DINP_ADVERTISE=self.addresses[name],
-                   DINP_CAPACITY_MB="1024")
+                   DINP_CAPACITY_MB="1024", DINP_LOGS_LISTEN=f"{self.addresses[name]}:0")
         proc = Proc(name, ["agent"], env, self.workdir / f"{name}.log")
         self.agents[name] = proc
         return proc
@@ -94,7 +95,7 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False,
             DINP_SERVER=f"http://127.0.0.1:{api_port}",
             DINP_HTTP_LISTEN=f"127.0.0.1:{router_port}",
             DINP_ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
-            DINP_DOMAIN="apps.test", **extra,
+            DINP_DOMAIN="apps.test", DINP_STATE_DIR=str(workdir / "agent-state"), **extra,
         )
         cli_env = dict(env, DINP_TOKEN=env["DINP_ADMIN_TOKEN"])
         server = Proc("server", ["server"], env, workdir / "server.log").start()
