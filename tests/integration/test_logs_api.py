@@ -278,3 +278,19 @@ def test_bad_queries_are_refused_and_an_unknown_app_is_404(tmp_path: Any) -> Non
             assert resp.status == 404
 
     run(tmp_path, body)
+
+
+def test_a_malformed_line_from_an_agent_is_skipped_and_said_once(tmp_path: Any) -> None:
+    async def body(w: World) -> None:
+        a = await FakeAgent([line(1, "aaaaaaaaaa", "a1"), line(2, "../../etc", "bad"),
+                             {"at": "soon"}, line(3, "aaaaaaaaaa", "a3")]).start()
+        try:
+            await w.report("n1", a.port)
+            _, got = await w.logs()
+            assert [x["line"] for x in got if "line" in x] == ["a1", "a3"]
+            (warning,) = [x["warning"] for x in got if "warning" in x]
+            assert warning.startswith("node n1 sent a malformed line (instance:")
+        finally:
+            await a.stop()
+
+    run(tmp_path, body)

@@ -191,7 +191,7 @@ class AgentLogs:
         return resp
 
     def _ours(self, query: Query) -> list[Container]:
-        return [c for c in self.containers() if c.app == query.app
+        return [c for c in self.containers() if c.app == query.app and c.instance
                 and (query.instance is None or c.instance == query.instance)]
 
     def _cluster(self) -> str | None:

@@ -152,6 +152,7 @@ class NodeFeed:
         self.caught_up = caught_up
         self.last_at: float | None = None
         self.lost = ""
+        self.malformed = False
 
     async def backlog(self) -> AsyncIterator[LogLine]:
         while (line := await self.queue.get()) is not _END:
@@ -231,7 +232,14 @@ class NodeFeed:
                     self.notices.append({"dropped": obj["dropped"], "node": self.target.node,
                                          "at": obj.get("at") or time.time()})
                     continue
-                line = LogLine.from_json(obj, node=self.target.node)
+                try:
+                    line = LogLine.from_json(obj, node=self.target.node)
+                except InvalidInput as exc:  # skipped, said once: the others still count
+                    if not self.malformed:
+                        self.malformed = True
+                        self.notices.append({"warning": f"node {self.target.node} sent a "
+                                             f"malformed line ({exc}): skipped"})
+                    continue
                 if skip_to is not None and line.at <= skip_to:
                     continue
                 self.last_at = line.at if self.last_at is None else max(self.last_at, line.at)
