@@ -268,7 +268,7 @@ def test_who_may_read_the_logs(cluster: Cluster) -> None:
          f"io.dinp.node={node}", "--label", f"io.dinp.app={APP}", "--label",
          "io.dinp.instance=0ther0c1us", "--label", "io.dinp.release=1", "--label",
          "io.dinp.cluster=0ther0cluster000", "--label", f"{TEST_LABEL}={node}",
-         "dinp/busybox:1", "sh", "-c", "while :; do echo OTHER CLUSTER; sleep 0.1; done"],
+         "--network", "none", "dinp/busybox:1", "sh", "-c", "while :; do echo OTHER CLUSTER; sleep 0.1; done"],
         check=True, capture_output=True, text=True).stdout.strip()
     try:
         time.sleep(3)  # listed by the agents' next heartbeat, were it theirs

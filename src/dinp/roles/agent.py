@@ -643,6 +643,7 @@ async def serve(config: AgentConfig) -> None:
                           hint="Pass --node-name or set DINP_NODE_NAME.")
     validation.node_name(config.node_name)
     require_secret(config.cluster_token, key="cluster_token", section="agent")
+    config.logs_address()  # a malformed logs_listen is refused before anything runs
     runtime = await asyncio.to_thread(
         lambda: DockerRuntime(node=config.node_name, advertise=config.advertise,
                               base_url=config.docker_host, policy=Policy.of(config))
