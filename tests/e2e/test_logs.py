@@ -162,9 +162,9 @@ def test_a_crashed_instances_last_lines_are_shown_once_it_is_gone_and_after_a_re
     assert f"{inst['id']} dying: boom" in [x["line"] for x in gone if x["stream"] == "stderr"]
     assert "exited with code 3" in [x["line"] for x in gone if x["stream"] == "dinp"]
     # Only the running replacement (if any) is left of the instance's containers.
-    assert len(container_ids(f"io.dinp.instance={inst['id']}")) <= 1
+    assert len(container_ids(c, f"io.dinp.instance={inst['id']}")) <= 1
     c.cli.run("app", "scale", "crashy", "0", "--wait", "--timeout", "60")
-    wait_for(lambda: container_ids("io.dinp.app=crashy") == [], 20, "no container left")
+    wait_for(lambda: container_ids(c, "io.dinp.app=crashy") == [], 20, "no container left")
     node = inst["node"]
     c.agents[node].stop()
     c.agent(node).start()
@@ -178,9 +178,12 @@ def test_a_crashed_instances_last_lines_are_shown_once_it_is_gone_and_after_a_re
     assert f"{inst['id']} dying: boom" in [x["line"] for x in again]
 
 
-def container_ids(label: str) -> list[str]:
-    return subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"],
-                          check=True, capture_output=True, text=True).stdout.split()
+def container_ids(c: Cluster, label: str) -> list[str]:
+    """The containers (running or not) with `label` on this cluster's nodes."""
+    return [cid for node in c.addresses for cid in subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={label}", "--filter",
+         f"label=io.dinp.node={node}"], check=True, capture_output=True, text=True,
+    ).stdout.split()]
 
 
 def test_a_node_that_is_down_is_named_not_skipped(cluster: Cluster) -> None:
