@@ -193,6 +193,44 @@ def delete_from_registry(registry: str, repo: str) -> None:
                 f"http://{registry}/v2/{repo}/manifests/{digest}", method="DELETE"), timeout=5)
 
 
+# An app for the logs tests: serves $PORT (so it is healthy) and prints
+# "<instance> <n>" every 0.1 s on stdout, every fifth n also "<instance> err <n>" on
+# stderr; with CRASH_AFTER=N it says why on stderr and exits 3 after line N; with
+# CHATTY=1 it also prints bursts of 5000 lines (for readers that fall behind).
+TICKER_SCRIPT = r"""#!/bin/sh
+httpd -f -p "${PORT:-8080}" -h /tmp &
+trap 'echo "$DINP_INSTANCE stopping" >&2; exit 0' TERM INT
+n=0
+while :; do
+    if [ -n "${CHATTY:-}" ]; then seq 1 5000; fi
+    echo "$DINP_INSTANCE $n"
+    if [ $((n % 5)) -eq 0 ]; then echo "$DINP_INSTANCE err $n" >&2; fi
+    if [ -n "${CRASH_AFTER:-}" ] && [ "$n" -ge "$CRASH_AFTER" ]; then
+        echo "$DINP_INSTANCE dying: boom" >&2
+        exit 3
+    fi
+    n=$((n + 1))
+    sleep 0.1
+done
+"""
+
+
+@contextlib.contextmanager
+def ticker_image(workdir: Path) -> Iterator[str]:
+    """Build the ticker app (TICKER_SCRIPT) from dinp/busybox:1 as a local image, removed
+    afterwards; agents on this engine start it without a registry."""
+    (workdir / "ticker.sh").write_text(TICKER_SCRIPT)
+    (workdir / "Dockerfile").write_text(
+        'FROM dinp/busybox:1\nCOPY ticker.sh /ticker.sh\nCMD ["/bin/sh", "/ticker.sh"]\n')
+    tag = f"dinp-test/ticker:{secrets.token_hex(3)}"
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(workdir)], check=True,
+                   capture_output=True)
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], check=False, capture_output=True)
+
+
 def docker_ids(*labels: str) -> list[str]:
     args = ["docker", "ps", "-q", "--no-trunc"]
     for label in labels:

@@ -15,6 +15,7 @@ from dinp.commands import accounts as accounts_cmd
 from dinp.commands import app as app_cmd
 from dinp.commands import build as build_cmd
 from dinp.commands import deploy as deploy_cmd
+from dinp.commands import logs as logs_cmd
 from dinp.commands import node as node_cmd
 from dinp.commands import releases as releases_cmd
 from dinp.commands import roles as roles_cmd
@@ -26,9 +27,9 @@ cli = typer.Typer(
     name="dinp", help="dinp: a small PaaS for web applications on Docker.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-# `dinp app deploy|rollback|restart|releases|env` live in commands/releases.py and join
-# the `app` group when it is imported.
-_ = releases_cmd
+# `dinp app deploy|rollback|restart|releases|env` live in commands/releases.py, and
+# `dinp app logs` in commands/logs.py; they join the `app` group when imported.
+_ = releases_cmd, logs_cmd
 cli.add_typer(app_cmd.cli, name="app", help="Create, change, inspect, scale and delete apps.")
 cli.add_typer(node_cmd.cli, name="node", help="The machines that run apps.")
 cli.add_typer(build_cmd.cli, name="build", help="Build an app's image: dinp build PATH "

@@ -12,6 +12,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,29 @@ class Client:
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
+
+    def stream(self, path: str, *, timeout: float | None = None) -> Iterator[Any]:
+        """GET an NDJSON answer: each line decoded as it arrives (`timeout`: the longest
+        silence between two lines), errors as `request` raises them."""
+        url = f"{self.server}{API_PREFIX}{urllib.parse.quote(path, safe='/?=&')}"
+        req = urllib.request.Request(url, method="GET")
+        req.add_header("Accept", "application/x-ndjson")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with _OPENER.open(req, timeout=timeout or self.timeout) as resp:
+                for line in resp:
+                    if line.strip():
+                        yield json.loads(line)
+        except urllib.error.HTTPError as exc:
+            raise _api_error(exc) from None
+        except (ValueError, http.client.HTTPException) as exc:
+            raise DinpError(f"{self.server} broke off the stream: {exc}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise Unavailable(f"dinp server at {self.server} is unreachable: {reason}",
+                              hint="Is it running? Set DINP_SERVER or run `dinp login URL`.",
+                              ) from None
 
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body)

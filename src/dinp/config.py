@@ -81,6 +81,28 @@ class AgentConfig:
     pids_limit: int = 512
     tmp_size_mb: int = 64
     cpu_shares_per_gb: int = 1024
+    # Where the server reads this node's app logs (GET /logs); empty: <advertise>:7072.
+    # Port 0 takes any free port (the heartbeat tells the server which).
+    logs_listen: str = ""
+    # What the agent keeps across restarts (the last lines of containers it removed);
+    # empty: /var/lib/dinp/agent as root, else ~/.local/share/dinp/agent.
+    state_dir: str = ""
+
+    def logs_address(self) -> tuple[str, int]:
+        """(host, port) the logs listener binds."""
+        return split_hostport(self.logs_listen or f"{self.advertise}:{DEFAULT_LOGS_PORT}",
+                              default_port=DEFAULT_LOGS_PORT)
+
+    def state_path(self) -> Path:
+        """The state directory, with the default for who runs the agent."""
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        if os.geteuid() == 0:
+            return Path("/var/lib/dinp/agent")
+        return Path("~/.local/share/dinp/agent").expanduser()
+
+
+DEFAULT_LOGS_PORT = 7072
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -21,7 +21,7 @@ import logging
 import math
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,17 @@ class Container:
         )
 
 
+def exit_words(state: dict[str, Any], *, stopped: bool = False) -> str:
+    """How a container ended, from its inspected State: `exited with code 3`, `ran out of
+    memory`, or that dinp stopped it (`stopped`, as whoever stopped it knows)."""
+    code = state.get("ExitCode")
+    if state.get("OOMKilled"):
+        return "ran out of memory"
+    if stopped:
+        return f"stopped by dinp (exit code {code})"
+    return f"exited with code {code}"
+
+
 class StartFailed(DinpError):
     """An instance's container could not be started (bad image, engine refused, …)."""
 
@@ -110,6 +121,17 @@ class DockerRuntime:
         self.engine = DockerEngine(base_url, timeout=ENGINE_TIMEOUT, section="agent")
         self.base_url = self.engine.where
         self.client = self.engine.client
+        # Called with a container's id (and whether dinp stopped it) just before one of
+        # ours is removed, in the removing thread: the agent keeps its last lines there.
+        self.before_remove: Callable[[str, bool], None] | None = None
+
+    def _removing(self, container_id: str, *, stopped: bool) -> None:
+        if self.before_remove is None:
+            return
+        try:
+            self.before_remove(container_id, stopped)
+        except Exception:  # keeping its lines must never keep a container
+            log.exception("could not keep the last lines of %s", container_id[:12])
 
     def errors(self) -> contextlib.AbstractContextManager[None]:
         return self.engine.errors()
@@ -245,6 +267,7 @@ class DockerRuntime:
         except docker.errors.NotFound:
             return
         if self._ours(old.labels):
+            self._removing(str(old.id), stopped=False)
             old.remove(force=True, v=True)
 
     def exit_info(self, container: Container, *, lines: int = 5) -> str:
@@ -257,8 +280,7 @@ class DockerRuntime:
                                            tail=lines)
             except docker.errors.NotFound:
                 return "exited (the container is gone)"
-        code = state.get("ExitCode")
-        how = "ran out of memory" if state.get("OOMKilled") else f"exited with code {code}"
+        how = exit_words(state)
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         tail = " | ".join(line.strip() for line in text.splitlines() if line.strip())
         return f"{how}: {tail[-400:]}" if tail else how
@@ -270,8 +292,10 @@ class DockerRuntime:
                 c = self.client.containers.get(container.id)
                 if not self._ours(c.labels):
                     return
-                if c.status == "running":
+                running = c.status == "running"
+                if running:
                     c.stop(timeout=math.ceil(timeout))
+                self._removing(str(c.id), stopped=running)
                 c.remove(force=True, v=True)  # with its anonymous volumes
             except docker.errors.NotFound:
                 pass

@@ -52,15 +52,20 @@ class DockerEngine:
 
     `base_url` empty means the environment's (`DOCKER_HOST`, else the local socket);
     `timeout` is how long, in seconds, one call may wait for the engine; `section` is the
-    config section that names the engine (docker_host), for the hint when it is unreachable.
+    config section that names the engine (docker_host), for the hint when it is unreachable;
+    `max_pool_size` the connections kept open to it (a reader of many logs at once needs
+    more than the SDK's 10).
     """
 
-    def __init__(self, base_url: str = "", *, timeout: int, section: str) -> None:
+    def __init__(self, base_url: str = "", *, timeout: int, section: str,
+                 max_pool_size: int = 10) -> None:
         self.where = engine_address(base_url)
         self.section = section
         with self.errors():
-            self.client = (docker.DockerClient(base_url=base_url, timeout=timeout)
-                           if base_url else docker.from_env(timeout=timeout))
+            self.client = (docker.DockerClient(base_url=base_url, timeout=timeout,
+                                               max_pool_size=max_pool_size)
+                           if base_url else docker.from_env(timeout=timeout,
+                                                            max_pool_size=max_pool_size))
             self.client.ping()
         self.api = self.client.api
 

@@ -5,7 +5,8 @@ request of every app on its hot path; see router/metrics.py): the server and the
 record a few events a second at most, and the library gives correct histograms and the
 text format for free. Each role object owns its registry, so several in one process
 (`dinp up`, tests) never mix their counts. Gauges of state (instances by state, nodes by
-status) are read from the role when scraped, never kept in step by hand.
+status) and the counters the logs module keeps are read from the role when scraped,
+never kept in step by hand.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dinp.config import split_hostport
@@ -37,6 +38,10 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         for name, (doc, label, values) in self.read().items():
+            if name.endswith("_total"):  # a counter kept by the role itself
+                yield CounterMetricFamily(name.removesuffix("_total"), doc,
+                                          value=float(values))  # type: ignore[arg-type]
+                continue
             if isinstance(values, Mapping):
                 family = GaugeMetricFamily(name, doc, labels=[label])
                 for key, value in sorted(values.items()):
@@ -64,8 +69,6 @@ class ServerMetrics:
                                "placed and removed, nodes marked.", ["action"], registry=r)
         self.rollouts = Counter("dinp_server_rollouts", "Rollouts that ended, by outcome "
                                 "(deployed, failed, cancelled).", ["outcome"], registry=r)
-        self.log_bytes = Counter("dinp_server_log_bytes", "Bytes of app logs sent to "
-                                 "clients.", registry=r)
 
     def watch(self, read: Gauges) -> None:
         self.registry.register(_StateCollector(read))
@@ -88,8 +91,6 @@ class AgentMetrics:
                                            registry=r)
         self.heartbeats = Counter("dinp_agent_heartbeats", "Heartbeats sent, by outcome "
                                   "(ok, refused, failed).", ["outcome"], registry=r)
-        self.log_bytes = Counter("dinp_agent_log_bytes", "Bytes of app logs served to the "
-                                 "server.", registry=r)
 
     def watch(self, read: Gauges) -> None:
         self.registry.register(_StateCollector(read))

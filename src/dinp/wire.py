@@ -92,6 +92,9 @@ class Heartbeat:
     # None from agents older than these fields.
     agent: str | None = None
     cluster: str | None = None
+    # The port of the agent's logs listener on `address` (GET /logs); None from agents
+    # older than it, or one whose listener is not up.
+    logs_port: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         body = {"node": self.node, "address": self.address, "capacity_mb": self.capacity_mb,
@@ -101,6 +104,8 @@ class Heartbeat:
             body["agent"] = self.agent
         if self.cluster is not None:
             body["cluster"] = self.cluster
+        if self.logs_port is not None:
+            body["logs_port"] = self.logs_port
         return body
 
 
@@ -216,6 +221,8 @@ def parse_heartbeat(node: str, data: object) -> Heartbeat:
         capacity_mb=_int(data, "capacity_mb", low=0), free_mb=_int(data, "free_mb", low=0),
         containers=tuple(parsed), failures=failed,
         agent=_agent_id(data), cluster=_optional_id(data, "cluster"),
+        logs_port=validation.port(data["logs_port"], "logs_port")
+        if data.get("logs_port") is not None else None,
     )
 
 

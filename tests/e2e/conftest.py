@@ -61,8 +61,9 @@ class Cluster:
     standbys: list[Proc] = field(default_factory=list)
 
     def agent(self, name: str) -> Proc:
+        # Its logs listener on any free port: the heartbeat tells the server which.
         env = dict(self.env, DINP_NODE_NAME=name, DINP_ADVERTISE=self.addresses[name],
-                   DINP_CAPACITY_MB="1024",
+                   DINP_CAPACITY_MB="1024", DINP_LOGS_LISTEN=f"{self.addresses[name]}:0",
                    DINP_METRICS_LISTEN=f"{self.addresses[name]}:{self.metrics_port}")
         proc = Proc(name, ["agent"], env, self.workdir / f"{name}.log")
         self.agents[name] = proc
@@ -103,7 +104,7 @@ def running_cluster(workdir: Path, prefix: str, *, db_proxy: bool = False,
             DINP_SERVER=urls,
             DINP_HTTP_LISTEN=f"127.0.0.1:{router_port}",
             DINP_ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
-            DINP_DOMAIN="apps.test", **extra,
+            DINP_DOMAIN="apps.test", DINP_STATE_DIR=str(workdir / "agent-state"), **extra,
         )
         cli_env = dict(env, DINP_TOKEN=env["DINP_ADMIN_TOKEN"])
         server = Proc("server", ["server"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import time
@@ -90,6 +91,20 @@ def test_killed_instance_is_replaced(up: Up) -> None:
     assert docker_ids(f"io.dinp.instance={victim['id']}") not in ([], [container])
     victim = victim["id"]
     assert victim in up.instances_served(15)
+
+
+def test_app_logs_in_one_process_show_requests_and_the_killed_container(up: Up) -> None:
+    """`dinp up`'s agent serves logs to its server in the same process: the requests
+    just served, and the last lines of the container killed above, kept once it was
+    replaced, with how it ended."""
+    up.instances_served(6)
+    lines = [json.loads(x) for x in
+             up.cli.run("app", "logs", "hello", "--json").stdout.splitlines()]
+    assert [x for x in lines if "warning" in x] == []
+    assert {x["node"] for x in lines} == {up.node}
+    assert [x for x in lines if "response:200" in x["line"] and not x.get("gone")]
+    assert [x for x in lines if x["stream"] == "dinp" and x.get("gone")
+            and x["line"] == "exited with code 137"]
 
 
 def test_scale_and_restart_keep_containers(up: Up) -> None:

@@ -179,6 +179,7 @@ MATRIX: list[tuple[str, str, str, Any, dict[str, int]]] = [
     ("post", "/apps/{name}/env", "/apps/bluapp/env", {"set": {"X": "1"}},
      row("200 200 403 200")),
     ("get", "/apps/{name}/releases", "/apps/bluapp/releases", None, row("200 200 403 200")),
+    ("get", "/apps/{name}/logs", "/apps/bluapp/logs", None, row("200 200 403 200")),
     ("get", "/apps/{name}/domains", "/apps/bluapp/domains", None, row("200 200 403 200")),
     ("post", "/apps/{name}/domains", "/apps/bluapp/domains", {"domain": "www.example.org"},
      row("201 201 403 403")),

@@ -289,3 +289,17 @@ def test_tls_keys_from_env() -> None:
     assert (router.https_listen, router.https_port, router.https_proxy_protocol,
             router.http_proxy_protocol, router.tls_cert_file) == (
         "0.0.0.0:8443", 443, True, False, "/etc/dinp/wild.pem")
+
+
+def test_the_agents_logs_listener_and_state_dir_default_to_where_they_belong(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert AgentConfig(advertise="10.0.0.11").logs_address() == ("10.0.0.11", 7072)
+    assert AgentConfig(logs_listen="0.0.0.0:0").logs_address() == ("0.0.0.0", 0)
+    with pytest.raises(ConfigError):
+        AgentConfig(logs_listen="here:there").logs_address()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert AgentConfig().state_path() == Path("/var/lib/dinp/agent")
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert AgentConfig().state_path() == tmp_path / ".local/share/dinp/agent"
+    assert AgentConfig(state_dir="~/s").state_path() == tmp_path / "s"

@@ -25,7 +25,7 @@ def test_a_heartbeat_round_trips_with_health_details_and_failure_counts() -> Non
     hb = Heartbeat(node="n1", address="127.0.0.2", capacity_mb=1024, free_mb=900,
                    containers=(CONTAINER,),
                    failures={"3f2a9c01de": Failure("exited with code 3", count=4, crash=True)},
-                   agent="host:1:ab", cluster="5f0c2a9e7d314b66")
+                   agent="host:1:ab", cluster="5f0c2a9e7d314b66", logs_port=7072)
     assert parse_heartbeat("n1", hb.to_json()) == hb
 
 
@@ -37,6 +37,7 @@ def test_fields_older_agents_do_not_send_take_their_old_meaning() -> None:
         "failures": [{"instance": "a1", "message": "cannot start"}]}
     hb = parse_heartbeat("n1", body)
     assert hb.containers[0].health_detail == ""
+    assert hb.logs_port is None  # an agent that serves no logs
     assert hb.failures == {"a1": Failure("cannot start", count=1, crash=False)}
 
 
@@ -65,3 +66,12 @@ def test_an_assignment_carries_the_stop_grace_and_an_older_server_none() -> None
     for bad in (-1, "10", True, 1e9):
         with pytest.raises(InvalidInput, match="stop_grace"):
             parse_assignments({"instances": [{**a.to_json(), "stop_grace": bad}]})
+
+
+@pytest.mark.parametrize("port", [0, 65536, "7072", True, -1])
+def test_a_logs_port_that_is_not_a_port_is_refused(port: object) -> None:
+    body = {"address": "127.0.0.2", "capacity_mb": 1, "free_mb": 1, "containers": [],
+            "logs_port": port}
+    with pytest.raises(InvalidInput) as err:
+        parse_heartbeat("n1", body)
+    assert err.value.field == "logs_port"

@@ -16,6 +16,9 @@ last assignment. It learns its cluster's id from the server before it lists anyt
 sends an id of its own process with each report: the server refuses a second live agent
 for the same node name, and an agent refused stops acting until it is accepted. It sends
 the cluster token only to the configured server URL (redirects are refused, not followed).
+
+It also serves its containers' logs to the server, and keeps the last lines of those it
+removes (`roles/agent_logs.py`, started by `run`).
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ from dinp.container import Container, DockerRuntime, StartFailed
 from dinp.errors import ConfigError, DinpError, InvalidInput, NodeTaken, Unavailable, WrongCluster
 from dinp.health import HealthState, check
 from dinp.lifecycle import run_until_stopped
+from dinp.logs import LogStats
 from dinp.metrics import AgentMetrics, metrics_served
 from dinp.node_plan import DRAIN_SECONDS as DRAIN_SECONDS
 from dinp.node_plan import FRESH_SECONDS as FRESH_SECONDS
+from dinp.roles.agent_logs import AgentLogs
 from dinp.sandbox import Policy
 from dinp.wire import (
     MAX_DETAIL,
@@ -134,6 +139,9 @@ class Agent:
         self._crashes_seen: set[str] = set()
         self.metrics = AgentMetrics()
         self.metrics.watch(self._gauges)
+        # Its containers' logs, served to the server (started by `run`), and what it sent.
+        self.log_stats = LogStats()
+        self.logs: AgentLogs | None = None
 
     # -- server I/O -------------------------------------------------------------------
 
@@ -174,6 +182,7 @@ class Agent:
             failures={i: Failure(r.message[:MAX_MESSAGE], count=r.failures, crash=r.crash)
                       for i, r in self.state.retries.items()},
             agent=self.agent_id, cluster=self.state.cluster,
+            logs_port=self.logs.port if self.logs is not None else None,
         )
 
     def _report_of(self, c: Container) -> ContainerInfo:
@@ -564,6 +573,11 @@ class Agent:
                                     float(len(self.state.assignment or []))),
             "dinp_agent_server_connected": ("1 while the server answers.", "",
                                             float(self.state.server_ok)),
+            "dinp_agent_log_bytes_total": ("Bytes of app logs served to the server.", "",
+                                           float(self.log_stats.bytes)),
+            "dinp_agent_log_lines_dropped_total": ("Log lines dropped for readers that "
+                                                   "fell behind.", "",
+                                                   float(self.log_stats.dropped)),
         }
 
     # -- loops ------------------------------------------------------------------------
@@ -647,8 +661,15 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
 
+    def own_containers(self) -> list[Container]:
+        """The containers this agent takes care of now (those made before cluster ids
+        only once adopted): whose logs it serves."""
+        return [c for c in self._containers if not c.legacy or c.instance in self.state.adopted]
+
     async def run(self) -> None:
         """Run until cancelled."""
+        self.logs = AgentLogs(self.config, self.runtime, self.own_containers, self.log_stats)
+        await self.logs.start()
         loop = asyncio.get_running_loop()
         watcher = threading.Thread(target=self._watch_events, args=(loop,),
                                    name="dinp-docker-events", daemon=True)
@@ -668,6 +689,7 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._stopping.set()
+            await self.logs.close()
             if self._session is not None:
                 await self._session.close()
             await asyncio.to_thread(self.runtime.close)
@@ -687,6 +709,7 @@ async def serve(config: AgentConfig) -> None:
                           hint="Pass --node-name or set DINP_NODE_NAME.")
     validation.node_name(config.node_name)
     require_secret(config.cluster_token, key="cluster_token", section="agent")
+    config.logs_address()  # a malformed logs_listen is refused before anything runs
     runtime = await asyncio.to_thread(
         lambda: DockerRuntime(node=config.node_name, advertise=config.advertise,
                               base_url=config.docker_host, policy=Policy.of(config))

@@ -31,7 +31,7 @@ from dinp.errors import Conflict, DinpError, Forbidden, InvalidInput, Unavailabl
 from dinp.lifecycle import run_until_stopped, start_site
 from dinp.metrics import metrics_served
 from dinp.models import AppRow
-from dinp.roles import api_accounts
+from dinp.roles import api_accounts, logs_api
 from dinp.roles.auth import actor, auth_middleware, principal
 from dinp.roles.forward import forward_middleware, open_session
 from dinp.roles.handlers import SERVER_KEY, json_body, known_fields, srv
@@ -534,6 +534,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_post(f"{p}/apps/{{name}}/restart", restart_app)
     app.router.add_post(f"{p}/apps/{{name}}/env", set_env)
     app.router.add_get(f"{p}/apps/{{name}}/releases", list_releases)
+    app.router.add_get(f"{p}/apps/{{name}}/logs", logs_api.app_logs)
     app.router.add_get(f"{p}/apps/{{name}}/domains", list_domains)
     app.router.add_post(f"{p}/apps/{{name}}/domains", add_domain)
     app.router.add_delete(f"{p}/apps/{{name}}/domains/{{domain}}", remove_domain)

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dinp import validation, wire
+from dinp import logs, validation, wire
 from dinp.access import ROLES, Need
 from dinp.const import API_PREFIX
 
@@ -335,6 +335,9 @@ SCHEMAS: dict[str, Schema] = {
             "cluster": {"type": "string", "pattern": wire.ID_TEXT.pattern,
                         "description": "the cluster whose containers are listed; empty "
                         "until the server said which (it answers 409 with its id)"},
+            "logs_port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535,
+                          "description": "the port of the agent's logs listener on "
+                          "`address` (GET /logs); absent from older agents"},
             "containers": {
                 "type": "array", "maxItems": wire.MAX_ITEMS,
                 "items": {
@@ -381,6 +384,26 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "LogLine": {
+        "description": "one object of the NDJSON stream: a line of an instance, or a "
+        "warning (a node that could not be asked), or a marker of lines dropped for a "
+        "reader that fell behind, or a tick (a follow that is alive)",
+        "type": "object",
+        "properties": {
+            "at": {"type": "number", "description": "Unix seconds, as the node's Docker "
+                   "stamped the line"},
+            "instance": {"type": "string"}, "node": {"type": "string"},
+            "release": {"type": "integer"},
+            "stream": {"type": "string", "enum": list(logs.STREAMS),
+                       "description": "dinp: how its container ended"},
+            "line": {"type": "string", "maxLength": logs.MAX_LINE},
+            "gone": {"type": "boolean", "description": "its container was removed (the "
+                     "agent kept its last lines)"},
+            "warning": {"type": "string"},
+            "dropped": {"type": "integer", "description": "lines lost here"},
+            "tick": {"type": "number"},
+        },
+    },
     "Assignment": {
         "type": "object",
         "required": ["node", "status", "rev", "cluster", "heartbeat_interval", "foreign",
@@ -409,6 +432,7 @@ class Operation:
     params: tuple[Schema, ...] = ()
     errors: tuple[int, ...] = (400, 401, 503)
     extra: dict[str, Any] = field(default_factory=dict)
+    media: str = "application/json"  # of the success body
 
 
 def _path(name: str, schema: Schema) -> Schema:
@@ -465,6 +489,24 @@ OPERATIONS: tuple[Operation, ...] = (
                                      "change": {"type": "boolean",
                                                 "description": "scale, settings, domains, "
                                                 "delete"}}},
+              errors=(400, 401, 404, 503)),
+    Operation("get", "/apps/{name}/logs",
+              "The lines of every instance of the app on every node, merged in time order "
+              "(NDJSON; follow=true: then new lines and new instances, until the client "
+              "leaves)", "apps", A.APP_READ, result=_ref("LogLine"), media=logs.MEDIA_TYPE,
+              params=(APP_PATH,
+                      _query("since", {"type": "number", "minimum": 0,
+                                       "maximum": logs.MAX_SINCE},
+                             "Unix seconds: only lines from then on"),
+                      _query("tail", {"type": "integer", "minimum": 0,
+                                      "maximum": logs.MAX_TAIL,
+                                      "default": logs.DEFAULT_TAIL},
+                             "the last N lines of each container"),
+                      _query("instance", {"type": "string",
+                                          "pattern": logs.INSTANCE_ID.pattern},
+                             "only this instance"),
+                      _query("follow", {"type": "string", "enum": ["true", "false"]},
+                             "then new lines as they come")),
               errors=(400, 401, 404, 503)),
     Operation("delete", "/apps/{name}", "Delete an app and stop its instances", "apps",
               A.APP_CHANGE,
@@ -643,7 +685,7 @@ ERRORS = {400: "invalid input (the body says which field)",
 def _operation(op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(op.ok): {"description": "success",
-                     "content": {"application/json": {"schema": op.result or {}}}},
+                     "content": {op.media: {"schema": op.result or {}}}},
     }
     implied = {*((413,) if op.body else ()),
                *(() if op.need is Need.PUBLIC else (401, 403))}

@@ -25,6 +25,7 @@ from dinp import const, rollouts, routes, scheduler
 from dinp.accounts import Accounts
 from dinp.config import ServerConfig, split_hostport
 from dinp.errors import DinpError, NodeTaken, NotFound, Unavailable, WrongCluster
+from dinp.logs import LogStats
 from dinp.metrics import ServerMetrics
 from dinp.models import AppRow
 from dinp.releases import ReleaseSpec
@@ -144,6 +145,7 @@ class Server:
         self.epoch: int | None = None  # of the lease, when it holds one
         self.leader_url = self.url
         self._lease_at = 0.0  # when the lease was last renewed (monotonic)
+        self.log_stats = LogStats()  # what `GET /apps/{name}/logs` sent (roles/logs_api.py)
         self._update_assignments()
 
     # -- helpers ----------------------------------------------------------------------
@@ -713,6 +715,12 @@ class Server:
                                     float(len(self.routers_seen))),
             "dinp_server_route_table_revision": ("The route table's revision.", "",
                                                  float(self.routes.rev)),
+            "dinp_server_log_bytes_total": ("Bytes of app logs sent to clients.", "",
+                                            float(self.log_stats.bytes)),
+            "dinp_server_log_lines_dropped_total": ("Log lines dropped for clients that "
+                                                    "fell behind.", "",
+                                                    float(self.log_stats.dropped)),
+            "dinp_server_leader": ("1 while this server leads.", "", float(self.leading)),
         }
 
     def release_waiters(self) -> None:

@@ -86,9 +86,12 @@ async def serve(conf: UpConfig) -> None:
         memory.subscribe(to_router)
         await router.start_http("127.0.0.1", conf.http_port)
         await router.start_admin("127.0.0.1", conf.admin_port)
+        # Its logs listener takes any free port: the server, in this process, learns it
+        # from the heartbeat, and two `dinp up` on one machine never compete for one.
         agent = Agent(AgentConfig(node_name=conf.node_name, advertise="127.0.0.1",
                                   server=api_url, cluster_token=server_conf.cluster_token,
-                                  capacity_mb=conf.capacity_mb), runtime)
+                                  capacity_mb=conf.capacity_mb, logs_listen="127.0.0.1:0",
+                                  state_dir=str(state / "agent")), runtime)
         path = save_credentials(api_url, admin_token)
         log.info("dinp is up: API %s, apps at http://<app>.%s:%d/ (CLI configured in %s)",
                  api_url, conf.domain, conf.http_port, path)
