@@ -20,7 +20,7 @@ cd "$ROOT"
 # gcc and libc6-dev: examples/build.sh compiles the binary example (gcc -static).
 # chromium: the Dashboard's browser tests (driven by Playwright, pointed at it).
 PACKAGES=(docker.io docker-registry busybox-static mariadb-server redis-server curl
-          debootstrap wrk make gcc libc6-dev chromium)
+          debootstrap wrk make gcc libc6-dev chromium pebble)
 VENV="$ROOT/.venv"
 VENV_STAMP="$VENV/.dinp-installed"
 PYTHON=${PYTHON:-python3}
