@@ -216,19 +216,27 @@ done
 
 
 @contextlib.contextmanager
-def ticker_image(workdir: Path) -> Iterator[str]:
-    """Build the ticker app (TICKER_SCRIPT) from dinp/busybox:1 as a local image, removed
-    afterwards; agents on this engine start it without a registry."""
-    (workdir / "ticker.sh").write_text(TICKER_SCRIPT)
-    (workdir / "Dockerfile").write_text(
-        'FROM dinp/busybox:1\nCOPY ticker.sh /ticker.sh\nCMD ["/bin/sh", "/ticker.sh"]\n')
-    tag = f"dinp-test/ticker:{secrets.token_hex(3)}"
+def local_image(workdir: Path, name: str, files: dict[str, str]) -> Iterator[str]:
+    """Build an image from `files` (a Dockerfile among them) written into `workdir`, tagged
+    `dinp-test/<name>:<random>` and removed afterwards; agents on this engine start it
+    without a registry."""
+    for filename, text in files.items():
+        (workdir / filename).write_text(text)
+    tag = f"dinp-test/{name}:{secrets.token_hex(3)}"
     subprocess.run(["docker", "build", "-q", "-t", tag, str(workdir)], check=True,
                    capture_output=True)
     try:
         yield tag
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], check=False, capture_output=True)
+
+
+def ticker_image(workdir: Path) -> contextlib.AbstractContextManager[str]:
+    """The ticker app (TICKER_SCRIPT) on dinp/busybox:1 as a local image."""
+    return local_image(workdir, "ticker", {
+        "ticker.sh": TICKER_SCRIPT,
+        "Dockerfile": 'FROM dinp/busybox:1\nCOPY ticker.sh /ticker.sh\n'
+                      'CMD ["/bin/sh", "/ticker.sh"]\n'})
 
 
 def docker_ids(*labels: str) -> list[str]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from datetime import datetime
 from typing import Any
 
@@ -52,7 +53,7 @@ def ensure(client: docker.DockerClient, name: str) -> str:
             client.api.create_network(
                 name, driver="bridge", options={ICC_OPTION: "false"},
                 labels={const.LABEL_MANAGED: "true"}, check_duplicate=True)
-        found = _named(client, name)
+        found = _settled(client, name)
         if not found:
             raise ConfigError(f"the app network {name} cannot be made on this engine")
     chosen = min(found, key=lambda n: (_created(n.get("Created", "")), n["Id"]))
@@ -66,6 +67,23 @@ def ensure(client: docker.DockerClient, name: str) -> str:
             with contextlib.suppress(docker.errors.APIError):  # in use: left for later
                 client.api.remove_network(extra["Id"])
     return str(chosen["Id"])
+
+
+def _settled(client: docker.DockerClient, name: str, *, quiet: float = 0.5,
+             limit: float = 5.0) -> list[dict[str, Any]]:
+    """The networks called `name` once no new one has appeared for `quiet` seconds: an
+    agent racing this one may have listed none before this one's create and made its own,
+    which an engine under load can take a while to finish. Choosing only then, every
+    racer sees every copy and takes the same oldest one."""
+    deadline = time.monotonic() + limit
+    found = _named(client, name)
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - stable_since < quiet:
+        time.sleep(0.1)
+        again = _named(client, name)
+        if {n["Id"] for n in again} != {n["Id"] for n in found}:
+            found, stable_since = again, time.monotonic()
+    return found
 
 
 def _named(client: docker.DockerClient, name: str) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import subprocess
 import tarfile
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import IMAGE, Cluster, running_cluster
-from tests.support import Prober, docker_ids, http_get, wait_for
+from tests.support import Prober, docker_ids, http_get, local_image, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -99,16 +98,10 @@ def test_env_restart_rollback_and_scale_down_drop_no_request(cluster: Cluster) -
 @pytest.fixture(scope="module")
 def crash_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An image whose app writes a line and exits 3 at once: a release that crashes."""
-    ctx = tmp_path_factory.mktemp("crash")
-    (ctx / "Dockerfile").write_text(
-        'FROM dinp/busybox:1\nCMD ["/bin/sh", "-c", "echo boom: no DATABASE_URL >&2; exit 3"]\n')
-    tag = f"dinp-test/crash:{secrets.token_hex(3)}"
-    subprocess.run(["docker", "build", "-q", "-t", tag, str(ctx)], check=True,
-                   capture_output=True)
-    try:
+    with local_image(tmp_path_factory.mktemp("crash"), "crash", {"Dockerfile": (
+            'FROM dinp/busybox:1\n'
+            'CMD ["/bin/sh", "-c", "echo boom: no DATABASE_URL >&2; exit 3"]\n')}) as tag:
         yield tag
-    finally:
-        subprocess.run(["docker", "rmi", "-f", tag], check=False, capture_output=True)
 
 
 @pytest.mark.parametrize("case", ["missing-image", "never-healthy", "crash"])
@@ -219,23 +212,16 @@ def test_draining_a_node_moves_its_instances_and_drops_no_request(cluster: Clust
 def graceful_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """busybox httpd with a CGI that takes 4 s; on SIGTERM it stops accepting and exits
     only once its requests in flight are done (5 s later), as a well-behaved app does."""
-    ctx = tmp_path_factory.mktemp("graceful")
-    (ctx / "slow").write_text(
-        '#!/bin/sh\nsleep 4\nprintf "Content-Type: text/plain\\r\\n\\r\\nslow done\\n"\n')
-    (ctx / "start.sh").write_text(
-        'httpd -f -p "${PORT:-8080}" -h /www &\npid=$!\n'
-        'trap \'kill -TERM "$pid"; sleep 5; exit 0\' TERM\nwait "$pid"\n')
-    (ctx / "Dockerfile").write_text(
-        "FROM dinp/busybox:1\nCOPY slow /www/cgi-bin/slow\nCOPY start.sh /start.sh\n"
-        "RUN chmod 755 /www/cgi-bin/slow && echo ok > /www/health\n"
-        'CMD ["/bin/sh", "/start.sh"]\n')
-    tag = f"dinp-test/graceful:{secrets.token_hex(3)}"
-    subprocess.run(["docker", "build", "-q", "-t", tag, str(ctx)], check=True,
-                   capture_output=True)
-    try:
+    with local_image(tmp_path_factory.mktemp("graceful"), "graceful", {
+        "slow": '#!/bin/sh\nsleep 4\nprintf "Content-Type: text/plain\\r\\n\\r\\nslow done\\n"\n',
+        "start.sh": ('httpd -f -p "${PORT:-8080}" -h /www &\npid=$!\n'
+                     'trap \'kill -TERM "$pid"; sleep 5; exit 0\' TERM\nwait "$pid"\n'),
+        "Dockerfile": ("FROM dinp/busybox:1\nCOPY slow /www/cgi-bin/slow\n"
+                       "COPY start.sh /start.sh\n"
+                       "RUN chmod 755 /www/cgi-bin/slow && echo ok > /www/health\n"
+                       'CMD ["/bin/sh", "/start.sh"]\n'),
+    }) as tag:
         yield tag
-    finally:
-        subprocess.run(["docker", "rmi", "-f", tag], check=False, capture_output=True)
 
 
 def test_requests_in_flight_finish_when_their_instance_leaves(

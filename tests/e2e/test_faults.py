@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import FAULT_ROWS as ROWS
-from tests.e2e.conftest import IMAGE, Cluster, running_cluster
+from tests.e2e.conftest import IMAGE, Cluster, fault_row, running_cluster
 from tests.support import Prober as BaseProber
 from tests.support import Proc, SecondEngine, TcpProxy, docker_ids, wait_for
 
@@ -32,7 +31,7 @@ def Prober(addr: str) -> BaseProber:
 
 
 def record(fault: str, failed: int, sent: int, recovery: str) -> None:
-    ROWS.append((fault, f"{failed} of {sent}", recovery))
+    fault_row(fault, f"{failed} of {sent}", recovery)
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +245,8 @@ def test_the_router_restarted(cluster: Cluster) -> None:
     after = [(t, s) for t, s in probe.answers if t >= down]
     wrong = [(t, s) for t, s in after if s not in (0, 200, 503)]
     refused = [(t, s) for t, s in after if s != 200]
-    ROWS.append(("the router restarted (a single router)",
-                 f"{len(refused)} refused", f"serving again after {recovered:.1f} s; "
-                 f"{len(wrong)} wrong answers"))
+    fault_row("the router restarted (a single router)", f"{len(refused)} refused",
+              f"serving again after {recovered:.1f} s; {len(wrong)} wrong answers")
     assert wrong == []
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import FAULT_ROWS, IMAGE, Cluster, running_cluster
+from tests.e2e.conftest import IMAGE, Cluster, fault_row, running_cluster
 from tests.support import Dinp, Prober, docker_ids, http_get, wait_for
 
 APP = "ha"
@@ -90,10 +90,9 @@ def kill_the_leader_during(c: Cluster, what: str, args: tuple[str, ...],
         done = time.monotonic() - killed
         time.sleep(1.0)
     failed = probe.failed_since(t0)
-    FAULT_ROWS.append((f"the leading server killed during a {what}",
-                       f"{len(failed)} of {probe.sent_since(t0)}",
-                       f"standby led after {took_over:.1f} s; {what} done "
-                       f"{done:.1f} s after the kill"))
+    fault_row(f"the leading server killed during a {what}",
+              f"{len(failed)} of {probe.sent_since(t0)}",
+              f"standby led after {took_over:.1f} s; {what} done {done:.1f} s after the kill")
     assert failed == [], failed[:5]
     assert len(c.cli.json("app", "show", APP)["instance_list"]) == after[0]  # none twice
     procs[first].start()  # it comes back as the standby: two servers again

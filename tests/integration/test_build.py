@@ -282,10 +282,11 @@ def test_unreachable_engine(config: BuildConfig, archives: dict[str, Path],
 
 
 class _Refusing(http.server.BaseHTTPRequestHandler):
-    """A 'registry' that answers every request with 500."""
+    """A 'registry' that answers every request with 403 (the engine retries a 500 for
+    50 s before it gives up; a refusal is a refusal either way)."""
 
     def _refuse(self) -> None:
-        self.send_response(500)
+        self.send_response(403)
         self.send_header("Content-Length", "0")
         self.end_headers()
 

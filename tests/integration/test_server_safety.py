@@ -5,9 +5,12 @@ heard of it (yet)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 
 import redis
 
+from dinp.errors import Unavailable
 from tests.integration.test_api import Api, instance_json, run
 
 
@@ -101,5 +104,28 @@ def test_odd_requests_get_400_not_500(sqlite_url: str, redis_url: str) -> None:
         status, reply = await api.call("POST", "/apps", body={
             "name": "web", "image": "hello:1", "env": big})
         assert status == 400 and reply["field"] == "env"
+
+    run(sqlite_url, redis_url, body)
+
+
+def test_a_flood_of_api_calls_does_not_cost_a_lone_server_its_lease(
+    sqlite_url: str, redis_url: str
+) -> None:
+    """The API's database thread is busy past database_timeout (a slow query, a flood of
+    calls): renewing the lease has a thread of its own, so the server goes on leading
+    instead of answering 503 "no server leads" while nothing is wrong."""
+    async def body(api: Api) -> None:
+        server = api.server
+        await server.claim()
+        assert server.leading and server.epoch is not None
+        epoch, renewed = server.epoch, server._lease_at
+        busy = asyncio.ensure_future(
+            server.db(time.sleep, server.config.database_timeout + 1.0))
+        await asyncio.sleep(0.1)
+        await server.claim()
+        assert server.leading and server.epoch == epoch
+        assert server._lease_at > renewed, "the renewal waited behind the API's calls"
+        with contextlib.suppress(Unavailable):
+            await busy
 
     run(sqlite_url, redis_url, body)

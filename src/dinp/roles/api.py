@@ -34,7 +34,7 @@ from dinp.models import AppRow
 from dinp.roles import api_accounts, logs_api
 from dinp.roles.auth import actor, auth_middleware, principal
 from dinp.roles.forward import forward_middleware, open_session
-from dinp.roles.handlers import SERVER_KEY, json_body, known_fields, srv
+from dinp.roles.handlers import SERVER_KEY, flag, json_body, known_fields, srv
 from dinp.roles.openapi import MAX_BODY
 from dinp.roles.openapi import document as openapi_document
 from dinp.roles.server import Server
@@ -347,9 +347,7 @@ async def drain_node(request: web.Request) -> web.Response:
     node = validation.node_name(request.match_info["node"])
     data = await json_body(request)
     known_fields(data, {"undo"})
-    undo = data.get("undo", False)
-    if not isinstance(undo, bool):
-        raise InvalidInput("undo", "expected true or false")
+    undo = flag(data, "undo")
     row = await server.db(server.store.set_node_status, node,
                           scheduler.READY if undo else scheduler.DRAINING, actor=actor(request))
     await server.desired_changed()

@@ -18,7 +18,7 @@ from dinp.errors import Forbidden, InvalidInput
 from dinp.quotas import Quota
 from dinp.roles.auth import actor, principal
 from dinp.roles.forward import client_address
-from dinp.roles.handlers import json_body, known_fields, srv
+from dinp.roles.handlers import flag, json_body, known_fields, srv
 
 
 async def login(request: web.Request) -> web.Response:
@@ -66,9 +66,7 @@ async def create_user(request: web.Request) -> web.Response:
     server = srv(request)
     data = await json_body(request)
     known_fields(data, {"name", "admin", "password", "teams"})
-    admin = data.get("admin", False)
-    if not isinstance(admin, bool):
-        raise InvalidInput("admin", "expected true or false")
+    admin = flag(data, "admin")
     teams = data.get("teams", [])
     if not isinstance(teams, list) or len(teams) > 100:
         raise InvalidInput("teams", "expected a list of team names")
@@ -85,9 +83,7 @@ async def disable_user(request: web.Request) -> web.Response:
     name = validation.user_name(request.match_info["user"])
     data = await json_body(request)
     known_fields(data, {"undo"})
-    undo = data.get("undo", False)
-    if not isinstance(undo, bool):
-        raise InvalidInput("undo", "expected true or false")
+    undo = flag(data, "undo")
     return web.json_response(await server.db(server.accounts.set_disabled, name, not undo,
                                              actor=actor(request)))
 

@@ -31,3 +31,12 @@ def known_fields(data: dict[str, Any], known: set[str]) -> None:
     unknown = set(data) - known
     if unknown:
         raise InvalidInput(sorted(unknown)[0], "unknown field")
+
+
+def flag(data: dict[str, Any], name: str) -> bool:
+    """A true/false field of a body, false when absent; anything else is refused (a string
+    "false" would otherwise read as true)."""
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(name, "expected true or false")
+    return value

@@ -126,6 +126,9 @@ class Server:
         self.inherited = inherited or routes.RouteTable()
         self.routes_published = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dinp-db")
+        # The lease's own thread: a renewal queued behind a flood of API calls would make a
+        # lone, healthy server give up leading (and answer 503) for no reason.
+        self._lease_executor = ThreadPoolExecutor(1, thread_name_prefix="dinp-lease")
         self._wake = asyncio.Event()
         self._assignments_changed = asyncio.Event()
         self._unplaceable_logged: dict[str, float] = {}
@@ -162,8 +165,12 @@ class Server:
         `seconds`. A call still waiting its turn then is cancelled and never runs, so a
         refused request changes nothing later; only a call the database was already
         running may still complete, and the error says so."""
+        return await self._run_within(self._executor, seconds, fn, *args, **kwargs)
+
+    async def _run_within(self, executor: ThreadPoolExecutor, seconds: float,
+                          fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        future = self._executor.submit(fn, *args, **kwargs)
+        future = executor.submit(fn, *args, **kwargs)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future, loop=loop), seconds)
         except TimeoutError:
@@ -630,8 +637,9 @@ class Server:
     async def claim(self) -> None:
         """Take or renew the leader lease (or learn who holds it): lead, or forward."""
         try:
-            lease = await self.db(self.store.claim_lease, self.server_id, self.url,
-                                  self.config.lease_ttl)
+            lease = await self._run_within(
+                self._lease_executor, self.config.database_timeout, self.store.claim_lease,
+                self.server_id, self.url, self.config.lease_ttl)
         except Unavailable as exc:
             # Without the database this server cannot prove it still leads: once the
             # lease may have expired for the others, it stops acting.
@@ -729,6 +737,7 @@ class Server:
         self._assignments_changed.set()
 
     def close(self) -> None:
+        self._lease_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
