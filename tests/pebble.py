@@ -109,10 +109,13 @@ class Pebble:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return bool(resp.status == 200)
 
-    def resolve(self, host: str, address: str) -> None:
-        """Make the mock DNS answer `address` for `host` (A records)."""
-        assert self._post_dns("/add-a", {"host": host.rstrip(".") + ".",
-                                         "addresses": [address]})
+    def resolve(self, host: str, address: str | None) -> None:
+        """Make the mock DNS answer `address` for `host` (A records); None: the
+        default again (127.0.0.1)."""
+        name = host.rstrip(".") + "."
+        assert self._post_dns("/clear-a", {"host": name})
+        if address is not None:
+            assert self._post_dns("/add-a", {"host": name, "addresses": [address]})
 
     def root(self) -> str:
         """The PEM root that Pebble's issued chains lead to (made at each start)."""

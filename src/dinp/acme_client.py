@@ -17,12 +17,12 @@ import datetime
 import logging
 from dataclasses import dataclass, field
 
-from josepy.jwk import JWKRSA
 import requests
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.jwk import JWKRSA
 
 log = logging.getLogger(__name__)
 USER_AGENT = "dinp (+https://github.com/dinp)"

@@ -800,8 +800,10 @@ class Store:
 
 
 def _setting_words(value: float) -> str:
-    """A setting's value in an event: on/off for switches, else the number."""
-    return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}"
+    """A setting's value in an event: on/off for switches, whole numbers in full."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _event(s: Session, actor: Actor, message: str, *, app: str | None = None,

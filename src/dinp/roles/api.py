@@ -25,6 +25,7 @@ from aiohttp import web
 from dinp import access, acme_orders, releases, rollouts, scheduler, tokens, validation, wire
 from dinp.access import DEFAULT_TEAM, Need
 from dinp.accounts import Accounts
+from dinp.acme_client import validity
 from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
 from dinp.errors import Conflict, DinpError, Forbidden, InvalidInput, Unavailable
@@ -282,6 +283,7 @@ async def list_domains(request: web.Request) -> web.Response:
 def certificate_view(row: CertificateRow) -> dict[str, object]:
     rules = cert_rules(row)
     return {"state": row.state, "summary": acme_orders.describe(rules, row.last_error),
+            "serial": validity(row.chain_pem)[2] if row.chain_pem else None,
             "not_after": row.not_after, "issued_at": row.issued_at,
             "last_error": row.last_error, "attempts": row.attempts,
             "next_attempt_at": row.next_attempt_at or None}

@@ -195,6 +195,8 @@ SCHEMAS: dict[str, Schema] = {
                 "properties": {
                     "state": {"type": "string", "enum": list(acme_orders.STATES)},
                     "summary": {"type": "string", "description": "the state in words"},
+                    "serial": {"type": ["string", "null"],
+                               "description": "the certificate's serial number, in hex"},
                     "not_after": {"type": ["number", "null"],
                                   "description": "Unix seconds it expires at"},
                     "issued_at": {"type": ["number", "null"]},
