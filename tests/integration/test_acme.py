@@ -364,3 +364,119 @@ async def _https_settings(api: Api, redis_url: str) -> None:
 
 def test_https_settings_flow_into_the_route_table(sqlite_url: str, redis_url: str) -> None:
     run(sqlite_url, redis_url, lambda api: _https_settings(api, redis_url))
+
+
+async def _tls_domains(api: Api) -> None:
+    assert (await api.call("POST", "/apps", body={"name": "web", "image": IMAGE,
+                                                  "instances": 0}))[0] == 201
+    assert (await api.call("POST", "/apps", body={"name": "shop", "image": IMAGE,
+                                                  "instances": 0}))[0] == 201
+    status, reply = await api.call("POST", "/apps/web/domains",
+                                   body={"domain": "WWW.Example.COM", "tls": True})
+    assert status == 201 and reply == {"app": "web", "domain": "www.example.com", "tls": True}
+    (row,) = (await api.call("GET", "/apps/web/domains"))[1]
+    cert = row["certificate"]
+    assert row["tls"] and cert["state"] == "pending" and cert["serial"] is None
+    assert cert["summary"] == "pending: being ordered" and "key" not in json.dumps(row)
+    # One app per domain, whatever its case; TLS once.
+    for app, domain in (("shop", "www.example.com"), ("shop", "Www.Example.Com"),
+                        ("web", "www.example.com")):
+        status, reply = await api.call("POST", f"/apps/{app}/domains",
+                                       body={"domain": domain, "tls": True})
+        assert status == 409, (app, domain, reply)
+    # TLS turned on for a domain added without it.
+    assert (await api.call("POST", "/apps/shop/domains",
+                           body={"domain": "shop.example.org"}))[0] == 201
+    assert (await api.call("POST", "/apps/shop/domains",
+                           body={"domain": "shop.example.org", "tls": True}))[0] == 201
+    (row,) = (await api.call("GET", "/apps/shop/domains"))[1]
+    assert row["certificate"]["state"] == "pending"
+    events = [e["message"] for e in (await api.call("GET", "/events?app=shop"))[1]]
+    assert "domain shop.example.org: TLS on (certificate ordered)" in events
+    # Removed before anything was issued: nothing to revoke, the row goes.
+    assert (await api.call("DELETE", "/apps/shop/domains/shop.example.org"))[0] == 200
+    assert [c.domain for c in api.store.certificates()] == ["www.example.com"]
+
+
+def test_tls_domains_are_unique_lowercase_and_their_certificates_go_with_them(
+        db_url: str, redis_url: str) -> None:
+    run(db_url, redis_url, _tls_domains, acme_directory="https://acme.invalid/dir")
+
+
+def _pem(acme_ca: Any, name: str) -> tuple[str, str, float, float]:
+    from dinp.acme_client import validity
+
+    chain, key = acme_ca.issue(name)
+    not_before, not_after, _ = validity(chain)
+    return chain, key, not_before, not_after
+
+
+def test_the_certificate_rows_on_each_database(db_url: str) -> None:
+    """Issued certificates reach the snapshot (so every table), removed or expired ones
+    do not; a stale leader's write is refused; a key is in no repr."""
+    from dinp import acme_orders
+    from dinp.store import NotLeader, Store
+    from tests.support import CertAuthority
+
+    ca = CertAuthority.make()
+    store = Store(db_url)
+    try:
+        store.create_app(name="web", image=IMAGE, instances=0, memory_mb=64, port=8080,
+                         env={}, health_path=None)
+        store.add_domain("web", "www.example.com", tls=True)
+        store.add_domain("web", "old.example.com", tls=True)
+        lease = store.claim_lease("me", "http://me", 30)
+        fence = (lease.holder, lease.epoch)
+        chain, key, not_before, not_after = _pem(ca, "www.example.com")
+        with pytest.raises(NotLeader):
+            store.certificate_issued("www.example.com", chain_pem=chain, key_pem=key,
+                                     not_before=not_before, not_after=not_after,
+                                     fence=("someone else", lease.epoch))
+        assert store.snapshot().certs == {}
+        assert store.certificate_issued("www.example.com", chain_pem=chain, key_pem=key,
+                                        not_before=not_before, not_after=not_after,
+                                        fence=fence)
+        pair = store.snapshot().certs["www.example.com"]
+        assert (pair.chain_pem, pair.key_pem) == (chain, key)
+        assert "PRIVATE" not in repr(store.snapshot()) + repr(store.certificates())
+        # An expired one is not handed to the routers.
+        old_chain, old_key = ca.issue("old.example.com", days=-1)
+        from dinp.acme_client import validity
+
+        nb, na, _ = validity(old_chain)
+        store.certificate_issued("old.example.com", chain_pem=old_chain, key_pem=old_key,
+                                 not_before=nb, not_after=na)
+        assert set(store.snapshot().certs) == {"www.example.com"}
+        # A failure keeps a valid certificate serving (renewing), backs off.
+        row = next(r for r in store.certificates() if r.domain == "www.example.com")
+        outcome = acme_orders.failed(acme_orders.Cert(row.state, row.not_before,
+                                                      row.not_after), "boom",
+                                     time.time(), acme_orders.Policy())
+        store.certificate_failed("www.example.com", outcome, fence=fence)
+        row = next(r for r in store.certificates() if r.domain == "www.example.com")
+        assert (row.state, row.attempts, row.last_error) == ("renewing", 1, "boom")
+        assert "www.example.com" in store.snapshot().certs
+        # Removed: off the routers at once, kept to be revoked, then forgotten.
+        store.remove_domain("web", "www.example.com")
+        assert store.snapshot().certs == {}
+        (revoking,) = [r for r in store.certificates() if r.state == "revoking"]
+        assert revoking.domain == "www.example.com"
+        assert not store.certificate_issued("www.example.com", chain_pem=chain,
+                                            key_pem=key, not_before=not_before,
+                                            not_after=not_after)
+        store.certificate_revoked("www.example.com", "", fence=fence)
+        assert [r.domain for r in store.certificates()] == ["old.example.com"]
+        assert "certificate for www.example.com revoked" in [
+            e.message for e in store.events(app="web")]
+        # Deleting the app leaves its issued certificates to be revoked.
+        store.delete_app("web")
+        assert [(r.domain, r.state) for r in store.certificates()] == [
+            ("old.example.com", "revoking")]
+        # The account: the first key saved is kept.
+        first = store.save_acme_account("https://ca/dir", "KEY1", "", "a@example.com")
+        again = store.save_acme_account("https://ca/dir", "KEY2", "", "a@example.com")
+        assert first.key_pem == again.key_pem == "KEY1" and "KEY1" not in repr(again)
+        assert store.save_acme_account("https://ca/dir", "KEY1", "https://ca/acct/1",
+                                       "a@example.com").uri == "https://ca/acct/1"
+    finally:
+        store.close()
