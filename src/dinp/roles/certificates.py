@@ -19,20 +19,40 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from dinp import acme_orders
 from dinp.acme_client import AcmeDirectory, AcmeFailure, Issued, new_account_key
 from dinp.config import ServerConfig
 from dinp.errors import ConfigError, Unavailable
+from dinp.metrics import ServerMetrics
 from dinp.models import CertificateRow
-from dinp.store import NotLeader, cert_rules
-
-if TYPE_CHECKING:
-    from dinp.roles.server import Server
+from dinp.store import NotLeader, Store, cert_rules
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Leader(Protocol):
+    """What the certifier needs of the server it runs in (roles/server.py's Server)."""
+
+    config: ServerConfig
+    store: Store
+    metrics: ServerMetrics
+    leading: bool
+    challenges: dict[str, str]  # the HTTP-01 answers the route table carries
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    def fence(self) -> tuple[str, int] | None: ...
+
+    def step_down(self, why: str) -> None: ...
+
+    async def publish_challenges(self, timeout: float) -> int: ...
+
+    async def routers_took(self, rev: int, timeout: float) -> bool: ...
+
+    async def desired_changed(self) -> None: ...
 
 
 def policy(config: ServerConfig) -> acme_orders.Policy:
@@ -52,7 +72,7 @@ def policy(config: ServerConfig) -> acme_orders.Policy:
 
 
 class Certifier:
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Leader) -> None:
         self.server = server
         self.config = server.config
         self.policy = policy(server.config)
@@ -78,7 +98,7 @@ class Certifier:
                 try:
                     wait = min(wait, await self.tick())
                 except NotLeader as exc:
-                    self.server._step_down(str(exc))
+                    self.server.step_down(str(exc))
                 except Unavailable as exc:
                     log.warning("certificates: nothing done, %s", exc)
                 except Exception:  # a bug must not stop renewals for good
@@ -135,7 +155,7 @@ class Certifier:
 
     async def _order(self, row: CertificateRow) -> None:
         """Order (or renew) the certificate of `row.domain`; store it, or the failure."""
-        store, fence, domain = self.server.store, self.server._fence(), row.domain
+        store, fence, domain = self.server.store, self.server.fence(), row.domain
         rules = cert_rules(row)
         await self.server.db(store.certificate_ordering, domain,
                              acme_orders.ordering(rules, time.time()), fence=fence)
@@ -188,7 +208,7 @@ class Certifier:
         logged and recorded in its event), then forgotten."""
         error = await self._revoke_chain(row.domain, row.chain_pem)
         await self.server.db(self.server.store.certificate_revoked, row.domain, error,
-                             fence=self.server._fence())
+                             fence=self.server.fence())
 
     async def _revoke_chain(self, domain: str, chain_pem: str) -> str:
         """Revoke; the reason it failed, or "" once revoked."""

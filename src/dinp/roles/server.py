@@ -744,6 +744,14 @@ class Server:
         """What the leader's writes are checked against (None: not using the lease)."""
         return (self.server_id, self.epoch) if self.epoch is not None else None
 
+    def fence(self) -> tuple[str, int] | None:
+        """For the leader's other writers (the certifier)."""
+        return self._fence()
+
+    def step_down(self, why: str) -> None:
+        """A writer of the leader found the lease taken over."""
+        self._step_down(why)
+
     def _gauges(self) -> dict[str, tuple[str, str, dict[str, float] | float]]:
         """The state gauges of /metrics, read from what the server knows when scraped."""
         real = Real(self.reports, complete=True)
