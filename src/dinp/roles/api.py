@@ -301,10 +301,12 @@ async def add_domain(request: web.Request) -> web.Response:
     if not isinstance(tls, bool):
         raise InvalidInput("tls", f"{tls!r} is not true or false")
     if tls and not server.config.acme_directory:
-        raise InvalidInput("tls", "this server has no ACME directory to order certificates "
-                           "from", hint="An operator sets acme_directory in [server] of "
-                           "dinp.toml (DINP_ACME_DIRECTORY), e.g. Let's Encrypt's "
-                           "https://acme-v02.api.letsencrypt.org/directory.")
+        # A valid request this server cannot carry out: a conflict with its setup.
+        raise Conflict("--tls: this server has no ACME directory to order certificates "
+                       "from; nothing was added",
+                       hint="An operator sets acme_directory in [server] of dinp.toml "
+                       "(DINP_ACME_DIRECTORY), e.g. Let's Encrypt's "
+                       "https://acme-v02.api.letsencrypt.org/directory.")
     await server.db(server.store.add_domain, name, domain, tls=tls, actor=actor(request))
     await server.desired_changed()
     if tls:
