@@ -113,7 +113,8 @@ def refused(port: int, name: str, root: str) -> bool:
 
 
 @contextlib.contextmanager
-def acme_cluster(workdir: Path, *, validity: int = 0, **settings: str) -> Iterator[Acme]:
+def acme_cluster(workdir: Path, *, validity: int = 0, database_url: str = "",
+                 **settings: str) -> Iterator[Acme]:
     """Start the parts; `validity` is the seconds Pebble's certificates last (0: its
     default, years), `settings` more DINP_* for the server."""
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
@@ -124,7 +125,8 @@ def acme_cluster(workdir: Path, *, validity: int = 0, **settings: str) -> Iterat
     try:
         with redis_server() as redis:
             env = base_env(
-                workdir, DINP_DATABASE_URL=f"sqlite:///{workdir / 'dinp.db'}",
+                workdir,
+                DINP_DATABASE_URL=database_url or f"sqlite:///{workdir / 'dinp.db'}",
                 DINP_REDIS_URL=redis.url, DINP_CLUSTER_TOKEN=secrets.token_hex(16),
                 DINP_ADMIN_TOKEN=secrets.token_hex(16), DINP_API_LISTEN=f"127.0.0.1:{api_port}",
                 DINP_SERVER=f"http://127.0.0.1:{api_port}", DINP_DOMAIN="apps.test",
@@ -201,6 +203,8 @@ def test_a_domain_added_with_tls_is_issued_and_served_by_every_router(
     # The key is in no listing and no log.
     listing = acme.cli.run("app", "domains", "list", "shop", "--json").stdout
     assert "PRIVATE KEY" not in listing + acme.logs()
+    # The CA was asked to validate only once the router served the answer.
+    assert "did not take route table" not in acme.server.output()
 
     # A router started now has the certificate before it takes any TLS connection: its
     # first handshake that completes serves it.
@@ -295,6 +299,53 @@ def test_certificates_are_renewed_before_they_expire(tmp_path: Path) -> None:
                  == renewed["serial"], 20, "the renewed certificate served")
         assert any(e["message"].startswith("certificate for cart.example.com renewed")
                    for e in acme.events("cart"))
+
+
+def test_only_the_leader_orders_and_the_next_one_keeps_the_account(
+        tmp_path: Path, mysql_url: str) -> None:
+    import sqlalchemy
+
+    with acme_cluster(tmp_path, database_url=mysql_url) as acme:
+        standby_port = free_port()
+        standby = Proc("standby", ["server"], dict(
+            acme.env, DINP_API_LISTEN=f"127.0.0.1:{standby_port}"),
+            tmp_path / "standby.log").start()
+        standby_cli = Dinp(dict(acme.cli.env,
+                                DINP_SERVER=f"http://127.0.0.1:{standby_port}"))
+        try:
+            wait_for(lambda: standby_cli.run("app", "list", check=False).returncode == 0, 20,
+                     "the standby to answer")
+            create_app(acme, "news")
+            # Asked through the standby, which forwards: the leader orders.
+            standby_cli.run("app", "domains", "add", "news", "news.example.com", "--tls")
+            acme.wait_state("news", "news.example.com", "issued")
+            assert "certificate for news.example.com: ordering" in acme.server.output()
+            assert "ordering" not in standby.output()
+            engine = sqlalchemy.create_engine(mysql_url)
+            try:
+                def accounts() -> list[tuple[Any, ...]]:
+                    with engine.connect() as conn:
+                        return [tuple(r) for r in conn.execute(sqlalchemy.text(
+                            "SELECT directory, uri FROM acme_accounts"))]
+
+                (account,) = accounts()
+                # The leader stops: the standby leads, and orders as the same account.
+                assert acme.server.stop()
+                standby_cli.run("app", "domains", "add", "news", "www.news.example.com",
+                                "--tls")
+                cert = wait_for(lambda: (c := {d["domain"]: d for d in standby_cli.json(
+                    "app", "domains", "list", "news")}["www.news.example.com"][
+                    "certificate"])["state"] == "issued" and c, 60, "issued by the standby")
+                assert cert["attempts"] == 0
+                assert "certificate for www.news.example.com: ordering" in standby.output()
+                assert accounts() == [account]
+            finally:
+                engine.dispose()
+        except BaseException:
+            print(standby.output()[-4000:])
+            raise
+        finally:
+            standby.stop()
 
 
 # -- in-process: refusals and settings ---------------------------------------------------
