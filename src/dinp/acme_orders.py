@@ -59,12 +59,18 @@ class Cert:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A row's state after an order: the new state, failures in a row, the next try."""
+    """A row's state after an order: the new state, failures in a row, the next try;
+    for a failure, when it was decided (the next try is `retry_in` seconds later)."""
 
     state: str
     attempts: int
     next_attempt_at: float
     last_error: str
+    at: float = 0.0
+
+    @property
+    def retry_in(self) -> float:
+        return self.next_attempt_at - self.at
 
 
 def retry_delay(attempts: int, policy: Policy) -> float:
@@ -111,7 +117,7 @@ def failed(cert: Cert, error: str, now: float, policy: Policy) -> Outcome:
     attempts = cert.attempts + 1
     state = RENEWING if cert.valid(now) else FAILED
     return Outcome(state, attempts, now + retry_delay(attempts, policy),
-                   error.strip()[:MAX_ERROR] or "unknown error")
+                   error.strip()[:MAX_ERROR] or "unknown error", now)
 
 
 def issued() -> Outcome:

@@ -118,6 +118,9 @@ class Store:
         self.url = url
         self.safe_url = make_url(url).render_as_string(hide_password=True)
         self.engine = self._connect(url)
+        # The certificates the snapshots hand to the routers, with the row's updated_at
+        # they were read at: a snapshot (every second) reads their PEM only when changed.
+        self._tls: dict[str, tuple[float, TlsPair]] = {}
 
     # -- connection -----------------------------------------------------------------
 
@@ -261,12 +264,7 @@ class Store:
             for d in s.exec(select(DomainRow).order_by(col(DomainRow.domain))):
                 domains.setdefault(d.app, []).append(d.domain)
             generations = {r.node: r.generation for r in s.exec(select(NodeCredentialRow))}
-            routed = {d for names in domains.values() for d in names}
-            now = time.time()
-            certs = {c.domain: TlsPair(c.chain_pem, c.key_pem)
-                     for c in s.exec(select(CertificateRow).where(
-                         col(CertificateRow.not_after) > now))
-                     if c.domain in routed and acme_orders.serve(cert_rules(c), now)}
+            certs = self._served_certs(s, {d for names in domains.values() for d in names})
             recent: dict[str, list[ReleaseRow]] = {}
             for row, _ in s.exec(select(ReleaseRow, AppRow).where(
                     ReleaseRow.app == AppRow.name, ReleaseRow.version >= AppRow.release)
@@ -282,6 +280,26 @@ class Store:
             nodes={n.name: NodeSpec(n.name, n.status, n.capacity_mb) for n in nodes.values()},
         )
         return Snapshot(desired, apps, nodes, releases, recent, domains, generations, certs)
+
+    def _served_certs(self, s: Session, routed: set[str]) -> dict[str, TlsPair]:
+        """The valid certificates of routed domains, their PEM read only when their row
+        changed since the last snapshot."""
+        now = time.time()
+        current: dict[str, float] = {}
+        for domain, state, not_after, updated in s.exec(select(
+                CertificateRow.domain, CertificateRow.state, CertificateRow.not_after,
+                CertificateRow.updated_at).where(col(CertificateRow.not_after) > now)):
+            if domain in routed and acme_orders.serve(
+                    acme_orders.Cert(state, not_after=not_after), now):
+                current[domain] = updated
+        stale = [d for d, updated in current.items()
+                 if d not in self._tls or self._tls[d][0] != updated]
+        if stale:
+            for row in s.exec(select(CertificateRow).where(
+                    col(CertificateRow.domain).in_(stale))):
+                self._tls[row.domain] = (row.updated_at, TlsPair(row.chain_pem, row.key_pem))
+        self._tls = {d: self._tls[d] for d in current if d in self._tls}
+        return {d: pair for d, (_, pair) in self._tls.items()}
 
     def get_app(self, name: str) -> AppRow:
         with self.session() as s:
@@ -651,10 +669,10 @@ class Store:
             row.next_attempt_at, row.last_error = outcome.next_attempt_at, outcome.last_error
             row.updated_at = time.time()
             s.add(row)
-            wait = max(0.0, outcome.next_attempt_at - time.time())
-            s.add(EventRow(app=row.app, message=(
+            # At the time of the failure, so events show the backoff as it was decided.
+            s.add(EventRow(app=row.app, at=outcome.at or time.time(), message=(
                 f"certificate for {domain} failed ({outcome.attempts} time(s) in a row; "
-                f"next try in {wait:.0f} s): {outcome.last_error}")))
+                f"next try in {outcome.retry_in:.0f} s): {outcome.last_error}")))
             s.commit()
 
     def certificate_revoked(self, domain: str, error: str = "", *,

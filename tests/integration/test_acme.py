@@ -266,7 +266,8 @@ def test_a_failing_challenge_is_shown_with_its_reason_retried_with_backoff_then_
     failures = [e for e in acme.events("broken")
                 if e["message"].startswith("certificate for broken.example.net failed")]
     assert len(failures) >= 3 and "127.0.0.2" in failures[0]["message"]
-    # Backoff: 1 s after the first failure, 2 s after the second (DINP_ACME_RETRY_BASE=1).
+    # Backoff: 1 s after the first failure, 2 s after the second (DINP_ACME_RETRY_BASE=1),
+    # and no try before its time (each event is at the time of its failure).
     assert "next try in 1 s" in failures[0]["message"]
     assert "next try in 2 s" in failures[1]["message"]
     assert failures[1]["at"] - failures[0]["at"] >= 1.0
@@ -331,6 +332,9 @@ def test_only_the_leader_orders_and_the_next_one_keeps_the_account(
                 (account,) = accounts()
                 # The leader stops: the standby leads, and orders as the same account.
                 assert acme.server.stop()
+                wait_for(lambda: json.loads(http_get(f"127.0.0.1:{standby_port}", "127.0.0.1",
+                                                     "/api/v1/health")[1])["leader"], 20,
+                         "the standby to lead")
                 standby_cli.run("app", "domains", "add", "news", "www.news.example.com",
                                 "--tls")
                 cert = wait_for(lambda: (c := {d["domain"]: d for d in standby_cli.json(
@@ -489,6 +493,13 @@ def test_the_certificate_rows_on_each_database(db_url: str) -> None:
                                         fence=fence)
         pair = store.snapshot().certs["www.example.com"]
         assert (pair.chain_pem, pair.key_pem) == (chain, key)
+        # Renewed: the next snapshot has the new one (snapshots re-read changed rows only).
+        chain, key, not_before, not_after = _pem(ca, "www.example.com")
+        assert store.certificate_issued("www.example.com", chain_pem=chain, key_pem=key,
+                                        not_before=not_before, not_after=not_after)
+        pair = store.snapshot().certs["www.example.com"]
+        assert (pair.chain_pem, pair.key_pem) == (chain, key)
+        assert "renewed" in store.events(app="web")[0].message
         assert "PRIVATE" not in repr(store.snapshot()) + repr(store.certificates())
         # An expired one is not handed to the routers.
         old_chain, old_key = ca.issue("old.example.com", days=-1)

@@ -49,10 +49,11 @@ def test_pending_failed_and_renewing_wait_for_their_next_attempt() -> None:
 def test_a_failure_keeps_a_valid_certificate_serving_and_backs_off() -> None:
     valid = ao.Cert(ao.RENEWING, not_before=0.0, not_after=100.0, attempts=1)
     out = ao.failed(valid, "  connection refused\n", 50.0, POLICY)
-    assert out == ao.Outcome(ao.RENEWING, 2, 50.0 + 120.0, "connection refused")
+    assert out == ao.Outcome(ao.RENEWING, 2, 50.0 + 120.0, "connection refused", 50.0)
+    assert out.retry_in == 120.0
     assert ao.serve(valid, 50.0)
     first = ao.failed(ao.Cert(ao.PENDING), "", 10.0, POLICY)
-    assert first == ao.Outcome(ao.FAILED, 1, 70.0, "unknown error")
+    assert first == ao.Outcome(ao.FAILED, 1, 70.0, "unknown error", 10.0)
     expired = ao.failed(valid, "x" * 5000, 200.0, POLICY)
     assert expired.state == ao.FAILED and len(expired.last_error) == ao.MAX_ERROR
     assert not ao.serve(valid, 200.0)

@@ -166,8 +166,8 @@ class Certifier:
             self._directory = None  # connect afresh next time (the CA may have lost us)
             outcome = acme_orders.failed(rules, str(exc), time.time(), self.policy)
             log.warning("certificate for %s: order failed (%d time(s) in a row; next try "
-                        "in %.0f s): %s", domain, outcome.attempts,
-                        outcome.next_attempt_at - time.time(), outcome.last_error)
+                        "in %.0f s): %s", domain, outcome.attempts, outcome.retry_in,
+                        outcome.last_error)
             self.server.metrics.certificate_failures.inc()
             await self.server.db(store.certificate_failed, domain, outcome, fence=fence)
             return
