@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.jwk import JWKRSA
 
+from dinp.errors import DinpError
+
 log = logging.getLogger(__name__)
 USER_AGENT = "dinp (+https://github.com/dinp)"
 
@@ -77,7 +79,12 @@ def _new_cert_key() -> str:
 
 
 def words(exc: BaseException) -> str:
-    """An ACME library or network error as one line a person can act on."""
+    """An ACME library or network error as one line a person can act on (dinp's own
+    errors say it already)."""
+    if isinstance(exc, DinpError):
+        return exc.message
+    if isinstance(exc, AcmeFailure):
+        return str(exc)
     if isinstance(exc, errors.ValidationError):
         parts = []
         for authzr in exc.failed_authzrs:

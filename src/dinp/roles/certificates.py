@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from dinp import acme_orders
-from dinp.acme_client import AcmeDirectory, AcmeFailure, Issued, new_account_key
+from dinp.acme_client import AcmeDirectory, AcmeFailure, Issued, new_account_key, words
 from dinp.config import ServerConfig
 from dinp.errors import ConfigError, Unavailable
 from dinp.metrics import ServerMetrics
@@ -94,7 +94,9 @@ class Certifier:
         one is (at most acme_interval, to see changes made through other servers)."""
         while True:
             wait = self.config.acme_interval
-            if self.server.leading:
+            if not self.server.leading:
+                self.known = {}  # the leader's /metrics say it, not a stale copy here
+            else:
                 try:
                     wait = min(wait, await self.tick())
                 except NotLeader as exc:
@@ -162,9 +164,13 @@ class Certifier:
         log.info("certificate for %s: ordering from %s", domain, self.config.acme_directory)
         try:
             issued = await self._issue(domain)
-        except (AcmeFailure, Unavailable) as exc:
+        except NotLeader:
+            raise
+        except Exception as exc:  # whatever it was, the domain backs off and says why
+            if not isinstance(exc, AcmeFailure | Unavailable):
+                log.exception("certificate for %s: order failed unexpectedly", domain)
             self._directory = None  # connect afresh next time (the CA may have lost us)
-            outcome = acme_orders.failed(rules, str(exc), time.time(), self.policy)
+            outcome = acme_orders.failed(rules, words(exc), time.time(), self.policy)
             log.warning("certificate for %s: order failed (%d time(s) in a row; next try "
                         "in %.0f s): %s", domain, outcome.attempts, outcome.retry_in,
                         outcome.last_error)

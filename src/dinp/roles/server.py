@@ -794,7 +794,8 @@ class Server:
             "dinp_certificate_expiry_seconds": (
                 "Seconds until each custom domain's certificate expires (negative: "
                 "expired).", "domain",
-                {d: c.not_after - now for d, c in known.items() if c.not_after is not None}),
+                {d: c.not_after - now for d, c in known.items()
+                 if c.not_after is not None and c.state != acme_orders.REVOKING}),
             "dinp_certificates": ("Custom domains' certificates, by state (see `dinp app "
                                   "domains list`).", "state", states),
         }
