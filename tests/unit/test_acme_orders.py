@@ -86,3 +86,20 @@ def test_the_state_in_words() -> None:
     assert ao.describe(ao.Cert(ao.RENEWING, 0.0, now + 10), "", now) == \
         "renewing, expires in 10 s"
     assert ao.describe(ao.Cert(ao.REVOKING), "", now).startswith("revoking")
+
+
+def test_the_server_refuses_a_policy_that_makes_no_sense() -> None:
+    import pytest
+
+    from dinp.config import ServerConfig
+    from dinp.errors import ConfigError
+    from dinp.roles.certificates import policy
+
+    assert policy(ServerConfig()) == ao.Policy(2 / 3, 60.0, 21600.0)
+    for bad, word in (({"acme_renew_after": 1.0}, "acme_renew_after"),
+                      ({"acme_renew_after": 0.0}, "acme_renew_after"),
+                      ({"acme_retry_base": 0.0}, "acme_retry_base"),
+                      ({"acme_retry_base": 10.0, "acme_retry_max": 5.0}, "acme_retry_max"),
+                      ({"acme_ca_bundle": "/nonexistent/ca.pem"}, "acme_ca_bundle")):
+        with pytest.raises(ConfigError, match=word):
+            policy(ServerConfig(**bad))
