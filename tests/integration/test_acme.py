@@ -29,7 +29,7 @@ from cryptography import x509
 from dinp.routes import HttpsPolicy, RedisRouteStore
 from tests.integration.test_api import Api, run
 from tests.pebble import Pebble
-from tests.support import Dinp, Proc, base_env, free_port, http_get, wait_for
+from tests.support import Dinp, Proc, base_env, free_port, http_get, http_request, wait_for
 
 IMAGE = "127.0.0.1:5000/hello:2"  # never started: no node runs here
 
@@ -205,6 +205,15 @@ def test_a_domain_added_with_tls_is_issued_and_served_by_every_router(
     assert "PRIVATE KEY" not in listing + acme.logs()
     # The CA was asked to validate only once the router served the answer.
     assert "did not take route table" not in acme.server.output()
+    # The app's HTTPS policy reaches its custom domain: plain HTTP is redirected.
+    acme.cli.run("app", "settings", "shop", "--https-redirect", "--hsts", "600")
+    router = f"127.0.0.1:{acme.http_port}"
+    _, headers, _ = wait_for(
+        lambda: (r := http_request(router, "shop.example.com", "/cart?x=1"))[0] == 308 and r,
+        20, "the redirect")
+    assert headers["location"] == f"https://shop.example.com:{acme.https_port}/cart?x=1"
+    # ... but never the ACME challenges (a token the router does not hold: its own 404).
+    assert http_get(router, "shop.example.com", "/.well-known/acme-challenge/none")[0] == 404
 
     # A router started now has the certificate before it takes any TLS connection: its
     # first handshake that completes serves it.
