@@ -32,7 +32,7 @@ from dinp.errors import Conflict, DinpError, Forbidden, InvalidInput, Unavailabl
 from dinp.lifecycle import run_until_stopped, start_site
 from dinp.metrics import metrics_served
 from dinp.models import AppRow, CertificateRow
-from dinp.roles import api_accounts, logs_api
+from dinp.roles import api_accounts, certificates, logs_api
 from dinp.roles.auth import actor, auth_middleware, principal
 from dinp.roles.forward import forward_middleware, open_session
 from dinp.roles.handlers import SERVER_KEY, json_body, known_fields, srv
@@ -590,6 +590,7 @@ async def start(config: ServerConfig, route_store: RouteStore | None = None) -> 
     clear error when any of them is unreachable, before anything is served."""
     require_secret(config.cluster_token, key="cluster_token", section="server")
     require_secret(config.admin_token, key="admin_token", section="server", needed=False)
+    certificates.policy(config)  # a bad ACME setting is refused before anything opens
     store = await asyncio.to_thread(Store, config.database_url)
     if route_store is None:
         redis_store = RedisRouteStore(config.redis_url)

@@ -57,16 +57,19 @@ class Leader(Protocol):
 
 def policy(config: ServerConfig) -> acme_orders.Policy:
     """The renewal and retry policy of the server's configuration, checked."""
-    where = "in [server] of dinp.toml"
+    def where(key: str) -> str:
+        return f"{key} ([server] in dinp.toml, or DINP_{key.upper()})"
+
     if not 0 < config.acme_renew_after < 1:
-        raise ConfigError(f"acme_renew_after = {config.acme_renew_after:g} {where} is not a "
-                          "fraction between 0 and 1 (the default renews at 2/3 of the "
+        raise ConfigError(f"{where('acme_renew_after')} = {config.acme_renew_after:g} is "
+                          "not a fraction between 0 and 1 (the default renews at 2/3 of the "
                           "lifetime)")
     if not 0 < config.acme_retry_base <= config.acme_retry_max:
-        raise ConfigError(f"acme_retry_base and acme_retry_max {where} must be positive, "
-                          "the base no longer than the maximum")
+        raise ConfigError(f"{where('acme_retry_base')} and acme_retry_max must be "
+                          "positive, the base no longer than the maximum")
     if config.acme_ca_bundle and not Path(config.acme_ca_bundle).is_file():
-        raise ConfigError(f"acme_ca_bundle = {config.acme_ca_bundle} {where} is not a file")
+        raise ConfigError(f"{where('acme_ca_bundle')} = {config.acme_ca_bundle} is not a "
+                          "file")
     return acme_orders.Policy(config.acme_renew_after, config.acme_retry_base,
                               config.acme_retry_max)
 
