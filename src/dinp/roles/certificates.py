@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -79,7 +79,6 @@ class Certifier:
         self.server = server
         self.config = server.config
         self.policy = policy(server.config)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dinp-acme")
         self._wake = asyncio.Event()
         self._directory: AcmeDirectory | None = None
         # What the last look at the table found, by domain (for /metrics).
@@ -90,7 +89,7 @@ class Certifier:
         self._wake.set()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Nothing to wait for: an ACME call in flight ends with the process."""
 
     async def run(self) -> None:
         """While leading: act on every certificate that is due, then sleep until the next
@@ -134,8 +133,31 @@ class Certifier:
         return min(later, default=self.config.acme_interval) - time.time()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking ACME call on the ACME thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run a blocking ACME call on a thread of its own, one call at a time (the
+        certifier awaits each). A daemon thread, not an executor's: a server stopping
+        while the CA is slow exits at once, instead of waiting up to acme_timeout for
+        the call to end (the order is simply made again by the next leader)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: T | None, error: BaseException | None) -> None:
+            if future.done():  # cancelled: the server is stopping
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        def work() -> None:
+            try:
+                result, error = fn(*args), None
+            except Exception as exc:
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=work, name="dinp-acme", daemon=True).start()
+        return await future
 
     async def _connect(self) -> AcmeDirectory:
         """The directory with this cluster's account: its key made once and kept in the
