@@ -127,6 +127,7 @@ class AcmeDirectory:
             verify_ssl=ca_bundle or True)  # type: ignore[arg-type]
         self._client: client.ClientV2 | None = None
         self.account_uri = ""
+        self.contact: tuple[str, ...] = ()  # as the CA holds it
 
     def connect(self) -> str:
         """Read the directory and register (or find) the account; its URL. Idempotent:
@@ -144,9 +145,14 @@ class AcmeDirectory:
                 regr = acme.query_registration(
                     messages.RegistrationResource(uri=exc.location,
                                                   body=messages.Registration()))
+                if tuple(regr.body.contact) != tuple(registration.contact):
+                    # acme_email changed: the CA's notices go to the new address.
+                    regr = acme.update_registration(
+                        regr, regr.body.update(contact=registration.contact))
         except Exception as exc:
             raise AcmeFailure(words(exc)) from exc
         self._client, self.account_uri = acme, regr.uri or ""
+        self.contact = tuple(regr.body.contact)
         return self.account_uri
 
     def begin(self, domain: str) -> Order:

@@ -551,3 +551,31 @@ def test_the_certificate_rows_on_each_database(db_url: str) -> None:
                                        "a@example.com").uri == "https://ca/acct/1"
     finally:
         store.close()
+
+
+def test_the_account_is_found_again_by_its_key_and_follows_acme_email(tmp_path: Path) -> None:
+    """Against Pebble alone: a server that restarts (or a new leader) finds the same
+    account by the stored key, and a changed acme_email is sent to the CA."""
+    from dinp.acme_client import AcmeDirectory, new_account_key
+
+    pebble = Pebble.start(tmp_path / "pebble", http_port=free_port())
+    try:
+        key = new_account_key()
+
+        def directory(email: str) -> AcmeDirectory:
+            return AcmeDirectory(pebble.directory, account_key_pem=key, email=email,
+                                 ca_bundle=str(pebble.ca_bundle), timeout=20)
+
+        first = directory("ops@example.com")
+        uri = first.connect()
+        assert uri.startswith("https://") and first.contact == ("mailto:ops@example.com",)
+        again = directory("ops@example.com")
+        assert again.connect() == uri and again.contact == first.contact
+        moved = directory("certs@example.com")
+        assert moved.connect() == uri and moved.contact == ("mailto:certs@example.com",)
+        assert directory("certs@example.com").connect() == uri
+        other = AcmeDirectory(pebble.directory, account_key_pem=new_account_key(),
+                              ca_bundle=str(pebble.ca_bundle))
+        assert other.connect() != uri  # another key: another account
+    finally:
+        pebble.stop()
