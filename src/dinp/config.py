@@ -54,6 +54,20 @@ class ServerConfig:
     # name when it listens on every address).
     lease_ttl: float = 5.0
     advertise_url: str = ""
+    # ACME (RFC 8555): certificates for the custom domains added with --tls, ordered by
+    # the leading server. The directory's URL (empty: off), the account's contact e-mail,
+    # a CA bundle (PEM file) for the directory's own HTTPS when a private CA serves it,
+    # the fraction of a certificate's lifetime after which it is renewed, the wait after
+    # a failed order (doubled with each failure in a row, up to acme_retry_max), the
+    # longest one order may take, and how often the leader looks for work (seconds).
+    acme_directory: str = ""
+    acme_email: str = ""
+    acme_ca_bundle: str = ""
+    acme_renew_after: float = 2 / 3
+    acme_retry_base: float = 60.0
+    acme_retry_max: float = 21600.0
+    acme_timeout: float = 90.0
+    acme_interval: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -69,6 +69,11 @@ class ServerMetrics:
                                "placed and removed, nodes marked.", ["action"], registry=r)
         self.rollouts = Counter("dinp_server_rollouts", "Rollouts that ended, by outcome "
                                 "(deployed, failed, cancelled).", ["outcome"], registry=r)
+        self.certificate_failures = Counter("dinp_certificate_failures", "ACME orders that "
+                                            "failed (each is retried with backoff).",
+                                            registry=r)
+        self.certificates_issued = Counter("dinp_certificates_issued", "Certificates "
+                                           "issued or renewed by ACME.", registry=r)
 
     def watch(self, read: Gauges) -> None:
         self.registry.register(_StateCollector(read))

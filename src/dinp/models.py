@@ -89,6 +89,10 @@ class AppRow(SQLModel, table=True):
     deploy_timeout: float = Field(default=120.0, sa_type=TIME)
     # Seconds an instance that leaves has between SIGTERM and SIGKILL.
     stop_grace: float = Field(default=10.0, sa_type=TIME)
+    # HTTPS: plain-HTTP requests redirected (308) to https, and the max-age of the HSTS
+    # header on TLS responses (0: none); for its host and custom domains alike.
+    https_redirect: bool = False
+    hsts: int = 0
     created_at: float = Field(default_factory=now, sa_type=TIME)
     updated_at: float = Field(default_factory=now, sa_type=TIME)
 
@@ -96,7 +100,6 @@ class AppRow(SQLModel, table=True):
     def env(self) -> dict[str, str]:
         value: dict[str, str] = json.loads(self.env_json)
         return value
-
 
 
 class ReleaseRow(SQLModel, table=True):
@@ -153,6 +156,44 @@ class DomainRow(SQLModel, table=True):
 
     domain: str = Field(primary_key=True, sa_type=name_type(253))
     app: str = Field(sa_type=NAME, index=True)
+    created_at: float = Field(default_factory=now, sa_type=TIME)
+
+
+class CertificateRow(SQLModel, table=True):
+    """A custom domain's certificate, ordered by the leading server from the ACME
+    directory (acme_orders.py has the states and when each moves on). The row outlives
+    its domain only while it is being revoked. The private key is never in a repr."""
+
+    __tablename__ = "certificates"
+
+    domain: str = Field(primary_key=True, sa_type=name_type(253))
+    app: str = Field(sa_type=NAME, index=True)
+    state: str = Field(default="pending", max_length=16)
+    chain_pem: str = Field(default="", sa_column=Column(Text, nullable=False, default=""),
+                           repr=False)
+    key_pem: str = Field(default="", sa_column=Column(Text, nullable=False, default=""),
+                         repr=False)
+    not_before: float | None = Field(default=None, sa_type=TIME)
+    not_after: float | None = Field(default=None, sa_type=TIME)
+    issued_at: float | None = Field(default=None, sa_type=TIME)
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    attempts: int = 0  # failed orders in a row
+    next_attempt_at: float = Field(default=0.0, sa_type=TIME)
+    created_at: float = Field(default_factory=now, sa_type=TIME)
+    updated_at: float = Field(default_factory=now, sa_type=TIME)
+
+
+class AcmeAccountRow(SQLModel, table=True):
+    """The ACME account the servers order with, one per directory URL: made once, its
+    key kept (a new key would be a new account, and could not revoke the old one's
+    certificates)."""
+
+    __tablename__ = "acme_accounts"
+
+    directory: str = Field(primary_key=True, sa_type=name_type(255))
+    key_pem: str = Field(sa_column=Column(Text, nullable=False), repr=False)
+    uri: str = Field(default="", max_length=255)
+    email: str = Field(default="", max_length=255)
     created_at: float = Field(default_factory=now, sa_type=TIME)
 
 

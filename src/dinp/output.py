@@ -27,7 +27,8 @@ def setup_logging(*, verbose: bool = False, quiet: bool = False, json_logs: bool
         handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False,
                               log_time_format="%H:%M:%S")
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
-    for noisy in ("urllib3", "docker", "asyncio", "aiohttp.access"):
+    # acme: certbot's library logs every ACME request and answer at DEBUG.
+    for noisy in ("urllib3", "docker", "asyncio", "aiohttp.access", "acme"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

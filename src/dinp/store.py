@@ -21,12 +21,14 @@ from sqlalchemy import case, create_engine, delete, or_, text, tuple_, update
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, col, select
 
-from dinp import migrations, quotas, rollouts
+from dinp import acme_orders, migrations, quotas, rollouts
 from dinp import releases as rel
 from dinp.access import DEFAULT_TEAM, SYSTEM, Actor
 from dinp.errors import Conflict, DinpError, NotFound, Unavailable
 from dinp.models import (
+    AcmeAccountRow,
     AppRow,
+    CertificateRow,
     ClusterRow,
     DomainRow,
     EventRow,
@@ -81,6 +83,19 @@ LEADER = "leader"
 
 
 @dataclass(frozen=True)
+class TlsPair:
+    """A certificate chain and its key, as the routers get them (never in a repr)."""
+
+    chain_pem: str = field(repr=False)
+    key_pem: str = field(repr=False)
+
+
+def cert_rules(row: CertificateRow) -> acme_orders.Cert:
+    return acme_orders.Cert(row.state, row.not_before, row.not_after, row.attempts,
+                            row.next_attempt_at)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Desired state as the planner sees it, plus the app rows the API and agents need,
     and the release every placed instance runs (by app and version)."""
@@ -94,6 +109,8 @@ class Snapshot:
     domains: dict[str, list[str]] = field(default_factory=dict)  # app -> custom domains
     # The generation of each node's agent credential (tokens.node_credential).
     node_generations: dict[str, int] = field(default_factory=dict)
+    # The valid ACME certificates of the custom domains, by domain.
+    certs: dict[str, TlsPair] = field(default_factory=dict)
 
 
 class Store:
@@ -101,6 +118,9 @@ class Store:
         self.url = url
         self.safe_url = make_url(url).render_as_string(hide_password=True)
         self.engine = self._connect(url)
+        # The certificates the snapshots hand to the routers, with the row's updated_at
+        # they were read at: a snapshot (every second) reads their PEM only when changed.
+        self._tls: dict[str, tuple[float, TlsPair]] = {}
 
     # -- connection -----------------------------------------------------------------
 
@@ -244,6 +264,7 @@ class Store:
             for d in s.exec(select(DomainRow).order_by(col(DomainRow.domain))):
                 domains.setdefault(d.app, []).append(d.domain)
             generations = {r.node: r.generation for r in s.exec(select(NodeCredentialRow))}
+            certs = self._served_certs(s, {d for names in domains.values() for d in names})
             recent: dict[str, list[ReleaseRow]] = {}
             for row, _ in s.exec(select(ReleaseRow, AppRow).where(
                     ReleaseRow.app == AppRow.name, ReleaseRow.version >= AppRow.release)
@@ -258,7 +279,27 @@ class Store:
             ),
             nodes={n.name: NodeSpec(n.name, n.status, n.capacity_mb) for n in nodes.values()},
         )
-        return Snapshot(desired, apps, nodes, releases, recent, domains, generations)
+        return Snapshot(desired, apps, nodes, releases, recent, domains, generations, certs)
+
+    def _served_certs(self, s: Session, routed: set[str]) -> dict[str, TlsPair]:
+        """The valid certificates of routed domains, their PEM read only when their row
+        changed since the last snapshot."""
+        now = time.time()
+        current: dict[str, float] = {}
+        for domain, state, not_after, updated in s.exec(select(
+                CertificateRow.domain, CertificateRow.state, CertificateRow.not_after,
+                CertificateRow.updated_at).where(col(CertificateRow.not_after) > now)):
+            if domain in routed and acme_orders.serve(
+                    acme_orders.Cert(state, not_after=not_after), now):
+                current[domain] = updated
+        stale = [d for d, updated in current.items()
+                 if d not in self._tls or self._tls[d][0] != updated]
+        if stale:
+            for row in s.exec(select(CertificateRow).where(
+                    col(CertificateRow.domain).in_(stale))):
+                self._tls[row.domain] = (row.updated_at, TlsPair(row.chain_pem, row.key_pem))
+        self._tls = {d: self._tls[d] for d in current if d in self._tls}
+        return {d: pair for d, (_, pair) in self._tls.items()}
 
     def get_app(self, name: str) -> AppRow:
         with self.session() as s:
@@ -305,12 +346,13 @@ class Store:
         self, *, name: str, image: str, instances: int, memory_mb: int, port: int,
         env: dict[str, str], health_path: str | None, team: str = DEFAULT_TEAM,
         actor: Actor = SYSTEM, surge: int = 0, deploy_timeout: float = 120.0,
-        stop_grace: float = 10.0,
+        stop_grace: float = 10.0, https_redirect: bool = False, hsts: int = 0,
     ) -> AppRow:
         app = AppRow(
             name=name, image=image, instances=instances, memory_mb=memory_mb, port=port,
             env_json=json.dumps(env, sort_keys=True), health_path=health_path, release=1,
             team=team, surge=surge, deploy_timeout=deploy_timeout, stop_grace=stop_grace,
+            https_redirect=https_redirect, hsts=hsts,
         )
         with self.session() as s:
             if s.get(AppRow, name) is not None:
@@ -460,8 +502,9 @@ class Store:
 
     def update_settings(self, name: str, settings: dict[str, float], *,
                         actor: Actor = SYSTEM) -> AppRow:
-        """Change how the app is rolled out and stopped (surge, deploy_timeout,
-        stop_grace): not what runs, so no new release."""
+        """Change how the app is rolled out, stopped and served over HTTPS (surge,
+        deploy_timeout, stop_grace, https_redirect, hsts): not what runs, so no new
+        release."""
         with self.session() as s:
             app = self._app_for_update(s, name)
             changed = {k: v for k, v in settings.items() if getattr(app, k) != v}
@@ -471,7 +514,8 @@ class Store:
                 app.updated_at = time.time()
                 s.add(app)
                 _event(s, actor, "settings: " + ", ".join(
-                    f"{k} {v:g}" for k, v in sorted(changed.items())), app=name)
+                    f"{k} {_setting_words(v)}" for k, v in sorted(changed.items())),
+                    app=name)
                 s.commit()
             return app
 
@@ -496,6 +540,8 @@ class Store:
                 raise NotFound(f"no app named {name!r}")
             s.execute(delete(InstanceRow).where(col(InstanceRow.app) == name))
             s.execute(delete(ReleaseRow).where(col(ReleaseRow.app) == name))
+            for domain in s.exec(select(DomainRow).where(DomainRow.app == name)):
+                self._drop_certificate(s, domain.domain)
             s.execute(delete(DomainRow).where(col(DomainRow.app) == name))
             s.delete(app)
             _event(s, actor, "deleted", app=name)
@@ -503,37 +549,172 @@ class Store:
 
     # -- custom domains ---------------------------------------------------------------
 
-    def add_domain(self, name: str, domain: str, *, actor: Actor = SYSTEM) -> None:
-        """Route `domain` (lowercase) to app `name`; a domain serves one app only."""
+    def add_domain(self, name: str, domain: str, *, tls: bool = False,
+                   actor: Actor = SYSTEM) -> None:
+        """Route `domain` (lowercase) to app `name`; a domain serves one app only. With
+        `tls`, a certificate is ordered for it too (also for a domain the app has
+        already)."""
         with self.session() as s:
             self._app_for_update(s, name)
             taken = s.get(DomainRow, domain)
-            if taken is not None:
+            if taken is not None and (taken.app != name or not tls):
                 where = "this app" if taken.app == name else f"app {taken.app!r}"
                 raise Conflict(f"{domain} is routed to {where} already")
-            s.add(DomainRow(domain=domain, app=name))
-            _event(s, actor, f"domain {domain} added", app=name)
+            cert = s.get(CertificateRow, domain)
+            if taken is not None and cert is not None and cert.state != acme_orders.REVOKING:
+                raise Conflict(f"{domain} is routed to this app already, with TLS")
+            if taken is None:
+                s.add(DomainRow(domain=domain, app=name))
+            if tls:
+                if cert is not None:  # still being revoked: it is left to expire instead
+                    s.delete(cert)
+                    s.flush()
+                s.add(CertificateRow(domain=domain, app=name))
+            _event(s, actor, f"domain {domain} added" + (" with TLS (certificate ordered)"
+                                                          if tls else "")
+                   if taken is None else f"domain {domain}: TLS on (certificate ordered)",
+                   app=name)
             try:
                 s.commit()
             except sqlalchemy.exc.IntegrityError as exc:  # added by another request
                 raise Conflict(f"{domain} is routed to another app already") from exc
 
     def remove_domain(self, name: str, domain: str, *, actor: Actor = SYSTEM) -> None:
+        """Stop routing `domain`; its certificate leaves the routers at once and is
+        revoked by the leader (best effort)."""
         with self.session() as s:
             row = s.get(DomainRow, domain)
             if row is None or row.app != name:
                 raise NotFound(f"{domain} is not a domain of {name}",
                                hint=f"`dinp app domains list {name}` shows them.")
             s.delete(row)
+            self._drop_certificate(s, domain)
             _event(s, actor, f"domain {domain} removed", app=name)
             s.commit()
 
-    def domains(self, name: str) -> list[DomainRow]:
+    @staticmethod
+    def _drop_certificate(s: Session, domain: str) -> None:
+        """A removed domain's certificate: to be revoked if one was issued, else gone."""
+        cert = s.get(CertificateRow, domain)
+        if cert is None:
+            return
+        if cert.chain_pem:
+            cert.state, cert.updated_at = acme_orders.REVOKING, time.time()
+            s.add(cert)
+        else:
+            s.delete(cert)
+
+    def domains(self, name: str) -> list[tuple[DomainRow, CertificateRow | None]]:
+        """The app's domains, each with its certificate row (None: no TLS)."""
         with self.session() as s:
             if s.get(AppRow, name) is None:
                 raise NotFound(f"no app named {name!r}", hint="`dinp app list` shows the apps.")
-            return list(s.exec(select(DomainRow).where(DomainRow.app == name)
+            rows = list(s.exec(select(DomainRow).where(DomainRow.app == name)
                                .order_by(col(DomainRow.domain))))
+            certs = {c.domain: c for c in s.exec(select(CertificateRow).where(
+                CertificateRow.app == name))}
+        return [(r, certs.get(r.domain)) for r in rows]
+
+    # -- certificates (ACME) ----------------------------------------------------------
+
+    def certificates(self) -> list[CertificateRow]:
+        """Every certificate row, keys included: for the leader's ACME loop only."""
+        with self.session() as s:
+            return list(s.exec(select(CertificateRow).order_by(col(CertificateRow.domain))))
+
+    def certificate_ordering(self, domain: str, state: str, *,
+                             fence: tuple[str, int] | None = None) -> None:
+        """Mark an order as under way (an issued certificate becomes renewing)."""
+        with self.session() as s:
+            self._fence(s, fence)
+            row = s.get(CertificateRow, domain)
+            if row is not None and row.state != acme_orders.REVOKING and row.state != state:
+                row.state, row.updated_at = state, time.time()
+                s.add(row)
+            s.commit()
+
+    def certificate_issued(self, domain: str, *, chain_pem: str, key_pem: str,
+                           not_before: float, not_after: float,
+                           fence: tuple[str, int] | None = None) -> bool:
+        """Store a new certificate for `domain` (issued, or renewed), with its event.
+        False when the domain was removed meanwhile (the caller revokes it)."""
+        with self.session() as s:
+            self._fence(s, fence)
+            row = s.get(CertificateRow, domain)
+            if row is None or row.state == acme_orders.REVOKING:
+                return False
+            renewed = bool(row.chain_pem)
+            outcome = acme_orders.issued()
+            row.chain_pem, row.key_pem = chain_pem, key_pem
+            row.not_before, row.not_after, row.issued_at = not_before, not_after, time.time()
+            row.state, row.attempts = outcome.state, outcome.attempts
+            row.next_attempt_at, row.last_error = outcome.next_attempt_at, outcome.last_error
+            row.updated_at = time.time()
+            s.add(row)
+            expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(not_after))
+            s.add(EventRow(app=row.app, message=f"certificate for {domain} "
+                           f"{'renewed' if renewed else 'issued'}, valid until {expires}"))
+            s.commit()
+            return True
+
+    def certificate_failed(self, domain: str, outcome: acme_orders.Outcome, *,
+                           fence: tuple[str, int] | None = None) -> None:
+        """Record a failed order (its reason, the next try), with its event."""
+        with self.session() as s:
+            self._fence(s, fence)
+            row = s.get(CertificateRow, domain)
+            if row is None or row.state == acme_orders.REVOKING:
+                return
+            row.state, row.attempts = outcome.state, outcome.attempts
+            row.next_attempt_at, row.last_error = outcome.next_attempt_at, outcome.last_error
+            row.updated_at = time.time()
+            s.add(row)
+            # At the time of the failure, so events show the backoff as it was decided.
+            s.add(EventRow(app=row.app, at=outcome.at or time.time(), message=(
+                f"certificate for {domain} failed ({outcome.attempts} time(s) in a row; "
+                f"next try in {outcome.retry_in:.0f} s): {outcome.last_error}")))
+            s.commit()
+
+    def certificate_revoked(self, domain: str, error: str = "", *,
+                            fence: tuple[str, int] | None = None) -> None:
+        """Forget a removed domain's certificate once revoked (or revocation failed:
+        `error`, recorded in its event)."""
+        with self.session() as s:
+            self._fence(s, fence)
+            row = s.get(CertificateRow, domain)
+            if row is None or row.state != acme_orders.REVOKING:
+                return  # added again meanwhile: a new certificate is wanted
+            s.delete(row)
+            s.add(EventRow(app=row.app, message=f"certificate for {domain} revoked"
+                           if not error else f"certificate for {domain} could not be "
+                           f"revoked ({error}); forgotten all the same"))
+            s.commit()
+
+    def acme_account(self, directory: str) -> AcmeAccountRow | None:
+        with self.session() as s:
+            return s.get(AcmeAccountRow, directory)
+
+    def save_acme_account(self, directory: str, key_pem: str, uri: str,
+                          email: str) -> AcmeAccountRow:
+        """Keep the account's key (the first server to save one wins; the others use
+        it); return the row kept."""
+        with self.session() as s:
+            row = s.get(AcmeAccountRow, directory)
+            if row is None:
+                s.add(AcmeAccountRow(directory=directory, key_pem=key_pem, uri=uri,
+                                     email=email))
+                try:
+                    s.commit()
+                except sqlalchemy.exc.IntegrityError:
+                    s.rollback()
+            elif (row.uri, row.email) != (uri, email) and row.key_pem == key_pem:
+                row.uri, row.email = uri, email
+                s.add(row)
+                s.commit()
+            s.expire_all()
+            kept = s.get(AcmeAccountRow, directory)
+            assert kept is not None
+            return kept
 
     # -- nodes ----------------------------------------------------------------------
 
@@ -634,6 +815,13 @@ class Store:
             for message, app in events:
                 s.add(EventRow(app=app, node=node, message=message))
             s.commit()
+
+
+def _setting_words(value: float) -> str:
+    """A setting's value in an event: on/off for switches, whole numbers in full."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _event(s: Session, actor: Actor, message: str, *, app: str | None = None,

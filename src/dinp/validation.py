@@ -237,6 +237,26 @@ def stop_grace(value: object) -> float:
     return float(value)
 
 
+# A year or two of HSTS is what browsers' preload lists ask; more is never needed.
+MAX_HSTS = 2 * 366 * 86400
+
+
+def https_redirect(value: object) -> bool:
+    """Whether plain-HTTP requests to the app are redirected (308) to https."""
+    if not isinstance(value, bool):
+        raise InvalidInput("https_redirect", f"{value!r} is not true or false")
+    return value
+
+
+def hsts(value: object) -> int:
+    """The max-age of the app's Strict-Transport-Security header, in seconds (0: none)."""
+    number = whole_number(value)
+    if number is None or not 0 <= number <= MAX_HSTS:
+        raise InvalidInput("hsts", f"{value!r} is not a whole number of seconds from 0 to "
+                           f"{MAX_HSTS} (0: no HSTS header)")
+    return number
+
+
 def port(value: object, field: str = "port") -> int:
     number = whole_number(value)
     if number is None or not 1 <= number <= 65535:

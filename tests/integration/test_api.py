@@ -75,14 +75,16 @@ class Api:
 @contextlib.asynccontextmanager
 async def running_api(database_url: str, redis_url: str, node_timeout: float = 30.0,
                       heartbeat_interval: float = 2.0,
-                      router_sync_timeout: float = 5.0) -> AsyncIterator[Api]:
+                      router_sync_timeout: float = 5.0,
+                      **settings: Any) -> AsyncIterator[Api]:
+    """`settings`: more ServerConfig keys."""
     store = Store(database_url)
     Accounts(store).ensure_defaults(ADMIN)
     route_store = RedisRouteStore(redis_url)
     config = ServerConfig(cluster_token=CLUSTER, redis_url=redis_url,
                           database_url=database_url, node_timeout=node_timeout,
                           heartbeat_interval=heartbeat_interval,
-                          router_sync_timeout=router_sync_timeout)
+                          router_sync_timeout=router_sync_timeout, **settings)
     # As `api.start` does: the table a previous server published is inherited.
     server = Server(config, store, route_store, inherited=route_store.current())
     try:

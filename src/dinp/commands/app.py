@@ -173,20 +173,31 @@ def settings(
     stop_grace: float | None = typer.Option(None, "--stop-grace", min=0,
                                             max=validation.MAX_STOP_GRACE,
                                             help="Seconds between SIGTERM and SIGKILL."),
+    https_redirect: bool | None = typer.Option(None, "--https-redirect/--no-https-redirect",
+                                               help="Redirect plain-HTTP requests (308) to "
+                                               "https, for its host and custom domains."),
+    hsts: int | None = typer.Option(None, "--hsts", min=0, max=validation.MAX_HSTS,
+                                    help="Seconds of Strict-Transport-Security on its HTTPS "
+                                    "responses (0: no header; 31536000 is a year)."),
     as_json: bool = JsonOpt,
     server: str | None = ServerOpt,
     token: str | None = TokenOpt,
 ) -> None:
-    """Show or change how the app is rolled out and stopped (no new release)."""
+    """Show or change how the app is rolled out, stopped and served over HTTPS (no new
+    release)."""
     api = client(server, token)
     changes = {k: v for k, v in (("surge", surge), ("deploy_timeout", deploy_timeout),
-                                 ("stop_grace", stop_grace)) if v is not None}
+                                 ("stop_grace", stop_grace), ("https_redirect", https_redirect),
+                                 ("hsts", hsts)) if v is not None}
     app = api.post(f"/apps/{name}/settings", changes) if changes else api.get(f"/apps/{name}")
     if as_json:
-        print_json({k: app[k] for k in ("surge", "deploy_timeout", "stop_grace")})
+        print_json({k: app[k] for k in ("surge", "deploy_timeout", "stop_grace",
+                                        "https_redirect", "hsts")})
         return
     console.print(f"{name}: surge {app['surge']} (0: a quarter of the instances), deploy "
-                  f"timeout {app['deploy_timeout']:g} s, stop grace {app['stop_grace']:g} s")
+                  f"timeout {app['deploy_timeout']:g} s, stop grace {app['stop_grace']:g} s, "
+                  f"HTTPS redirect {'on' if app['https_redirect'] else 'off'}, HSTS "
+                  + (f"{app['hsts']} s" if app["hsts"] else "off"))
 
 
 def _report(api: Client, app: dict[str, Any], *, wait: bool, timeout: float, as_json: bool,

@@ -180,29 +180,43 @@ app_cli.add_typer(domains_cli, name="domains")
 @domains_cli.command("add")
 def domains_add(name: str = typer.Argument(..., help="App name."),
                 domain: str = typer.Argument(..., help="e.g. www.example.com"),
+                tls: bool = typer.Option(False, "--tls", help="Also serve it over HTTPS: "
+                                         "the server orders its certificate by ACME "
+                                         "(HTTP-01, so its DNS must point at the routers) "
+                                         "and renews it. Also for a domain added before."),
                 server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
     """Route a custom domain to the app (at once, through every router)."""
-    added = client(server, token).post(f"/apps/{name}/domains", {"domain": domain})
-    console.print(f"{name}: {added['domain']} added")
+    added = client(server, token).post(f"/apps/{name}/domains",
+                                       {"domain": domain, "tls": tls})
+    console.print(f"{name}: {added['domain']} added" + (
+        "; its certificate is being ordered (`dinp app domains list` shows it)"
+        if tls else ""))
 
 
 @domains_cli.command("remove")
 def domains_remove(name: str = typer.Argument(..., help="App name."),
                    domain: str = typer.Argument(..., help="The domain to stop routing."),
                    server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
-    """Stop routing a custom domain to the app."""
+    """Stop routing a custom domain to the app (its certificate, if any, is revoked)."""
     client(server, token).delete(f"/apps/{name}/domains/{domain.lower()}")
     console.print(f"{name}: {domain.lower()} removed")
+
+
+def _when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else "-"
 
 
 @domains_cli.command("list")
 def domains_list(name: str = typer.Argument(..., help="App name."), as_json: bool = JsonOpt,
                  server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
-    """The app's custom domains."""
+    """The app's custom domains, with their certificates: state, expiry, the last error."""
     rows = client(server, token).get(f"/apps/{name}/domains")
     if as_json:
         print_json(rows)
         return
-    table(None, ["DOMAIN", "ADDED"], [
-        (r["domain"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])))
-        for r in rows])
+    table(None, ["DOMAIN", "TLS", "EXPIRES", "ADDED", "CERTIFICATE"], [
+        (r["domain"], r["certificate"]["state"] if r["certificate"] else "off",
+         _when(r["certificate"]["not_after"]) if r["certificate"] else "-",
+         _when(r["created_at"]),
+         r["certificate"]["summary"] if r["certificate"] else "-")
+        for r in rows], keep=("DOMAIN",), optional=("ADDED", "EXPIRES"))

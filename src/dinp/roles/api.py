@@ -22,16 +22,17 @@ from importlib import resources
 import redis
 from aiohttp import web
 
-from dinp import access, releases, rollouts, scheduler, tokens, validation, wire
+from dinp import access, acme_orders, releases, rollouts, scheduler, tokens, validation, wire
 from dinp.access import DEFAULT_TEAM, Need
 from dinp.accounts import Accounts
+from dinp.acme_client import validity
 from dinp.config import ServerConfig, require_secret, split_hostport
 from dinp.const import API_PREFIX, DEFAULT_APP_PORT
 from dinp.errors import Conflict, DinpError, Forbidden, InvalidInput, Unavailable
 from dinp.lifecycle import run_until_stopped, start_site
 from dinp.metrics import metrics_served
-from dinp.models import AppRow
-from dinp.roles import api_accounts, logs_api
+from dinp.models import AppRow, CertificateRow
+from dinp.roles import api_accounts, certificates, logs_api
 from dinp.roles.auth import actor, auth_middleware, principal
 from dinp.roles.forward import forward_middleware, open_session
 from dinp.roles.handlers import SERVER_KEY, flag, json_body, known_fields, srv
@@ -39,7 +40,7 @@ from dinp.roles.openapi import MAX_BODY
 from dinp.roles.openapi import document as openapi_document
 from dinp.roles.server import Server
 from dinp.routes import RedisRouteStore, RouteStore, redis_error
-from dinp.store import Store
+from dinp.store import Store, cert_rules
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -48,7 +49,8 @@ OPENAPI = openapi_document()
 # An app's settings that are not part of its releases, with their checks.
 SETTINGS: dict[str, Callable[[object], float]] = {
     "surge": validation.surge, "deploy_timeout": validation.deploy_timeout,
-    "stop_grace": validation.stop_grace,
+    "stop_grace": validation.stop_grace, "https_redirect": validation.https_redirect,
+    "hsts": validation.hsts,
 }
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
@@ -122,6 +124,8 @@ async def create_app(request: web.Request) -> web.Response:
         "surge": validation.surge(data.get("surge", 0)),
         "deploy_timeout": validation.deploy_timeout(data.get("deploy_timeout", 120)),
         "stop_grace": validation.stop_grace(data.get("stop_grace", 10)),
+        "https_redirect": validation.https_redirect(data.get("https_redirect", False)),
+        "hsts": validation.hsts(data.get("hsts", 0)),
     }
     who = principal(request)
     team = _team_for_new_app(who, data.get("team"))
@@ -266,21 +270,48 @@ async def list_releases(request: web.Request) -> web.Response:
 
 
 async def list_domains(request: web.Request) -> web.Response:
+    """The app's domains and their certificates: state, expiry, the last error (never
+    the key)."""
     server = srv(request)
     rows = await server.db(server.store.domains, app_in_path(request))
-    return web.json_response([{"domain": r.domain, "created_at": r.created_at} for r in rows])
+    return web.json_response([{"domain": d.domain, "created_at": d.created_at,
+                               "tls": c is not None,
+                               "certificate": certificate_view(c) if c else None}
+                              for d, c in rows])
+
+
+def certificate_view(row: CertificateRow) -> dict[str, object]:
+    rules = cert_rules(row)
+    return {"state": row.state, "summary": acme_orders.describe(rules, row.last_error),
+            "serial": validity(row.chain_pem)[2] if row.chain_pem else None,
+            "not_after": row.not_after, "issued_at": row.issued_at,
+            "last_error": row.last_error, "attempts": row.attempts,
+            "next_attempt_at": row.next_attempt_at or None}
 
 
 async def add_domain(request: web.Request) -> web.Response:
-    """Route a custom domain to the app (written as the original's /cname/<domain>)."""
+    """Route a custom domain to the app (written as the original's /cname/<domain>);
+    with `tls`, the leader orders its certificate by ACME."""
     server = srv(request)
     name = app_in_path(request)
     data = await json_body(request)
-    known_fields(data, {"domain"})
+    known_fields(data, {"domain", "tls"})
     domain = validation.domain(data.get("domain"), platform=server.config.domain)
-    await server.db(server.store.add_domain, name, domain, actor=actor(request))
+    tls = data.get("tls", False)
+    if not isinstance(tls, bool):
+        raise InvalidInput("tls", f"{tls!r} is not true or false")
+    if tls and not server.config.acme_directory:
+        # A valid request this server cannot carry out: a conflict with its setup.
+        raise Conflict("--tls: this server has no ACME directory to order certificates "
+                       "from; nothing was added",
+                       hint="An operator sets acme_directory in [server] of dinp.toml "
+                       "(DINP_ACME_DIRECTORY), e.g. Let's Encrypt's "
+                       "https://acme-v02.api.letsencrypt.org/directory.")
+    await server.db(server.store.add_domain, name, domain, tls=tls, actor=actor(request))
     await server.desired_changed()
-    return web.json_response({"app": name, "domain": domain}, status=201)
+    if tls:
+        server.certifier.wake()
+    return web.json_response({"app": name, "domain": domain, "tls": tls}, status=201)
 
 
 async def remove_domain(request: web.Request) -> web.Response:
@@ -289,6 +320,7 @@ async def remove_domain(request: web.Request) -> web.Response:
     domain = validation.domain(request.match_info["domain"])
     await server.db(server.store.remove_domain, name, domain, actor=actor(request))
     await server.desired_changed()
+    server.certifier.wake()  # to revoke its certificate
     return web.json_response({"app": name, "removed": domain})
 
 
@@ -312,6 +344,7 @@ async def delete_app(request: web.Request) -> web.Response:
     name = app_in_path(request)
     await server.db(server.store.delete_app, name, actor=actor(request))
     await server.desired_changed()
+    server.certifier.wake()  # to revoke its domains' certificates
     return web.json_response({"deleted": name})
 
 
@@ -555,6 +588,7 @@ async def start(config: ServerConfig, route_store: RouteStore | None = None) -> 
     clear error when any of them is unreachable, before anything is served."""
     require_secret(config.cluster_token, key="cluster_token", section="server")
     require_secret(config.admin_token, key="admin_token", section="server", needed=False)
+    certificates.policy(config)  # a bad ACME setting is refused before anything opens
     store = await asyncio.to_thread(Store, config.database_url)
     if route_store is None:
         redis_store = RedisRouteStore(config.redis_url)

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dinp import logs, validation, wire
+from dinp import acme_orders, logs, validation, wire
 from dinp.access import ROLES, Need
 from dinp.const import API_PREFIX
 
@@ -104,6 +104,12 @@ SCHEMAS: dict[str, Schema] = {
                                "maximum": validation.MAX_DEPLOY_TIMEOUT, "default": 120,
                                "description": "seconds a release may take to come up "
                                "before its rollout is halted"},
+            "https_redirect": {"type": "boolean", "default": False,
+                               "description": "plain-HTTP requests redirected (308) to "
+                               "https"},
+            "hsts": {"type": "integer", "minimum": 0, "maximum": validation.MAX_HSTS,
+                     "default": 0, "description": "max-age of the Strict-Transport-Security "
+                     "header on HTTPS responses, in seconds (0: none)"},
             "team": {"type": ["string", "null"], "pattern": _ecma(validation.TEAM_NAME),
                      "description": "the team it belongs to (null, the default: your only "
                      "team; for an admin in no team, team default)"},
@@ -146,7 +152,8 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object", "additionalProperties": False,
         "description": "how the app is rolled out and stopped; not a new release",
         "properties": {k: {"$ref": f"#/components/schemas/AppCreate/properties/{k}"}
-                       for k in ("surge", "deploy_timeout", "stop_grace")},
+                       for k in ("surge", "deploy_timeout", "stop_grace", "https_redirect",
+                                 "hsts")},
     },
     "Rollback": {
         "type": "object", "additionalProperties": False,
@@ -172,7 +179,35 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Domain": {"type": "object", "required": ["domain"], "additionalProperties": False,
                "properties": {"domain": {**DOMAIN, "description": "e.g. www.example.com; "
-                                         "not under the platform's own domain"}}},
+                                         "not under the platform's own domain"},
+                              "tls": {"type": "boolean", "default": False,
+                                      "description": "order a certificate for it by ACME "
+                                      "(the server's acme_directory); also for a domain "
+                                      "the app has already"}}},
+    "DomainEntry": {
+        "type": "object", "required": ["domain", "tls"],
+        "properties": {
+            "domain": {"type": "string"}, "created_at": {"type": "number"},
+            "tls": {"type": "boolean"},
+            "certificate": {
+                "type": ["object", "null"],
+                "description": "null without TLS; never the key",
+                "properties": {
+                    "state": {"type": "string", "enum": list(acme_orders.STATES)},
+                    "summary": {"type": "string", "description": "the state in words"},
+                    "serial": {"type": ["string", "null"],
+                               "description": "the certificate's serial number, in hex"},
+                    "not_after": {"type": ["number", "null"],
+                                  "description": "Unix seconds it expires at"},
+                    "issued_at": {"type": ["number", "null"]},
+                    "last_error": {"type": "string"},
+                    "attempts": {"type": "integer",
+                                 "description": "failed orders in a row"},
+                    "next_attempt_at": {"type": ["number", "null"]},
+                },
+            },
+        },
+    },
     "Drain": {"type": "object", "additionalProperties": False,
               "properties": {"undo": {"type": "boolean", "default": False,
                                       "description": "make the node take instances again"}}},
@@ -200,6 +235,7 @@ SCHEMAS: dict[str, Schema] = {
             "domains": {"type": "array", "items": {"type": "string"}},
             "surge": {"type": "integer"}, "deploy_timeout": {"type": "number"},
             "stop_grace": {"type": "number"}, "team": {"type": ["string", "null"]},
+            "https_redirect": {"type": "boolean"}, "hsts": {"type": "integer"},
             "state": {"type": "string", "description": "the app's state in words"},
             "rollout": {"type": "object", "required": ["release", "status"],
                         "properties": {"release": {"type": "integer"},
@@ -517,7 +553,8 @@ OPERATIONS: tuple[Operation, ...] = (
               A.APP_CHANGE, result=_ref("App"), body="Scale", params=(APP_PATH,),
               errors=(400, 401, 404, 409, 503)),
     Operation("post", "/apps/{name}/settings",
-              "Change surge, deploy_timeout or stop_grace (no new release)", "apps",
+              "Change surge, deploy_timeout, stop_grace, https_redirect or hsts (no new "
+              "release)", "apps",
               A.APP_CHANGE, result=_ref("App"), body="Settings", params=(APP_PATH,),
               errors=(400, 401, 404, 503)),
     Operation("post", "/apps/{name}/deploy",
@@ -542,19 +579,19 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/apps/{name}/releases", "The app's releases, newest first", "releases",
               A.APP_READ, result={"type": "array", "items": _ref("Release")},
               params=(APP_PATH,), errors=(400, 401, 404, 503)),
-    Operation("get", "/apps/{name}/domains", "The app's custom domains", "domains",
+    Operation("get", "/apps/{name}/domains",
+              "The app's custom domains, with their certificates' state", "domains",
               A.APP_READ,
-              result={"type": "array", "items": {
-                  "type": "object", "required": ["domain"],
-                  "properties": {"domain": {"type": "string"},
-                                 "created_at": {"type": "number"}}}},
+              result={"type": "array", "items": _ref("DomainEntry")},
               params=(APP_PATH,), errors=(400, 401, 404, 503)),
     Operation("post", "/apps/{name}/domains",
-              "Route a custom domain to the app (one app per domain; stored lowercase)",
+              "Route a custom domain to the app (one app per domain; stored lowercase); "
+              "with tls, its certificate is ordered by ACME",
               "domains", A.APP_CHANGE, ok=201, body="Domain", params=(APP_PATH,),
               result={"type": "object", "required": ["app", "domain"],
                       "properties": {"app": {"type": "string"},
-                                     "domain": {"type": "string"}}},
+                                     "domain": {"type": "string"},
+                                     "tls": {"type": "boolean"}}},
               errors=(400, 401, 404, 409, 503)),
     Operation("delete", "/apps/{name}/domains/{domain}", "Stop routing a custom domain",
               "domains", A.APP_CHANGE, params=(APP_PATH, _path("domain", DOMAIN)),

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dinp import const, rollouts, routes, scheduler
+from dinp import acme_orders, const, rollouts, routes, scheduler
 from dinp.accounts import Accounts
 from dinp.config import ServerConfig, split_hostport
 from dinp.errors import DinpError, NodeTaken, NotFound, Unavailable, WrongCluster
@@ -29,6 +29,7 @@ from dinp.logs import LogStats
 from dinp.metrics import ServerMetrics
 from dinp.models import AppRow
 from dinp.releases import ReleaseSpec
+from dinp.roles.certificates import Certifier
 from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
 from dinp.store import NotLeader, Snapshot, Store
 from dinp.wire import Assignment, Heartbeat, assignments_rev
@@ -149,6 +150,11 @@ class Server:
         self.leader_url = self.url
         self._lease_at = 0.0  # when the lease was last renewed (monotonic)
         self.log_stats = LogStats()  # what `GET /apps/{name}/logs` sent (roles/logs_api.py)
+        # ACME HTTP-01 answers of the orders under way (token -> key authorization),
+        # published with the table; and one writer of the table at a time.
+        self.challenges: dict[str, str] = {}
+        self._publishing = asyncio.Lock()
+        self.certifier = Certifier(self)
         self._update_assignments()
 
     # -- helpers ----------------------------------------------------------------------
@@ -572,13 +578,56 @@ class Server:
             desired, real, domain=self.config.domain,
             custom_domains=snapshot.domains,
         ))
+        table = dataclasses.replace(
+            table, certs={d: (p.chain_pem, p.key_pem) for d, p in snapshot.certs.items()},
+            https=self._https_policies(snapshot), challenges=dict(self.challenges))
         # Published on every round even when unchanged: the store's check is cheap and is
         # how an emptied Redis (restarted) gets the whole table back.
-        # Its own thread: a slow Redis must not hold up the database queue.
-        rev = await asyncio.to_thread(self.route_store.publish, table)
-        self.routes = dataclasses.replace(table, rev=rev)
-        self.routes_published = True
-        return rev
+        return await self._publish(table)
+
+    async def _publish(self, table: routes.RouteTable) -> int:
+        """Write `table` (one writer at a time: the reconcile and the ACME orders both
+        publish). Its own thread: a slow Redis must not hold up the database queue."""
+        async with self._publishing:
+            rev = await asyncio.to_thread(self.route_store.publish, table)
+            self.routes = dataclasses.replace(table, rev=rev)
+            self.routes_published = True
+            return rev
+
+    def _https_policies(self, snapshot: Snapshot) -> dict[str, str]:
+        """Each app's HTTPS policy by its host (its custom domains follow it)."""
+        return {routes.app_host(a.name, self.config.domain):
+                routes.HttpsPolicy(redirect=a.https_redirect, hsts=a.hsts).to_json()
+                for a in snapshot.apps.values() if a.https_redirect or a.hsts}
+
+    async def publish_challenges(self, timeout: float) -> int:
+        """Publish the table as last published with the current ACME answers; before
+        the first reconcile has published one, wait for it, up to `timeout` seconds (a
+        table made from less would unroute what the inherited one serves)."""
+        deadline = time.monotonic() + timeout
+        while not self.routes_published:
+            if time.monotonic() >= deadline:
+                raise Unavailable("the route table has not been published yet, so the "
+                                  "ACME challenge could not be")
+            self.wake()
+            await asyncio.sleep(0.1)
+        return await self._publish(dataclasses.replace(
+            self.routes, challenges=dict(self.challenges)))
+
+    async def routers_took(self, rev: int, timeout: float) -> bool:
+        """Wait until every live router serves table `rev` or later; False when one is
+        still behind after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            revisions = await self._observe_routers()
+            behind = sorted(r for r in self.routers_seen if revisions.get(r, -1) < rev)
+            if not behind:
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("router(s) %s did not take route table rev %d within %g s",
+                            ", ".join(behind), rev, timeout)
+                return False
+            await asyncio.sleep(0.1)
 
     def _carry_over(self, snapshot: Snapshot, table: routes.RouteTable) -> routes.RouteTable:
         """Keep the routes published before this server started for the instances of
@@ -615,6 +664,7 @@ class Server:
         """Hold (or wait for) the leader lease, and while leading reconcile on every
         wake-up and at least every reconcile_interval, until cancelled."""
         lease = asyncio.create_task(self.lease_loop())
+        certificates = asyncio.create_task(self.certifier.run())
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -630,7 +680,8 @@ class Server:
                     log.exception("reconcile failed; trying again")
         finally:
             lease.cancel()
-            await asyncio.gather(lease, return_exceptions=True)
+            certificates.cancel()
+            await asyncio.gather(lease, certificates, return_exceptions=True)
 
     # -- leadership -------------------------------------------------------------------
 
@@ -701,6 +752,14 @@ class Server:
         """What the leader's writes are checked against (None: not using the lease)."""
         return (self.server_id, self.epoch) if self.epoch is not None else None
 
+    def fence(self) -> tuple[str, int] | None:
+        """For the leader's other writers (the certifier)."""
+        return self._fence()
+
+    def step_down(self, why: str) -> None:
+        """A writer of the leader found the lease taken over."""
+        self._step_down(why)
+
     def _gauges(self) -> dict[str, tuple[str, str, dict[str, float] | float]]:
         """The state gauges of /metrics, read from what the server knows when scraped."""
         real = Real(self.reports, complete=True)
@@ -729,6 +788,24 @@ class Server:
                                                     "fell behind.", "",
                                                     float(self.log_stats.dropped)),
             "dinp_server_leader": ("1 while this server leads.", "", float(self.leading)),
+            **self._certificate_gauges(),
+        }
+
+    def _certificate_gauges(self) -> dict[str, tuple[str, str, dict[str, float] | float]]:
+        """The custom domains' certificates as the leader last saw them."""
+        now = time.time()
+        known = self.certifier.known
+        states = dict.fromkeys(acme_orders.STATES, 0.0)
+        for cert in known.values():
+            states[cert.state] = states.get(cert.state, 0.0) + 1
+        return {
+            "dinp_certificate_expiry_seconds": (
+                "Seconds until each custom domain's certificate expires (negative: "
+                "expired).", "domain",
+                {d: c.not_after - now for d, c in known.items()
+                 if c.not_after is not None and c.state != acme_orders.REVOKING}),
+            "dinp_certificates": ("Custom domains' certificates, by state (see `dinp app "
+                                  "domains list`).", "state", states),
         }
 
     def release_waiters(self) -> None:
@@ -737,6 +814,7 @@ class Server:
         self._assignments_changed.set()
 
     def close(self) -> None:
+        self.certifier.close()
         self._lease_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.store.close()
@@ -794,7 +872,7 @@ class Server:
             "release": app.release, "url": self.app_url(app.name), "host": host,
             "router_url": self.config.router_url, "surge": app.surge,
             "deploy_timeout": app.deploy_timeout, "stop_grace": app.stop_grace,
-            "team": app.team,
+            "https_redirect": app.https_redirect, "hsts": app.hsts, "team": app.team,
             "created_at": app.created_at, "updated_at": app.updated_at,
             "status": {"placed": len(rows), "running": running, "healthy": healthy,
                        "routed": len(routed)},
