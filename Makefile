@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# The suite runs in this many workers, one test file each: most of its time is spent
+# waiting on containers and processes, not on the CPU.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help setup venv services images demo stop test test-unit lint bench clean bench-router docs screenshots
 
@@ -33,7 +36,7 @@ stop: ## Stop the demo's `dinp up` and remove its containers
 	@bash scripts/demo.sh stop
 
 test: setup ## Run the whole test suite (PYTEST_ARGS='-k foo' to pass arguments)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: venv ## Run the unit tests only (no services needed)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
