@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 # waiting on containers and processes, not on the CPU.
 PYTEST_WORKERS ?= 2
 
-.PHONY: help setup venv services images demo stop test test-unit lint bench clean bench-router docs screenshots
+.PHONY: help setup venv services images demo stop test test-unit lint bench clean bench-router bench-scale docs screenshots
 
 help: ## List the targets
 	@echo "usage: make TARGET [PYTEST_ARGS='...']"
@@ -42,7 +42,7 @@ test-unit: venv ## Run the unit tests only (no services needed)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv ## ruff check and mypy
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
 bench: setup ## Run the benchmarks (benchmarks/run.py, then build.py; BENCH_ARGS='...')
@@ -55,6 +55,9 @@ bench: setup ## Run the benchmarks (benchmarks/run.py, then build.py; BENCH_ARGS
 
 bench-router: venv ## dinp's router vs Caddy and nginx, one core each (wrk); updates docs/performance.md
 	$(PY) benchmarks/router.py --update-doc $(BENCH_ARGS)
+
+bench-scale: venv ## One server, 100/1,000/5,000 simulated nodes (fake agents); updates docs/performance.md
+	$(PY) benchmarks/scale.py --update-doc $(BENCH_ARGS)
 
 docs: venv ## Write docs/cli.md from the CLI itself (a test fails when it is stale)
 	$(PY) -c 'from dinp.cli import cli; from dinp.commands.reference import markdown; \
