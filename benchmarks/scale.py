@@ -729,14 +729,10 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
 
 
 def update_doc(text: str) -> None:
-    begin, end = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
-    doc = DOC.read_text() if DOC.exists() else "# Performance\n"
-    if begin not in doc or end not in doc:
-        doc += f"\n{begin}\n{end}\n"
-    head, rest = doc.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    DOC.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
-    print(f"updated {DOC.relative_to(ROOT)} ({MARKER})")
+    """Write `text` between this benchmark's markers in docs/performance.md."""
+    from router import update_doc as write_section  # benchmarks/router.py, beside this
+
+    write_section(MARKER, text)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import remove_test_network
+from tests.support import FAULT_PROPERTY, remove_test_network
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
 
@@ -35,3 +35,14 @@ def _test_network() -> Iterator[None]:
     the containers on it were removed by the tests' own teardown."""
     yield
     remove_test_network()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    rows = [value for reports in terminalreporter.stats.values() for report in reports
+            if getattr(report, "when", "") == "call"
+            for name, value in getattr(report, "user_properties", ())
+            if name == FAULT_PROPERTY]
+    if rows:
+        terminalreporter.section("tried under faults (tests/e2e/test_faults.py)")
+        for fault, failed, recovery in rows:
+            terminalreporter.write_line(f"{fault:<46} failed {failed:<12} {recovery}")

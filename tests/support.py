@@ -26,6 +26,8 @@ import pymysql
 DINP = str(Path(sys.executable).parent / "dinp")
 # Label for containers a test starts itself (not through dinp), so teardown finds them.
 TEST_LABEL = "io.dinp.test"
+# The user property of a test report that holds a row of the faults table.
+FAULT_PROPERTY = "fault row"
 # The app network of this test session (`app_network`): every runtime and dinp process the
 # tests start uses it, not an operator's `dinp`, and it is removed when the session ends.
 TEST_NETWORK = f"dinp-test-{secrets.token_hex(4)}"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support import (
+    FAULT_PROPERTY,
     MYSQL,
     Dinp,
     Proc,
@@ -30,9 +31,8 @@ from tests.support import (
 
 IMAGE = "127.0.0.1:5000/hello:2"  # through the local registry, as a team would deploy
 # The test running now, whose report carries the rows `fault_row` records: reports reach
-# the process that prints the summary even when the tests run in workers (pytest -n).
+# the process that prints the summary (tests/conftest.py) even from workers (pytest -n).
 _CURRENT: list[pytest.Item] = []
-FAULT_PROPERTY = "fault row"
 
 
 @pytest.fixture(autouse=True)
@@ -46,17 +46,6 @@ def fault_row(fault: str, failed: str, recovery: str) -> None:
     """Record a row of the faults table (fault, failed requests, recovery) measured by the
     running test; it is printed after the run."""
     _CURRENT[-1].user_properties.append((FAULT_PROPERTY, (fault, failed, recovery)))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    rows = [value for reports in terminalreporter.stats.values() for report in reports
-            if getattr(report, "when", "") == "call"
-            for name, value in getattr(report, "user_properties", ())
-            if name == FAULT_PROPERTY]
-    if rows:
-        terminalreporter.section("tried under faults (tests/e2e/test_faults.py)")
-        for fault, failed, recovery in rows:
-            terminalreporter.write_line(f"{fault:<46} failed {failed:<12} {recovery}")
 
 
 @dataclass

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from typing import Any
 
 import redis
 
@@ -129,3 +131,35 @@ def test_a_flood_of_api_calls_does_not_cost_a_lone_server_its_lease(
             await busy
 
     run(sqlite_url, redis_url, body)
+
+
+def test_a_pass_that_outlives_the_servers_leadership_changes_nothing(
+    sqlite_url: str, redis_url: str
+) -> None:
+    """The database answers a pass's read only after the server stepped down (its lease
+    could not be renewed meanwhile), which cleared what the agents had reported: the pass
+    must not plan from that emptiness (every node silent, so down, its instances placed
+    again on whichever node reports first)."""
+    async def body(api: Api) -> None:
+        server = api.server
+        await server.claim()
+        await deploy_one(api)
+        server.started -= server.config.node_timeout + 1  # long past the start's wait
+        gate = threading.Event()
+        snapshot = server.store.snapshot
+
+        def slow_snapshot() -> Any:
+            gate.wait(10)
+            return snapshot()
+
+        server.store.snapshot = slow_snapshot  # type: ignore[method-assign]
+        pass_ = asyncio.ensure_future(server.reconcile_once())
+        await asyncio.sleep(0.2)
+        server._step_down("the lease cannot be renewed (test)")
+        gate.set()
+        await pass_
+        server.store.snapshot = snapshot  # type: ignore[method-assign]
+        assert [n.status for n in server.store.snapshot().nodes.values()] == ["ready"]
+        assert len(server.store.snapshot().desired.instances) == 1
+
+    run(sqlite_url, redis_url, body, node_timeout=0.5)

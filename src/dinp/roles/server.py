@@ -149,6 +149,9 @@ class Server:
         self.epoch: int | None = None  # of the lease, when it holds one
         self.leader_url = self.url
         self._lease_at = 0.0  # when the lease was last renewed (monotonic)
+        # Counts take-overs and step-downs: a reconcile pass that saw it change while it
+        # waited on the database drops its plan (made from reports cleared meanwhile).
+        self.term = 0
         self.log_stats = LogStats()  # what `GET /apps/{name}/logs` sent (roles/logs_api.py)
         # ACME HTTP-01 answers of the orders under way (token -> key authorization),
         # published with the table; and one writer of the table at a time.
@@ -409,14 +412,19 @@ class Server:
             self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     async def _reconcile(self) -> None:
+        term = self.term
         try:
             snapshot = await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot)
+            if self.term != term or not self.leading:
+                return  # it stepped down (or took over again) meanwhile: plan next pass
             real = self.real()
             actions = scheduler.plan(snapshot.desired, real, now=time.monotonic(),
                                      node_timeout=self.config.node_timeout)
             changes = [a for a in actions if not isinstance(a, Unplaceable)]
             if real.complete and not await self._unrouted(snapshot, real, changes):
                 changes = [a for a in changes if not isinstance(a, Remove)]
+            if changes and self.term != term:
+                return  # the routers' wait outlasted its leadership: nothing is done
             if changes:
                 for action in changes:
                     log.info("reconcile: %s", action)
@@ -728,6 +736,7 @@ class Server:
             self.inherited = await asyncio.to_thread(self.route_store.current)
         self.routes_published = False
         self.leading, self.epoch = True, epoch
+        self.term += 1
         self._update_assignments()
         self.wake()
 
@@ -737,6 +746,8 @@ class Server:
         if self.leading:
             log.warning("this server no longer leads: %s", why)
         self.leading, self.epoch = False, None
+        self.term += 1
+        self.started = time.monotonic()  # what it hears from now on is all it knows
         self.heartbeats.clear()
         self.reports.clear()
         event, self._assignments_changed = self._assignments_changed, asyncio.Event()
