@@ -390,7 +390,9 @@ def test_a_nodes_docker_engine_restarted(cluster: Cluster) -> None:
 def test_a_second_agent_for_a_live_node(cluster: Cluster) -> None:
     c = cluster
     settle(c)
-    node = show(c)["instance_list"][0]["node"]
+    # A node of one of the cluster's own agents (an earlier test's engine node may run
+    # instances too, and has no address here).
+    node = next(i["node"] for i in show(c)["instance_list"] if i["node"] in c.addresses)
     env = dict(c.env, DINP_NODE_NAME=node, DINP_ADVERTISE=c.addresses[node],
                DINP_CAPACITY_MB="1024")
     intruder = Proc("intruder", ["agent"], env, c.workdir / "intruder2.log")
