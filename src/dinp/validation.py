@@ -216,13 +216,18 @@ def surge(value: object) -> int:
     return number
 
 
+def _seconds(field: str, value: object, low: float, high: float) -> float:
+    """A number of seconds from `low` to `high` (not a bool, which is an int in Python)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            low <= value <= high):
+        raise InvalidInput(field, f"{value!r} is not a number of seconds from {low:g} "
+                           f"to {high:g}")
+    return float(value)
+
+
 def deploy_timeout(value: object) -> float:
     """Seconds a release may take to come up before its rollout is halted."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            1 <= value <= MAX_DEPLOY_TIMEOUT):
-        raise InvalidInput("deploy_timeout", f"{value!r} is not a number of seconds from 1 "
-                           f"to {MAX_DEPLOY_TIMEOUT}")
-    return float(value)
+    return _seconds("deploy_timeout", value, 1, MAX_DEPLOY_TIMEOUT)
 
 
 MAX_STOP_GRACE = 3600
@@ -230,11 +235,7 @@ MAX_STOP_GRACE = 3600
 
 def stop_grace(value: object) -> float:
     """Seconds an instance has between SIGTERM and SIGKILL to finish its requests."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            0 <= value <= MAX_STOP_GRACE):
-        raise InvalidInput("stop_grace", f"{value!r} is not a number of seconds from 0 "
-                           f"to {MAX_STOP_GRACE}")
-    return float(value)
+    return _seconds("stop_grace", value, 0, MAX_STOP_GRACE)
 
 
 # A year or two of HSTS is what browsers' preload lists ask; more is never needed.
