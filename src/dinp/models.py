@@ -19,7 +19,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Column, Double, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Double, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import VARBINARY, TypeDecorator, TypeEngine
 from sqlmodel import Field, SQLModel
@@ -322,3 +322,7 @@ class ClusterRow(SQLModel, table=True):
     key: int = Field(default=1, primary_key=True)
     id: str = Field(sa_type=name_type(32))
     created_at: float = Field(default_factory=now, sa_type=TIME)
+    # Bumped by every transaction that adds or deletes instance rows: a snapshot whose
+    # counter matches the one it last read keeps the rows it holds (150,000 at 5,000
+    # nodes) instead of reading them again.
+    instances_rev: int = Field(default=0, sa_type=BigInteger)

@@ -9,17 +9,19 @@ at all (one transaction each).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy import case, create_engine, delete, or_, text, tuple_, update
+from sqlalchemy import case, create_engine, delete, insert, or_, text, tuple_, update
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from dinp import acme_orders, migrations, quotas, rollouts
 from dinp import releases as rel
@@ -51,10 +53,11 @@ from dinp.scheduler import (
     Placed,
     Remove,
     SetNodeStatus,
-    Unplaceable,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+M = TypeVar("M", bound=SQLModel)
 
 
 def new_id() -> str:
@@ -113,6 +116,66 @@ class Snapshot:
     certs: dict[str, TlsPair] = field(default_factory=dict)
 
 
+# The tables as Core sees them: bulk inserts into them are one statement per chunk,
+# every value written as given (the ORM's bulk path would group rows and drop NULLs).
+INSTANCES: sqlalchemy.Table = InstanceRow.__table__  # type: ignore[attr-defined]
+APPS: sqlalchemy.Table = AppRow.__table__  # type: ignore[attr-defined]
+NODES: sqlalchemy.Table = NodeRow.__table__  # type: ignore[attr-defined]
+RELEASES: sqlalchemy.Table = ReleaseRow.__table__  # type: ignore[attr-defined]
+EVENTS: sqlalchemy.Table = EventRow.__table__  # type: ignore[attr-defined]
+
+# Instance rows held longer than this are read again even if instances_rev did not move.
+INSTANCES_RELOAD_SECONDS = 60.0
+
+
+@dataclass
+class _Instances:
+    """The instance rows a Store holds between snapshots, at `rev` of the cluster's
+    instances_rev."""
+
+    rev: int
+    by_id: dict[str, Placed]
+    read_at: float = field(default_factory=time.monotonic)  # when read whole
+
+    @functools.cached_property
+    def placed(self) -> tuple[Placed, ...]:
+        return tuple(self.by_id.values())
+
+
+class _RowCache(Generic[M]):
+    """The rows of a table a snapshot reads, as model objects made only for rows whose
+    values changed since the last read: a read is the query's plain tuples (made into
+    5,000 ORM objects, they cost a 5,000-node snapshot most of its time). The objects are
+    shared by the snapshots that read the same values, and nobody changes them."""
+
+    def __init__(self, model: type[M], key: tuple[str, ...]) -> None:
+        self.model = model
+        self.names = [c.name for c in model.__table__.columns]  # type: ignore[attr-defined]
+        self.key = [self.names.index(k) for k in key]
+        self.held: dict[Any, tuple[tuple[Any, ...], M]] = {}
+
+    def read(self, s: Session, query: Any, *, keep: bool = False) -> dict[Any, M]:
+        """The rows `query` selects (every column of the table, in the table's order),
+        by key; with `keep`, rows held from other queries stay held (releases are read
+        by two)."""
+        out: dict[Any, M] = {}
+        held = self.held
+        fresh: dict[Any, tuple[tuple[Any, ...], M]] = dict(held) if keep else {}
+        one = self.key[0] if len(self.key) == 1 else None
+        for row in s.execute(query):
+            values = tuple(row)
+            key = values[one] if one is not None else tuple(values[i] for i in self.key)
+            seen = held.get(key)
+            if seen is not None and seen[0] == values:
+                obj = seen[1]
+            else:
+                obj = self.model(**dict(zip(self.names, values, strict=True)))
+            fresh[key] = (values, obj)
+            out[key] = obj
+        self.held = fresh
+        return out
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -121,6 +184,13 @@ class Store:
         # The certificates the snapshots hand to the routers, with the row's updated_at
         # they were read at: a snapshot (every second) reads their PEM only when changed.
         self._tls: dict[str, tuple[float, TlsPair]] = {}
+        # The instance rows as last read or written here, at the cluster's instances_rev.
+        self._instances: _Instances | None = None
+        # The snapshot's other rows, made into objects only when their values changed.
+        self._apps = _RowCache(AppRow, ("name",))
+        self._nodes = _RowCache(NodeRow, ("name",))
+        self._releases = _RowCache(ReleaseRow, ("app", "version"))
+        self._specs: dict[tuple[str, int], tuple[ReleaseRow, ReleaseSpec]] = {}
 
     # -- connection -----------------------------------------------------------------
 
@@ -250,14 +320,15 @@ class Store:
 
     def snapshot(self) -> Snapshot:
         with self.session() as s:
-            apps = {a.name: a for a in s.exec(select(AppRow))}
-            rows = list(s.exec(select(InstanceRow)))
-            nodes = {n.name: n for n in s.exec(select(NodeRow))}
-            wanted = {(r.app, r.release) for r in rows if r.app in apps}
+            instances = self._read_instances(s)
+            apps = self._apps.read(s, sqlalchemy.select(APPS))
+            nodes = self._nodes.read(s, sqlalchemy.select(NODES))
+            wanted = {(i.app, i.release) for i in instances if i.app in apps}
             releases = {
-                (r.app, r.version): r.spec(apps[r.app])
-                for r in (s.exec(select(ReleaseRow).where(
-                    tuple_(ReleaseRow.app, ReleaseRow.version).in_(sorted(wanted))))
+                (r.app, r.version): self._spec(r, apps[r.app])
+                for r in (self._releases.read(s, sqlalchemy.select(RELEASES).where(
+                    tuple_(RELEASES.c.app, RELEASES.c.version).in_(sorted(wanted))),
+                    keep=True).values()
                     if wanted else ())
             }
             domains: dict[str, list[str]] = {}
@@ -266,20 +337,76 @@ class Store:
             generations = {r.node: r.generation for r in s.exec(select(NodeCredentialRow))}
             certs = self._served_certs(s, {d for names in domains.values() for d in names})
             recent: dict[str, list[ReleaseRow]] = {}
-            for row, _ in s.exec(select(ReleaseRow, AppRow).where(
-                    ReleaseRow.app == AppRow.name, ReleaseRow.version >= AppRow.release)
-                    .order_by(col(ReleaseRow.version).desc())):
+            for row in self._releases.read(s, sqlalchemy.select(RELEASES).join(
+                    APPS, RELEASES.c.app == APPS.c.name).where(
+                    RELEASES.c.version >= APPS.c.release)
+                    .order_by(RELEASES.c.version.desc()), keep=True).values():
                 recent.setdefault(row.app, []).append(row)
         desired = Desired(
             apps={a.name: AppSpec(a.name, a.instances, a.memory_mb, a.release,
                                   rollouts.surge(a.instances, a.surge))
                   for a in apps.values()},
-            instances=tuple(
-                Placed(r.id, r.app, r.release, r.node, r.memory_mb, r.created_at) for r in rows
-            ),
+            instances=instances,
             nodes={n.name: NodeSpec(n.name, n.status, n.capacity_mb) for n in nodes.values()},
         )
         return Snapshot(desired, apps, nodes, releases, recent, domains, generations, certs)
+
+    def _spec(self, row: ReleaseRow, app: AppRow) -> ReleaseSpec:
+        """What a release runs, made once per release row: its env is parsed again
+        only when the row changed (or it falls back on the app's settings, old rows)."""
+        held = self._specs.get((row.app, row.version))
+        if held is not None and held[0] is row and row.port is not None:
+            return held[1]
+        spec = row.spec(app)
+        self._specs[(row.app, row.version)] = (row, spec)
+        return spec
+
+    def _read_instances(self, s: Session) -> tuple[Placed, ...]:
+        """Every instance row, first in the snapshot's transaction. Read from the
+        database only when the cluster's instances_rev moved since the rows held here
+        (or they are older than INSTANCES_RELOAD_SECONDS: a writer that does not count,
+        such as a server of an older dinp during an upgrade, is caught up with then);
+        read as plain tuples, not ORM objects, which cost ten times as much."""
+        rev = s.execute(select(ClusterRow.instances_rev).where(
+            col(ClusterRow.key) == 1)).scalar()
+        held = self._instances
+        if (held is not None and rev is not None and held.rev == rev
+                and time.monotonic() - held.read_at < INSTANCES_RELOAD_SECONDS):
+            return held.placed
+        rows = s.execute(sqlalchemy.select(*(col(c) for c in (
+            InstanceRow.id, InstanceRow.app, InstanceRow.release, InstanceRow.node,
+            InstanceRow.memory_mb, InstanceRow.created_at))))
+        by_id = {r[0]: Placed(*r) for r in rows}
+        self._instances = _Instances(rev, by_id) if rev is not None else None
+        return tuple(by_id.values())
+
+    @staticmethod
+    def _count_instance_change(s: Session) -> int | None:
+        """Bump the cluster's instances_rev in a write that adds or deletes instance
+        rows; the new value (None: no cluster row yet). The row stays locked until the
+        write commits, so such writes take their turns and each gets its own value."""
+        s.execute(update(ClusterRow).where(col(ClusterRow.key) == 1)
+                  .values(instances_rev=col(ClusterRow.instances_rev) + 1))
+        return s.execute(select(ClusterRow.instances_rev).where(
+            col(ClusterRow.key) == 1)).scalar()
+
+    def _patch_instances(self, rev: int | None, added: Sequence[Placed] = (),
+                         removed: Callable[[Placed], bool] | None = None) -> None:
+        """After a committed write that moved instances_rev to `rev`: bring the rows
+        held here along, if they were the ones just before it; else forget them (the
+        next snapshot reads them all)."""
+        held = self._instances
+        if held is None or rev is None or held.rev != rev - 1:
+            self._instances = None
+            return
+        by_id = held.by_id
+        if removed is not None:
+            by_id = {k: v for k, v in by_id.items() if not removed(v)}
+        else:
+            by_id = dict(by_id)
+        for p in added:
+            by_id[p.id] = p
+        self._instances = _Instances(rev, by_id, held.read_at)
 
     def _served_certs(self, s: Session, routed: set[str]) -> dict[str, TlsPair]:
         """The valid certificates of routed domains, their PEM read only when their row
@@ -539,6 +666,7 @@ class Store:
             if app is None:
                 raise NotFound(f"no app named {name!r}")
             s.execute(delete(InstanceRow).where(col(InstanceRow.app) == name))
+            rev = self._count_instance_change(s)
             s.execute(delete(ReleaseRow).where(col(ReleaseRow.app) == name))
             for domain in s.exec(select(DomainRow).where(DomainRow.app == name)):
                 self._drop_certificate(s, domain.domain)
@@ -546,6 +674,7 @@ class Store:
             s.delete(app)
             _event(s, actor, "deleted", app=name)
             s.commit()
+        self._patch_instances(rev, removed=lambda p: p.app == name)
 
     # -- custom domains ---------------------------------------------------------------
 
@@ -776,45 +905,80 @@ class Store:
     def apply(self, actions: Sequence[Action], *,
               fence: tuple[str, int] | None = None) -> None:
         """Carry out a plan in one transaction: all of it or none; with `fence` (holder,
-        epoch), only while that server still holds the lease."""
+        epoch), only while that server still holds the lease. Rows are written in bulk
+        (one statement per kind and chunk, not one per row): placing 10,000 instances
+        is one transaction of a few statements."""
+        at = time.time()
+        placed: list[Placed] = []
+        gone: set[str] = set()
+        events: list[dict[str, object]] = []
+        statuses: list[SetNodeStatus] = []
+        for action in actions:
+            if isinstance(action, Place):
+                p = Placed(new_id(), action.app, action.release, action.node,
+                           action.memory_mb, at)
+                placed.append(p)
+                events.append(_event_values(at, f"placed instance {p.id} on {p.node}",
+                                            app=p.app, node=p.node))
+            elif isinstance(action, Remove):
+                gone.add(action.instance)
+                events.append(_event_values(
+                    at, f"removed instance {action.instance} from {action.node}: "
+                    f"{action.reason}", app=action.app, node=action.node))
+            elif isinstance(action, SetNodeStatus):
+                statuses.append(action)
+            # Unplaceable: reported by the server, rate-limited; not a state change.
         with self.session() as s:
             self._fence(s, fence)
-            for action in actions:
-                if isinstance(action, Place):
-                    inst = InstanceRow(id=new_id(), app=action.app, release=action.release,
-                                       node=action.node, memory_mb=action.memory_mb)
-                    s.add(inst)
-                    s.add(EventRow(app=action.app, node=action.node,
-                                   message=f"placed instance {inst.id} on {action.node}"))
-                elif isinstance(action, Remove):
-                    row = s.get(InstanceRow, action.instance)
-                    if row is not None:
-                        s.delete(row)
-                    s.add(EventRow(app=action.app, node=action.node,
-                                   message=f"removed instance {action.instance} "
-                                   f"from {action.node}: {action.reason}"))
-                elif isinstance(action, SetNodeStatus):
-                    node = s.get(NodeRow, action.node)
-                    if node is not None:
-                        node.status = action.status
-                        node.updated_at = time.time()
-                        s.add(node)
-                        s.add(EventRow(node=action.node,
-                                       message=f"node {action.node} is {action.status}"))
-                elif isinstance(action, Unplaceable):
-                    pass  # reported by the server, rate-limited: not a state change
+            rev = None
+            if placed or gone:
+                rows = [{"id": p.id, "app": p.app, "release": p.release, "node": p.node,
+                         "memory_mb": p.memory_mb, "created_at": p.created} for p in placed]
+                for chunk in _chunks(rows):
+                    s.execute(insert(INSTANCES), chunk)
+                for ids in _chunks(sorted(gone)):
+                    s.execute(delete(InstanceRow).where(col(InstanceRow.id).in_(ids)))
+                rev = self._count_instance_change(s)
+            for action in statuses:
+                node = s.get(NodeRow, action.node)
+                if node is not None:
+                    node.status = action.status
+                    node.updated_at = at
+                    s.add(node)
+                    events.append(_event_values(at, f"node {action.node} is {action.status}",
+                                                node=action.node))
+            for chunk in _chunks(events):
+                s.execute(insert(EVENTS), chunk)
             s.commit()
+        if placed or gone:
+            self._patch_instances(rev, placed, lambda p: p.id in gone)
 
     def add_event(self, message: str, *, app: str | None = None, node: str | None = None) -> None:
         self.add_events([(message, app)], node=node)
 
     def add_events(self, events: Sequence[tuple[str, str | None]], *,
                    node: str | None = None) -> None:
-        """Events of dinp itself (message, app), in one transaction."""
+        """Events of dinp itself (message, app), in one transaction, written in bulk."""
+        at = time.time()
+        rows = [_event_values(at, message, app=app, node=node) for message, app in events]
         with self.session() as s:
-            for message, app in events:
-                s.add(EventRow(app=app, node=node, message=message))
+            for chunk in _chunks(rows):
+                s.execute(insert(EVENTS), chunk)
             s.commit()
+
+
+def _chunks(items: list[T], size: int = 1000) -> Iterator[list[T]]:
+    """`items` in lists of at most `size`: a statement's parameters stay well under
+    the database's limits (SQLite's 32,766 variables, MySQL's packet size)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _event_values(at: float, message: str, *, app: str | None = None,
+                  node: str | None = None) -> dict[str, object]:
+    """An event of dinp itself as the values of a bulk insert."""
+    return {"at": at, "app": app, "node": node, "message": message, "user": None,
+            "source": None}
 
 
 def _setting_words(value: float) -> str:

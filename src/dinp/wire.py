@@ -6,6 +6,7 @@ assignment, so a lost message is repaired by the next one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -95,6 +96,15 @@ class Heartbeat:
     # The port of the agent's logs listener on `address` (GET /logs); None from agents
     # older than it, or one whose listener is not up.
     logs_port: int | None = None
+
+    @functools.cached_property
+    def by_instance(self) -> dict[str, ContainerInfo]:
+        """The containers by instance id (the first of each, as a scan finds it), made
+        once per heartbeat for the server's look-ups."""
+        out: dict[str, ContainerInfo] = {}
+        for c in self.containers:
+            out.setdefault(c.instance, c)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         body = {"node": self.node, "address": self.address, "capacity_mb": self.capacity_mb,

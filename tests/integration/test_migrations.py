@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 
 from dinp import migrations
 from dinp.accounts import Accounts
+from dinp.models import ClusterRow
 from dinp.store import Store
 from tests.support import DINP, base_env
 
@@ -64,7 +65,7 @@ def differences(engine: sqlalchemy.Engine) -> list[object]:
 def test_a_new_database_is_made_at_the_head_and_matches_the_models(db_url: str) -> None:
     store = Store(db_url)
     try:
-        assert migrations.current(store.engine) == migrations.head() == "0005"
+        assert migrations.current(store.engine) == migrations.head() == "0006"
         assert differences(store.engine) == []
     finally:
         store.close()
@@ -80,7 +81,7 @@ def test_a_database_of_the_previous_release_is_upgraded_keeping_every_row(
 
     store = Store(db_url)  # the server's start: migrates to the head
     try:
-        assert migrations.current(store.engine) == "0005"
+        assert migrations.current(store.engine) == "0006"
         assert differences(store.engine) == []
         app = store.get_app("web")
         assert (app.image, app.instances, app.memory_mb, app.release, app.env) == (
@@ -98,6 +99,8 @@ def test_a_database_of_the_previous_release_is_upgraded_keeping_every_row(
         assert snap.nodes["n1"].agent == "h:1:ab"
         assert [e.message for e in store.events(app="web")] == ["created with 2 instance(s)"]
         assert store.cluster_id() == "5f0c2a9e7d314b66"
+        with store.session() as s:
+            assert s.get(ClusterRow, 1).instances_rev == 0  # filled in by 0006
         # The server's own start then gives old rows their owners.
         accounts = Accounts(store)
         assert accounts.ensure_defaults() is None
@@ -123,7 +126,7 @@ def test_a_database_made_before_migrations_is_brought_to_the_head(db_url: str) -
     engine.dispose()
     store = Store(db_url)
     try:
-        assert migrations.current(store.engine) == "0005"
+        assert migrations.current(store.engine) == "0006"
         assert differences(store.engine) == []
         assert (store.get_app("web").image, store.get_app("web").surge) == ("reg/web:3", 2)
     finally:
@@ -138,7 +141,7 @@ def test_a_second_start_migrates_nothing(db_url: str,
     sqlalchemy.event.listen(engine, "before_cursor_execute",
                             lambda conn, cursor, sql, *_: statements.append(sql))
     with caplog.at_level(logging.INFO, logger="dinp.migrations"):
-        assert migrations.upgrade(engine) == "0005"
+        assert migrations.upgrade(engine) == "0006"
     engine.dispose()
     changes = [s for s in statements if s.lstrip().upper().startswith(
         ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE"))]
@@ -151,13 +154,13 @@ def test_migrate_only_migrates_and_exits(tmp_path: Path) -> None:
     result = subprocess.run([DINP, "server", "--migrate-only"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "database at revision 0005 (the newest)" in result.stdout
+    assert "database at revision 0006 (the newest)" in result.stdout
     engine = sqlalchemy.create_engine(url)
-    assert migrations.current(engine) == "0005"
+    assert migrations.current(engine) == "0006"
     engine.dispose()
     again = subprocess.run([DINP, "server", "--migrate-only"], env=env,
                            capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and "0005" in again.stdout
+    assert again.returncode == 0 and "0006" in again.stdout
     bad = subprocess.run([DINP, "server", "--migrate-only"],
                          env=dict(env, DINP_DATABASE_URL="mysql+pymysql://root@127.0.0.1:1/x"),
                          capture_output=True, text=True, timeout=60)

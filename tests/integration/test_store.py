@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy.event
 import sqlalchemy.exc
 from sqlalchemy import text
 
@@ -363,3 +364,62 @@ def test_the_leader_lease_is_one_servers_and_fences_its_writes(store: Store) -> 
     assert len(store.snapshot().desired.instances) == 1  # a's late write did nothing
     store.apply([Place("web", 1, "n1", 64)], fence=("b", 2))
     assert len(store.snapshot().desired.instances) == 2
+
+
+def _rows(snap: object) -> list[tuple[str, str, int, str, int, float]]:
+    instances = snap.desired.instances  # type: ignore[attr-defined]
+    return sorted((i.id, i.app, i.release, i.node, i.memory_mb, i.created) for i in instances)
+
+
+def test_the_instance_rows_held_between_snapshots_match_the_database(store: Store) -> None:
+    """A snapshot reuses the instance rows it holds while instances_rev has not moved and
+    brings them along with its own writes: what it gives is what a fresh read gives,
+    after placements, removals and a deleted app, and another server's writes are seen."""
+    store.cluster_id()  # the server's start makes the cluster row, which holds the counter
+    store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=1 << 20)
+    create(store, "web")
+    create(store, "api")
+    store.snapshot()
+    # More rows than one statement's chunk: the bulk writes go in several.
+    store.apply([Place("web", 1, "n1", 8)] * 2100 + [Place("api", 1, "n1", 8)] * 3)
+    assert count(store, "instances") == 2103
+    assert count(store, "events") >= 2103
+    statements: list[str] = []
+    sqlalchemy.event.listen(store.engine, "before_cursor_execute",
+                            lambda conn, cursor, sql, *_: statements.append(sql))
+    fresh = Store(store.url)
+    try:
+        assert _rows(store.snapshot()) == _rows(fresh.snapshot())
+        assert not [s for s in statements if "FROM instances" in s]  # held, not read
+        web = [i for i in store.snapshot().desired.instances if i.app == "web"]
+        store.apply([Remove(i.id, "web", "n1", "scaled down") for i in web[:1500]])
+        assert _rows(store.snapshot()) == _rows(fresh.snapshot())
+        assert len(store.snapshot().desired.instances) == 603
+
+        # Another server's writes move the counter: this store reads the rows again.
+        fresh.apply([Place("api", 1, "n1", 8)])
+        fresh.delete_app("web")
+        after = _rows(store.snapshot())
+        assert after == _rows(fresh.snapshot())
+        assert [r[1] for r in after] == ["api"] * 4
+    finally:
+        fresh.close()
+
+
+def test_a_write_that_does_not_count_is_caught_up_with_after_a_while(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that does not bump instances_rev (a server of an older dinp during an
+    upgrade, an operator's SQL) is seen once the held rows are INSTANCES_RELOAD_SECONDS
+    old."""
+    store.cluster_id()
+    store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=4096)
+    create(store, "web")
+    store.apply([Place("web", 1, "n1", 128)])
+    assert len(store.snapshot().desired.instances) == 1
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO instances (id, app, {r}, node, memory_mb, created_at) "
+                          "VALUES ('byhand01', 'web', 1, 'n1', 128, 1.0)".format(
+                              r="`release`" if conn.dialect.name == "mysql" else '"release"')))
+    assert len(store.snapshot().desired.instances) == 1  # held: the counter did not move
+    monkeypatch.setattr("dinp.store.INSTANCES_RELOAD_SECONDS", 0.0)
+    assert "byhand01" in {i.id for i in store.snapshot().desired.instances}

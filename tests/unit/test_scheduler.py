@@ -35,6 +35,7 @@ from dinp.scheduler import (
     SetNodeStatus,
     Unplaceable,
     plan,
+    summary,
 )
 
 NOW = 1_000.0
@@ -754,3 +755,18 @@ def test_plan_never_drops_healthy_instances_below_wanted(world: tuple[Desired, R
 @pytest.mark.parametrize("complete", [True, False])
 def test_plan_of_an_empty_world_is_empty(complete: bool) -> None:
     assert run(Desired({}, (), {}), Real({}, complete)) == []
+
+
+def test_a_plan_is_logged_in_a_few_lines_not_one_per_instance() -> None:
+    actions: list[Action] = [Place("web", 2, f"n{i % 3}", 64) for i in range(300)]
+    actions += [Place("api", 1, "n1", 64), SetNodeStatus("n9", "down"),
+                Unplaceable("api", 2, 64)]
+    actions += [Remove(f"i{i}", "web", "n1", "old release") for i in range(40)]
+    actions += [Remove("j1", "api", "n9", "node n9 is down")]
+    assert summary(actions) == [
+        "node n9 is down",
+        "place 1 instance(s) of api release 1 on n1",
+        "place 300 instance(s) of web release 2 on 3 nodes",
+        "remove 1 instance(s) of api: node n9 is down",
+        "remove 40 instance(s) of web: old release",
+    ]

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,9 @@ from dinp.wire import Assignment, Heartbeat, assignments_rev
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# One instance of a node's assignment as it is made: its row, its release, its app's
+# stop grace.
+AssignmentInput = tuple[scheduler.Placed, ReleaseSpec, float]
 # An instance whose container exited this many times in a row is crash-looping.
 CRASH_LOOP = 3
 # The reconcile's own reads and writes may take longer than an API call's (a large
@@ -55,12 +60,29 @@ class NodeOwner:
 class NodeAssignment:
     rev: str
     instances: list[Assignment]
+    # What it was made from (the instance rows, their releases, the app's stop grace):
+    # the next snapshot's equal inputs keep this one.
+    inputs: list[AssignmentInput] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def made(cls, inputs: list[AssignmentInput]) -> NodeAssignment:
+        items = [Assignment(
+            id=inst.id, app=inst.app, release=inst.release, image=release.image,
+            memory_mb=inst.memory_mb, port=release.port, env=dict(release.env),
+            health_path=release.health_path, stop_grace=grace,
+        ) for inst, release, grace in inputs]
+        return cls(assignments_rev(items), items, inputs)
+
+    @functools.cached_property
+    def instances_json(self) -> list[dict[str, Any]]:
+        """The instances as every heartbeat reply sends them, made once."""
+        return [a.to_json() for a in self.instances]
 
     def to_json(self, node: str, status: str, heartbeat_interval: float,
                 foreign: list[str], cluster: str) -> dict[str, Any]:
         return {"node": node, "status": status, "rev": self.rev, "cluster": cluster,
                 "heartbeat_interval": heartbeat_interval, "foreign": foreign,
-                "instances": [a.to_json() for a in self.instances]}
+                "instances": self.instances_json}
 
 
 def server_id() -> str:
@@ -158,6 +180,10 @@ class Server:
         self.challenges: dict[str, str] = {}
         self._publishing = asyncio.Lock()
         self.certifier = Certifier(self)
+        # The read of desired state writers share (desired_changed), and whether it began.
+        self._refresh: tuple[asyncio.Future[Snapshot], threading.Event] | None = None
+        # The instance rows, releases and app settings the assignments were made from.
+        self._assigned_from: tuple[object, ...] | None = None
         self._update_assignments()
 
     # -- helpers ----------------------------------------------------------------------
@@ -197,9 +223,27 @@ class Server:
 
     async def desired_changed(self) -> None:
         """After a write: read the new desired state (the API answers from it) and
-        reconcile now."""
-        self.snapshot = await self.db(self.store.snapshot)
+        reconcile now. Writers that arrive together share one read: a read that has not
+        begun yet sees every write made before it, so a writer joins it instead of
+        queueing its own (a hundred `app create`s at once read the state a few times,
+        not a hundred)."""
+        pending = self._refresh
+        if pending is None or pending[1].is_set() or pending[0].done():
+            begun = threading.Event()
+            task = asyncio.ensure_future(self.db(self._snapshot_from_now, begun))
+            pending = self._refresh = (task, begun)
+        try:
+            self.snapshot = await asyncio.shield(pending[0])
+        finally:
+            if self._refresh is pending and pending[0].done():
+                self._refresh = None
         self.wake()
+
+    def _snapshot_from_now(self, begun: threading.Event) -> Snapshot:
+        """A snapshot, marking `begun` as it starts (in the database thread): writers
+        that come later need a read of their own."""
+        begun.set()
+        return self.store.snapshot()
 
     def real(self) -> Real:
         """What the agents reported, and whether that is enough to act on."""
@@ -367,25 +411,35 @@ class Server:
 
     def _update_assignments(self) -> None:
         """Hand each node the instances its rows in the current snapshot place there,
-        each with its own release's image, env, port and health check."""
-        apps, releases = self.snapshot.apps, self.snapshot.releases
-        per_node: dict[str, list[Assignment]] = {}
-        for inst in sorted(self.snapshot.desired.instances, key=lambda i: i.id):
+        each with its own release's image, env, port and health check.
+
+        Made again only where its inputs changed: not at all when the snapshot's
+        instance rows, releases and app settings are the ones of the last call (a
+        steady pass), else node by node (a placement changes the assignment of the
+        nodes it touches, and only theirs get a new revision and JSON)."""
+        snapshot = self.snapshot
+        apps, releases = snapshot.apps, snapshot.releases
+        settings = {name: (a.stop_grace, a.image, a.env_json, a.port, a.memory_mb,
+                           a.health_path) for name, a in apps.items()}
+        inputs = (snapshot.desired.instances, releases, settings)
+        last = self._assigned_from
+        if last is not None and last[0] is inputs[0] and last[1:] == inputs[1:]:
+            return
+        self._assigned_from = inputs
+        per_node: dict[str, list[AssignmentInput]] = {}
+        for inst in sorted(snapshot.desired.instances, key=lambda i: i.id):
             app = apps.get(inst.app)
             if app is None:
                 continue
             # (A missing release row must not unassign a running instance: the app's.)
             release = releases.get((inst.app, inst.release)) or ReleaseSpec(
                 app.image, app.env, app.port, app.memory_mb, app.health_path)
-            # Each instance runs its own release: during a rollout the old ones keep
-            # their image and env while the new ones start.
-            per_node.setdefault(inst.node, []).append(Assignment(
-                id=inst.id, app=app.name, release=inst.release, image=release.image,
-                memory_mb=inst.memory_mb, port=release.port, env=dict(release.env),
-                health_path=release.health_path, stop_grace=app.stop_grace,
-            ))
-        new = {node: NodeAssignment(assignments_rev(items), items)
-               for node, items in per_node.items()}
+            per_node.setdefault(inst.node, []).append((inst, release, app.stop_grace))
+        new: dict[str, NodeAssignment] = {}
+        for node, wanted in per_node.items():
+            old = self.assignments.get(node)
+            new[node] = old if old is not None and old.inputs == wanted else \
+                NodeAssignment.made(wanted)
         changed = {n for n in set(new) | set(self.assignments)
                    if (new.get(n) and new[n].rev) != (self.assignments.get(n)
                                                       and self.assignments[n].rev)}
@@ -426,8 +480,8 @@ class Server:
             if changes and self.term != term:
                 return  # the routers' wait outlasted its leadership: nothing is done
             if changes:
-                for action in changes:
-                    log.info("reconcile: %s", action)
+                for line in scheduler.summary(changes):
+                    log.info("reconcile: %s", line)
                 await self.db_within(RECONCILE_DB_SECONDS, self.store.apply, changes,
                                      fence=self._fence())
                 for action in changes:
@@ -454,11 +508,14 @@ class Server:
         """Record each rollout that ended: deployed, or failed (halted: the app goes back
         to its release before, whose instances still serve)."""
         snapshot, ended = self.snapshot, False
+        by_app: dict[str, list[scheduler.Placed]] = {}
+        for inst in snapshot.desired.instances:
+            by_app.setdefault(inst.app, []).append(inst)
         for name, recent in snapshot.recent.items():
             app, release = snapshot.apps.get(name), recent[-1]
             if app is None or release.version != app.release:
                 continue
-            instances = [i for i in snapshot.desired.instances if i.app == name]
+            instances = by_app.get(name, [])
             failures = self._reasons([i for i in instances if i.release == release.version])
             verdict = rollouts.judge(
                 release=release.version, status=release.status, made_at=release.created_at,
@@ -493,7 +550,7 @@ class Server:
             if failure is not None:
                 out[inst.id] = failure.message
                 continue
-            c = next((c for c in hb.containers if c.instance == inst.id), None)
+            c = hb.by_instance.get(inst.id)
             if c is not None and c.health != "healthy" and c.health_detail:
                 out[inst.id] = f"health check: {c.health_detail}"
         return out
@@ -855,8 +912,7 @@ class Server:
             running += bool(c and c.running)
             healthy += bool(c and c.running and c.healthy)
             state = ("running" if c.running else "stopped") if c else "pending"
-            info = next((x for x in hb.containers if x.instance == inst.id), None) if hb \
-                else None
+            info = hb.by_instance.get(inst.id) if hb else None
             if c and info:
                 state = info.state
             failure = hb.failures.get(inst.id) if hb else None
@@ -943,8 +999,11 @@ class Server:
 
     def node_views(self) -> list[dict[str, Any]]:
         out = []
+        by_node: dict[str, list[scheduler.Placed]] = {}
+        for inst in self.snapshot.desired.instances:
+            by_node.setdefault(inst.node, []).append(inst)
         for node in sorted(self.snapshot.nodes.values(), key=lambda n: n.name):
-            placed = [i for i in self.snapshot.desired.instances if i.node == node.name]
+            placed = by_node.get(node.name, [])
             hb = self.heartbeats.get(node.name)
             report = self.reports.get(node.name)
             out.append({
