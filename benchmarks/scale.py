@@ -18,7 +18,10 @@ For each cluster size it starts, from scratch:
   credential (`dinpn_…`), posts the real heartbeat body (every container with its state,
   health, port, start time, memory) at the interval the server hands out in its replies,
   and runs exactly what the reply assigns: a new instance is reported running and healthy
-  on the next heartbeat, a removed one is gone from it. They start with the seeded
+  on the next heartbeat, a removed one is gone from it. Like a real agent, it sends its
+  whole report when it changed (or every FULL_REPORT_SECONDS) and otherwise the short
+  beat "the same as report <digest>", with the assignment revision it holds, so a steady
+  node's reply leaves out its instances. They start with the seeded
   instances of their node running, as after a restart of the server. It does not long-poll (a real
   agent also does, which makes it see new work sooner; the server's heartbeat load is the
   same).
@@ -49,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -80,6 +84,7 @@ from sqlalchemy import create_engine, insert  # noqa: E402
 from dinp import models, tokens  # noqa: E402
 from dinp.routes import RedisRouteStore, RouteTable, read_redis  # noqa: E402
 from dinp.store import Store  # noqa: E402
+from dinp.wire import FULL_REPORT_SECONDS  # noqa: E402
 from tests.support import (  # noqa: E402
     MYSQL,
     Proc,
@@ -115,18 +120,35 @@ class FakeAgent:
     agent: str
     cluster: str
     containers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    body: bytes = b""
+    body: bytes = b""  # the whole report
+    short: bytes = b""  # the short beat: "the same as report `digest`"
+    digest: str = ""
+    reported: str | None = None  # the report the server said it holds
+    full_at: float = 0.0  # when the last whole report went
+    rev: str | None = None  # the assignment held
     last_reply: bytes = b""
     next_port: int = 30000
 
     def render(self) -> None:
         used = sum(c["memory_mb"] for c in self.containers.values())
+        containers = list(self.containers.values())
+        self.digest = hashlib.sha256(json.dumps(containers, sort_keys=True).encode()
+                                     ).hexdigest()[:16]
+        common = {"free_mb": max(0, CAPACITY_MB - used), "agent": self.agent,
+                  "cluster": self.cluster, **({"rev": self.rev} if self.rev else {})}
         self.body = json.dumps({
             "node": self.node, "address": self.address, "capacity_mb": CAPACITY_MB,
-            "free_mb": max(0, CAPACITY_MB - used), "agent": self.agent,
-            "cluster": self.cluster, "containers": list(self.containers.values()),
-            "failures": [],
+            "containers": containers, "failures": [], "digest": self.digest, **common,
         }).encode()
+        self.short = json.dumps({"node": self.node, "same_as": self.digest, **common}).encode()
+
+    def next_body(self) -> tuple[bytes, bool]:
+        """What a real agent sends now: the short beat while the server holds the report
+        (and the last whole one is under FULL_REPORT_SECONDS old), else the whole."""
+        if self.reported == self.digest and time.monotonic() - self.full_at < \
+                FULL_REPORT_SECONDS:
+            return self.short, False
+        return self.body, True
 
     def converge(self, instances: list[dict[str, Any]]) -> None:
         """Run what the reply assigns: new instances start (running, healthy at once),
@@ -163,25 +185,37 @@ async def _agent_loop(agent: FakeAgent, session: aiohttp.ClientSession, url: str
     target = f"{url}{API}/nodes/{agent.node}/heartbeat"
     while True:
         started = time.perf_counter()
+        body, full = agent.next_body()
         try:
-            async with session.post(target, data=agent.body, headers=headers) as resp:
+            async with session.post(target, data=body, headers=headers) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError):
             tally.failed += 1
+            agent.reported = None
             await asyncio.sleep(interval)
             continue
         tally.latencies.append(time.perf_counter() - started)
         tally.statuses[status] = tally.statuses.get(status, 0) + 1
         if status == 200:
             tally.ok += 1
+            if full:
+                agent.full_at = time.monotonic()
             if raw != agent.last_reply:  # the same reply: nothing to parse or change
                 agent.last_reply = raw
                 reply = json.loads(raw)
                 interval = float(reply.get("heartbeat_interval", interval))
-                agent.converge(reply["instances"])
+                agent.reported = reply.get("report")
+                if "instances" in reply:
+                    agent.rev = reply["rev"]
+                    agent.converge(reply["instances"])
+        elif status == 409 and b"report-needed" in raw:
+            agent.reported = None
+            tally.ok += 1
+            continue  # the whole report at once, as a real agent does
         else:
             tally.failed += 1
+            agent.reported = None
         await asyncio.sleep(max(0.0, started + interval - time.perf_counter()))
 
 

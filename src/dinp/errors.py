@@ -131,6 +131,17 @@ class NodeTaken(Conflict):
         return {**super().to_json(), "code": self.code}
 
 
+class ReportNeeded(Conflict):
+    """A short heartbeat the server cannot take: it does not hold the report the beat
+    says nothing changed from (it restarted, took over, or the agent changed). The
+    agent sends its whole report at once."""
+
+    code = "report-needed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "code": self.code}
+
+
 class Unavailable(DinpError):
     """A service dinp depends on (Docker engine, database, Redis, dinp server) is unreachable."""
 

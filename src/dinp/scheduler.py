@@ -83,6 +83,14 @@ class NodeReport:
     capacity_mb: int
     containers: tuple[ContainerReport, ...] = ()
 
+    def heard_again(self, at: float) -> NodeReport:
+        """The same report, received `at` (a short heartbeat): its index by instance
+        goes along instead of being made again."""
+        report = NodeReport(self.node, at, self.capacity_mb, self.containers)
+        if "by_instance" in self.__dict__:
+            report.__dict__["by_instance"] = self.__dict__["by_instance"]
+        return report
+
     @cached_property
     def by_instance(self) -> dict[str, ContainerReport]:
         """The containers by instance id, made once per report: the planner, the route

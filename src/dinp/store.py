@@ -334,7 +334,9 @@ class Store:
             domains: dict[str, list[str]] = {}
             for d in s.exec(select(DomainRow).order_by(col(DomainRow.domain))):
                 domains.setdefault(d.app, []).append(d.domain)
-            generations = {r.node: r.generation for r in s.exec(select(NodeCredentialRow))}
+            generations = {node: generation for node, generation in s.execute(
+                sqlalchemy.select(col(NodeCredentialRow.node),
+                                  col(NodeCredentialRow.generation)))}
             certs = self._served_certs(s, {d for names in domains.values() for d in names})
             recent: dict[str, list[ReleaseRow]] = {}
             for row in self._releases.read(s, sqlalchemy.select(RELEASES).join(

@@ -765,3 +765,52 @@ def test_a_container_that_keeps_crashing_is_restarted_with_backoff_and_says_why(
         assert gaps and max(gaps) >= 2.0, gaps
 
     asyncio.run(main())
+
+
+def test_a_steady_agent_sends_short_beats_and_its_whole_report_when_asked(
+        sqlite_url: str, redis_url: str, node_name: str) -> None:
+    """A real agent and a real server: the whole report first, then short beats that
+    keep the node alive and bring no instances back; once the server no longer holds the
+    report (as after its restart) the beat is refused and the whole report follows at
+    once, in the same send."""
+    from tests.integration.test_api import CLUSTER, Api, running_api
+
+    async def body(api: Api) -> None:
+        runtime = DockerRuntime(node=node_name, advertise=ADDR, policy=POLICY)
+        agent = Agent(AgentConfig(node_name=node_name, advertise=ADDR, capacity_mb=1024,
+                                  server=str(api.client.make_url("")).rstrip("/"),
+                                  cluster_token=CLUSTER), runtime)
+        sent: list[dict[str, Any]] = []
+        post = agent._post
+
+        async def spy(body: dict[str, Any]) -> tuple[int, Any]:
+            sent.append(body)
+            return await post(body)
+
+        agent._post = spy  # type: ignore[method-assign]
+        try:
+            heard = []
+            for _ in range(3):
+                await agent.refresh()
+                assert await agent.send_heartbeat()
+                heard.append(api.server.reports[node_name].received_at)
+            assert "containers" in sent[0] and "digest" in sent[0]
+            assert [("same_as" in b, "containers" in b) for b in sent[1:]] == [(True, False)] * 2
+            assert heard[0] < heard[1] < heard[2]  # each beat counts as the node heard
+            assert agent.state.assignment == [] and agent.state.server_ok
+
+            api.server.heartbeats.pop(node_name)  # what a restarted server holds
+            api.server.reports.pop(node_name)
+            assert await agent.send_heartbeat()
+            assert "same_as" in sent[3] and "containers" in sent[4]
+            assert node_name in api.server.reports
+        finally:
+            if agent._session is not None:
+                await agent._session.close()
+            runtime.close()
+
+    async def main() -> None:
+        async with running_api(sqlite_url, redis_url) as api:
+            await body(api)
+
+    asyncio.run(main())

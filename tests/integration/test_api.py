@@ -870,3 +870,82 @@ def test_a_router_whose_report_vanished_with_redis_is_waited_for_until_it_report
         client.close()
 
     run(sqlite_url, redis_server.url, body, router_sync_timeout=30)
+
+
+# -- short heartbeats ----------------------------------------------------------------------
+
+def test_a_steady_node_sends_short_beats_and_gets_no_instances_back(
+        sqlite_url: str, redis_url: str) -> None:
+    """The whole report once; then "the same as report <digest>" keeps the node alive,
+    and a reply to an agent holding the current assignment leaves out its instances. A
+    beat naming a report the server does not hold (another digest, another agent, a
+    server that restarted) is refused with report-needed and changes nothing."""
+    ids = {"agent": "h:1:ab", "cluster": ""}
+
+    async def body(api: Api) -> None:
+        ids["cluster"] = api.server.cluster_id
+        assert (await api.call("POST", "/apps", body={**GOOD, "instances": 1}))[0] == 201
+        status, first = await api.heartbeat(digest="aa11", **ids)
+        assert status == 200 and first["report"] == "aa11"
+        await api.server.reconcile_once()
+        status, placed = await api.heartbeat(digest="aa11", **ids)
+        (inst,) = placed["instances"]
+        running = [instance_json(inst["id"], "web", port=32768)]
+        status, full = await api.heartbeat(containers=running, digest="bb22",
+                                           rev=placed["rev"], **ids)
+        assert status == 200 and full["report"] == "bb22"
+        assert full["same"] is True and "instances" not in full  # it holds this one
+        heard = api.server.reports[NODE].received_at
+
+        beat = {"node": NODE, "same_as": "bb22", "free_mb": 1234, "rev": placed["rev"], **ids}
+        status, short = await api.call("POST", f"/nodes/{NODE}/heartbeat", token=CLUSTER,
+                                       body=beat)
+        assert status == 200, short
+        assert short["same"] is True and short["report"] == "bb22"
+        assert short["rev"] == placed["rev"] and "instances" not in short
+        assert api.server.reports[NODE].received_at > heard  # the node is alive
+        assert api.server.reports[NODE].containers[0].instance == inst["id"]  # as reported
+        assert api.server.heartbeats[NODE].free_mb == 1234
+        # Without the rev it holds (or with an old one), the instances come back.
+        status, again = await api.call("POST", f"/nodes/{NODE}/heartbeat", token=CLUSTER,
+                                       body={**beat, "rev": first["rev"]})
+        assert status == 200 and again["instances"] == placed["instances"]
+
+        before = api.server.reports[NODE]
+        for wrong in ({"same_as": "aa11"}, {"agent": "h:1:cd"}):
+            status, refused = await api.call("POST", f"/nodes/{NODE}/heartbeat",
+                                             token=CLUSTER, body={**beat, **wrong})
+            assert status == 409 and refused["code"] in ("report-needed", "node-taken")
+        assert api.server.reports[NODE] is before  # nothing recorded
+        for bad in ({"same_as": "XYZ"}, {"same_as": ""}, {"rev": 7}, {"free_mb": -1}):
+            status, _ = await api.call("POST", f"/nodes/{NODE}/heartbeat", token=CLUSTER,
+                                       body={**beat, **bad})
+            assert status == 400, bad
+
+    run(sqlite_url, redis_url, body)
+
+    async def restarted(api: Api) -> None:  # a new server holds no report of the node
+        beat = {"node": NODE, "same_as": "bb22", "free_mb": 1, **ids,
+                "cluster": api.server.cluster_id}
+        status, refused = await api.call("POST", f"/nodes/{NODE}/heartbeat", token=CLUSTER,
+                                         body=beat)
+        assert status == 409 and refused["code"] == "report-needed", refused
+        assert NODE not in api.server.reports
+
+    run(sqlite_url, redis_url, restarted)
+
+
+def test_a_restarted_server_does_not_record_what_ran_already_as_started(
+        sqlite_url: str, redis_url: str) -> None:
+    """The first report a server gets from a node lists what ran before it started:
+    only a container that started lately is recorded as started (a restart must not
+    write an event for every instance of the cluster)."""
+    async def body(api: Api) -> None:
+        old = {**instance_json("0ld0000001", "web", port=1), "started_at": time.time() - 3600}
+        new = {**instance_json("n3w0000001", "web", port=2), "started_at": time.time()}
+        assert (await api.heartbeat(containers=[old, new]))[0] == 200
+        await asyncio.gather(*api.server._tasks)
+        started = [e.message for e in api.store.events() if "started (release" in e.message]
+        assert started == ["instance n3w0000001 started (release 1)"]
+
+    run(sqlite_url, redis_url, body)

@@ -3,6 +3,7 @@ without it gets."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,10 +11,12 @@ import pytest
 from dinp.errors import InvalidInput
 from dinp.wire import (
     Assignment,
+    Beat,
     ContainerInfo,
     Failure,
     Heartbeat,
     parse_assignments,
+    parse_beat,
     parse_heartbeat,
 )
 
@@ -75,3 +78,26 @@ def test_a_logs_port_that_is_not_a_port_is_refused(port: object) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_heartbeat("n1", body)
     assert err.value.field == "logs_port"
+
+
+def test_a_short_beat_round_trips_and_a_bad_digest_is_refused() -> None:
+    beat = Beat(node="n1", same_as="0123abcd", free_mb=5, agent="h:1:ab",
+                cluster="5f0c2a9e7d314b66", rev="ffee")
+    assert parse_beat("n1", beat.to_json()) == beat
+    for bad in ("", "ABCD", "12 3", "x" * 65, 12):
+        with pytest.raises(InvalidInput, match="same_as"):
+            parse_beat("n1", {**beat.to_json(), "same_as": bad})
+    hb = Heartbeat(node="n1", address="a", capacity_mb=1, free_mb=1, containers=(CONTAINER,),
+                   digest="0123abcd", rev="ffee")
+    assert parse_heartbeat("n1", hb.to_json()) == hb
+
+
+def test_the_report_digest_ignores_memory_figures_and_nothing_else() -> None:
+    hb = Heartbeat(node="n1", address="a", capacity_mb=1024, free_mb=900,
+                   containers=(replace(CONTAINER, memory_mb=40),))
+    same = replace(hb, free_mb=10, containers=(replace(CONTAINER, memory_mb=41),))
+    assert hb.state_digest() == same.state_digest()
+    for changed in (replace(hb, containers=(replace(CONTAINER, health="healthy"),)),
+                    replace(hb, containers=()), replace(hb, capacity_mb=2048),
+                    replace(hb, failures={"x": Failure("boom")}), replace(hb, logs_port=7)):
+        assert changed.state_digest() != hb.state_digest()

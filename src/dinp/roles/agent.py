@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -41,7 +42,15 @@ from dinp import const, machine, node_plan, validation
 from dinp.config import AgentConfig, require_secret
 from dinp.const import API_PREFIX
 from dinp.container import Container, DockerRuntime, StartFailed
-from dinp.errors import ConfigError, DinpError, InvalidInput, NodeTaken, Unavailable, WrongCluster
+from dinp.errors import (
+    ConfigError,
+    DinpError,
+    InvalidInput,
+    NodeTaken,
+    ReportNeeded,
+    Unavailable,
+    WrongCluster,
+)
 from dinp.health import HealthState, check
 from dinp.lifecycle import run_until_stopped
 from dinp.logs import LogStats
@@ -51,9 +60,11 @@ from dinp.node_plan import FRESH_SECONDS as FRESH_SECONDS
 from dinp.roles.agent_logs import AgentLogs
 from dinp.sandbox import Policy
 from dinp.wire import (
+    FULL_REPORT_SECONDS,
     MAX_DETAIL,
     MAX_MESSAGE,
     Assignment,
+    Beat,
     ContainerInfo,
     Failure,
     Heartbeat,
@@ -123,6 +134,10 @@ class Agent:
         self.capacity_mb = config.capacity_mb or machine.default_capacity_mb()
         self.agent_id = agent_id()
         self._kick = asyncio.Event()  # converge now
+        # The digest of the report the server said it holds, and when the last whole
+        # report went: short beats until the report changes (see _post_heartbeat).
+        self._reported: str | None = None
+        self._full_at = 0.0
         self._report = asyncio.Event()  # report now
         self._converge_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
@@ -225,6 +240,8 @@ class Agent:
                 self._server_back()  # its database is another one now
                 await self._join_cluster(data["cluster"])
                 continue
+            if status == 409 and code == ReportNeeded.code:
+                continue  # it does not hold the report the beat named: the whole one now
             if status == 409 and code == NodeTaken.code:
                 self._server_back()
                 self._refused(f"{data.get('error')}. {data.get('hint') or ''}".strip())
@@ -261,8 +278,31 @@ class Agent:
         return False
 
     async def _post_heartbeat(self) -> tuple[int, Any]:
-        """(HTTP status, decoded body); status 0 when the server did not answer."""
-        body = self.heartbeat_body().to_json()
+        """(HTTP status, decoded body); status 0 when the server did not answer.
+
+        The whole report goes when it changed since the one the server last said it
+        holds, or FULL_REPORT_SECONDS after the last whole one; else a short beat ("the
+        same as report <digest>"). Either says which assignment the agent holds, so an
+        unchanged one comes back without its instances."""
+        hb = self.heartbeat_body()
+        digest = hb.state_digest()
+        rev = self.state.assignment_rev if self.state.assignment is not None else None
+        full = (self._reported != digest
+                or time.monotonic() - self._full_at >= FULL_REPORT_SECONDS)
+        body = (dataclasses.replace(hb, digest=digest, rev=rev).to_json() if full else
+                Beat(node=hb.node, same_as=digest, free_mb=hb.free_mb, agent=hb.agent,
+                     cluster=hb.cluster, rev=rev).to_json())
+        reply = await self._post(body)
+        status, data = reply
+        if status == 200 and isinstance(data, dict):
+            self._reported = digest if data.get("report") == digest else None
+            if full:
+                self._full_at = time.monotonic()
+        elif status:
+            self._reported = None  # refused: the next report is whole
+        return reply
+
+    async def _post(self, body: dict[str, Any]) -> tuple[int, Any]:
         started = time.perf_counter()
         try:
             async with self.session.post(self._url("heartbeat"), json=body,
@@ -320,6 +360,7 @@ class Agent:
             log.warning("server %s unreachable (%s); keeping every container running",
                         self.server, exc or type(exc).__name__)
         self.state.server_ok = False
+        self._reported = None  # the next server may hold no report of this node
         self._next_server()
 
     def _server_back(self) -> None:
@@ -329,8 +370,14 @@ class Agent:
         self.state.server_ok = True
 
     def take_assignment(self, data: object) -> None:
+        held = self.state.assignment
+        same = (isinstance(data, dict) and data.get("same") is True and held is not None
+                and data.get("rev") == self.state.assignment_rev)
+        if isinstance(data, dict) and data.get("same") is True and not same:
+            return  # "as you hold", but it held another one meanwhile: the next beat asks
         try:
-            rev, items = parse_assignments(data)
+            rev, items = ((self.state.assignment_rev, held) if same and held is not None
+                          else parse_assignments(data))
         except InvalidInput as exc:
             log.warning("ignoring a malformed assignment from the server: %s", exc)
             return

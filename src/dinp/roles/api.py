@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import logging
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -423,7 +424,9 @@ async def list_events(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     server = srv(request)
     data = await json_body(request)
-    hb = wire.parse_heartbeat(request.match_info["node"], data)
+    node = request.match_info["node"]
+    hb = (wire.parse_beat(node, data) if isinstance(data, dict) and "same_as" in data
+          else wire.parse_heartbeat(node, data))
     return web.json_response(await server.heartbeat(hb))
 
 
@@ -628,6 +631,9 @@ async def start(config: ServerConfig, route_store: RouteStore | None = None) -> 
 
 async def serve(config: ServerConfig) -> None:
     """`dinp server`: the API and the reconcile loop until a signal."""
+    # The reconcile pass plans in a thread; a shorter switch interval than Python's 5 ms
+    # hands the event loop the interpreter sooner, so heartbeats wait less meanwhile.
+    sys.setswitchinterval(0.001)
     server, runner = await start(config)
     try:
         async with metrics_served(server.metrics.registry, config.metrics_listen,

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from dinp import acme_orders, const, rollouts, routes, scheduler
 from dinp.accounts import Accounts
 from dinp.config import ServerConfig, split_hostport
-from dinp.errors import DinpError, NodeTaken, NotFound, Unavailable, WrongCluster
+from dinp.errors import DinpError, NodeTaken, NotFound, ReportNeeded, Unavailable, WrongCluster
 from dinp.logs import LogStats
 from dinp.metrics import ServerMetrics
 from dinp.models import AppRow
@@ -34,7 +34,7 @@ from dinp.releases import ReleaseSpec
 from dinp.roles.certificates import Certifier
 from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
 from dinp.store import NotLeader, Snapshot, Store
-from dinp.wire import Assignment, Heartbeat, assignments_rev
+from dinp.wire import Assignment, Beat, Heartbeat, assignments_rev
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,10 +79,17 @@ class NodeAssignment:
         return [a.to_json() for a in self.instances]
 
     def to_json(self, node: str, status: str, heartbeat_interval: float,
-                foreign: list[str], cluster: str) -> dict[str, Any]:
-        return {"node": node, "status": status, "rev": self.rev, "cluster": cluster,
-                "heartbeat_interval": heartbeat_interval, "foreign": foreign,
-                "instances": self.instances_json}
+                foreign: list[str], cluster: str, *, same: bool = False) -> dict[str, Any]:
+        """The reply; `same`: the agent holds this revision, so its instances are left
+        out (`"same": true`)."""
+        body: dict[str, Any] = {"node": node, "status": status, "rev": self.rev,
+                                "cluster": cluster, "heartbeat_interval": heartbeat_interval,
+                                "foreign": foreign}
+        if same:
+            body["same"] = True
+        else:
+            body["instances"] = self.instances_json
+        return body
 
 
 def server_id() -> str:
@@ -295,21 +302,22 @@ class Server:
             self._background(self.db(self.store.set_node_agent, node, agent, message))
         self.owners[node] = NodeOwner(agent, time.monotonic())
 
-    def _check_cluster(self, hb: Heartbeat) -> None:
+    def _check_cluster(self, hb: Heartbeat | Beat) -> None:
         if hb.cluster is None or hb.cluster == self.cluster_id:
             return
         listed = f"of cluster {hb.cluster}" if hb.cluster else "before knowing its cluster"
         raise WrongCluster(f"this server runs cluster {self.cluster_id}; the agent listed "
                            f"containers {listed}", cluster=self.cluster_id)
 
-    async def heartbeat(self, hb: Heartbeat) -> dict[str, Any]:
+    async def heartbeat(self, hb: Heartbeat | Beat) -> dict[str, Any]:
         """Record a node's real state and answer with the instances it must run.
         Nothing is recorded from a second agent for a live node, nor from an agent that
         listed another cluster's containers (it is told this cluster's id instead)."""
         started = time.perf_counter()
         try:
-            reply = await self._heartbeat(hb)
-        except (NodeTaken, WrongCluster):
+            reply = await (self._heartbeat(hb) if isinstance(hb, Heartbeat)
+                           else self._beat(hb))
+        except (NodeTaken, WrongCluster, ReportNeeded):
             self.metrics.heartbeats.labels("refused").inc()
             raise
         self.metrics.heartbeats.labels("ok").inc()
@@ -336,7 +344,27 @@ class Server:
         came_back = self.snapshot.nodes[hb.node].status == scheduler.DOWN
         if previous is None or previous.containers != containers or came_back:
             self.wake()
-        return self.assignment_reply(hb.node)
+        return self.assignment_reply(hb.node, hb.rev, hb.digest)
+
+    async def _beat(self, beat: Beat) -> dict[str, Any]:
+        """A short heartbeat: the node's report is the one held, heard again now. Taken
+        only from the agent whose full report it names, of this cluster; else the agent
+        is asked for its whole report (ReportNeeded)."""
+        self._check_owner(beat.node, beat.agent)
+        self._check_cluster(beat)
+        held = self.heartbeats.get(beat.node)
+        report = self.reports.get(beat.node)
+        if (held is None or report is None or held.digest != beat.same_as
+                or held.agent != beat.agent or beat.node not in self.snapshot.nodes):
+            raise ReportNeeded(f"this server does not hold the report {beat.same_as} of "
+                               f"node {beat.node}: send the whole report")
+        self._claim(beat.node, beat.agent)
+        if held.free_mb != beat.free_mb:
+            self.heartbeats[beat.node] = dataclasses.replace(held, free_mb=beat.free_mb)
+        self.reports[beat.node] = report.heard_again(time.monotonic())
+        if self.snapshot.nodes[beat.node].status == scheduler.DOWN:
+            self.wake()
+        return self.assignment_reply(beat.node, beat.rev, beat.same_as)
 
     def _record_changes(self, hb: Heartbeat, before: Heartbeat | None) -> None:
         """Events for what changed on the node since its last report: a container that
@@ -344,10 +372,15 @@ class Server:
         start or crashed (each once, not per beat). Written in the background, in one
         transaction: a slow database never delays a heartbeat."""
         events: list[tuple[str, str | None]] = []  # (message, app)
-        was = {c.instance: c for c in before.containers} if before is not None else {}
+        was = before.by_instance if before is not None else {}
+        # The first report this server gets from a node (at its start, or a take-over)
+        # lists what ran already: only containers that started lately are news, else a
+        # restarted server would record every instance of the cluster as started.
+        lately = time.time() - 2 * self.config.heartbeat_interval
         for c in hb.containers:
             old = was.get(c.instance)
-            if c.state == "running" and (old is None or old.state != "running"):
+            if c.state == "running" and (old.state != "running" if old is not None else (
+                    before is not None or (c.started_at or 0) >= lately)):
                 events.append((f"instance {c.instance} started (release {c.release})", c.app))
             if old is not None and old.health != c.health and c.state == "running":
                 if c.health == "healthy":
@@ -382,12 +415,20 @@ class Server:
 
         task.add_done_callback(done)
 
-    def assignment_reply(self, node: str) -> dict[str, Any]:
+    def assignment_reply(self, node: str, held: str | None = None,
+                         report: str | None = None) -> dict[str, Any]:
+        """The node's assignment; without its instances when the agent `held` this
+        revision already, and saying which `report` (digest) the server now holds, so
+        the agent's next beats may be short."""
         assignment = self.assignments.get(node) or NodeAssignment(assignments_rev([]), [])
         row = self.snapshot.nodes.get(node)
-        return assignment.to_json(node, row.status if row else "unknown",
-                                  self.config.heartbeat_interval,
-                                  row.foreign if row else [], self.cluster_id)
+        reply = assignment.to_json(node, row.status if row else "unknown",
+                                   self.config.heartbeat_interval,
+                                   row.foreign if row else [], self.cluster_id,
+                                   same=held == assignment.rev)
+        if report is not None:
+            reply["report"] = report
+        return reply
 
     async def wait_assignment(self, node: str, rev: str, timeout: float,
                               agent: str | None = None) -> dict[str, Any]:
@@ -472,8 +513,11 @@ class Server:
             if self.term != term or not self.leading:
                 return  # it stepped down (or took over again) meanwhile: plan next pass
             real = self.real()
-            actions = scheduler.plan(snapshot.desired, real, now=time.monotonic(),
-                                     node_timeout=self.config.node_timeout)
+            # Planning (and computing routes, below) is pure work on copies: in a thread,
+            # so heartbeats are answered meanwhile instead of after a whole pass.
+            actions = await asyncio.to_thread(
+                scheduler.plan, snapshot.desired, real, now=time.monotonic(),
+                node_timeout=self.config.node_timeout)
             changes = [a for a in actions if not isinstance(a, Unplaceable)]
             if real.complete and not await self._unrouted(snapshot, real, changes):
                 changes = [a for a in changes if not isinstance(a, Remove)]
@@ -513,8 +557,9 @@ class Server:
             by_app.setdefault(inst.app, []).append(inst)
         for name, recent in snapshot.recent.items():
             app, release = snapshot.apps.get(name), recent[-1]
-            if app is None or release.version != app.release:
-                continue
+            if app is None or release.version != app.release or \
+                    release.status != rollouts.DEPLOYING:
+                continue  # no rollout under way: nothing to judge
             instances = by_app.get(name, [])
             failures = self._reasons([i for i in instances if i.release == release.version])
             verdict = rollouts.judge(
@@ -639,8 +684,8 @@ class Server:
 
     async def publish_routes(self, desired: scheduler.Desired, snapshot: Snapshot,
                              real: Real) -> int:
-        table = self._carry_over(snapshot, routes.compute(
-            desired, real, domain=self.config.domain,
+        table = self._carry_over(snapshot, await asyncio.to_thread(
+            routes.compute, desired, real, domain=self.config.domain,
             custom_domains=snapshot.domains,
         ))
         table = dataclasses.replace(
