@@ -60,6 +60,10 @@ class ServerMetrics:
         self.reconcile_seconds = Histogram("dinp_server_reconcile_seconds",
                                            "Time one reconcile pass takes.", buckets=FAST,
                                            registry=r)
+        self.plan_seconds = Histogram("dinp_server_plan_seconds",
+                                      "Time the planner takes, in the passes that planned "
+                                      "(a pass whose inputs did not change reuses the "
+                                      "last plan).", buckets=FAST, registry=r)
         self.heartbeat_seconds = Histogram("dinp_server_heartbeat_seconds",
                                            "Time the server takes to handle a heartbeat.",
                                            buckets=FAST, registry=r)

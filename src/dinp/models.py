@@ -326,3 +326,6 @@ class ClusterRow(SQLModel, table=True):
     # counter matches the one it last read keeps the rows it holds (150,000 at 5,000
     # nodes) instead of reading them again.
     instances_rev: int = Field(default=0, sa_type=BigInteger)
+    # The same for every other table a snapshot reads (apps, releases, nodes, domains,
+    # certificates, node credentials): moved by every transaction that writes one.
+    desired_rev: int = Field(default=0, sa_type=BigInteger)

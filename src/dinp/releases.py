@@ -18,7 +18,7 @@ from dinp import validation
 from dinp.errors import Conflict, InvalidInput
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReleaseSpec:
     """Everything an instance of a release is started with."""
 

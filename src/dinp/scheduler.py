@@ -36,7 +36,7 @@ DOWN = "down"
 DRAINING = "draining"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AppSpec:
     name: str
     instances: int
@@ -47,7 +47,7 @@ class AppSpec:
     surge: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placed:
     """An instance row: the scheduler's decision that `node` runs `app` at `release`."""
 
@@ -59,14 +59,14 @@ class Placed:
     created: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeSpec:
     name: str
     status: str
     capacity_mb: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerReport:
     instance: str
     app: str
@@ -127,7 +127,7 @@ class Real:
         return c is not None and c.running and c.healthy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Place:
     app: str
     release: int
@@ -135,7 +135,7 @@ class Place:
     memory_mb: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Remove:
     instance: str
     app: str
@@ -143,13 +143,13 @@ class Remove:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetNodeStatus:
     node: str
     status: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unplaceable:
     """Not an action on state: a report that `missing` instances found no node."""
 

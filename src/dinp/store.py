@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import secrets
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import sqlalchemy.event
 import sqlalchemy.exc
 from sqlalchemy import case, create_engine, delete, insert, or_, text, tuple_, update
 from sqlalchemy.engine import Engine, make_url
@@ -129,6 +131,28 @@ INSTANCES_RELOAD_SECONDS = 60.0
 
 
 @dataclass
+class _DesiredRows:
+    """The rows of desired state besides instances, as a Store holds them between
+    snapshots, at `rev` of the cluster's desired_rev."""
+
+    rev: int
+    apps: dict[str, AppRow]
+    nodes: dict[str, NodeRow]
+    releases: dict[tuple[str, int], ReleaseRow]  # current and newer, by (app, version)
+    recent: dict[str, list[ReleaseRow]]
+    domains: dict[str, list[str]]
+    generations: dict[str, int]
+    app_specs: dict[str, AppSpec]
+    node_specs: dict[str, NodeSpec]
+    read_at: float = field(default_factory=time.monotonic)
+
+
+# The tables _DesiredRows holds: a transaction that writes any of them moves desired_rev.
+DESIRED_TABLES = frozenset({"apps", "releases", "nodes", "domains", "certificates",
+                            "node_credentials"})
+
+
+@dataclass
 class _Instances:
     """The instance rows a Store holds between snapshots, at `rev` of the cluster's
     instances_rev."""
@@ -186,6 +210,7 @@ class Store:
         self._tls: dict[str, tuple[float, TlsPair]] = {}
         # The instance rows as last read or written here, at the cluster's instances_rev.
         self._instances: _Instances | None = None
+        self._desired: _DesiredRows | None = None
         # The snapshot's other rows, made into objects only when their values changed.
         self._apps = _RowCache(AppRow, ("name",))
         self._nodes = _RowCache(NodeRow, ("name",))
@@ -237,6 +262,7 @@ class Store:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         with self.errors(), Session(self.engine, expire_on_commit=False) as session:
+            _count_writes(session)
             yield session
 
     def close(self) -> None:
@@ -319,39 +345,67 @@ class Store:
             return row.id
 
     def snapshot(self) -> Snapshot:
+        """Desired state as of now, in one transaction. What did not change since the
+        last snapshot taken here is not read again: the instance rows while the
+        cluster's instances_rev stands, everything else (apps, nodes, releases, domains,
+        credentials) while its desired_rev stands. Every write made through a Store
+        session moves them (see _count_writes), and held rows are read again after
+        INSTANCES_RELOAD_SECONDS in any case."""
         with self.session() as s:
-            instances = self._read_instances(s)
-            apps = self._apps.read(s, sqlalchemy.select(APPS))
-            nodes = self._nodes.read(s, sqlalchemy.select(NODES))
+            revs = s.execute(sqlalchemy.select(
+                col(ClusterRow.instances_rev), col(ClusterRow.desired_rev)).where(
+                col(ClusterRow.key) == 1)).first()
+            instances = self._read_instances(s, revs[0] if revs else None)
+            rows = self._read_desired(s, revs[1] if revs else None)
+            apps = rows.apps
             wanted = {(i.app, i.release) for i in instances if i.app in apps}
-            releases = {
-                (r.app, r.version): self._spec(r, apps[r.app])
-                for r in (self._releases.read(s, sqlalchemy.select(RELEASES).where(
-                    tuple_(RELEASES.c.app, RELEASES.c.version).in_(sorted(wanted))),
-                    keep=True).values()
-                    if wanted else ())
-            }
-            domains: dict[str, list[str]] = {}
-            for d in s.exec(select(DomainRow).order_by(col(DomainRow.domain))):
-                domains.setdefault(d.app, []).append(d.domain)
-            generations = {node: generation for node, generation in s.execute(
-                sqlalchemy.select(col(NodeCredentialRow.node),
-                                  col(NodeCredentialRow.generation)))}
-            certs = self._served_certs(s, {d for names in domains.values() for d in names})
-            recent: dict[str, list[ReleaseRow]] = {}
-            for row in self._releases.read(s, sqlalchemy.select(RELEASES).join(
-                    APPS, RELEASES.c.app == APPS.c.name).where(
-                    RELEASES.c.version >= APPS.c.release)
-                    .order_by(RELEASES.c.version.desc()), keep=True).values():
-                recent.setdefault(row.app, []).append(row)
-        desired = Desired(
-            apps={a.name: AppSpec(a.name, a.instances, a.memory_mb, a.release,
-                                  rollouts.surge(a.instances, a.surge))
-                  for a in apps.values()},
-            instances=instances,
-            nodes={n.name: NodeSpec(n.name, n.status, n.capacity_mb) for n in nodes.values()},
-        )
-        return Snapshot(desired, apps, nodes, releases, recent, domains, generations, certs)
+            missing = sorted(wanted - rows.releases.keys())
+            extra = self._releases.read(s, sqlalchemy.select(RELEASES).where(
+                tuple_(RELEASES.c.app, RELEASES.c.version).in_(missing)),
+                keep=True) if missing else {}
+            releases = {(app, version): self._spec(rows.releases.get((app, version))
+                                                   or extra[(app, version)], apps[app])
+                        for app, version in wanted}
+            certs = self._served_certs(s, {d for names in rows.domains.values()
+                                           for d in names})
+        desired = Desired(apps=rows.app_specs, instances=instances, nodes=rows.node_specs)
+        return Snapshot(desired, apps, rows.nodes, releases, rows.recent, rows.domains,
+                        rows.generations, certs)
+
+    def _read_desired(self, s: Session, rev: int | None) -> _DesiredRows:
+        """The rows of desired state besides instances: those held here while the
+        cluster's desired_rev is `rev` (and they are fresh enough), else read now."""
+        held = self._desired
+        if (held is not None and rev is not None and held.rev == rev
+                and time.monotonic() - held.read_at < INSTANCES_RELOAD_SECONDS):
+            return held
+        apps = self._apps.read(s, sqlalchemy.select(APPS))
+        nodes = self._nodes.read(s, sqlalchemy.select(NODES))
+        recent: dict[str, list[ReleaseRow]] = {}
+        # Each app's current release and any newer one (a failed deploy), newest first;
+        # older releases are read only while instances of them are placed (snapshot).
+        current = self._releases.read(s, sqlalchemy.select(RELEASES).join(
+            APPS, RELEASES.c.app == APPS.c.name).where(
+            RELEASES.c.version >= APPS.c.release)
+            .order_by(RELEASES.c.version.desc()), keep=True)
+        for row in current.values():
+            recent.setdefault(row.app, []).append(row)
+        domains: dict[str, list[str]] = {}
+        for d in s.exec(select(DomainRow).order_by(col(DomainRow.domain))):
+            domains.setdefault(d.app, []).append(d.domain)
+        generations = {node: generation for node, generation in s.execute(
+            sqlalchemy.select(col(NodeCredentialRow.node),
+                              col(NodeCredentialRow.generation)))}
+        rows = _DesiredRows(
+            rev=rev if rev is not None else -1, apps=apps, nodes=nodes, releases=current,
+            recent=recent, domains=domains, generations=generations,
+            app_specs={a.name: AppSpec(a.name, a.instances, a.memory_mb, a.release,
+                                       rollouts.surge(a.instances, a.surge))
+                       for a in apps.values()},
+            node_specs={n.name: NodeSpec(n.name, n.status, n.capacity_mb)
+                        for n in nodes.values()})
+        self._desired = rows if rev is not None else None
+        return rows
 
     def _spec(self, row: ReleaseRow, app: AppRow) -> ReleaseSpec:
         """What a release runs, made once per release row: its env is parsed again
@@ -363,14 +417,12 @@ class Store:
         self._specs[(row.app, row.version)] = (row, spec)
         return spec
 
-    def _read_instances(self, s: Session) -> tuple[Placed, ...]:
+    def _read_instances(self, s: Session, rev: int | None) -> tuple[Placed, ...]:
         """Every instance row, first in the snapshot's transaction. Read from the
         database only when the cluster's instances_rev moved since the rows held here
         (or they are older than INSTANCES_RELOAD_SECONDS: a writer that does not count,
         such as a server of an older dinp during an upgrade, is caught up with then);
         read as plain tuples, not ORM objects, which cost ten times as much."""
-        rev = s.execute(select(ClusterRow.instances_rev).where(
-            col(ClusterRow.key) == 1)).scalar()
         held = self._instances
         if (held is not None and rev is not None and held.rev == rev
                 and time.monotonic() - held.read_at < INSTANCES_RELOAD_SECONDS):
@@ -967,6 +1019,37 @@ class Store:
             for chunk in _chunks(rows):
                 s.execute(insert(EVENTS), chunk)
             s.commit()
+
+
+def _count_writes(session: Session) -> None:
+    """Make every transaction of `session` that writes a table of desired state (an
+    ORM flush or a statement) also move the cluster's desired_rev, once: snapshots then
+    keep what they hold only while nothing was written, whichever method wrote it."""
+    def bump(s: Session) -> None:
+        if not s.info.get("desired_bumped"):
+            s.info["desired_bumped"] = True
+            s.execute(update(ClusterRow).where(col(ClusterRow.key) == 1)
+                      .values(desired_rev=col(ClusterRow.desired_rev) + 1))
+
+    def flushing(s: Session, *_: Any) -> None:
+        for obj in itertools.chain(s.new, s.dirty, s.deleted):
+            if getattr(obj, "__tablename__", None) in DESIRED_TABLES:
+                bump(s)
+                return
+
+    def executing(state: Any) -> None:
+        table = getattr(state.statement, "table", None)
+        if (state.is_insert or state.is_update or state.is_delete) and \
+                getattr(table, "name", None) in DESIRED_TABLES:
+            bump(state.session)
+
+    def ended(s: Session, *_: Any) -> None:
+        s.info.pop("desired_bumped", None)
+
+    sqlalchemy.event.listen(session, "before_flush", flushing)
+    sqlalchemy.event.listen(session, "do_orm_execute", executing)
+    sqlalchemy.event.listen(session, "after_commit", ended)
+    sqlalchemy.event.listen(session, "after_rollback", ended)
 
 
 def _chunks(items: list[T], size: int = 1000) -> Iterator[list[T]]:

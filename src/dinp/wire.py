@@ -35,7 +35,7 @@ CONTAINER_STATES = frozenset(
 HEALTH_STATES = frozenset({"starting", "healthy", "unhealthy"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerInfo:
     instance: str
     app: str
@@ -65,7 +65,7 @@ class ContainerInfo:
         return body
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Failure:
     """Why an instance could not start or keeps stopping, and how many times in a row it
     did; `crash`: its container ran and exited (or was killed), as opposed to not
@@ -164,7 +164,7 @@ class Beat:
         return body
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """One instance a node must run, with everything the agent needs to start it."""
 

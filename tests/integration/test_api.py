@@ -949,3 +949,66 @@ def test_a_restarted_server_does_not_record_what_ran_already_as_started(
         assert started == ["instance n3w0000001 started (release 1)"]
 
     run(sqlite_url, redis_url, body)
+
+
+def test_after_a_start_silence_counts_only_once_first_reports_stop_coming(
+        sqlite_url: str, redis_url: str) -> None:
+    """A server that is still hearing nodes for the first time is catching up (after a
+    restart, thousands of whole reports queue): a node not heard yet is not down while
+    first reports keep arriving, only once they stopped for the quiet time."""
+    async def body(api: Api) -> None:
+        for node in ("n1", "n2", "n3"):
+            assert (await api.heartbeat(node))[0] == 200
+        server = api.server
+        server.started -= 10  # as if started a while ago: the node timeout (1 s) passed
+        server.reports.pop("n3")  # n3 was not heard since this start
+        server._first_report_at = time.monotonic()  # but a first report came just now
+        assert not server.real().complete
+        server._first_report_at -= 1.0  # quiet for a node timeout: now silence counts
+        assert server.real().complete
+        await server.reconcile_once()
+        assert {n["name"]: n["status"] for n in await api.nodes()}["n3"] == "down"
+
+    run(sqlite_url, redis_url, body, node_timeout=1.0, heartbeat_interval=2.0)
+
+
+def test_a_pass_whose_inputs_did_not_change_reuses_the_quiet_plan(
+        sqlite_url: str, redis_url: str) -> None:
+    """The planner runs again only when what it reads changed: a report with other
+    containers, a write, a node that goes silent. Otherwise the last empty plan stands
+    (and the route table is not computed again)."""
+    def plans(api: Api) -> float:
+        return api.server.metrics.registry.get_sample_value(
+            "dinp_server_plan_seconds_count") or 0.0
+
+    async def body(api: Api) -> None:
+        assert (await api.call("POST", "/apps", body={**GOOD, "instances": 1}))[0] == 201
+        await api.heartbeat("n1")
+        await api.heartbeat("n2")
+        await api.server.reconcile_once()  # places
+        reply = (await api.heartbeat("n1"))[1]
+        n1 = [instance_json(i["id"], "web", port=32768) for i in reply["instances"]]
+        reply2 = (await api.heartbeat("n2"))[1]
+        n2 = [instance_json(i["id"], "web", port=32769) for i in reply2["instances"]]
+        await api.heartbeat("n1", containers=n1)
+        await api.heartbeat("n2", containers=n2)
+        await api.server.reconcile_once()
+        await api.server.reconcile_once()
+        count = plans(api)
+        table = api.server._last_routes
+        for _ in range(3):  # nothing changed: no planning, the same table
+            await api.heartbeat("n1", containers=n1)
+            await api.heartbeat("n2", containers=n2)
+            await api.server.reconcile_once()
+        assert plans(api) == count and api.server._last_routes is table
+        await api.heartbeat("n1", containers=[{**c, "health": "unhealthy"} for c in n1])
+        await api.server.reconcile_once()
+        assert plans(api) == count + 1  # a report changed
+        await api.server.reconcile_once()
+        assert plans(api) == count + 1
+        await asyncio.sleep(1.2)  # both nodes silent past the node timeout
+        await api.server.reconcile_once()
+        assert plans(api) == count + 2
+        assert {n["status"] for n in await api.nodes()} == {"down"}
+
+    run(sqlite_url, redis_url, body, node_timeout=1.0)

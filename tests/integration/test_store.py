@@ -423,3 +423,58 @@ def test_a_write_that_does_not_count_is_caught_up_with_after_a_while(
     assert len(store.snapshot().desired.instances) == 1  # held: the counter did not move
     monkeypatch.setattr("dinp.store.INSTANCES_RELOAD_SECONDS", 0.0)
     assert "byhand01" in {i.id for i in store.snapshot().desired.instances}
+
+
+def _desired(snap: object) -> tuple[object, ...]:
+    s = snap  # a Snapshot
+    return (s.desired.apps, s.desired.nodes,  # type: ignore[attr-defined]
+            {k: (a.image, a.env_json, a.instances, a.release, a.stop_grace, a.https_redirect)
+             for k, a in s.apps.items()},  # type: ignore[attr-defined]
+            {k: (n.status, n.address, n.agent) for k, n in s.nodes.items()},  # type: ignore[attr-defined]
+            s.releases,  # type: ignore[attr-defined]
+            {k: [(r.version, r.status) for r in v] for k, v in s.recent.items()},  # type: ignore[attr-defined]
+            s.domains, s.node_generations)  # type: ignore[attr-defined]
+
+
+def test_the_rows_of_desired_state_held_between_snapshots_follow_every_write(
+        store: Store) -> None:
+    """Apps, nodes, releases, domains and credentials are held between snapshots while
+    the cluster's desired_rev stands; every kind of write moves it, so what a snapshot
+    gives is what a fresh read gives after each."""
+    from dinp import releases as rel
+    from dinp.access import SYSTEM
+    from dinp.accounts import Accounts
+
+    store.cluster_id()
+    fresh = Store(store.url)
+    statements: list[str] = []
+    sqlalchemy.event.listen(store.engine, "before_cursor_execute",
+                            lambda conn, cursor, sql, *_: statements.append(sql))
+    writes = [
+        lambda: create(store, "web"),
+        lambda: store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=4096),
+        lambda: store.apply([Place("web", 1, "n1", 128)]),
+        lambda: store.deploy("web", rel.Change(image="127.0.0.1:5000/hello:2")),
+        lambda: store.record_verdict("web", 2, "deployed"),
+        lambda: store.scale_app("web", 3),
+        lambda: store.update_settings("web", {"stop_grace": 3.0}),
+        lambda: store.add_domain("web", "www.example.test"),
+        lambda: store.set_node_agent("n1", "h:1:ab"),
+        lambda: store.set_node_status("n1", "draining"),
+        lambda: store.apply([SetNodeStatus("n1", "ready")]),
+        lambda: Accounts(store).new_node_generation("n1", actor=SYSTEM),
+        lambda: store.rollback("web", 1),
+        lambda: store.remove_domain("web", "www.example.test"),
+        lambda: store.delete_app("web"),
+    ]
+    try:
+        store.snapshot()
+        for write in writes:
+            write()
+            assert _desired(store.snapshot()) == _desired(fresh.snapshot()), write
+        statements.clear()
+        held = store.snapshot()
+        assert not [s for s in statements if "FROM apps" in s or "FROM nodes" in s]
+        assert store.snapshot().desired.nodes is held.desired.nodes  # the same, held
+    finally:
+        fresh.close()

@@ -11,6 +11,7 @@ token (both as `Authorization: Bearer …`). The accounts' routes are in
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import hashlib
 import logging
@@ -629,12 +630,26 @@ async def start(config: ServerConfig, route_store: RouteStore | None = None) -> 
     return server, runner
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector's full passes rare and short. A 5,000-node
+    server holds millions of objects (instance rows, reports, assignments), almost none
+    in reference cycles, and a full pass over them stopped everything for most of a
+    second every few seconds: what the server holds at its start is set aside
+    (`gc.freeze`, it is freed by reference counting as before, only not scanned), and
+    young collections run after 50,000 allocations instead of 700, so objects that die
+    young never get promoted toward a full pass."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 async def serve(config: ServerConfig) -> None:
     """`dinp server`: the API and the reconcile loop until a signal."""
     # The reconcile pass plans in a thread; a shorter switch interval than Python's 5 ms
     # hands the event loop the interpreter sooner, so heartbeats wait less meanwhile.
     sys.setswitchinterval(0.001)
     server, runner = await start(config)
+    tune_gc()
     try:
         async with metrics_served(server.metrics.registry, config.metrics_listen,
                                   key="metrics_listen in [server]", default_port=7073):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import secrets
@@ -73,11 +72,6 @@ class NodeAssignment:
         ) for inst, release, grace in inputs]
         return cls(assignments_rev(items), items, inputs)
 
-    @functools.cached_property
-    def instances_json(self) -> list[dict[str, Any]]:
-        """The instances as every heartbeat reply sends them, made once."""
-        return [a.to_json() for a in self.instances]
-
     def to_json(self, node: str, status: str, heartbeat_interval: float,
                 foreign: list[str], cluster: str, *, same: bool = False) -> dict[str, Any]:
         """The reply; `same`: the agent holds this revision, so its instances are left
@@ -88,7 +82,7 @@ class NodeAssignment:
         if same:
             body["same"] = True
         else:
-            body["instances"] = self.instances_json
+            body["instances"] = [a.to_json() for a in self.instances]
         return body
 
 
@@ -140,6 +134,7 @@ class Server:
         self.metrics.watch(self._gauges)
         self.route_store = route_store
         self.started = time.monotonic()
+        self._first_report_at = self.started  # the last first report of a node
         self.cluster_id = store.cluster_id()
         self.snapshot: Snapshot = store.snapshot()
         self.heartbeats: dict[str, Heartbeat] = {}
@@ -187,6 +182,11 @@ class Server:
         self.challenges: dict[str, str] = {}
         self._publishing = asyncio.Lock()
         self.certifier = Certifier(self)
+        # Counts reports whose containers changed (and nodes heard first or forgotten):
+        # a pass with the inputs of the last quiet one reuses its plan and route table.
+        self._reports_rev = 0
+        self._last_plan: tuple[tuple[Any, ...], tuple[scheduler.Action, ...]] | None = None
+        self._last_routes: tuple[tuple[Any, ...], routes.RouteTable] | None = None
         # The read of desired state writers share (desired_changed), and whether it began.
         self._refresh: tuple[asyncio.Future[Snapshot], threading.Event] | None = None
         # The instance rows, releases and app settings the assignments were made from.
@@ -253,8 +253,18 @@ class Server:
         return self.store.snapshot()
 
     def real(self) -> Real:
-        """What the agents reported, and whether that is enough to act on."""
-        waited = time.monotonic() - self.started >= self.config.node_timeout
+        """What the agents reported, and whether that is enough to act on.
+
+        After a start (or a take-over) silence proves nothing until every node the
+        database knows as ready reported, or a whole node timeout passed *and* the first
+        reports stopped coming in for two heartbeat intervals (at most a node timeout):
+        while nodes are still reporting for the first time the server is catching up
+        (5,000 whole reports take it seconds), and a node whose report still waits in
+        the server's queue is not down."""
+        now = time.monotonic()
+        quiet = min(2 * self.config.heartbeat_interval, self.config.node_timeout)
+        waited = (now - self.started >= self.config.node_timeout
+                  and now - self._first_report_at >= quiet)
         known_ready = {n.name for n in self.snapshot.nodes.values() if n.status == "ready"}
         complete = waited or known_ready <= set(self.reports)
         return Real(reports=dict(self.reports), complete=complete)
@@ -336,6 +346,8 @@ class Server:
         self._claim(hb.node, hb.agent)
         before = self.heartbeats.get(hb.node)
         previous = self.reports.get(hb.node)
+        if previous is None:
+            self._first_report_at = time.monotonic()
         containers = container_report(hb)
         self.heartbeats[hb.node] = hb
         self.reports[hb.node] = NodeReport(hb.node, time.monotonic(), hb.capacity_mb,
@@ -343,6 +355,7 @@ class Server:
         self._record_changes(hb, before)
         came_back = self.snapshot.nodes[hb.node].status == scheduler.DOWN
         if previous is None or previous.containers != containers or came_back:
+            self._reports_rev += 1
             self.wake()
         return self.assignment_reply(hb.node, hb.rev, hb.digest)
 
@@ -513,11 +526,7 @@ class Server:
             if self.term != term or not self.leading:
                 return  # it stepped down (or took over again) meanwhile: plan next pass
             real = self.real()
-            # Planning (and computing routes, below) is pure work on copies: in a thread,
-            # so heartbeats are answered meanwhile instead of after a whole pass.
-            actions = await asyncio.to_thread(
-                scheduler.plan, snapshot.desired, real, now=time.monotonic(),
-                node_timeout=self.config.node_timeout)
+            actions = await self._plan(snapshot, real)
             changes = [a for a in actions if not isinstance(a, Unplaceable)]
             if real.complete and not await self._unrouted(snapshot, real, changes):
                 changes = [a for a in changes if not isinstance(a, Remove)]
@@ -547,6 +556,33 @@ class Server:
             await self._report_unplaceable(unplaceable)
             if real.complete:
                 await self._judge_rollouts(real)
+
+    async def _plan(self, snapshot: Snapshot, real: Real) -> list[scheduler.Action]:
+        """The plan for this pass. The planner is pure, so when nothing it reads changed
+        since a pass that found nothing to do (the same instance rows, apps and nodes,
+        no report that changed, no node that comes or goes now) that empty plan stands:
+        a steady 5,000-node cluster is not planned from scratch every second. Else it
+        plans (in a thread: heartbeats are answered meanwhile)."""
+        now = time.monotonic()
+        desired = snapshot.desired
+        inputs = (desired.instances, desired.apps, desired.nodes, self._reports_rev,
+                  real.complete)
+        last = self._last_plan
+        if (last is not None and last[0][0] is inputs[0] and last[0][1:] == inputs[1:]
+                and all(status == desired.nodes[name].status for name, status in
+                        scheduler.node_statuses(desired, real, now=now,
+                                                node_timeout=self.config.node_timeout)
+                        .items())):
+            return list(last[1])
+        started = time.perf_counter()
+        actions = await asyncio.to_thread(scheduler.plan, desired, real, now=now,
+                                          node_timeout=self.config.node_timeout)
+        self.metrics.plan_seconds.observe(time.perf_counter() - started)
+        # Only a plan that changes nothing stands for later passes: one whose changes
+        # wait (removals until the routers serve a table without them) is made again.
+        quiet = all(isinstance(a, Unplaceable) for a in actions)
+        self._last_plan = (inputs, tuple(actions)) if quiet else None
+        return actions
 
     async def _judge_rollouts(self, real: Real) -> None:
         """Record each rollout that ended: deployed, or failed (halted: the app goes back
@@ -684,16 +720,28 @@ class Server:
 
     async def publish_routes(self, desired: scheduler.Desired, snapshot: Snapshot,
                              real: Real) -> int:
-        table = self._carry_over(snapshot, await asyncio.to_thread(
-            routes.compute, desired, real, domain=self.config.domain,
-            custom_domains=snapshot.domains,
-        ))
+        table = self._carry_over(snapshot, await self._compute_routes(desired, snapshot,
+                                                                      real))
         table = dataclasses.replace(
             table, certs={d: (p.chain_pem, p.key_pem) for d, p in snapshot.certs.items()},
             https=self._https_policies(snapshot), challenges=dict(self.challenges))
         # Published on every round even when unchanged: the store's check is cheap and is
         # how an emptied Redis (restarted) gets the whole table back.
         return await self._publish(table)
+
+    async def _compute_routes(self, desired: scheduler.Desired, snapshot: Snapshot,
+                              real: Real) -> routes.RouteTable:
+        """The routes of `desired` by the agents' reports: computed in a thread, and
+        not again while the instance rows, apps, domains and reports are the same."""
+        inputs = (desired.instances, desired.apps, snapshot.domains, self._reports_rev)
+        last = self._last_routes
+        if last is not None and last[0][0] is inputs[0] and last[0][1:] == inputs[1:]:
+            return last[1]
+        table = await asyncio.to_thread(routes.compute, desired, real,
+                                        domain=self.config.domain,
+                                        custom_domains=snapshot.domains)
+        self._last_routes = (inputs, table)
+        return table
 
     async def _publish(self, table: routes.RouteTable) -> int:
         """Write `table` (one writer at a time: the reconcile and the ACME orders both
@@ -829,8 +877,10 @@ class Server:
         node_timeout) before changing anything, keeping the routes published."""
         log.warning("this server (%s) leads now, lease epoch %d", self.server_id, epoch)
         self.started = time.monotonic()
+        self._first_report_at = self.started  # the last first report of a node
         self.heartbeats.clear()
         self.reports.clear()
+        self._reports_rev += 1
         self.snapshot = await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot)
         self.owners = {n.name: NodeOwner(n.agent, self.started)
                        for n in self.snapshot.nodes.values() if n.agent}
@@ -850,8 +900,10 @@ class Server:
         self.leading, self.epoch = False, None
         self.term += 1
         self.started = time.monotonic()  # what it hears from now on is all it knows
+        self._first_report_at = self.started  # the last first report of a node
         self.heartbeats.clear()
         self.reports.clear()
+        self._reports_rev += 1
         event, self._assignments_changed = self._assignments_changed, asyncio.Event()
         event.set()
 

@@ -1,5 +1,6 @@
-"""A counter of changes to the instance rows, so a snapshot re-reads them only when
-they changed (issue 13: a control plane for 5,000 nodes).
+"""Counters of changes to the instance rows and to the rest of desired state, so a
+snapshot re-reads them only when they changed (issue 13: a control plane for 5,000
+nodes).
 
 Revision ID: 0006
 Revises: 0005
@@ -19,8 +20,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    ops.add_column("cluster", sa.Column("instances_rev", sa.BigInteger, nullable=False),
-                   fill=0)
+    for counter in ("instances_rev", "desired_rev"):
+        ops.add_column("cluster", sa.Column(counter, sa.BigInteger, nullable=False), fill=0)
 
 
 def downgrade() -> None:
