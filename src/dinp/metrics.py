@@ -60,6 +60,9 @@ class ServerMetrics:
         self.reconcile_seconds = Histogram("dinp_server_reconcile_seconds",
                                            "Time one reconcile pass takes.", buckets=FAST,
                                            registry=r)
+        self.held_down = Counter("dinp_server_nodes_held", "Nodes not marked down although "
+                                 "silent, because too many fell silent at once.",
+                                 registry=r)
         self.plan_seconds = Histogram("dinp_server_plan_seconds",
                                       "Time the planner takes, in the passes that planned "
                                       "(a pass whose inputs did not change reuses the "

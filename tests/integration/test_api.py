@@ -1012,3 +1012,43 @@ def test_a_pass_whose_inputs_did_not_change_reuses_the_quiet_plan(
         assert {n["status"] for n in await api.nodes()} == {"down"}
 
     run(sqlite_url, redis_url, body, node_timeout=1.0)
+
+
+def test_many_nodes_silent_at_once_are_not_marked_down_and_a_late_server_waits(
+        sqlite_url: str, redis_url: str) -> None:
+    """More than a third of the nodes silent at once is this server's trouble (or its
+    network's) rather than that many dead machines: they stay ready. Two of six are
+    marked down. And while the server itself was late (its event loop), a node's
+    silence counts only beyond that."""
+    nodes = [f"n{i}" for i in range(1, 7)]
+
+    async def body(api: Api) -> None:
+        server = api.server
+        for node in nodes:
+            assert (await api.heartbeat(node))[0] == 200
+        await server.reconcile_once()
+        await asyncio.sleep(1.1)  # all silent past the node timeout (1 s) ...
+        for node in nodes[3:]:  # ... but three, which report again
+            await api.heartbeat(node)
+        await server.reconcile_once()
+        status = {n["name"]: n["status"] for n in await api.nodes()}
+        assert set(status.values()) == {"ready"}, status  # three of six: held
+        assert server.metrics.registry.get_sample_value("dinp_server_nodes_held_total") == 3
+
+        for node in nodes[2:]:  # n1 and n2 stay silent: two of six go down
+            await api.heartbeat(node)
+        await server.reconcile_once()
+        status = {n["name"]: n["status"] for n in await api.nodes()}
+        assert [n for n, st in sorted(status.items()) if st == "down"] == ["n1", "n2"]
+
+        # The server was late 5 s lately: a node silent 1.1 s is not down yet.
+        server._lags.append((time.monotonic(), 5.0))
+        assert server.node_timeout() == pytest.approx(6.0)
+        await asyncio.sleep(1.1)
+        for node in nodes[3:]:
+            await api.heartbeat(node)
+        await server.reconcile_once()
+        status = {n["name"]: n["status"] for n in await api.nodes()}
+        assert status["n3"] == "ready"
+
+    run(sqlite_url, redis_url, body, node_timeout=1.0)

@@ -436,6 +436,15 @@ def _desired(snap: object) -> tuple[object, ...]:
             s.domains, s.node_generations)  # type: ignore[attr-defined]
 
 
+def _core_update(store: Store) -> None:
+    from sqlalchemy import update
+
+    from dinp.models import AppRow
+    with store.session() as s:
+        s.execute(update(AppRow).where(AppRow.name == "web").values(image="reg/other:9"))
+        s.commit()
+
+
 def test_the_rows_of_desired_state_held_between_snapshots_follow_every_write(
         store: Store) -> None:
     """Apps, nodes, releases, domains and credentials are held between snapshots while
@@ -464,6 +473,7 @@ def test_the_rows_of_desired_state_held_between_snapshots_follow_every_write(
         lambda: store.apply([SetNodeStatus("n1", "ready")]),
         lambda: Accounts(store).new_node_generation("n1", actor=SYSTEM),
         lambda: store.rollback("web", 1),
+        lambda: _core_update(store),  # a statement, not an ORM change, stamps the row too
         lambda: store.remove_domain("web", "www.example.test"),
         lambda: store.delete_app("web"),
     ]

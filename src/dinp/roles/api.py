@@ -11,6 +11,7 @@ token (both as `Authorization: Bearer …`). The accounts' routes are in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import gzip
 import hashlib
@@ -414,6 +415,8 @@ async def list_events(request: web.Request) -> web.Response:
     elif not who.admin:
         visible = (frozenset(a.name for a in server.snapshot.apps.values()
                              if a.team in who.teams), who.user)
+    with contextlib.suppress(Unavailable):  # the events read below says so
+        await server.write_events()  # the heartbeats' latest, not a batch later
     rows = await server.db(server.store.events, app=app, user=user, visible=visible,
                            after=after, limit=limit)
     return web.json_response([

@@ -60,7 +60,7 @@ def targets(server: Server, app: str) -> tuple[list[Target], list[str]]:
     """The nodes to ask for an app's lines, and a warning for each node that may hold
     some but cannot be asked."""
     now = time.monotonic()
-    placed = {i.node for i in server.snapshot.desired.instances if i.app == app}
+    placed = {i.node for i in server.snapshot.by_app.get(app, [])}
     out: list[Target] = []
     warnings: list[str] = []
     for name in sorted(server.snapshot.nodes):

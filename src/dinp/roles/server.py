@@ -9,9 +9,11 @@ writes are serialised.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import secrets
 import socket
@@ -45,6 +47,10 @@ CRASH_LOOP = 3
 # The reconcile's own reads and writes may take longer than an API call's (a large
 # cluster's snapshot); a hung database still pauses it within this.
 RECONCILE_DB_SECONDS = 30.0
+# How often the event loop's lateness is sampled (watch_lag).
+LAG_TICK = 0.25
+# Heartbeats' events are gathered this long and written together.
+EVENT_BATCH_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,13 @@ class Server:
         self.routers_seen: dict[str, tuple[int, float]] = {}
         self.unplaceable: dict[str, str] = {}  # app -> why some of it cannot be placed
         self._tasks: set[asyncio.Future[Any]] = set()
+        # When the event loop woke late, and by how much (watch_lag), and when the last
+        # mass silence was logged.
+        self._lags: collections.deque[tuple[float, float]] = collections.deque()
+        self._mass_silence_logged = -1e9
+        # Heartbeats' events (message, app, node, when) waiting for their batch's write.
+        self._events: list[tuple[str, str | None, str | None, float]] = []
+        self._events_flush: asyncio.Future[None] | None = None
         self.closing = False
         # Leadership: several servers share a database, the lease holder leads (runs the
         # reconcile loop, takes the agents' reports); the others forward to it. A Server
@@ -414,7 +427,38 @@ class Server:
                        None)
             events.append((message, app))
         if events:
-            self._background(self.db(self.store.add_events, events, node=hb.node))
+            now = time.time()
+            self._events.extend((message, app, hb.node, now) for message, app in events)
+            if self._events_flush is None:
+                self._events_flush = asyncio.ensure_future(self._flush_events())
+                self._tasks.add(self._events_flush)
+                self._events_flush.add_done_callback(self._tasks.discard)
+
+    async def _flush_events(self) -> None:
+        """Write the heartbeats' events of the last EVENT_BATCH_SECONDS in one
+        transaction: a node's every start or health change as a transaction of its own
+        queued thousands of them ahead of the API's writes while 10,000 instances
+        started. A database error loses these events only."""
+        await asyncio.sleep(EVENT_BATCH_SECONDS)
+        self._events_flush = None
+        try:
+            await self.write_events()
+        except Unavailable as exc:
+            log.debug("event(s) not recorded: %s", exc)
+
+    async def write_events(self) -> None:
+        """Write the heartbeats' events gathered so far, now (the event list's readers
+        call it: what happened is listed at once, not a batch later)."""
+        batch, self._events = self._events, []
+        if batch:
+            await self.db(self.store.add_events, batch)
+
+    def flush_events(self) -> None:
+        """Write the events still waiting for their batch (at shutdown)."""
+        batch, self._events = self._events, []
+        if batch:
+            with contextlib.suppress(Unavailable):
+                self.store.add_events(batch)
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` without waiting for it; a database error there only loses an event."""
@@ -563,7 +607,7 @@ class Server:
         no report that changed, no node that comes or goes now) that empty plan stands:
         a steady 5,000-node cluster is not planned from scratch every second. Else it
         plans (in a thread: heartbeats are answered meanwhile)."""
-        now = time.monotonic()
+        now, timeout = time.monotonic(), self.node_timeout()
         desired = snapshot.desired
         inputs = (desired.instances, desired.apps, desired.nodes, self._reports_rev,
                   real.complete)
@@ -571,12 +615,14 @@ class Server:
         if (last is not None and last[0][0] is inputs[0] and last[0][1:] == inputs[1:]
                 and all(status == desired.nodes[name].status for name, status in
                         scheduler.node_statuses(desired, real, now=now,
-                                                node_timeout=self.config.node_timeout)
-                        .items())):
+                                                node_timeout=timeout).items())):
             return list(last[1])
         started = time.perf_counter()
         actions = await asyncio.to_thread(scheduler.plan, desired, real, now=now,
-                                          node_timeout=self.config.node_timeout)
+                                          node_timeout=timeout)
+        if self._mass_silence(desired, actions):
+            actions = await asyncio.to_thread(scheduler.plan, desired, real, now=now,
+                                              node_timeout=math.inf)
         self.metrics.plan_seconds.observe(time.perf_counter() - started)
         # Only a plan that changes nothing stands for later passes: one whose changes
         # wait (removals until the routers serve a table without them) is made again.
@@ -584,19 +630,38 @@ class Server:
         self._last_plan = (inputs, tuple(actions)) if quiet else None
         return actions
 
+    def _mass_silence(self, desired: scheduler.Desired,
+                      actions: list[scheduler.Action]) -> bool:
+        """True when the plan would mark more than a third of the ready nodes (and more
+        than two) down at once: this server's own trouble (its network, its overload)
+        is then likelier than that many dead machines, and moving their instances onto
+        the rest would not fit anyway. The pass then plans as if they had reported;
+        they are marked down once they stay silent while the others report again.
+        (Kubernetes stops evicting in a full disruption for the same reason.)"""
+        down = sum(1 for a in actions
+                   if isinstance(a, scheduler.SetNodeStatus) and a.status == scheduler.DOWN)
+        ready = sum(1 for n in desired.nodes.values() if n.status == scheduler.READY)
+        if down <= max(2, ready // 3):
+            return False
+        now = time.monotonic()
+        if now - self._mass_silence_logged >= 60:
+            self._mass_silence_logged = now
+            log.warning("%d of %d ready nodes fell silent at once: not marking them down "
+                        "(a partition or this server's overload is likelier than that "
+                        "many dead nodes)", down, ready)
+        self.metrics.held_down.inc(down)
+        return True
+
     async def _judge_rollouts(self, real: Real) -> None:
         """Record each rollout that ended: deployed, or failed (halted: the app goes back
         to its release before, whose instances still serve)."""
         snapshot, ended = self.snapshot, False
-        by_app: dict[str, list[scheduler.Placed]] = {}
-        for inst in snapshot.desired.instances:
-            by_app.setdefault(inst.app, []).append(inst)
         for name, recent in snapshot.recent.items():
             app, release = snapshot.apps.get(name), recent[-1]
             if app is None or release.version != app.release or \
                     release.status != rollouts.DEPLOYING:
                 continue  # no rollout under way: nothing to judge
-            instances = by_app.get(name, [])
+            instances = snapshot.by_app.get(name, [])
             failures = self._reasons([i for i in instances if i.release == release.version])
             verdict = rollouts.judge(
                 release=release.version, status=release.status, made_at=release.created_at,
@@ -823,6 +888,7 @@ class Server:
         wake-up and at least every reconcile_interval, until cancelled."""
         lease = asyncio.create_task(self.lease_loop())
         certificates = asyncio.create_task(self.certifier.run())
+        lag = asyncio.create_task(self.watch_lag())
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -839,7 +905,33 @@ class Server:
         finally:
             lease.cancel()
             certificates.cancel()
-            await asyncio.gather(lease, certificates, return_exceptions=True)
+            lag.cancel()
+            await asyncio.gather(lease, certificates, lag, return_exceptions=True)
+
+    async def watch_lag(self) -> None:
+        """Note how late the event loop wakes: the time this server spent unable to take
+        heartbeats (overloaded, or stopped by the machine). A node's silence counts only
+        beyond it (see node_timeout)."""
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(LAG_TICK)
+            late = time.monotonic() - started - LAG_TICK
+            if late > 0.02:  # (a few ms is the loop's ordinary work)
+                self._lags.append((time.monotonic(), late))
+
+    def recent_lag(self) -> float:
+        """Seconds the event loop was late over the last two node timeouts."""
+        cut = time.monotonic() - 2 * self.config.node_timeout
+        while self._lags and self._lags[0][0] < cut:
+            self._lags.popleft()
+        return sum(late for _, late in self._lags)
+
+    def node_timeout(self) -> float:
+        """How long a node may be silent before it is down: node_timeout, plus the time
+        this server itself was late lately. Replies that wait in an overloaded server's
+        queue are not silence: 10,000 placements at once on 5,000 nodes made the server
+        answer heartbeats seconds late, and it had marked thousands of live nodes down."""
+        return self.config.node_timeout + self.recent_lag()
 
     # -- leadership -------------------------------------------------------------------
 
@@ -980,6 +1072,7 @@ class Server:
 
     def close(self) -> None:
         self.certifier.close()
+        self.flush_events()
         self._lease_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.store.close()
@@ -998,7 +1091,7 @@ class Server:
         allowed to see them), else only their names."""
         real = Real(self.reports, complete=True)
         host = routes.app_host(app.name, self.config.domain)
-        rows = [i for i in self.snapshot.desired.instances if i.app == app.name]
+        rows = self.snapshot.by_app.get(app.name, [])
         routed = set(self.routes.backends.get(host, ())) if self.routes_published else set()
         instances = []
         running = healthy = 0
