@@ -115,6 +115,8 @@ class Real:
     # False until the server has heard from every node it knew, or waited a whole
     # node timeout since it started: before that, silence proves nothing.
     complete: bool
+    # Which of the server's report changes these reports are as of (a cache key).
+    rev: int = 0
 
     def container(self, inst: Placed) -> ContainerReport | None:
         report = self.reports.get(inst.node)

@@ -226,7 +226,12 @@ class _RowCache(Generic[M]):
         fresh: dict[Any, tuple[tuple[Any, ...], M]] = dict(held) if keep else {}
         out: dict[Any, M] = {}
         for key, values in seen:
-            obj = made[key] if key in made else held[key][1]
+            if key in made:
+                obj = made[key]
+            elif key in held and held[key][0] == values:
+                obj = held[key][1]
+            else:
+                continue  # deleted between the two reads (outside one transaction)
             fresh[key] = (values, obj)
             out[key] = obj
         self.held = fresh
@@ -247,7 +252,9 @@ class Store:
         # The snapshot's other rows, made into objects only when their values changed.
         self._apps = _RowCache(AppRow, ("name",), ("updated_at",))
         self._nodes = _RowCache(NodeRow, ("name",), ("updated_at",))
-        self._releases = _RowCache(ReleaseRow, ("app", "version"), ("status", "failure"))
+        # (The id too: an app deleted and made again numbers its releases from 1 again.)
+        self._releases = _RowCache(ReleaseRow, ("app", "version"),
+                                   ("id", "status", "failure"))
         self._specs: dict[tuple[str, int], tuple[ReleaseRow, ReleaseSpec]] = {}
 
     # -- connection -----------------------------------------------------------------
@@ -396,9 +403,11 @@ class Store:
             extra = self._releases.read(s, lambda q: q.where(
                 tuple_(RELEASES.c.app, RELEASES.c.version).in_(missing)),
                 keep=True) if missing else {}
-            releases = {(app, version): self._spec(rows.releases.get((app, version))
-                                                   or extra[(app, version)], apps[app])
-                        for app, version in wanted}
+            releases: dict[tuple[str, int], ReleaseSpec] = {}
+            for app, version in wanted:
+                row = rows.releases.get((app, version)) or extra.get((app, version))
+                if row is not None:  # (else the app's own settings stand in: server.py)
+                    releases[(app, version)] = self._spec(row, apps[app])
             certs = self._served_certs(s, {d for names in rows.domains.values()
                                            for d in names})
         desired = Desired(apps=rows.app_specs, instances=instances, nodes=rows.node_specs)
@@ -423,6 +432,9 @@ class Store:
             .order_by(RELEASES.c.version.desc()), keep=True)
         for row in current.values():
             recent.setdefault(row.app, []).append(row)
+        # Releases of apps that are gone are held no longer (nor their specs).
+        self._releases.held = {k: v for k, v in self._releases.held.items() if k[0] in apps}
+        self._specs = {k: v for k, v in self._specs.items() if k[0] in apps}
         domains: dict[str, list[str]] = {}
         for d in s.exec(select(DomainRow).order_by(col(DomainRow.domain))):
             domains.setdefault(d.app, []).append(d.domain)
@@ -749,9 +761,9 @@ class Store:
     def delete_app(self, name: str, *, actor: Actor = SYSTEM) -> None:
         """Delete the app; its instance rows go too, so agents stop its containers."""
         with self.session() as s:
-            app = s.get(AppRow, name)
-            if app is None:
-                raise NotFound(f"no app named {name!r}")
+            # The app's row first, as every other change of an app locks it: then the
+            # cluster row's counters (two writers never wait on each other crosswise).
+            app = self._app_for_update(s, name)
             s.execute(delete(InstanceRow).where(col(InstanceRow.app) == name))
             rev = self._count_instance_change(s)
             s.execute(delete(ReleaseRow).where(col(ReleaseRow.app) == name))
@@ -1077,7 +1089,7 @@ def _count_writes(session: Session) -> None:
         if not (state.is_insert or state.is_update or state.is_delete):
             return
         if state.is_update and table in STAMPED_TABLES:
-            state.statement = state.statement.values(updated_at=time.time())
+            state.statement = state.statement.values(updated_at=_later(None))
         if table in DESIRED_TABLES:
             bump(state.session)
 

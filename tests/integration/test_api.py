@@ -1017,9 +1017,10 @@ def test_a_pass_whose_inputs_did_not_change_reuses_the_quiet_plan(
 def test_many_nodes_silent_at_once_are_not_marked_down_and_a_late_server_waits(
         sqlite_url: str, redis_url: str) -> None:
     """More than a third of the nodes silent at once is this server's trouble (or its
-    network's) rather than that many dead machines: they stay ready. Two of six are
-    marked down. And while the server itself was late (its event loop), a node's
-    silence counts only beyond that."""
+    network's) rather than that many dead machines: they stay ready, for five node
+    timeouts at most (then they are down after all). Two of six are marked down. And
+    while the server itself was late (its event loop), a node's silence counts only
+    beyond that."""
     nodes = [f"n{i}" for i in range(1, 7)]
 
     async def body(api: Api) -> None:
@@ -1033,8 +1034,22 @@ def test_many_nodes_silent_at_once_are_not_marked_down_and_a_late_server_waits(
         await server.reconcile_once()
         status = {n["name"]: n["status"] for n in await api.nodes()}
         assert set(status.values()) == {"ready"}, status  # three of six: held
+        await server.reconcile_once()
         assert server.metrics.registry.get_sample_value("dinp_server_nodes_held_total") == 3
+        held_since = server._held_since
+        assert held_since is not None
+        server._held_since = held_since - 5 * 1.0 - 0.1  # held five node timeouts: enough
+        for node in nodes[3:]:
+            await api.heartbeat(node)
+        await server.reconcile_once()
+        status = {n["name"]: n["status"] for n in await api.nodes()}
+        assert [n for n, st in sorted(status.items()) if st == "down"] == ["n1", "n2", "n3"]
+        for node in nodes:  # all back
+            await api.heartbeat(node)
+        await server.reconcile_once()
+        assert {n["status"] for n in await api.nodes()} == {"ready"}
 
+        await asyncio.sleep(1.1)
         for node in nodes[2:]:  # n1 and n2 stay silent: two of six go down
             await api.heartbeat(node)
         await server.reconcile_once()

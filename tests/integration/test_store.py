@@ -432,7 +432,7 @@ def _desired(snap: object) -> tuple[object, ...]:
              for k, a in s.apps.items()},  # type: ignore[attr-defined]
             {k: (n.status, n.address, n.agent) for k, n in s.nodes.items()},  # type: ignore[attr-defined]
             s.releases,  # type: ignore[attr-defined]
-            {k: [(r.version, r.status) for r in v] for k, v in s.recent.items()},  # type: ignore[attr-defined]
+            {k: [(r.version, r.status, r.image) for r in v] for k, v in s.recent.items()},  # type: ignore[attr-defined]
             s.domains, s.node_generations)  # type: ignore[attr-defined]
 
 
@@ -476,12 +476,20 @@ def test_the_rows_of_desired_state_held_between_snapshots_follow_every_write(
         lambda: _core_update(store),  # a statement, not an ORM change, stamps the row too
         lambda: store.remove_domain("web", "www.example.test"),
         lambda: store.delete_app("web"),
+        # Made again: its release 1 is another row, though its key and status are alike.
+        lambda: create(store, "web", image="127.0.0.1:5000/hello:3"),
+        lambda: store.apply([Place("web", 1, "n1", 128)]),
+        # A row placed at a release that has no row (an app made again meanwhile, an
+        # old database): the snapshot goes on without it.
+        lambda: store.apply([Place("web", 9, "n1", 128)]),
     ]
     try:
         store.snapshot()
         for write in writes:
             write()
             assert _desired(store.snapshot()) == _desired(fresh.snapshot()), write
+        assert store.snapshot().releases[("web", 1)].image == "127.0.0.1:5000/hello:3"
+        assert ("web", 9) not in store.snapshot().releases
         statements.clear()
         held = store.snapshot()
         assert not [s for s in statements if "FROM apps" in s or "FROM nodes" in s]

@@ -42,15 +42,7 @@ from dinp import const, machine, node_plan, validation
 from dinp.config import AgentConfig, require_secret
 from dinp.const import API_PREFIX
 from dinp.container import Container, DockerRuntime, StartFailed
-from dinp.errors import (
-    ConfigError,
-    DinpError,
-    InvalidInput,
-    NodeTaken,
-    ReportNeeded,
-    Unavailable,
-    WrongCluster,
-)
+from dinp.errors import ConfigError, DinpError, InvalidInput, NodeTaken, Unavailable, WrongCluster
 from dinp.health import HealthState, check
 from dinp.lifecycle import run_until_stopped
 from dinp.logs import LogStats
@@ -138,6 +130,7 @@ class Agent:
         # report went: short beats until the report changes (see _post_heartbeat).
         self._reported: str | None = None
         self._full_at = 0.0
+        self._sent_short = False  # whether the last report sent was a short beat
         self._report = asyncio.Event()  # report now
         self._converge_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
@@ -240,8 +233,9 @@ class Agent:
                 self._server_back()  # its database is another one now
                 await self._join_cluster(data["cluster"])
                 continue
-            if status == 409 and code == ReportNeeded.code:
-                continue  # it does not hold the report the beat named: the whole one now
+            if status and self._sent_short:
+                continue  # refused a short beat (report-needed, or a server that cannot
+                # take one): the whole report now, and its answer counts
             if status == 409 and code == NodeTaken.code:
                 self._server_back()
                 self._refused(f"{data.get('error')}. {data.get('hint') or ''}".strip())
@@ -294,6 +288,7 @@ class Agent:
                      cluster=hb.cluster, rev=rev).to_json())
         reply = await self._post(body)
         status, data = reply
+        self._sent_short = not full
         if status == 200 and isinstance(data, dict):
             self._reported = digest if data.get("report") == digest else None
             if full:

@@ -47,6 +47,8 @@ CRASH_LOOP = 3
 # The reconcile's own reads and writes may take longer than an API call's (a large
 # cluster's snapshot); a hung database still pauses it within this.
 RECONCILE_DB_SECONDS = 30.0
+# Nodes silent together (a mass silence) are held up at most this many node timeouts.
+MASS_SILENCE_HOLDS = 5
 # How often the event loop's lateness is sampled (watch_lag).
 LAG_TICK = 0.25
 # Heartbeats' events are gathered this long and written together.
@@ -169,10 +171,9 @@ class Server:
         self.routers_seen: dict[str, tuple[int, float]] = {}
         self.unplaceable: dict[str, str] = {}  # app -> why some of it cannot be placed
         self._tasks: set[asyncio.Future[Any]] = set()
-        # When the event loop woke late, and by how much (watch_lag), and when the last
-        # mass silence was logged.
+        # When the event loop woke late, and by how much (watch_lag).
         self._lags: collections.deque[tuple[float, float]] = collections.deque()
-        self._mass_silence_logged = -1e9
+        self._held_since: float | None = None  # since when a mass silence is held up
         # Heartbeats' events (message, app, node, when) waiting for their batch's write.
         self._events: list[tuple[str, str | None, str | None, float]] = []
         self._events_flush: asyncio.Future[None] | None = None
@@ -280,7 +281,7 @@ class Server:
                   and now - self._first_report_at >= quiet)
         known_ready = {n.name for n in self.snapshot.nodes.values() if n.status == "ready"}
         complete = waited or known_ready <= set(self.reports)
-        return Real(reports=dict(self.reports), complete=complete)
+        return Real(reports=dict(self.reports), complete=complete, rev=self._reports_rev)
 
     # -- heartbeats -------------------------------------------------------------------
 
@@ -445,6 +446,8 @@ class Server:
             await self.write_events()
         except Unavailable as exc:
             log.debug("event(s) not recorded: %s", exc)
+        except Exception:  # a bug loses these events, never the heartbeats after them
+            log.exception("event(s) not recorded")
 
     async def write_events(self) -> None:
         """Write the heartbeats' events gathered so far, now (the event list's readers
@@ -609,8 +612,7 @@ class Server:
         plans (in a thread: heartbeats are answered meanwhile)."""
         now, timeout = time.monotonic(), self.node_timeout()
         desired = snapshot.desired
-        inputs = (desired.instances, desired.apps, desired.nodes, self._reports_rev,
-                  real.complete)
+        inputs = (desired.instances, desired.apps, desired.nodes, real.rev, real.complete)
         last = self._last_plan
         if (last is not None and last[0][0] is inputs[0] and last[0][1:] == inputs[1:]
                 and all(status == desired.nodes[name].status for name, status in
@@ -635,22 +637,25 @@ class Server:
         """True when the plan would mark more than a third of the ready nodes (and more
         than two) down at once: this server's own trouble (its network, its overload)
         is then likelier than that many dead machines, and moving their instances onto
-        the rest would not fit anyway. The pass then plans as if they had reported;
-        they are marked down once they stay silent while the others report again.
-        (Kubernetes stops evicting in a full disruption for the same reason.)"""
+        the rest would not fit anyway. The pass then plans as if they had reported,
+        for MASS_SILENCE_HOLDS node timeouts; nodes still silent after that are marked
+        down. (Kubernetes stops evicting in a full disruption for the same reason.)"""
         down = sum(1 for a in actions
                    if isinstance(a, scheduler.SetNodeStatus) and a.status == scheduler.DOWN)
         ready = sum(1 for n in desired.nodes.values() if n.status == scheduler.READY)
-        if down <= max(2, ready // 3):
-            return False
         now = time.monotonic()
-        if now - self._mass_silence_logged >= 60:
-            self._mass_silence_logged = now
+        if down <= max(2, ready // 3):
+            self._held_since = None
+            return False
+        if self._held_since is None:
+            self._held_since = now
+            self.metrics.held_down.inc(down)
             log.warning("%d of %d ready nodes fell silent at once: not marking them down "
-                        "(a partition or this server's overload is likelier than that "
-                        "many dead nodes)", down, ready)
-        self.metrics.held_down.inc(down)
-        return True
+                        "for up to %.0f s (a partition or this server's overload is "
+                        "likelier than that many dead nodes)", down, ready,
+                        MASS_SILENCE_HOLDS * self.config.node_timeout)
+        # Silent for that long, they are down after all.
+        return now - self._held_since < MASS_SILENCE_HOLDS * self.config.node_timeout
 
     async def _judge_rollouts(self, real: Real) -> None:
         """Record each rollout that ended: deployed, or failed (halted: the app goes back
@@ -798,7 +803,7 @@ class Server:
                               real: Real) -> routes.RouteTable:
         """The routes of `desired` by the agents' reports: computed in a thread, and
         not again while the instance rows, apps, domains and reports are the same."""
-        inputs = (desired.instances, desired.apps, snapshot.domains, self._reports_rev)
+        inputs = (desired.instances, desired.apps, snapshot.domains, real.rev)
         last = self._last_routes
         if last is not None and last[0][0] is inputs[0] and last[0][1:] == inputs[1:]:
             return last[1]
@@ -918,6 +923,7 @@ class Server:
             late = time.monotonic() - started - LAG_TICK
             if late > 0.02:  # (a few ms is the loop's ordinary work)
                 self._lags.append((time.monotonic(), late))
+            self.recent_lag()  # (drops what is older than it counts)
 
     def recent_lag(self) -> float:
         """Seconds the event loop was late over the last two node timeouts."""
