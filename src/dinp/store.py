@@ -481,11 +481,11 @@ class Store:
 
     @staticmethod
     def _count_instance_change(s: Session) -> int | None:
-        """Bump the cluster's instances_rev in a write that adds or deletes instance
-        rows; the new value (None: no cluster row yet). The row stays locked until the
-        write commits, so such writes take their turns and each gets its own value."""
-        s.execute(update(ClusterRow).where(col(ClusterRow.key) == 1)
-                  .values(instances_rev=col(ClusterRow.instances_rev) + 1))
+        """The cluster's instances_rev as moved by this write of instance rows (the
+        session hook moved it with the write's first statement; None: no cluster row
+        yet). The row stays locked until the write commits, so such writes take their
+        turns and each gets its own value."""
+        _count(s, "instances_rev")
         return s.execute(select(ClusterRow.instances_rev).where(
             col(ClusterRow.key) == 1)).scalar()
 
@@ -1068,21 +1068,19 @@ class Store:
 
 def _count_writes(session: Session) -> None:
     """Make every transaction of `session` that writes a table of desired state (an
-    ORM flush or a statement) also move the cluster's desired_rev, once: snapshots then
-    keep what they hold only while nothing was written, whichever method wrote it."""
-    def bump(s: Session) -> None:
-        if not s.info.get("desired_bumped"):
-            s.info["desired_bumped"] = True
-            s.execute(update(ClusterRow).where(col(ClusterRow.key) == 1)
-                      .values(desired_rev=col(ClusterRow.desired_rev) + 1))
-
+    ORM flush or a statement) also move the cluster's counter of it, once: desired_rev,
+    or instances_rev for instance rows. Snapshots then keep what they hold only while
+    nothing was written, whichever method wrote it."""
     def flushing(s: Session, *_: Any) -> None:
         for obj in s.dirty:
             if getattr(obj, "__tablename__", None) in STAMPED_TABLES:
                 obj.updated_at = _later(obj.updated_at)
-        if any(getattr(obj, "__tablename__", None) in DESIRED_TABLES
-               for obj in itertools.chain(s.new, s.dirty, s.deleted)):
-            bump(s)
+        tables = {getattr(obj, "__tablename__", None)
+                  for obj in itertools.chain(s.new, s.dirty, s.deleted)}
+        if tables & DESIRED_TABLES:
+            _count(s, "desired_rev")
+        if "instances" in tables:
+            _count(s, "instances_rev")
 
     def executing(state: Any) -> None:
         table = getattr(getattr(state.statement, "table", None), "name", None)
@@ -1091,15 +1089,28 @@ def _count_writes(session: Session) -> None:
         if state.is_update and table in STAMPED_TABLES:
             state.statement = state.statement.values(updated_at=_later(None))
         if table in DESIRED_TABLES:
-            bump(state.session)
+            _count(state.session, "desired_rev")
+        elif table == "instances":
+            _count(state.session, "instances_rev")
 
     def ended(s: Session, *_: Any) -> None:
-        s.info.pop("desired_bumped", None)
+        s.info.pop("counted", None)
 
     sqlalchemy.event.listen(session, "before_flush", flushing)
     sqlalchemy.event.listen(session, "do_orm_execute", executing)
     sqlalchemy.event.listen(session, "after_commit", ended)
     sqlalchemy.event.listen(session, "after_rollback", ended)
+
+
+def _count(s: Session, counter: str) -> None:
+    """Move the cluster row's `counter` in this transaction, if not moved yet (the row
+    stays locked until it commits, so such writes take their turns)."""
+    counted: set[str] = s.info.setdefault("counted", set())
+    if counter not in counted:
+        counted.add(counter)
+        column = getattr(ClusterRow, counter)
+        s.execute(update(ClusterRow).where(col(ClusterRow.key) == 1)
+                  .values({counter: column + 1}))
 
 
 def _later(before: float | None) -> float:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy
 import sqlalchemy.event
 import sqlalchemy.exc
 from sqlalchemy import text
@@ -402,6 +403,14 @@ def test_the_instance_rows_held_between_snapshots_match_the_database(store: Stor
         after = _rows(store.snapshot())
         assert after == _rows(fresh.snapshot())
         assert [r[1] for r in after] == ["api"] * 4
+
+        # Any write of instance rows through a Store session moves the counter, also one
+        # that does not count it itself (a writer added later).
+        from dinp.models import InstanceRow
+        with fresh.session() as s:
+            s.execute(sqlalchemy.delete(InstanceRow).where(InstanceRow.id == after[0][0]))
+            s.commit()
+        assert len(store.snapshot().desired.instances) == 3
     finally:
         fresh.close()
 
