@@ -135,8 +135,16 @@ NODES: sqlalchemy.Table = NodeRow.__table__  # type: ignore[attr-defined]
 RELEASES: sqlalchemy.Table = ReleaseRow.__table__  # type: ignore[attr-defined]
 EVENTS: sqlalchemy.Table = EventRow.__table__  # type: ignore[attr-defined]
 
-# Instance rows held longer than this are read again even if instances_rev did not move.
-INSTANCES_RELOAD_SECONDS = 60.0
+# Rows held longer than this are read again even if their counter did not move.
+RELOAD_SECONDS = 60.0
+
+
+def _holds(held: _DesiredRows | _Instances, rev: int | None) -> bool:
+    """Whether rows held at a counter's value still stand for `rev`: the counter did
+    not move and they are not older than RELOAD_SECONDS (a writer that does not count,
+    such as a server of an older dinp during an upgrade, is caught up with then)."""
+    return (rev is not None and held.rev == rev
+            and time.monotonic() - held.read_at < RELOAD_SECONDS)
 
 
 @dataclass
@@ -191,12 +199,13 @@ class _RowCache(Generic[M]):
         self.table: sqlalchemy.Table = model.__table__  # type: ignore[attr-defined]
         self.names = [c.name for c in self.table.columns]
         self.key = key
-        self.probe = [self.names.index(c) for c in (*key, *probe)]
-        self.probe_columns = [self.table.c[self.names[i]] for i in self.probe]
+        self.key_index = [self.names.index(k) for k in key]  # in a whole row
+        self.probe_columns = [self.table.c[c] for c in (*key, *probe)]
         self.held: dict[Any, tuple[tuple[Any, ...], M]] = {}
 
-    def _key(self, values: Sequence[Any]) -> Any:
-        return values[0] if len(self.key) == 1 else tuple(values[:len(self.key)])
+    def _key(self, values: Sequence[Any], index: Sequence[int]) -> Any:
+        """The key of a row's `values`, its columns at `index`."""
+        return values[index[0]] if len(index) == 1 else tuple(values[i] for i in index)
 
     def read(self, s: Session, where: Callable[[Any], Any] | None = None, *,
              keep: bool = False) -> dict[Any, M]:
@@ -207,9 +216,10 @@ class _RowCache(Generic[M]):
         held = self.held
         seen: list[tuple[Any, tuple[Any, ...]]] = []
         changed: list[Any] = []
+        probe_key = range(len(self.key))  # a probe's key comes first
         for row in s.execute(where(probe) if where is not None else probe):
             values = tuple(row)
-            key = self._key(values)
+            key = self._key(values, probe_key)
             seen.append((key, values))
             was = held.get(key)
             if was is None or was[0] != values:
@@ -221,7 +231,7 @@ class _RowCache(Generic[M]):
                      else tuple_(*key_columns).in_(chunk))
             for row in s.execute(sqlalchemy.select(self.table).where(match)):
                 values = tuple(row)
-                made[self._key([values[self.names.index(k)] for k in self.key])] = \
+                made[self._key(values, self.key_index)] = \
                     self.model(**dict(zip(self.names, values, strict=True)))
         fresh: dict[Any, tuple[tuple[Any, ...], M]] = dict(held) if keep else {}
         out: dict[Any, M] = {}
@@ -390,7 +400,7 @@ class Store:
         cluster's instances_rev stands, everything else (apps, nodes, releases, domains,
         credentials) while its desired_rev stands. Every write made through a Store
         session moves them (see _count_writes), and held rows are read again after
-        INSTANCES_RELOAD_SECONDS in any case."""
+        RELOAD_SECONDS in any case."""
         with self.session() as s:
             revs = s.execute(sqlalchemy.select(
                 col(ClusterRow.instances_rev), col(ClusterRow.desired_rev)).where(
@@ -418,8 +428,7 @@ class Store:
         """The rows of desired state besides instances: those held here while the
         cluster's desired_rev is `rev` (and they are fresh enough), else read now."""
         held = self._desired
-        if (held is not None and rev is not None and held.rev == rev
-                and time.monotonic() - held.read_at < INSTANCES_RELOAD_SECONDS):
+        if held is not None and _holds(held, rev):
             return held
         apps = self._apps.read(s)
         nodes = self._nodes.read(s)
@@ -463,14 +472,11 @@ class Store:
         return spec
 
     def _read_instances(self, s: Session, rev: int | None) -> tuple[Placed, ...]:
-        """Every instance row, first in the snapshot's transaction. Read from the
-        database only when the cluster's instances_rev moved since the rows held here
-        (or they are older than INSTANCES_RELOAD_SECONDS: a writer that does not count,
-        such as a server of an older dinp during an upgrade, is caught up with then);
-        read as plain tuples, not ORM objects, which cost ten times as much."""
+        """Every instance row, first in the snapshot's transaction: read from the
+        database only when the rows held here no longer stand (_holds), as plain tuples,
+        not ORM objects, which cost ten times as much."""
         held = self._instances
-        if (held is not None and rev is not None and held.rev == rev
-                and time.monotonic() - held.read_at < INSTANCES_RELOAD_SECONDS):
+        if held is not None and _holds(held, rev):
             return held.placed
         rows = s.execute(sqlalchemy.select(*(col(c) for c in (
             InstanceRow.id, InstanceRow.app, InstanceRow.release, InstanceRow.node,

@@ -418,7 +418,7 @@ def test_the_instance_rows_held_between_snapshots_match_the_database(store: Stor
 def test_a_write_that_does_not_count_is_caught_up_with_after_a_while(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A writer that does not bump instances_rev (a server of an older dinp during an
-    upgrade, an operator's SQL) is seen once the held rows are INSTANCES_RELOAD_SECONDS
+    upgrade, an operator's SQL) is seen once the held rows are RELOAD_SECONDS
     old."""
     store.cluster_id()
     store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=4096)
@@ -430,7 +430,7 @@ def test_a_write_that_does_not_count_is_caught_up_with_after_a_while(
                           "VALUES ('byhand01', 'web', 1, 'n1', 128, 1.0)".format(
                               r="`release`" if conn.dialect.name == "mysql" else '"release"')))
     assert len(store.snapshot().desired.instances) == 1  # held: the counter did not move
-    monkeypatch.setattr("dinp.store.INSTANCES_RELOAD_SECONDS", 0.0)
+    monkeypatch.setattr("dinp.store.RELOAD_SECONDS", 0.0)
     assert "byhand01" in {i.id for i in store.snapshot().desired.instances}
 
 

@@ -130,7 +130,6 @@ class Agent:
         # report went: short beats until the report changes (see _post_heartbeat).
         self._reported: str | None = None
         self._full_at = 0.0
-        self._sent_short = False  # whether the last report sent was a short beat
         self._report = asyncio.Event()  # report now
         self._converge_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
@@ -217,7 +216,7 @@ class Agent:
         if not known and not await self.learn_cluster():
             return False
         for _ in range(2):
-            status, data = await self._post_heartbeat()
+            status, data, short = await self._post_heartbeat()
             if status == 200:
                 self._server_back()
                 self._refused("")
@@ -233,7 +232,7 @@ class Agent:
                 self._server_back()  # its database is another one now
                 await self._join_cluster(data["cluster"])
                 continue
-            if status and self._sent_short:
+            if status and short:
                 continue  # refused a short beat (report-needed, or a server that cannot
                 # take one): the whole report now, and its answer counts
             if status == 409 and code == NodeTaken.code:
@@ -271,8 +270,9 @@ class Agent:
         self._server_lost(InvalidInput("cluster", f"HTTP {status}: {data!r}"))
         return False
 
-    async def _post_heartbeat(self) -> tuple[int, Any]:
-        """(HTTP status, decoded body); status 0 when the server did not answer.
+    async def _post_heartbeat(self) -> tuple[int, Any, bool]:
+        """(HTTP status, decoded body, whether it was a short beat); status 0 when the
+        server did not answer.
 
         The whole report goes when it changed since the one the server last said it
         holds, or FULL_REPORT_SECONDS after the last whole one; else a short beat ("the
@@ -286,16 +286,14 @@ class Agent:
         body = (dataclasses.replace(hb, digest=digest, rev=rev).to_json() if full else
                 Beat(node=hb.node, same_as=digest, free_mb=hb.free_mb, agent=hb.agent,
                      cluster=hb.cluster, rev=rev).to_json())
-        reply = await self._post(body)
-        status, data = reply
-        self._sent_short = not full
+        status, data = await self._post(body)
         if status == 200 and isinstance(data, dict):
             self._reported = digest if data.get("report") == digest else None
             if full:
                 self._full_at = time.monotonic()
         elif status:
             self._reported = None  # refused: the next report is whole
-        return reply
+        return status, data, not full
 
     async def _post(self, body: dict[str, Any]) -> tuple[int, Any]:
         started = time.perf_counter()
@@ -366,16 +364,16 @@ class Agent:
 
     def take_assignment(self, data: object) -> None:
         held = self.state.assignment
-        same = (isinstance(data, dict) and data.get("same") is True and held is not None
-                and data.get("rev") == self.state.assignment_rev)
-        if isinstance(data, dict) and data.get("same") is True and not same:
-            return  # "as you hold", but it held another one meanwhile: the next beat asks
-        try:
-            rev, items = ((self.state.assignment_rev, held) if same and held is not None
-                          else parse_assignments(data))
-        except InvalidInput as exc:
-            log.warning("ignoring a malformed assignment from the server: %s", exc)
-            return
+        if isinstance(data, dict) and data.get("same") is True:  # "the one you hold"
+            if held is None or data.get("rev") != self.state.assignment_rev:
+                return  # it held another one meanwhile: the next beat asks again
+            rev, items = self.state.assignment_rev, held
+        else:
+            try:
+                rev, items = parse_assignments(data)
+            except InvalidInput as exc:
+                log.warning("ignoring a malformed assignment from the server: %s", exc)
+                return
         cluster = data.get("cluster") if isinstance(data, dict) else None
         ours = (cluster == self.state.cluster != "") or (self.runtime.any_cluster
                                                           and cluster is None)

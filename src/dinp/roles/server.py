@@ -94,6 +94,12 @@ class NodeAssignment:
         return body
 
 
+def same_inputs(last: tuple[Any, ...] | None, inputs: tuple[Any, ...]) -> bool:
+    """Whether `inputs` are the `last` a result was made from: the first (the instance
+    rows, a tuple of 150,000) the same object, the rest equal."""
+    return last is not None and last[0] is inputs[0] and last[1:] == inputs[1:]
+
+
 def server_id() -> str:
     """This server process: host, pid and a random part (as agents are named)."""
     return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -523,8 +529,7 @@ class Server:
         settings = {name: (a.stop_grace, a.image, a.env_json, a.port, a.memory_mb,
                            a.health_path) for name, a in apps.items()}
         inputs = (snapshot.desired.instances, releases, settings)
-        last = self._assigned_from
-        if last is not None and last[0] is inputs[0] and last[1:] == inputs[1:]:
+        if same_inputs(self._assigned_from, inputs):
             return
         self._assigned_from = inputs
         per_node: dict[str, list[AssignmentInput]] = {}
@@ -614,7 +619,7 @@ class Server:
         desired = snapshot.desired
         inputs = (desired.instances, desired.apps, desired.nodes, real.rev, real.complete)
         last = self._last_plan
-        if (last is not None and last[0][0] is inputs[0] and last[0][1:] == inputs[1:]
+        if (last is not None and same_inputs(last[0], inputs)
                 and all(status == desired.nodes[name].status for name, status in
                         scheduler.node_statuses(desired, real, now=now,
                                                 node_timeout=timeout).items())):
@@ -805,7 +810,7 @@ class Server:
         not again while the instance rows, apps, domains and reports are the same."""
         inputs = (desired.instances, desired.apps, snapshot.domains, real.rev)
         last = self._last_routes
-        if last is not None and last[0][0] is inputs[0] and last[0][1:] == inputs[1:]:
+        if last is not None and same_inputs(last[0], inputs):
             return last[1]
         table = await asyncio.to_thread(routes.compute, desired, real,
                                         domain=self.config.domain,
@@ -974,11 +979,7 @@ class Server:
         knew of the nodes is not ours, so wait for every node to report (or
         node_timeout) before changing anything, keeping the routes published."""
         log.warning("this server (%s) leads now, lease epoch %d", self.server_id, epoch)
-        self.started = time.monotonic()
-        self._first_report_at = self.started  # the last first report of a node
-        self.heartbeats.clear()
-        self.reports.clear()
-        self._reports_rev += 1
+        self._forget_reports()
         self.snapshot = await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot)
         self.owners = {n.name: NodeOwner(n.agent, self.started)
                        for n in self.snapshot.nodes.values() if n.agent}
@@ -990,6 +991,14 @@ class Server:
         self._update_assignments()
         self.wake()
 
+    def _forget_reports(self) -> None:
+        """Start over as a restarted server would (a take-over, a step-down): what it
+        hears from now on is all it knows, and silence counts from now."""
+        self.started = self._first_report_at = time.monotonic()
+        self.heartbeats.clear()
+        self.reports.clear()
+        self._reports_rev += 1
+
     def _step_down(self, why: str) -> None:
         """Stop acting as the leader at once; agents waiting on a long-poll are answered,
         so they come back through whoever leads."""
@@ -997,11 +1006,7 @@ class Server:
             log.warning("this server no longer leads: %s", why)
         self.leading, self.epoch = False, None
         self.term += 1
-        self.started = time.monotonic()  # what it hears from now on is all it knows
-        self._first_report_at = self.started  # the last first report of a node
-        self.heartbeats.clear()
-        self.reports.clear()
-        self._reports_rev += 1
+        self._forget_reports()
         event, self._assignments_changed = self._assignments_changed, asyncio.Event()
         event.set()
 
