@@ -1067,3 +1067,36 @@ def test_many_nodes_silent_at_once_are_not_marked_down_and_a_late_server_waits(
         assert status["n3"] == "ready"
 
     run(sqlite_url, redis_url, body, node_timeout=1.0)
+
+
+def test_nodes_falling_silent_in_waves_count_as_one_mass_silence(
+        sqlite_url: str, redis_url: str) -> None:
+    """An overloaded server hears its nodes late in waves: two nodes down in one pass,
+    two more in the next, is four of nine within two node timeouts, more than a third:
+    the second wave is held (a 5,000-node server had marked 1,900 live nodes down in
+    passes of a few hundred, each under a third)."""
+    nodes = [f"n{i}" for i in range(1, 10)]
+
+    async def body(api: Api) -> None:
+        server = api.server
+        for node in nodes:
+            await api.heartbeat(node)
+        await server.reconcile_once()
+        await asyncio.sleep(0.6)
+        for node in nodes[2:]:  # n1, n2 silent from here
+            await api.heartbeat(node)
+        await asyncio.sleep(0.5)
+        for node in nodes[4:]:  # n3, n4 too
+            await api.heartbeat(node)
+        await server.reconcile_once()  # n1, n2: 1.1 s silent
+        status = {n["name"]: n["status"] for n in await api.nodes()}
+        assert [n for n, st in sorted(status.items()) if st == "down"] == ["n1", "n2"]
+        await asyncio.sleep(0.6)
+        for node in nodes[4:]:
+            await api.heartbeat(node)
+        await server.reconcile_once()  # n3, n4: 1.1 s silent, the second wave
+        status = {n["name"]: n["status"] for n in await api.nodes()}
+        assert [n for n, st in sorted(status.items()) if st == "down"] == ["n1", "n2"]
+        assert server.metrics.registry.get_sample_value("dinp_server_nodes_held_total") == 2
+
+    run(sqlite_url, redis_url, body, node_timeout=1.0)

@@ -22,6 +22,7 @@ from dinp.scheduler import (
     DOWN,
     DRAINING,
     READY,
+    SUMMARY_LINES,
     Action,
     AppSpec,
     ContainerReport,
@@ -770,3 +771,27 @@ def test_a_plan_is_logged_in_a_few_lines_not_one_per_instance() -> None:
         "remove 1 instance(s) of api: node n9 is down",
         "remove 40 instance(s) of web: old release",
     ]
+
+
+def test_a_wave_of_silent_nodes_is_logged_in_a_few_lines() -> None:
+    """1,900 nodes down, their instances of 3,000 apps replaced: at most SUMMARY_LINES
+    lines, the nodes counted per status and per app, the rest counted in the last."""
+    nodes = [f"n{i:04d}" for i in range(1900)]
+    actions: list[Action] = [SetNodeStatus(n, "down") for n in nodes]
+    actions += [SetNodeStatus("back", "ready")]
+    actions += [Remove(f"i{i}", "web", n, f"node {n} is down")
+                for i, n in enumerate(nodes[:5])]
+    actions += [Remove("d1", "api", "n0007", "node n0007 is draining")]
+    actions += [Place(f"app{k:04d}", 1, "n1", 64) for k in range(3000)]
+    lines = summary(actions)
+    assert len(lines) == SUMMARY_LINES
+    assert lines[0] == ("1900 nodes are down: n0000, n0001, n0002, n0003, n0004, n0005, "
+                        "n0006, n0007, n0008, n0009 and 1890 more")
+    assert lines[1] == "node back is ready"
+    assert lines[-1] == ("and 2965 more line(s): 2963 more placement(s), 6 more "
+                         "removal(s) (the events list each)")
+    few = summary([Remove(f"i{i}", "web", n, f"node {n} is down")
+                   for i, n in enumerate(nodes[:5])]
+                  + [Remove("d1", "api", "n0007", "node n0007 is draining")])
+    assert few == ["remove 1 instance(s) of api: node n0007 is draining",
+                   "remove 5 instance(s) of web: 5 of its nodes are down"]

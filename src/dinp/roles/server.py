@@ -13,7 +13,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import secrets
 import socket
@@ -180,6 +179,9 @@ class Server:
         # When the event loop woke late, and by how much (watch_lag).
         self._lags: collections.deque[tuple[float, float]] = collections.deque()
         self._held_since: float | None = None  # since when a mass silence is held up
+        # Nodes the plans marked down lately, and when: a mass silence that arrives in
+        # waves (a few hundred nodes a pass) counts as one.
+        self._downed: dict[str, float] = {}
         # Heartbeats' events (message, app, node, when) waiting for their batch's write.
         self._events: list[tuple[str, str | None, str | None, float]] = []
         self._events_flush: asyncio.Future[None] | None = None
@@ -617,19 +619,19 @@ class Server:
         plans (in a thread: heartbeats are answered meanwhile)."""
         now, timeout = time.monotonic(), self.node_timeout()
         desired = snapshot.desired
+        statuses = scheduler.node_statuses(desired, real, now=now, node_timeout=timeout)
+        going = {name for name, status in statuses.items()
+                 if status == scheduler.DOWN != desired.nodes[name].status}
+        mark_down = not self._mass_silence(desired, going)
         inputs = (desired.instances, desired.apps, desired.nodes, real.rev, real.complete)
         last = self._last_plan
         if (last is not None and same_inputs(last[0], inputs)
-                and all(status == desired.nodes[name].status for name, status in
-                        scheduler.node_statuses(desired, real, now=now,
-                                                node_timeout=timeout).items())):
+                and all(status == desired.nodes[name].status or (
+                    not mark_down and name in going) for name, status in statuses.items())):
             return list(last[1])
         started = time.perf_counter()
         actions = await asyncio.to_thread(scheduler.plan, desired, real, now=now,
-                                          node_timeout=timeout)
-        if self._mass_silence(desired, actions):
-            actions = await asyncio.to_thread(scheduler.plan, desired, real, now=now,
-                                              node_timeout=math.inf)
+                                          node_timeout=timeout, mark_down=mark_down)
         self.metrics.plan_seconds.observe(time.perf_counter() - started)
         # Only a plan that changes nothing stands for later passes: one whose changes
         # wait (removals until the routers serve a table without them) is made again.
@@ -637,30 +639,44 @@ class Server:
         self._last_plan = (inputs, tuple(actions)) if quiet else None
         return actions
 
-    def _mass_silence(self, desired: scheduler.Desired,
-                      actions: list[scheduler.Action]) -> bool:
-        """True when the plan would mark more than a third of the ready nodes (and more
-        than two) down at once: this server's own trouble (its network, its overload)
-        is then likelier than that many dead machines, and moving their instances onto
-        the rest would not fit anyway. The pass then plans as if they had reported,
-        for MASS_SILENCE_HOLDS node timeouts; nodes still silent after that are marked
-        down. (Kubernetes stops evicting in a full disruption for the same reason.)"""
-        down = sum(1 for a in actions
-                   if isinstance(a, scheduler.SetNodeStatus) and a.status == scheduler.DOWN)
-        ready = sum(1 for n in desired.nodes.values() if n.status == scheduler.READY)
+    def _mass_silence(self, desired: scheduler.Desired, going: set[str]) -> bool:
+        """True when more than a third of the ready nodes (and more than two) would be
+        down within two node timeouts: the ones `going` down now and the ones passes
+        marked down in the two node timeouts before. This server's own trouble (its
+        network, its overload) is then likelier than that many dead machines, and
+        moving their instances onto the rest would not fit anyway. The pass then plans
+        without marking any node down (those marked before stay down until they
+        report), for MASS_SILENCE_HOLDS node timeouts; nodes still silent after that
+        are marked down. (Kubernetes stops evicting in a full disruption for the same
+        reason.)
+
+        Counted over a window, not per plan: an overloaded server hears its nodes late
+        in waves, and a 5,000-node server on a busy machine marked 1,900 live nodes down
+        in passes of a few hundred each, none of them a third."""
         now = time.monotonic()
-        if down <= max(2, ready // 3):
+        cut = now - 2 * self.config.node_timeout
+        self._downed = {n: at for n, at in self._downed.items()
+                        if at >= cut and n in desired.nodes}
+        down = going | set(self._downed)
+        ready = sum(1 for n in desired.nodes.values() if n.status == scheduler.READY)
+        ready += sum(1 for n in self._downed if desired.nodes[n].status == scheduler.DOWN)
+        if len(down) <= max(2, ready // 3):
             self._held_since = None
+            self._downed.update((n, now) for n in going if n not in self._downed)
             return False
         if self._held_since is None:
             self._held_since = now
-            self.metrics.held_down.inc(down)
-            log.warning("%d of %d ready nodes fell silent at once: not marking them down "
-                        "for up to %.0f s (a partition or this server's overload is "
-                        "likelier than that many dead nodes)", down, ready,
+            self.metrics.held_down.inc(len(going))
+            log.warning("%d of %d ready nodes fell silent within %.0f s: not marking them "
+                        "down for up to %.0f s (a partition or this server's overload is "
+                        "likelier than that many dead nodes)", len(down), ready,
+                        2 * self.config.node_timeout,
                         MASS_SILENCE_HOLDS * self.config.node_timeout)
         # Silent for that long, they are down after all.
-        return now - self._held_since < MASS_SILENCE_HOLDS * self.config.node_timeout
+        if now - self._held_since < MASS_SILENCE_HOLDS * self.config.node_timeout:
+            return True
+        self._downed.update((n, now) for n in going if n not in self._downed)
+        return False
 
     async def _judge_rollouts(self, real: Real) -> None:
         """Record each rollout that ended: deployed, or failed (halted: the app goes back
