@@ -130,3 +130,9 @@ def test_each_routed_host_gets_a_certificate_made_once_and_acme_ones_win(
 def test_a_domain_that_cannot_be_a_name_constraint_is_refused(domain: str) -> None:
     with pytest.raises(ConfigError):
         up_tls.check_domain(domain)
+
+
+def test_a_state_directory_it_cannot_write_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot write dinp up's certificates"):
+        LocalCA.load_or_make(tmp_path / "file" / "tls", "localhost")

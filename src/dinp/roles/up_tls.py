@@ -49,14 +49,21 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
                              serialization.NoEncryption()).decode()
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a key so that no other user can ever read it, not even for an instant."""
+def _write(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a file whole (replaced, never half written); a key (0600) so that no other
+    user can ever read it, not even for an instant."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     tmp.replace(path)
+
+
+def _cannot_write(directory: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot write dinp up's certificates in {directory}: "
+                       f"{exc.strerror or exc}",
+                       hint="Give a --state-dir this user may write, or --tls-cert/--tls-key.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +79,10 @@ class LocalCA:
     @classmethod
     def load_or_make(cls, directory: Path, domain: str) -> LocalCA:
         """The CA kept in `directory`, or a new one when there is none usable."""
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise _cannot_write(directory, exc) from exc
         cert_file, key_file = directory / "ca.pem", directory / "ca-key.pem"
         why = "none yet"
         if cert_file.exists() or key_file.exists():
@@ -87,7 +97,10 @@ class LocalCA:
                     why = f"it was made for domain {ca.constrained_to()!r}"
                 else:
                     return ca
-        ca = cls._make(cert_file, key_file, domain)
+        try:
+            ca = cls._make(cert_file, key_file, domain)
+        except OSError as exc:
+            raise _cannot_write(directory, exc) from exc
         log.warning("dinp up: made a local CA for *.%s (%s); trust %s to use https "
                     "without warnings (curl --cacert %s)", domain, why, cert_file, cert_file)
         return ca
@@ -124,8 +137,8 @@ class LocalCA:
                                critical=False)
                 .sign(key, hashes.SHA256()))
         text = cert.public_bytes(serialization.Encoding.PEM).decode()
-        _write_private(key_file, _pem_key(key))
-        cert_file.write_text(text)
+        _write(key_file, _pem_key(key))
+        _write(cert_file, text, 0o644)
         return cls(text, cert, key, domain, cert_file)
 
     def constrained_to(self) -> str | None:
@@ -167,8 +180,11 @@ class LocalCA:
         like an operator's (made at each start: it is cheap, and always fresh)."""
         chain, key = self.issue(self.domain, f"*.{self.domain}")
         cert_file, key_file = directory / "wildcard.pem", directory / "wildcard-key.pem"
-        _write_private(key_file, key)
-        cert_file.write_text(chain)
+        try:
+            _write(key_file, key)
+            _write(cert_file, chain, 0o644)
+        except OSError as exc:
+            raise _cannot_write(directory, exc) from exc
         return cert_file, key_file
 
 
