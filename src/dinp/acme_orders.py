@@ -31,6 +31,10 @@ REVOKING = "revoking"
 STATES = (PENDING, ISSUED, RENEWING, FAILED, REVOKING)
 # The longest error text kept (a CA's problem document can be long).
 MAX_ERROR = 1000
+# A certificate this close to its end is called out (`attention`): renewals start at two
+# thirds of the lifetime (30 days before the end of a 90-day one), so one this close has
+# failed to renew for weeks.
+EXPIRES_SOON = 14 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -159,3 +163,24 @@ def describe(cert: Cert, last_error: str, now: float | None = None) -> str:
     if cert.state == FAILED:
         return f"failed {cert.attempts} time(s), {retry}: {last_error}"
     return "revoking: the domain was removed"
+
+
+def attention(cert: Cert, last_error: str, now: float | None = None) -> str:
+    """Why the certificate needs someone to look, in words ("" when it does not): it
+    failed (the domain is served over plain HTTP only), it expires within EXPIRES_SOON
+    or has expired, or its renewal keeps failing. `dinp app show` and the Dashboard
+    show it in their warning colour."""
+    now = time.time() if now is None else now
+    if cert.state == REVOKING:
+        return ""
+    if cert.state == FAILED:
+        return f"no certificate: {last_error or 'the order failed'}"
+    if cert.not_after is not None and cert.not_after - now < EXPIRES_SOON:
+        left = cert.not_after - now
+        when = (f"expires in {_duration(left)}" if left > 0
+                else f"expired {_duration(-left)} ago")
+        return when + (f"; renewal failed: {last_error}" if cert.attempts and last_error
+                       else "")
+    if cert.state == RENEWING and cert.attempts:
+        return f"renewal failed {cert.attempts} time(s): {last_error}"
+    return ""

@@ -174,6 +174,26 @@ class UpConfig:
     node_name: str = "local"
     capacity_mb: int = 0
     app_network: str = "dinp"  # as the agent's
+    # HTTPS at https://<app>.<domain>:<https_port>/; 0: none. Without tls_cert_file,
+    # dinp up's local CA (<state_dir>/tls/ca.pem, see roles/up_tls.py) signs the
+    # certificates; with it, the operator's wildcard serves, as with `dinp router`.
+    https_port: int = 0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Certificates of the custom domains added with --tls, as in [server].
+    acme_directory: str = ""
+    acme_email: str = ""
+    acme_ca_bundle: str = ""
+    acme_renew_after: float = 2 / 3
+    acme_retry_base: float = 60.0
+    acme_retry_max: float = 21600.0
+    acme_timeout: float = 90.0
+    acme_interval: float = 10.0
+
+    def acme(self) -> dict[str, Any]:
+        """The ACME keys, as ServerConfig names them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.startswith("acme_")}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -103,3 +103,19 @@ def test_the_server_refuses_a_policy_that_makes_no_sense() -> None:
                       ({"acme_ca_bundle": "/nonexistent/ca.pem"}, "acme_ca_bundle")):
         with pytest.raises(ConfigError, match=word):
             policy(ServerConfig(**bad))
+
+
+def test_attention_calls_out_failed_expiring_and_failing_renewals_only() -> None:
+    now = 1_000_000_000.0
+    assert ao.attention(ao.Cert(ao.ISSUED, 0.0, now + 60 * DAY), "", now) == ""
+    assert ao.attention(ao.Cert(ao.PENDING), "", now) == ""
+    assert ao.attention(ao.Cert(ao.FAILED, attempts=2), "DNS problem: NXDOMAIN", now) == \
+        "no certificate: DNS problem: NXDOMAIN"
+    assert ao.attention(ao.Cert(ao.ISSUED, 0.0, now + 3 * DAY), "", now) == \
+        "expires in 3 d"
+    assert ao.attention(ao.Cert(ao.RENEWING, 0.0, now + 5 * DAY, 4), "refused", now) == \
+        "expires in 5 d; renewal failed: refused"
+    assert ao.attention(ao.Cert(ao.RENEWING, 0.0, now + 50 * DAY, 1), "timeout", now) == \
+        "renewal failed 1 time(s): timeout"
+    assert ao.attention(ao.Cert(ao.RENEWING, 0.0, now + 50 * DAY), "", now) == ""
+    assert ao.attention(ao.Cert(ao.REVOKING, 0.0, now + DAY), "", now) == ""

@@ -14,6 +14,7 @@ from rich.status import Status
 from dinp import validation
 from dinp.client import Client
 from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
+from dinp.commands.domain_table import https_settings, print_domains
 from dinp.const import DEFAULT_APP_PORT
 from dinp.errors import DeployFailed, InvalidInput, Timeout
 from dinp.output import console, duration, err_console, print_json, short_image, table
@@ -102,7 +103,8 @@ def list_apps(as_json: bool = JsonOpt, server: str | None = ServerOpt,
 @cli.command("show")
 def show(name: str = typer.Argument(..., help="App name."), as_json: bool = JsonOpt,
          server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
-    """Show an app and each of its instances: node, address, state, health."""
+    """Show an app and each of its instances (node, address, state, health), its HTTPS
+    settings and its custom domains with their certificates."""
     app = client(server, token).get(f"/apps/{name}")
     if as_json:
         print_json(app)
@@ -132,6 +134,12 @@ def show(name: str = typer.Argument(..., help="App name."), as_json: bool = Json
             console.print(f"[yellow]{i['id']} health check:[/] {escape(i['health_detail'])}")
     if app["env"]:
         console.print("env: " + " ".join(f"{k}=…" for k in sorted(app["env"])))
+    console.print(https_settings(app))
+    domains = app.get("custom_domains")
+    if domains:
+        print_domains(domains, title="Domains")
+    elif domains is None and app.get("domains"):  # the database did not answer
+        console.print("domains: " + ", ".join(app["domains"]) + " (certificates unknown)")
 
 
 def _instance_state(i: dict[str, Any]) -> str:

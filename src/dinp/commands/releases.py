@@ -17,6 +17,7 @@ from dinp import validation
 from dinp.commands.app import TimeoutOpt, WaitOpt, _memory, _report
 from dinp.commands.app import cli as app_cli
 from dinp.commands.common import JsonOpt, ServerOpt, TokenOpt, client
+from dinp.commands.domain_table import print_domains
 from dinp.output import console, print_json, short_image, table
 
 env_cli = typer.Typer(no_args_is_help=True, help="An app's env vars (each change is a new "
@@ -202,10 +203,6 @@ def domains_remove(name: str = typer.Argument(..., help="App name."),
     console.print(f"{name}: {domain.lower()} removed")
 
 
-def _when(at: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else "-"
-
-
 @domains_cli.command("list")
 def domains_list(name: str = typer.Argument(..., help="App name."), as_json: bool = JsonOpt,
                  server: str | None = ServerOpt, token: str | None = TokenOpt) -> None:
@@ -214,9 +211,4 @@ def domains_list(name: str = typer.Argument(..., help="App name."), as_json: boo
     if as_json:
         print_json(rows)
         return
-    table(None, ["DOMAIN", "TLS", "EXPIRES", "ADDED", "CERTIFICATE"], [
-        (r["domain"], r["certificate"]["state"] if r["certificate"] else "off",
-         _when(r["certificate"]["not_after"]) if r["certificate"] else "-",
-         _when(r["created_at"]),
-         r["certificate"]["summary"] if r["certificate"] else "-")
-        for r in rows], keep=("DOMAIN",), optional=("ADDED", "EXPIRES"))
+    print_domains(rows)

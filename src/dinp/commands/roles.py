@@ -126,6 +126,22 @@ def up(
     admin_port: int | None = typer.Option(None, "--admin-port", help="Router admin port."),
     domain: str | None = typer.Option(None, "--domain",
                                       help="Apps are served at <app>.<domain>."),
+    https_port: int | None = typer.Option(None, "--https-port", min=0, max=65535,
+                                          help="Router port for apps over HTTPS "
+                                          "(default: none)."),
+    tls_cert: str | None = typer.Option(None, "--tls-cert",
+                                        help="The wildcard certificate for *.<domain> "
+                                        "(PEM chain; default: one of dinp up's local CA, "
+                                        "<state-dir>/tls/ca.pem)."),
+    tls_key: str | None = typer.Option(None, "--tls-key",
+                                       help="Its private key (PEM; default: in --tls-cert)."),
+    acme_directory: str | None = typer.Option(
+        None, "--acme-directory", help="ACME directory URL for the certificates of custom "
+        "domains added with --tls (default: none)."),
+    acme_email: str | None = typer.Option(None, "--acme-email",
+                                          help="The ACME account's contact e-mail."),
+    acme_ca_bundle: str | None = typer.Option(
+        None, "--acme-ca-bundle", help="CA bundle (PEM) for the ACME directory's own HTTPS."),
 ) -> None:
     """Run server, agent and router in one process on this machine."""
     from dinp.roles import up as up_role
@@ -133,6 +149,9 @@ def up(
     conf = cfg.load(cfg.UpConfig, "up", path=cfg.find_config_file(_s(config)), flags={
         "state_dir": str(state_dir) if state_dir else None, "http_port": http_port,
         "api_port": api_port, "admin_port": admin_port, "domain": domain,
+        "https_port": https_port, "tls_cert_file": tls_cert, "tls_key_file": tls_key,
+        "acme_directory": acme_directory, "acme_email": acme_email,
+        "acme_ca_bundle": acme_ca_bundle,
     })
     _run(lambda: up_role.serve(conf))
 

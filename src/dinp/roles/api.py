@@ -149,7 +149,23 @@ async def get_app(request: web.Request) -> web.Response:
     if show_env:  # values only for who may change the app (deploy a new env)
         access.check(principal(request), Need.APP_DEPLOY,
                      access.Target(app=name, app_team=app.team))
-    return web.json_response(server.app_view(app, detail=True, show_env=show_env))
+    view = server.app_view(app, detail=True, show_env=show_env)
+    view["custom_domains"] = await _custom_domains(server, name, view["domains"])
+    return web.json_response(view)
+
+
+async def _custom_domains(server: Server, name: str,
+                          domains: list[str]) -> list[dict[str, object]] | None:
+    """The app's domains with their certificates, read only for an app that has
+    domains (most have none: polling an app's page costs no query). None when the
+    database does not answer: the rest of the app still shows."""
+    if not domains:
+        return []
+    try:
+        return await domain_views(server, name)
+    except Unavailable as exc:
+        log.warning("app %s: its domains' certificates not shown: %s", name, exc)
+        return None
 
 
 def _query_flag(request: web.Request, name: str) -> bool:
@@ -276,16 +292,20 @@ async def list_domains(request: web.Request) -> web.Response:
     """The app's domains and their certificates: state, expiry, the last error (never
     the key)."""
     server = srv(request)
-    rows = await server.db(server.store.domains, app_in_path(request))
-    return web.json_response([{"domain": d.domain, "created_at": d.created_at,
-                               "tls": c is not None,
-                               "certificate": certificate_view(c) if c else None}
-                              for d, c in rows])
+    return web.json_response(await domain_views(server, app_in_path(request)))
+
+
+async def domain_views(server: Server, name: str) -> list[dict[str, object]]:
+    """The app's domains as GET /apps/NAME/domains shows them (and GET /apps/NAME)."""
+    rows = await server.db(server.store.domains, name)
+    return [{"domain": d.domain, "created_at": d.created_at, "tls": c is not None,
+             "certificate": certificate_view(c) if c else None} for d, c in rows]
 
 
 def certificate_view(row: CertificateRow) -> dict[str, object]:
     rules = cert_rules(row)
     return {"state": row.state, "summary": acme_orders.describe(rules, row.last_error),
+            "attention": acme_orders.attention(rules, row.last_error),
             "serial": validity(row.chain_pem)[2] if row.chain_pem else None,
             "not_after": row.not_after, "issued_at": row.issued_at,
             "last_error": row.last_error, "attempts": row.attempts,

@@ -195,6 +195,10 @@ SCHEMAS: dict[str, Schema] = {
                 "properties": {
                     "state": {"type": "string", "enum": list(acme_orders.STATES)},
                     "summary": {"type": "string", "description": "the state in words"},
+                    "attention": {"type": "string",
+                                  "description": "why it needs someone to look (failed, "
+                                  "expires within 14 days, renewals failing); empty: "
+                                  "nothing"},
                     "serial": {"type": ["string", "null"],
                                "description": "the certificate's serial number, in hex"},
                     "not_after": {"type": ["number", "null"],
@@ -233,6 +237,10 @@ SCHEMAS: dict[str, Schema] = {
                     "description": "values are null unless show_env=true was asked by "
                     "someone allowed to change the app"},
             "domains": {"type": "array", "items": {"type": "string"}},
+            "custom_domains": {"type": ["array", "null"], "items": _ref("DomainEntry"),
+                               "description": "GET /apps/{name} only: the domains with "
+                               "their certificates, as GET /apps/{name}/domains; null "
+                               "when the database does not answer"},
             "surge": {"type": "integer"}, "deploy_timeout": {"type": "number"},
             "stop_grace": {"type": "number"}, "team": {"type": ["string", "null"]},
             "https_redirect": {"type": "boolean"}, "hsts": {"type": "integer"},

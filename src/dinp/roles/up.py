@@ -2,25 +2,31 @@
 
 SQLite under the state directory, the route table handed from server to router in memory
 (and also to Redis when redis_url is set), domain `localhost` so `http://<app>.localhost:8080/`
-opens in a browser. It writes the user's CLI credentials, so `dinp app create …` works
-right after without a login step.
+opens in a browser; with https_port, also `https://<app>.localhost:<port>/`, with the
+operator's certificate or one of dinp up's local CA (up_tls.py), and custom domains'
+certificates by ACME as the server orders them. It writes the user's CLI credentials,
+so `dinp app create …` works right after without a login step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from pathlib import Path
 
 from dinp import routes
 from dinp.client import save_credentials
-from dinp.config import AgentConfig, ServerConfig, UpConfig
+from dinp.config import AgentConfig, RouterConfig, ServerConfig, UpConfig
 from dinp.container import DockerRuntime
+from dinp.errors import ConfigError
 from dinp.lifecycle import run_until_stopped
-from dinp.roles import api
+from dinp.roles import api, certificates, up_tls
 from dinp.roles.agent import Agent
+from dinp.roles.up_tls import HostCertificates, LocalCA
 from dinp.router import Router
+from dinp.router.tls import load_files
 from dinp.sandbox import Policy
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,33 @@ def _secret(path: Path) -> str:
     return value
 
 
+def _router_config(conf: UpConfig, state: Path) -> tuple[RouterConfig, LocalCA | None]:
+    """The in-process router's settings: with https_port, the operator's certificate
+    files, else those of dinp up's local CA (made or reused here, before anything
+    listens). Bad files fail here, so nothing is half started."""
+    if not conf.https_port:
+        if conf.tls_cert_file or conf.tls_key_file:
+            raise ConfigError("--tls-cert/--tls-key are given but HTTPS is off",
+                              hint="Add --https-port PORT (https_port in [up]).")
+        return RouterConfig(), None
+    if not 0 < conf.https_port < 65536:
+        raise ConfigError(f"https_port = {conf.https_port} is not a port (1-65535)")
+    if conf.tls_key_file and not conf.tls_cert_file:
+        raise ConfigError("--tls-key is given without --tls-cert",
+                          hint="Give both (or neither: dinp up makes its own).")
+    https = RouterConfig(https_listen=f"127.0.0.1:{conf.https_port}")
+    if conf.tls_cert_file:
+        router_conf = dataclasses.replace(https, tls_cert_file=conf.tls_cert_file,
+                                          tls_key_file=conf.tls_key_file)
+        load_files(router_conf.tls_cert_file, router_conf.tls_key_file)  # refused now
+        return router_conf, None
+    tls_dir = state / "tls"
+    ca = LocalCA.load_or_make(tls_dir, up_tls.check_domain(conf.domain))
+    cert_file, key_file = ca.write_wildcard(tls_dir)
+    return dataclasses.replace(https, tls_cert_file=str(cert_file),
+                               tls_key_file=str(key_file)), ca
+
+
 async def serve(conf: UpConfig) -> None:
     state = Path(conf.state_dir).expanduser().resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -64,7 +97,11 @@ async def serve(conf: UpConfig) -> None:
         redis_url=conf.redis_url, domain=conf.domain,
         router_url=f"http://127.0.0.1:{conf.http_port}",
         cluster_token=_secret(state / "cluster.token"), admin_token=admin_token,
+        **conf.acme(),
     )
+    certificates.policy(server_conf)  # a bad ACME setting is refused before anything opens
+    router_conf, ca = await asyncio.to_thread(_router_config, conf, state)
+    hosts = HostCertificates(ca) if ca is not None else None
     memory = routes.MemoryRouteStore()
     store: routes.RouteStore = memory
     if conf.redis_url:
@@ -74,30 +111,44 @@ async def serve(conf: UpConfig) -> None:
         lambda: DockerRuntime(node=conf.node_name, advertise="127.0.0.1",
                               policy=Policy(network=conf.app_network))
     )
-    server, runner = await api.start(server_conf, store)
-    router = Router()  # RouterConfig's defaults
+    router = Router(router_conf)
     try:
-        # The server publishes from a worker thread; the router lives on this loop.
+        # The server publishes from a worker thread; the router lives on this loop. The
+        # local CA's certificates for app hosts are made there too, off the loop.
         loop = asyncio.get_running_loop()
 
         def to_router(table: routes.RouteTable) -> None:
+            if hosts is not None:
+                table = hosts.add_to(table)
             loop.call_soon_threadsafe(router.set_table, table)
 
         memory.subscribe(to_router)
+        # The router's ports first: one that is taken fails the start before the API
+        # listens. The HTTPS listener opens once the first table's certificates are in.
         await router.start_http("127.0.0.1", conf.http_port)
+        https = ""
+        if conf.https_port:
+            await router.start_https("127.0.0.1", conf.https_port)
+            https = f" and https://<app>.{conf.domain}:{conf.https_port}/"
         await router.start_admin("127.0.0.1", conf.admin_port)
-        # Its logs listener takes any free port: the server, in this process, learns it
-        # from the heartbeat, and two `dinp up` on one machine never compete for one.
-        agent = Agent(AgentConfig(node_name=conf.node_name, advertise="127.0.0.1",
-                                  server=api_url, cluster_token=server_conf.cluster_token,
-                                  capacity_mb=conf.capacity_mb, logs_listen="127.0.0.1:0",
-                                  state_dir=str(state / "agent")), runtime)
-        path = save_credentials(api_url, admin_token)
-        log.info("dinp is up: API %s, apps at http://<app>.%s:%d/ (CLI configured in %s)",
-                 api_url, conf.domain, conf.http_port, path)
-        await run_until_stopped(server.run(), agent.run())
+        server, runner = await api.start(server_conf, store)
+        try:
+            # Its logs listener takes any free port: the server, in this process, learns
+            # it from the heartbeat, and two `dinp up` on one machine never compete for one.
+            agent = Agent(AgentConfig(node_name=conf.node_name, advertise="127.0.0.1",
+                                      server=api_url, cluster_token=server_conf.cluster_token,
+                                      capacity_mb=conf.capacity_mb, logs_listen="127.0.0.1:0",
+                                      state_dir=str(state / "agent")), runtime)
+            path = save_credentials(api_url, admin_token)
+            log.info("dinp is up: API %s, apps at http://<app>.%s:%d/%s (CLI configured in "
+                     "%s)", api_url, conf.domain, conf.http_port, https, path)
+            if ca is not None:
+                log.info("HTTPS certificates from dinp up's local CA: trust %s (e.g. curl "
+                         "--cacert %s)", ca.path, ca.path)
+            await run_until_stopped(server.run(), agent.run(), router.watch())
+        finally:
+            server.release_waiters()
+            await runner.cleanup()
+            server.close()
     finally:
-        server.release_waiters()
         await router.close()
-        await runner.cleanup()
-        server.close()

@@ -103,7 +103,7 @@ class AppPage {
     update(this.state, [app.state], () => [
       h("span", { class: "dim" }, "State: "), h("strong", { class: "state " + tone(app.state) }, app.state)]);
     update(this.overview, [app.release, app.image, app.url, app.instances, app.status, app.memory_mb,
-      app.port, app.health_path, app.domains], () => overview(app));
+      app.port, app.health_path, app.domains, app.https_redirect, app.hsts], () => overview(app));
     update(this.instances, app.instance_list, () => instancesTable(app.instance_list));
     update(this.releases, releases, () => releasesTable(releases));
     if (events.length) {
@@ -113,7 +113,7 @@ class AppPage {
     update(this.eventList, this.events.map((e) => e.id), () => eventsList(this.events));
     this.actions.refresh(app, releases);
     this.env.refresh(app.env);
-    this.domains.refresh(app.domains);
+    this.domains.refresh(app);
   }
 }
 
@@ -132,6 +132,8 @@ function overview(app) {
     item("Memory", `${app.memory_mb} MB each`),
     item("Port", String(app.port)),
     item("Health check", app.health_path ? `GET ${app.health_path}` : "a TCP connection"),
+    item("HTTPS", `redirect ${app.https_redirect ? "on" : "off"}, HSTS ` +
+      (app.hsts ? `${app.hsts} s` : "off")),
     app.domains?.length ? item("Domains", app.domains.join(", ")) : []);
 }
 

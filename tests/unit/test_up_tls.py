@@ -1,0 +1,138 @@
+"""`dinp up`'s local CA: made once and kept (its key 0600), made again when it expires,
+is unreadable or was made for another domain; what it signs passes a real TLS client's
+checks for app hosts under its domain (where a `*.localhost` wildcard would not), and
+nothing outside it."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from dinp.errors import ConfigError
+from dinp.roles import up_tls
+from dinp.roles.up_tls import HostCertificates, LocalCA
+from dinp.router.tls import load_pair
+from dinp.routes import RouteTable
+
+
+def handshake(chain: str, key: str, name: str, ca_file: Path) -> None:
+    """A TLS handshake between a server serving (chain, key) and a client trusting only
+    `ca_file` and checking `name`, as curl --cacert does; raises ssl.SSLError if refused."""
+    server_ctx = load_pair(chain, key)
+    client_ctx = ssl.create_default_context(cafile=str(ca_file))
+    a, b = socket.socketpair()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            with server_ctx.wrap_socket(a, server_side=True) as s:
+                s.recv(1)
+        except (ssl.SSLError, OSError) as exc:
+            failure.append(exc)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with client_ctx.wrap_socket(b, server_hostname=name) as c:
+            c.sendall(b"x")
+    finally:
+        b.close()
+        t.join(5)
+        a.close()
+
+
+def test_the_ca_is_made_once_with_a_private_key_and_kept(tmp_path: Path) -> None:
+    ca = LocalCA.load_or_make(tmp_path / "tls", "localhost")
+    assert (tmp_path / "tls" / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "tls").stat().st_mode & 0o777 == 0o700
+    assert ca.path == tmp_path / "tls" / "ca.pem"
+    assert ca.constrained_to() == "localhost"
+    again = LocalCA.load_or_make(tmp_path / "tls", "localhost")
+    assert again.cert_pem == ca.cert_pem == (tmp_path / "tls" / "ca.pem").read_text()
+
+
+def test_what_it_signs_passes_a_tls_client_for_app_hosts_only(tmp_path: Path) -> None:
+    ca = LocalCA.load_or_make(tmp_path, "localhost")
+    chain, key = ca.issue("hello.localhost")
+    handshake(chain, key, "hello.localhost", ca.path)
+    with pytest.raises(ssl.SSLError, match=r"Hostname mismatch"):
+        handshake(chain, key, "other.localhost", ca.path)
+    # The name constraint: even a certificate it signed for a name elsewhere is refused,
+    # so trusting the CA exposes no other site.
+    chain, key = ca.issue("bank.example.com")
+    with pytest.raises(ssl.SSLError, match=r"permitted subtree violation"):
+        handshake(chain, key, "bank.example.com", ca.path)
+
+
+def test_the_wildcard_files_load_as_the_routers_and_serve_a_two_label_domain(
+        tmp_path: Path) -> None:
+    ca = LocalCA.load_or_make(tmp_path, "apps.test")
+    cert_file, key_file = ca.write_wildcard(tmp_path)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    from dinp.router.tls import load_files
+
+    loaded = load_files(str(cert_file), str(key_file))
+    assert set(loaded.names) == {"apps.test", "*.apps.test"}
+    handshake(cert_file.read_text(), key_file.read_text(), "web.apps.test", ca.path)
+
+
+def test_it_is_made_again_for_another_domain_when_expiring_or_unreadable(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = LocalCA.load_or_make(tmp_path, "localhost")
+    other = LocalCA.load_or_make(tmp_path, "dinp.test")
+    assert other.cert_pem != first.cert_pem and other.constrained_to() == "dinp.test"
+    assert "made for domain 'localhost'" in caplog.text
+
+    # One that ends within RENEW_BEFORE: re-signed here with the same key, to expire soon.
+    cert = x509.load_pem_x509_certificate(other.cert_pem.encode())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+               .public_key(cert.public_key()).serial_number(cert.serial_number)
+               .not_valid_before(now - datetime.timedelta(days=1))
+               .not_valid_after(now + datetime.timedelta(days=2)))
+    for ext in cert.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    (tmp_path / "ca.pem").write_bytes(
+        builder.sign(other.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    renewed = LocalCA.load_or_make(tmp_path, "dinp.test")
+    assert renewed.cert.not_valid_after_utc > now + datetime.timedelta(days=365)
+
+    (tmp_path / "ca-key.pem").write_text("not a key")
+    remade = LocalCA.load_or_make(tmp_path, "dinp.test")
+    assert remade.cert_pem != renewed.cert_pem
+    assert (tmp_path / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_each_routed_host_gets_a_certificate_made_once_and_acme_ones_win(
+        tmp_path: Path) -> None:
+    ca = LocalCA.load_or_make(tmp_path, "localhost")
+    hosts = HostCertificates(ca)
+    acme = ("ACME CHAIN", "ACME KEY")
+    table = RouteTable(hosts={"hello.localhost": "hello", "web.localhost": "web"},
+                       cnames={"shop.example.com": "web.localhost"},
+                       certs={"shop.example.com": acme})
+    served = hosts.add_to(table)
+    assert set(served.certs) == {"hello.localhost", "web.localhost", "shop.example.com"}
+    assert served.certs["shop.example.com"] == acme
+    handshake(*served.certs["web.localhost"], "web.localhost", ca.path)
+    assert hosts.add_to(table).certs == served.certs  # made once: the router loads it once
+    assert hosts.add_to(RouteTable()) == RouteTable()
+
+
+@pytest.mark.parametrize("domain", ["", "*.localhost", ".localhost", "a..b"])
+def test_a_domain_that_cannot_be_a_name_constraint_is_refused(domain: str) -> None:
+    with pytest.raises(ConfigError):
+        up_tls.check_domain(domain)
+
+
+def test_a_state_directory_it_cannot_write_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot write dinp up's certificates"):
+        LocalCA.load_or_make(tmp_path / "file" / "tls", "localhost")
