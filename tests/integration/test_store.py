@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -365,6 +366,52 @@ def test_the_leader_lease_is_one_servers_and_fences_its_writes(store: Store) -> 
     assert len(store.snapshot().desired.instances) == 1  # a's late write did nothing
     store.apply([Place("web", 1, "n1", 64)], fence=("b", 2))
     assert len(store.snapshot().desired.instances) == 2
+
+
+def test_a_long_fenced_write_does_not_hold_up_the_lease_renewal(
+        mysql_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease row is locked only for a fenced write's check and commit: a renewal
+    made while a big plan's statements run goes through at once (it used to wait for
+    the whole write, past database_timeout, and a lone server placing 10,000 instances
+    stepped down). A take-over after the write still fences it out."""
+    store, other = Store(mysql_url), Store(mysql_url)
+    try:
+        store.cluster_id()
+        store.claim_lease("a", "http://a:7070", 30)
+        store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=1 << 20)
+        create(store, "web")
+        inside, go_on = threading.Event(), threading.Event()
+        count_change = Store._count_instance_change
+
+        def paused(s: object) -> int | None:  # the write's statements ran, not committed
+            inside.set()
+            assert go_on.wait(10)
+            return count_change(s)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Store, "_count_instance_change", staticmethod(paused))
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                store.apply([Place("web", 1, "n1", 8)] * 50 + [SetNodeStatus("n1", "ready")],
+                            fence=("a", 1))
+            except BaseException as exc:
+                errors.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert inside.wait(10)
+        started = time.monotonic()
+        renewed = other.claim_lease("a", "http://a:7070", 30)
+        waited = time.monotonic() - started
+        go_on.set()
+        writer.join(30)
+        assert not errors, errors
+        assert renewed.holder == "a" and waited < 2, waited
+        assert count(store, "instances") == 50
+    finally:
+        store.close()
+        other.close()
 
 
 def _rows(snap: object) -> list[tuple[str, str, int, str, int, float]]:
