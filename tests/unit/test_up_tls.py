@@ -61,6 +61,13 @@ def test_the_ca_is_made_once_with_a_private_key_and_kept(tmp_path: Path) -> None
     assert again.cert_pem == ca.cert_pem == (tmp_path / "tls" / "ca.pem").read_text()
 
 
+def test_a_kept_key_other_users_could_read_is_made_private(tmp_path: Path) -> None:
+    ca = LocalCA.load_or_make(tmp_path, "localhost")
+    (tmp_path / "ca-key.pem").chmod(0o644)
+    assert LocalCA.load_or_make(tmp_path, "localhost").cert_pem == ca.cert_pem
+    assert (tmp_path / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+
+
 def test_what_it_signs_passes_a_tls_client_for_app_hosts_only(tmp_path: Path) -> None:
     ca = LocalCA.load_or_make(tmp_path, "localhost")
     chain, key = ca.issue("hello.localhost")

@@ -222,7 +222,8 @@ class Certifier:
     async def _issue(self, domain: str) -> Issued:
         """One ACME order, its HTTP-01 answers served by every router meanwhile."""
         if not self.config.acme_directory:  # TLS was asked for while it was set
-            raise AcmeFailure("no acme_directory is configured in [server] of dinp.toml")
+            raise AcmeFailure("no acme_directory is configured ([server] of dinp.toml; "
+                              "with dinp up: --acme-directory, or [up])")
         directory = await self._connect()
         order = await self._call(directory.begin, domain)
         if not order.answers:  # every authorization was valid already

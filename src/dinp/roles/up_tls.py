@@ -120,6 +120,9 @@ class LocalCA:
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
         if key.public_key() != cert.public_key():
             raise ValueError("the key is not the certificate's")
+        if key_file.stat().st_mode & 0o077:  # say, restored from a backup as 0644
+            log.warning("dinp up: %s could be read by other users; made 0600", key_file)
+            key_file.chmod(0o600)
         return cls(text, cert, key, domain, cert_file)
 
     @classmethod
