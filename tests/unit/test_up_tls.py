@@ -171,6 +171,7 @@ def test_each_routed_host_gets_a_certificate_made_once_and_acme_ones_win(
     assert served.certs["shop.example.com"] == acme
     handshake(*served.certs["web.localhost"], "web.localhost", ca.path)
     assert hosts.add_to(table).certs == served.certs  # made once: the router loads it once
+    assert "PRIVATE KEY" not in repr(served) and "PRIVATE KEY" not in repr(hosts.ca)
 
 
 def test_a_removed_apps_certificate_is_dropped(tmp_path: Path) -> None:
