@@ -35,6 +35,9 @@ MAX_ERROR = 1000
 # thirds of the lifetime (30 days before the end of a 90-day one), so one this close has
 # failed to renew for weeks.
 EXPIRES_SOON = 14 * 86400.0
+# ... or, for a short-lived one (Let's Encrypt's 6-day certificates), this part of its
+# lifetime: half of the time renewals have had, so a fresh one is never called out.
+EXPIRES_SOON_PART = 1 / 6
 
 
 @dataclass(frozen=True)
@@ -168,14 +171,18 @@ def describe(cert: Cert, last_error: str, now: float | None = None) -> str:
 def attention(cert: Cert, last_error: str, now: float | None = None) -> str:
     """Why the certificate needs someone to look, in words ("" when it does not): it
     failed (the domain is served over plain HTTP only), it expires within EXPIRES_SOON
-    or has expired, or its renewal keeps failing. `dinp app show` and the Dashboard
+    (a short-lived one: within EXPIRES_SOON_PART of its lifetime) or has expired, or its
+    renewal keeps failing. `dinp app show` and the Dashboard
     show it in their warning colour."""
     now = time.time() if now is None else now
     if cert.state == REVOKING:
         return ""
     if cert.state == FAILED:
         return f"no certificate: {last_error or 'the order failed'}"
-    if cert.not_after is not None and cert.not_after - now < EXPIRES_SOON:
+    soon = EXPIRES_SOON
+    if cert.not_before is not None and cert.not_after is not None:
+        soon = min(soon, EXPIRES_SOON_PART * (cert.not_after - cert.not_before))
+    if cert.not_after is not None and cert.not_after - now < soon:
         left = cert.not_after - now
         when = (f"expires in {_duration(left)}" if left > 0
                 else f"expired {_duration(-left)} ago")

@@ -110,7 +110,9 @@ def quiet_bad_requests() -> None:
         logger.addFilter(BadRequestLogFilter())
 
 
-async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def start_site(app: web.Application, host: str, port: int,
+                     setting: str = "") -> web.AppRunner:
+    """Serve `app`; a port it cannot take is an error naming `setting` (see cannot_listen)."""
     quiet_bad_requests()
     # Requests still open after 5 s of shutdown are cut: nothing here is worth waiting for.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -119,7 +121,7 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
         await web.TCPSite(runner, host, port, reuse_address=True).start()
     except OSError as exc:
         await runner.cleanup()
-        raise cannot_listen(host, port, exc) from exc
+        raise cannot_listen(host, port, exc, setting) from exc
     return runner
 
 

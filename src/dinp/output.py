@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -72,8 +73,8 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
         copied = columns[i] in keep
         t.add_column(columns[i], no_wrap=copied, overflow="fold",
                      min_width=max((len(r[i]) for r in cells), default=0) if copied else None)
-    for row in cells:
-        t.add_row(*(row[i] for i in shown))
+    for row in cells:  # plain text: a cell (a CA's error, say) is never read as markup
+        t.add_row(*(Text(row[i]) for i in shown))
     console.print(t)
 
 

@@ -70,8 +70,9 @@ class RouteTable:
     hosts: Mapping[str, str] = field(default_factory=dict)  # host -> app
     rev: int = 0
     # domain (lowercase, exact, or a wildcard such as `*.shop.example.com`) ->
-    # (certificate chain PEM, private key PEM)
-    certs: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # (certificate chain PEM, private key PEM); out of repr, so that a table in a log line
+    # or a failed assertion never shows a private key
+    certs: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
     # an app's host -> its HTTPS policy (HttpsPolicy as JSON); custom domains follow it
     https: Mapping[str, str] = field(default_factory=dict)
     # ACME HTTP-01: token -> key authorization

@@ -236,6 +236,8 @@ def _refused(tmp_path: Path, *extra: str, http_port: int = 0) -> tuple[int, str,
 
 
 def _nothing_listens(port: int) -> bool:
+    """Nothing answers on `port` now (the process has exited: true of any port it had,
+    so the callers also check that it never got as far as being up)."""
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
@@ -245,7 +247,8 @@ def test_a_missing_certificate_file_is_refused(tmp_path: Path) -> None:
                                 "--tls-cert", str(tmp_path / "nope.pem"))
     assert code != 0
     assert f"cannot use the TLS certificate {tmp_path / 'nope.pem'}" in said
-    assert "No such file" in said and _nothing_listens(port)
+    assert "No such file" in said and "--tls-cert" in said
+    assert "dinp is up" not in said and _nothing_listens(port)
 
 
 def test_a_key_that_is_not_the_certificates_is_refused_without_showing_it(
@@ -268,7 +271,8 @@ def test_a_taken_https_port_is_refused_before_the_api_listens(tmp_path: Path) ->
         https_port = taken.getsockname()[1]
         code, said, port = _refused(tmp_path, "--https-port", str(https_port))
     assert code != 0 and f"cannot listen on 127.0.0.1:{https_port}" in said, said
-    assert _nothing_listens(port)
+    assert "--https-port" in said and "https_listen" not in said, said
+    assert "dinp is up" not in said and _nothing_listens(port)
 
 
 def test_tls_files_without_https_are_refused(tmp_path: Path) -> None:

@@ -119,3 +119,15 @@ def test_attention_calls_out_failed_expiring_and_failing_renewals_only() -> None
         "renewal failed 1 time(s): timeout"
     assert ao.attention(ao.Cert(ao.RENEWING, 0.0, now + 50 * DAY), "", now) == ""
     assert ao.attention(ao.Cert(ao.REVOKING, 0.0, now + DAY), "", now) == ""
+
+
+def test_a_short_lived_certificate_is_called_out_only_when_renewals_lag() -> None:
+    """A 6-day certificate has less than 14 days left from the start: it is called out
+    only once it is near its end (a sixth of its lifetime), not while fresh."""
+    now = 1_000_000_000.0
+    fresh = ao.Cert(ao.ISSUED, now - DAY, now + 5 * DAY)
+    assert ao.attention(fresh, "", now) == ""
+    late = ao.Cert(ao.RENEWING, now - 5.5 * DAY, now + 0.5 * DAY, 3)
+    assert ao.attention(late, "timeout", now) == "expires in 12 h; renewal failed: timeout"
+    # Without its start, the fixed threshold.
+    assert ao.attention(ao.Cert(ao.ISSUED, None, now + 5 * DAY), "", now) == "expires in 5 d"

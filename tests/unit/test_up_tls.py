@@ -5,7 +5,9 @@ nothing outside it."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import ipaddress
 import socket
 import ssl
 import threading
@@ -28,14 +30,14 @@ def handshake(chain: str, key: str, name: str, ca_file: Path) -> None:
     server_ctx = load_pair(chain, key)
     client_ctx = ssl.create_default_context(cafile=str(ca_file))
     a, b = socket.socketpair()
-    failure: list[BaseException] = []
+    got: list[bytes] = []
 
     def serve() -> None:
-        try:
-            with server_ctx.wrap_socket(a, server_side=True) as s:
-                s.recv(1)
-        except (ssl.SSLError, OSError) as exc:
-            failure.append(exc)
+        # The server side fails too when the client refuses: only the client's error
+        # is the test's; a byte received says the handshake went through both ways.
+        with contextlib.suppress(ssl.SSLError, OSError), \
+                server_ctx.wrap_socket(a, server_side=True) as s:
+            got.append(s.recv(1))
 
     t = threading.Thread(target=serve)
     t.start()
@@ -46,6 +48,7 @@ def handshake(chain: str, key: str, name: str, ca_file: Path) -> None:
         b.close()
         t.join(5)
         a.close()
+    assert got == [b"x"]
 
 
 def test_the_ca_is_made_once_with_a_private_key_and_kept(tmp_path: Path) -> None:
@@ -56,6 +59,13 @@ def test_the_ca_is_made_once_with_a_private_key_and_kept(tmp_path: Path) -> None
     assert ca.constrained_to() == "localhost"
     again = LocalCA.load_or_make(tmp_path / "tls", "localhost")
     assert again.cert_pem == ca.cert_pem == (tmp_path / "tls" / "ca.pem").read_text()
+
+
+def test_a_kept_key_other_users_could_read_is_made_private(tmp_path: Path) -> None:
+    ca = LocalCA.load_or_make(tmp_path, "localhost")
+    (tmp_path / "ca-key.pem").chmod(0o644)
+    assert LocalCA.load_or_make(tmp_path, "localhost").cert_pem == ca.cert_pem
+    assert (tmp_path / "ca-key.pem").stat().st_mode & 0o777 == 0o600
 
 
 def test_what_it_signs_passes_a_tls_client_for_app_hosts_only(tmp_path: Path) -> None:
@@ -71,16 +81,53 @@ def test_what_it_signs_passes_a_tls_client_for_app_hosts_only(tmp_path: Path) ->
         handshake(chain, key, "bank.example.com", ca.path)
 
 
-def test_the_wildcard_files_load_as_the_routers_and_serve_a_two_label_domain(
+def test_the_wildcard_comes_with_every_table_and_serves_a_two_label_domain(
         tmp_path: Path) -> None:
     ca = LocalCA.load_or_make(tmp_path, "apps.test")
-    cert_file, key_file = ca.write_wildcard(tmp_path)
-    assert key_file.stat().st_mode & 0o777 == 0o600
-    from dinp.router.tls import load_files
+    served = HostCertificates(ca).add_to(RouteTable())
+    assert set(served.certs) == {"apps.test", "*.apps.test"}
+    assert set(load_files_from(served.certs["*.apps.test"])) == {"apps.test", "*.apps.test"}
+    handshake(*served.certs["*.apps.test"], "web.apps.test", ca.path)
 
-    loaded = load_files(str(cert_file), str(key_file))
-    assert set(loaded.names) == {"apps.test", "*.apps.test"}
-    handshake(cert_file.read_text(), key_file.read_text(), "web.apps.test", ca.path)
+
+def load_files_from(pair: tuple[str, str]) -> tuple[str, ...]:
+    from dinp.router.tls import read_certificate
+
+    return read_certificate(pair[0])[0]
+
+
+def test_it_signs_for_no_ip_address(tmp_path: Path) -> None:
+    """A DNS name constraint alone leaves IP addresses free: a copy of the key could
+    sign for any address, and a client trusting the CA would take it."""
+    ca = LocalCA.load_or_make(tmp_path, "localhost")
+    chain, key = ca.issue("hello.localhost")
+    leaf = x509.load_pem_x509_certificate(chain.encode())
+    builder = (x509.CertificateBuilder().subject_name(leaf.subject)
+               .issuer_name(leaf.issuer).public_key(leaf.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(leaf.not_valid_before_utc)
+               .not_valid_after(leaf.not_valid_after_utc)
+               .add_extension(x509.SubjectAlternativeName(
+                   [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False))
+    forged = builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(ssl.SSLError, match=r"excluded subtree violation"):
+        handshake(forged.decode() + ca.cert_pem, key, "127.0.0.1", ca.path)
+
+
+def test_a_ca_without_the_ip_exclusion_is_made_again(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    first = LocalCA.load_or_make(tmp_path, "localhost")
+    builder = (x509.CertificateBuilder().subject_name(first.cert.subject)
+               .issuer_name(first.cert.subject).public_key(first.cert.public_key())
+               .serial_number(1).not_valid_before(first.cert.not_valid_before_utc)
+               .not_valid_after(first.cert.not_valid_after_utc)
+               .add_extension(x509.NameConstraints([x509.DNSName("localhost")], None),
+                              critical=True))
+    (tmp_path / "ca.pem").write_bytes(
+        builder.sign(first.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    again = LocalCA.load_or_make(tmp_path, "localhost")
+    assert again.cert.serial_number != 1 and again.constrained_to() == "localhost"
+    assert "name constraint is not dinp up's" in caplog.text
 
 
 def test_it_is_made_again_for_another_domain_when_expiring_or_unreadable(
@@ -119,11 +166,40 @@ def test_each_routed_host_gets_a_certificate_made_once_and_acme_ones_win(
                        cnames={"shop.example.com": "web.localhost"},
                        certs={"shop.example.com": acme})
     served = hosts.add_to(table)
-    assert set(served.certs) == {"hello.localhost", "web.localhost", "shop.example.com"}
+    assert set(served.certs) == {"hello.localhost", "web.localhost", "shop.example.com",
+                                 "localhost", "*.localhost"}
     assert served.certs["shop.example.com"] == acme
     handshake(*served.certs["web.localhost"], "web.localhost", ca.path)
     assert hosts.add_to(table).certs == served.certs  # made once: the router loads it once
-    assert hosts.add_to(RouteTable()) == RouteTable()
+    assert "PRIVATE KEY" not in repr(served) and "PRIVATE KEY" not in repr(hosts.ca)
+
+
+def test_a_removed_apps_certificate_is_dropped(tmp_path: Path) -> None:
+    hosts = HostCertificates(LocalCA.load_or_make(tmp_path, "localhost"))
+    one = RouteTable(hosts={"hello.localhost": "hello"})
+    first = hosts.add_to(one).certs["hello.localhost"]
+    for n in range(50):  # apps come and go: what is kept stays the last table's
+        hosts.add_to(RouteTable(hosts={f"app{n}.localhost": f"app{n}"}))
+    assert len(hosts._made) == 2  # app49 and the wildcard
+    assert hosts.add_to(one).certs["hello.localhost"] != first  # made again, not kept
+
+
+def test_certificates_are_made_again_before_they_expire(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = HostCertificates(LocalCA.load_or_make(tmp_path, "localhost"))
+    table = RouteTable(hosts={"hello.localhost": "hello"})
+    before = hosts.add_to(table).certs
+    assert not hosts.due()
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+        days=up_tls.LEAF_DAYS * up_tls.REISSUE_AFTER + 1)
+    monkeypatch.setattr(up_tls, "_now", lambda: later)
+    assert hosts.due()
+    after = hosts.add_to(table).certs
+    for name in ("hello.localhost", "localhost", "*.localhost"):
+        assert after[name] != before[name]
+        cert = x509.load_pem_x509_certificate(after[name][0].encode())
+        assert cert.not_valid_after_utc > later + datetime.timedelta(days=30)
+    assert not hosts.due()
 
 
 @pytest.mark.parametrize("domain", ["", "*.localhost", ".localhost", "a..b"])

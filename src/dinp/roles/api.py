@@ -328,8 +328,8 @@ async def add_domain(request: web.Request) -> web.Response:
         raise Conflict("--tls: this server has no ACME directory to order certificates "
                        "from; nothing was added",
                        hint="An operator sets acme_directory in [server] of dinp.toml "
-                       "(DINP_ACME_DIRECTORY), e.g. Let's Encrypt's "
-                       "https://acme-v02.api.letsencrypt.org/directory.")
+                       "(DINP_ACME_DIRECTORY; with dinp up: --acme-directory, or [up]), "
+                       "e.g. Let's Encrypt's https://acme-v02.api.letsencrypt.org/directory.")
     await server.db(server.store.add_domain, name, domain, tls=tls, actor=actor(request))
     await server.desired_changed()
     if tls:

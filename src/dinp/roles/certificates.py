@@ -55,10 +55,14 @@ class Leader(Protocol):
     async def desired_changed(self) -> None: ...
 
 
-def policy(config: ServerConfig) -> acme_orders.Policy:
-    """The renewal and retry policy of the server's configuration, checked."""
+def policy(config: ServerConfig, *, section: str = "server",
+           flags: tuple[str, ...] = ()) -> acme_orders.Policy:
+    """The renewal and retry policy of the server's configuration, checked. An error
+    names the key where the user sets it: the dinp.toml `section`, and the flag for
+    keys in `flags` (`dinp up` takes the ACME keys in [up], some as flags)."""
     def where(key: str) -> str:
-        return f"{key} ([server] in dinp.toml, or DINP_{key.upper()})"
+        flag = f"--{key.replace('_', '-')}, " if key in flags else ""
+        return f"{key} ({flag}[{section}] in dinp.toml, or DINP_{key.upper()})"
 
     if not 0 < config.acme_renew_after < 1:
         raise ConfigError(f"{where('acme_renew_after')} = {config.acme_renew_after:g} is "
@@ -218,7 +222,8 @@ class Certifier:
     async def _issue(self, domain: str) -> Issued:
         """One ACME order, its HTTP-01 answers served by every router meanwhile."""
         if not self.config.acme_directory:  # TLS was asked for while it was set
-            raise AcmeFailure("no acme_directory is configured in [server] of dinp.toml")
+            raise AcmeFailure("no acme_directory is configured ([server] of dinp.toml; "
+                              "with dinp up: --acme-directory, or [up])")
         directory = await self._connect()
         order = await self._call(directory.begin, domain)
         if not order.answers:  # every authorization was valid already

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import threading
 from pathlib import Path
 
 from dinp import routes
@@ -30,6 +31,9 @@ from dinp.router.tls import load_files
 from dinp.sandbox import Policy
 
 log = logging.getLogger(__name__)
+
+# How often the local CA's certificates are checked for renewal (they last LEAF_DAYS).
+RENEW_CHECK = 3600.0
 
 
 class TeeRouteStore:
@@ -59,10 +63,17 @@ def _secret(path: Path) -> str:
     return value
 
 
+def _flag(key: str) -> str:
+    """An [up] key as a `dinp up` user gives it, for an error's hint: the router's own
+    names (https_listen, [router]) are not dinp up's."""
+    return f"--{key.replace('_', '-')} ({key} in [up])"
+
+
 def _router_config(conf: UpConfig, state: Path) -> tuple[RouterConfig, LocalCA | None]:
     """The in-process router's settings: with https_port, the operator's certificate
-    files, else those of dinp up's local CA (made or reused here, before anything
-    listens). Bad files fail here, so nothing is half started."""
+    files, else dinp up's local CA (made or reused here, before anything listens; its
+    certificates come with each route table). Bad files fail here, so nothing is half
+    started."""
     if not conf.https_port:
         if conf.tls_cert_file or conf.tls_key_file:
             raise ConfigError("--tls-cert/--tls-key are given but HTTPS is off",
@@ -77,13 +88,15 @@ def _router_config(conf: UpConfig, state: Path) -> tuple[RouterConfig, LocalCA |
     if conf.tls_cert_file:
         router_conf = dataclasses.replace(https, tls_cert_file=conf.tls_cert_file,
                                           tls_key_file=conf.tls_key_file)
-        load_files(router_conf.tls_cert_file, router_conf.tls_key_file)  # refused now
+        try:
+            load_files(router_conf.tls_cert_file, router_conf.tls_key_file)  # refused now
+        except ConfigError as exc:  # its hint names [router]'s keys, not dinp up's flags
+            raise ConfigError(exc.message, hint=exc.hint and (
+                "--tls-cert is the PEM chain (the certificate first), --tls-key its "
+                "unencrypted private key (tls_cert_file, tls_key_file in [up]).")) from exc
         return router_conf, None
-    tls_dir = state / "tls"
-    ca = LocalCA.load_or_make(tls_dir, up_tls.check_domain(conf.domain))
-    cert_file, key_file = ca.write_wildcard(tls_dir)
-    return dataclasses.replace(https, tls_cert_file=str(cert_file),
-                               tls_key_file=str(key_file)), ca
+    # The CA's certificates come with each route table (HostCertificates), not as files.
+    return https, LocalCA.load_or_make(state / "tls", up_tls.check_domain(conf.domain))
 
 
 async def serve(conf: UpConfig) -> None:
@@ -99,7 +112,8 @@ async def serve(conf: UpConfig) -> None:
         cluster_token=_secret(state / "cluster.token"), admin_token=admin_token,
         **conf.acme(),
     )
-    certificates.policy(server_conf)  # a bad ACME setting is refused before anything opens
+    # A bad ACME setting is refused before anything opens, named as dinp up takes it.
+    certificates.policy(server_conf, section="up", flags=("acme_ca_bundle",))
     router_conf, ca = await asyncio.to_thread(_router_config, conf, state)
     hosts = HostCertificates(ca) if ca is not None else None
     memory = routes.MemoryRouteStore()
@@ -116,21 +130,33 @@ async def serve(conf: UpConfig) -> None:
         # The server publishes from a worker thread; the router lives on this loop. The
         # local CA's certificates for app hosts are made there too, off the loop.
         loop = asyncio.get_running_loop()
+        pushing = threading.Lock()  # a renewal must never hand the router an older table
 
-        def to_router(table: routes.RouteTable) -> None:
-            if hosts is not None:
-                table = hosts.add_to(table)
-            loop.call_soon_threadsafe(router.set_table, table)
+        def to_router(table: routes.RouteTable | None = None) -> None:
+            with pushing:
+                table = memory.current() if table is None else table
+                if hosts is not None:
+                    table = hosts.add_to(table)
+                loop.call_soon_threadsafe(router.set_table, table)
+
+        async def renew_local_certificates(hosts: HostCertificates) -> None:
+            """Hand the table again when a local certificate is due: tables come only
+            when routes change, and a quiet `dinp up` must not outlive its certificates."""
+            while True:
+                await asyncio.sleep(RENEW_CHECK)
+                if memory.published and hosts.due():
+                    await asyncio.to_thread(to_router)
 
         memory.subscribe(to_router)
         # The router's ports first: one that is taken fails the start before the API
         # listens. The HTTPS listener opens once the first table's certificates are in.
-        await router.start_http("127.0.0.1", conf.http_port)
+        await router.start_http("127.0.0.1", conf.http_port, setting=_flag("http_port"))
         https = ""
         if conf.https_port:
-            await router.start_https("127.0.0.1", conf.https_port)
+            await router.start_https("127.0.0.1", conf.https_port,
+                                     setting=_flag("https_port"))
             https = f" and https://<app>.{conf.domain}:{conf.https_port}/"
-        await router.start_admin("127.0.0.1", conf.admin_port)
+        await router.start_admin("127.0.0.1", conf.admin_port, setting=_flag("admin_port"))
         server, runner = await api.start(server_conf, store)
         try:
             # Its logs listener takes any free port: the server, in this process, learns
@@ -145,7 +171,8 @@ async def serve(conf: UpConfig) -> None:
             if ca is not None:
                 log.info("HTTPS certificates from dinp up's local CA: trust %s (e.g. curl "
                          "--cacert %s)", ca.path, ca.path)
-            await run_until_stopped(server.run(), agent.run(), router.watch())
+            renewing = [] if hosts is None else [renew_local_certificates(hosts)]
+            await run_until_stopped(server.run(), agent.run(), router.watch(), *renewing)
         finally:
             server.release_waiters()
             await runner.cleanup()

@@ -5,18 +5,20 @@ Why a CA and not one self-signed wildcard: `*.localhost` (the default domain has
 label) matches no host name in OpenSSL, curl or browsers, which refuse wildcards right
 under a top-level name. So the CA (`tls/ca.pem`, the one file a user trusts; its key
 `tls/ca-key.pem`, mode 0600) signs, in memory, a certificate for `<domain>` and
-`*.<domain>` (the router's wildcard, enough for a domain of two labels or more) and one
-for each app host the route table routes. The CA is made on the first start and kept, so
+`*.<domain>` (enough for a domain of two labels or more) and one for each app host the
+route table routes, handed to the router with each table and made again before they
+expire. The CA is made on the first start and kept, so
 trusting it once lasts; it is made again when it expires (or will within
 RENEW_BEFORE), cannot be read, or was made for another domain: it carries a name
-constraint, so it can sign for names under `<domain>` only, and trusting it exposes
-nothing else.
+constraint, so it can sign for names under `<domain>` only (no IP address), and trusting
+it exposes nothing else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import logging
 import os
 import threading
@@ -38,6 +40,11 @@ LEAF_DAYS = 90
 # A CA this close to its end is made again (and must be trusted again).
 RENEW_BEFORE = datetime.timedelta(days=30)
 CA_NAME = "dinp up local CA"
+# A name constraint on DNS names alone leaves IP addresses unconstrained (RFC 5280: a
+# constraint binds only names of its own type), so a copy of the key could sign for any
+# address; excluding them all keeps the CA to names under its domain.
+NO_IPS = [x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
+          x509.IPAddress(ipaddress.ip_network("::/0"))]
 
 
 def _now() -> datetime.datetime:
@@ -93,8 +100,9 @@ class LocalCA:
             else:
                 if ca.cert.not_valid_after_utc - RENEW_BEFORE <= _now():
                     why = f"it expires on {ca.cert.not_valid_after_utc.date()}"
-                elif ca.constrained_to() != domain:
-                    why = f"it was made for domain {ca.constrained_to()!r}"
+                elif (constrained := ca.constrained_to()) != domain:
+                    why = (f"it was made for domain {constrained!r}" if constrained
+                           else "its name constraint is not dinp up's")
                 else:
                     return ca
         try:
@@ -112,6 +120,9 @@ class LocalCA:
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
         if key.public_key() != cert.public_key():
             raise ValueError("the key is not the certificate's")
+        if key_file.stat().st_mode & 0o077:  # say, restored from a backup as 0644
+            log.warning("dinp up: %s could be read by other users; made 0600", key_file)
+            key_file.chmod(0o600)
         return cls(text, cert, key, domain, cert_file)
 
     @classmethod
@@ -131,7 +142,7 @@ class LocalCA:
                     data_encipherment=False, key_agreement=False, encipher_only=False,
                     decipher_only=False), critical=True)
                 .add_extension(x509.NameConstraints(
-                    permitted_subtrees=[x509.DNSName(domain)], excluded_subtrees=None),
+                    permitted_subtrees=[x509.DNSName(domain)], excluded_subtrees=NO_IPS),
                     critical=True)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                                critical=False)
@@ -149,6 +160,8 @@ class LocalCA:
             return None
         names = [n.value for n in ext.value.permitted_subtrees or []
                  if isinstance(n, x509.DNSName)]
+        if set(ext.value.excluded_subtrees or []) != set(NO_IPS):
+            return None  # it could sign for any IP address: made again
         return names[0] if len(names) == 1 else None
 
     def issue(self, *names: str) -> tuple[str, str]:
@@ -175,40 +188,56 @@ class LocalCA:
         chain = cert.public_bytes(serialization.Encoding.PEM).decode() + self.cert_pem
         return chain, _pem_key(key)
 
-    def write_wildcard(self, directory: Path) -> tuple[Path, Path]:
-        """The certificate for `<domain>` and `*.<domain>`, as files the router loads
-        like an operator's (made at each start: it is cheap, and always fresh)."""
-        chain, key = self.issue(self.domain, f"*.{self.domain}")
-        cert_file, key_file = directory / "wildcard.pem", directory / "wildcard-key.pem"
-        try:
-            _write(key_file, key)
-            _write(cert_file, chain, 0o644)
-        except OSError as exc:
-            raise _cannot_write(directory, exc) from exc
-        return cert_file, key_file
-
 
 class HostCertificates:
-    """Adds to each route table a certificate for every app host under the domain that
-    the table has none for, made once per host and kept while the process runs (the
-    router loads a certificate once, by its digest)."""
+    """Adds to each route table the CA's certificates: one for `<domain>` and
+    `*.<domain>`, and one for every app host under the domain that the table has none
+    for, each made once (the router loads a certificate once, by its digest). Only the
+    last table's hosts are kept, so a removed app's certificate is dropped and a long run
+    does not pile them up; one past REISSUE_AFTER of its lifetime is made again, so a
+    `dinp up` running for months never serves an expired one (`due` says when a table
+    should be handed again for that)."""
 
     def __init__(self, ca: LocalCA) -> None:
         self.ca = ca
-        self._made: dict[str, tuple[str, str]] = {}
+        self._made: dict[str, tuple[str, str, datetime.datetime]] = {}
         self._lock = threading.Lock()  # tables are published from worker threads
 
     def add_to(self, table: RouteTable) -> RouteTable:
-        suffix = "." + self.ca.domain
-        hosts = [h for h in table.hosts if h.endswith(suffix) and h not in table.certs]
-        if not hosts:
-            return table
+        domain = self.ca.domain
+        hosts = [h for h in table.hosts if h.endswith("." + domain) and h not in table.certs]
+        now = _now()
         with self._lock:
-            for host in hosts:
-                if host not in self._made:
-                    self._made[host] = self.ca.issue(host)
-            certs = {**{h: self._made[h] for h in hosts}, **table.certs}
-        return dataclasses.replace(table, certs=certs)
+            made = {h: self._made[h] for h in (WILDCARD, *hosts)
+                    if h in self._made and self._made[h][2] > now}
+            for host in (WILDCARD, *hosts):
+                if host not in made:
+                    names = (domain, f"*.{domain}") if host == WILDCARD else (host,)
+                    chain, key = self.ca.issue(*names)
+                    made[host] = (chain, key, _reissue_at(chain))
+            self._made = made
+        wildcard = made[WILDCARD][:2]
+        local = {h: (c, k) for h, (c, k, _) in made.items() if h != WILDCARD}
+        return dataclasses.replace(table, certs={
+            domain: wildcard, f"*.{domain}": wildcard, **local, **table.certs})
+
+    def due(self) -> bool:
+        """Whether a kept certificate is due to be made again (the next add_to does)."""
+        now = _now()
+        with self._lock:
+            return any(at <= now for _, _, at in self._made.values())
+
+
+# A local certificate is made again once this part of its lifetime has passed.
+REISSUE_AFTER = 2 / 3
+# The key under which HostCertificates keeps the `<domain>`, `*.<domain>` certificate.
+WILDCARD = "*"
+
+
+def _reissue_at(chain: str) -> datetime.datetime:
+    cert = x509.load_pem_x509_certificate(chain.encode())
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return start + (end - start) * REISSUE_AFTER
 
 
 def check_domain(domain: str) -> str:

@@ -101,9 +101,11 @@ class Router:
         return stats
 
     async def start_http(self, host: str, port: int, *, reuse_port: bool = False,
-                         proxy_protocol: bool = False) -> list[asyncio.base_events.Server]:
+                         proxy_protocol: bool = False, setting: str = "http_listen",
+                         ) -> list[asyncio.base_events.Server]:
         """Listen for clients; port 0 picks a free port (see bound_http_port). With
-        `proxy_protocol`, every connection must start with a PROXY header."""
+        `proxy_protocol`, every connection must start with a PROXY header. `setting` is
+        what a taken port's error tells the user to change (`dinp up` names its flag)."""
         loop = asyncio.get_running_loop()
         proxy = self.proxy
         proxy.start()
@@ -116,13 +118,13 @@ class Router:
             server = await loop.create_server(factory, host, port, reuse_port=reuse_port,
                                               backlog=2048)
         except OSError as exc:
-            raise cannot_listen(host, port, exc, "http_listen") from exc
+            raise cannot_listen(host, port, exc, setting) from exc
         self._servers.append(server)
         self.bound_http_port = server.sockets[0].getsockname()[1]
         return [server]
 
     async def start_https(self, host: str, port: int, *, reuse_port: bool = False,
-                          proxy_protocol: bool = False) -> None:
+                          proxy_protocol: bool = False, setting: str = "https_listen") -> None:
         """Listen for TLS clients. The port is bound now (so a taken port fails the
         start) but takes connections only once the certificates of the first route table
         are in: a router never answers a handshake without them (see https_open)."""
@@ -151,22 +153,22 @@ class Router:
             server = await loop.create_server(factory, host, port, reuse_port=reuse_port,
                                               backlog=2048, start_serving=False)
         except OSError as exc:
-            raise cannot_listen(host, port, exc, "https_listen") from exc
+            raise cannot_listen(host, port, exc, setting) from exc
         self._servers.append(server)
         self.bound_https_port = server.sockets[0].getsockname()[1]
         if not proxy.config.https_port:
             proxy.routes.https_port = self.bound_https_port
-        self._opening = loop.create_task(self._open_when_ready(server, host, port),
+        self._opening = loop.create_task(self._open_when_ready(server, host, port, setting),
                                          name="dinp-https")
         self._opening.add_done_callback(self._opened)
 
     async def _open_when_ready(self, server: asyncio.base_events.Server, host: str,
-                               port: int) -> None:
+                               port: int, setting: str) -> None:
         await self.proxy.certs.ready.wait()
         try:
             await server.start_serving()
         except OSError as exc:  # bound, but another socket listens there by now
-            raise cannot_listen(host, port, exc, "https_listen") from exc
+            raise cannot_listen(host, port, exc, setting) from exc
         self.https_open.set()
         log.debug("TLS listener on port %s open", self.bound_https_port)
 
@@ -180,14 +182,14 @@ class Router:
             await asyncio.shield(self._opening)
         await asyncio.Event().wait()
 
-    async def start_admin(self, host: str, port: int) -> None:
+    async def start_admin(self, host: str, port: int, *, setting: str = "admin_listen") -> None:
         """The admin port: `GET /health` for load balancers, `GET /metrics` for Prometheus."""
 
         async def stats() -> list[WorkerStats]:
             return [self.stats()]
 
         self._admin = await start_site(admin_app(stats, lambda: self.stopping),
-                                       host, port)
+                                       host, port, setting)
         self.bound_admin_port = self._admin.addresses[0][1]
 
     async def close(self, *, grace: float = SHUTDOWN_GRACE) -> None:
