@@ -1069,6 +1069,37 @@ def test_many_nodes_silent_at_once_are_not_marked_down_and_a_late_server_waits(
     run(sqlite_url, redis_url, body, node_timeout=1.0)
 
 
+def test_a_server_that_hears_every_node_late_waits_that_much_longer(
+        sqlite_url: str, redis_url: str) -> None:
+    """Heartbeats every 0.2 s that the server hears only every 0.9 s (its queue holds
+    them): 0.7 s late. A node silent 1.2 s is then within node_timeout (1 s) plus that,
+    and stays ready; once the nodes are heard on time again it is marked down."""
+    nodes = [f"n{i:02d}" for i in range(1, 13)]
+
+    async def body(api: Api) -> None:
+        server = api.server
+        for _ in range(4):  # 12 nodes, gaps of 0.9 s: 24 within two node timeouts
+            for node in nodes:
+                await api.heartbeat(node)
+            await asyncio.sleep(0.9)
+        assert server.heard_late() == pytest.approx(0.7, abs=0.1)
+        assert server.node_timeout() == pytest.approx(1.7, abs=0.1)
+        await server.reconcile_once()
+        await asyncio.sleep(0.3)  # n01 silent 1.2 s
+        for node in nodes[1:]:
+            await api.heartbeat(node)
+        await server.reconcile_once()
+        assert {n["status"] for n in await api.nodes()} == {"ready"}
+        server._gaps.clear()  # heard on time again
+        await server.reconcile_once()
+        status = {n["name"]: n["status"] for n in await api.nodes()}
+        assert [n for n, st in sorted(status.items()) if st == "down"] == ["n01"]
+        metrics = server.metrics.registry.get_sample_value
+        assert metrics("dinp_server_node_timeout_seconds") == pytest.approx(1.0, abs=0.05)
+
+    run(sqlite_url, redis_url, body, node_timeout=1.0, heartbeat_interval=0.2)
+
+
 def test_nodes_falling_silent_in_waves_count_as_one_mass_silence(
         sqlite_url: str, redis_url: str) -> None:
     """An overloaded server hears its nodes late in waves: two nodes down in one pass,
