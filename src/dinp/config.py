@@ -38,6 +38,10 @@ class ServerConfig:
     node_timeout: float = 6.0
     reconcile_interval: float = 1.0
     heartbeat_interval: float = 2.0
+    # The most heartbeats a second the server asks of its agents: past it (more than
+    # max x interval nodes) it hands out a longer interval, and node_timeout grows in
+    # proportion. 0: no limit.
+    max_heartbeats_per_second: float = 500.0
     # Instances leave only once every live router serves a table without them; a router
     # that has not taken it after this long (hung, partitioned) is not waited for.
     router_sync_timeout: float = 5.0

@@ -1100,6 +1100,32 @@ def test_a_server_that_hears_every_node_late_waits_that_much_longer(
     run(sqlite_url, redis_url, body, node_timeout=1.0, heartbeat_interval=0.2)
 
 
+def test_a_cluster_past_max_heartbeats_per_second_is_told_a_longer_interval(
+        sqlite_url: str, redis_url: str) -> None:
+    """Six nodes at most two heartbeats a second: every 3 s instead of 0.5 s, in the
+    reply and in /metrics, and a node is down only after 6 x the node timeout (1.5 s x
+    3 / 0.5): a node silent 2 s is not down yet."""
+    nodes = [f"n{i}" for i in range(1, 7)]
+
+    async def body(api: Api) -> None:
+        server = api.server
+        replies = [(await api.heartbeat(node))[1] for node in nodes]
+        # (It grows with each node that joins.)
+        assert [r["heartbeat_interval"] for r in replies] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+        await server.reconcile_once()
+        assert server.node_timeout() == pytest.approx(9.0)
+        metrics = server.metrics.registry.get_sample_value
+        assert metrics("dinp_server_heartbeat_interval_seconds") == 3.0
+        await asyncio.sleep(2.0)
+        for node in nodes[1:]:
+            await api.heartbeat(node)
+        await server.reconcile_once()
+        assert {n["status"] for n in await api.nodes()} == {"ready"}
+
+    run(sqlite_url, redis_url, body, node_timeout=1.5, heartbeat_interval=0.5,
+        max_heartbeats_per_second=2.0)
+
+
 def test_nodes_falling_silent_in_waves_count_as_one_mass_silence(
         sqlite_url: str, redis_url: str) -> None:
     """An overloaded server hears its nodes late in waves: two nodes down in one pass,

@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 
 LONG_POLL_SECONDS = 25.0
 MAX_START_BACKOFF = 30.0
+# The heartbeat intervals a server may ask for (anything else is ignored).
+MIN_INTERVAL, MAX_INTERVAL = 0.1, 600.0
 
 
 @dataclass
@@ -131,6 +133,8 @@ class Agent:
         self._reported: str | None = None
         self._full_at = 0.0
         self._report = asyncio.Event()  # report now
+        # How often it reports: its own heartbeat_interval until the server says.
+        self.interval = config.heartbeat_interval
         self._converge_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._containers: list[Container] = []
@@ -379,6 +383,7 @@ class Agent:
                                                           and cluster is None)
         if self.state.refused or not ours:
             return  # not for this agent's view of the node: the next heartbeat sorts it out
+        self._take_interval(data.get("heartbeat_interval") if isinstance(data, dict) else None)
         changed = rev != self.state.assignment_rev
         self.state.assignment, self.state.assignment_rev = items, rev
         self.state.assignment_at = time.monotonic()
@@ -392,6 +397,15 @@ class Agent:
             assigned = {a.id for a in items}
             self.state.starts = {i: n for i, n in self.state.starts.items() if i in assigned}
             self._kick.set()
+
+    def _take_interval(self, value: object) -> None:
+        """Heartbeat as often as the server asks: it stretches the interval as its
+        cluster grows (max_heartbeats_per_second) and waits for silence in proportion.
+        A value out of reason is ignored (this agent's own interval stands)."""
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and MIN_INTERVAL <= value <= MAX_INTERVAL and value != self.interval):
+            log.info("heartbeat every %g s, as the server asks", value)
+            self.interval = float(value)
 
     async def long_poll(self) -> None:
         """Hold a request open so the server can hand out new work at once."""
@@ -669,7 +683,7 @@ class Agent:
                     self._engine_error = str(exc)
             except Exception:
                 log.exception("heartbeat failed")
-            await _wait(self._report, self.config.heartbeat_interval)
+            await _wait(self._report, self.interval)
 
     async def converge_loop(self) -> None:
         """Converge on every change of assignment or containers, and every interval. The

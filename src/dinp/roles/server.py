@@ -32,6 +32,7 @@ from dinp.errors import DinpError, NodeTaken, NotFound, ReportNeeded, Unavailabl
 from dinp.logs import LogStats
 from dinp.metrics import ServerMetrics
 from dinp.models import AppRow
+from dinp.pace import Pace
 from dinp.releases import ReleaseSpec
 from dinp.roles.certificates import Certifier
 from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
@@ -183,6 +184,8 @@ class Server:
         self._tasks: set[asyncio.Future[Any]] = set()
         # When the event loop woke late, and by how much (watch_lag).
         self._lags: collections.deque[tuple[float, float]] = collections.deque()
+        self._pace = Pace(config.heartbeat_interval, config.node_timeout,
+                          config.max_heartbeats_per_second)
         # When a node was heard again, and how long after the time before (heard).
         self._gaps: collections.deque[tuple[float, float]] = collections.deque()
         self._held_since: float | None = None  # since when a mass silence is held up
@@ -290,9 +293,9 @@ class Server:
         while nodes are still reporting for the first time the server is catching up
         (5,000 whole reports take it seconds), and a node whose report still waits in
         the server's queue is not down."""
-        now = time.monotonic()
-        quiet = min(2 * self.config.heartbeat_interval, self.config.node_timeout)
-        waited = (now - self.started >= self.config.node_timeout
+        now, pace = time.monotonic(), self.pace()
+        quiet = min(2 * pace.heartbeat_interval, pace.node_timeout)
+        waited = (now - self.started >= pace.node_timeout
                   and now - self._first_report_at >= quiet)
         known_ready = {n.name for n in self.snapshot.nodes.values() if n.status == "ready"}
         complete = waited or known_ready <= set(self.reports)
@@ -309,12 +312,11 @@ class Server:
         owner = self.owners.get(node)
         if agent is None or owner is None or owner.agent == agent:
             return
-        silent = time.monotonic() - owner.seen
-        if silent >= self.config.node_timeout:
+        silent, pace = time.monotonic() - owner.seen, self.pace()
+        if silent >= pace.node_timeout:
             return
         if (_agent_host(agent) == _agent_host(owner.agent)
-                and silent >= min(2 * self.config.heartbeat_interval,
-                                  self.config.node_timeout)):
+                and silent >= min(2 * pace.heartbeat_interval, pace.node_timeout)):
             return
         key, now = (node, agent), time.monotonic()
         if now - self._refusals_logged.get(key, -1e9) >= 60:
@@ -326,7 +328,7 @@ class Server:
             f"{silent:.1f} s ago",
             hint=f"Stop that agent, or give this one another --node-name (DINP_NODE_NAME). "
             f"This agent is accepted once the other has been silent for "
-            f"{self.config.node_timeout:g} s.")
+            f"{pace.node_timeout:g} s.")
 
     def _claim(self, node: str, agent: str | None) -> None:
         if agent is None:  # an agent older than agent ids: nothing to check it against
@@ -422,7 +424,7 @@ class Server:
         # The first report this server gets from a node (at its start, or a take-over)
         # lists what ran already: only containers that started lately are news, else a
         # restarted server would record every instance of the cluster as started.
-        lately = time.time() - 2 * self.config.heartbeat_interval
+        lately = time.time() - 2 * self.pace().heartbeat_interval
         for c in hb.containers:
             old = was.get(c.instance)
             if c.state == "running" and (old.state != "running" if old is not None else (
@@ -502,7 +504,7 @@ class Server:
         assignment = self.assignments.get(node) or NodeAssignment(assignments_rev([]), [])
         row = self.snapshot.nodes.get(node)
         reply = assignment.to_json(node, row.status if row else "unknown",
-                                   self.config.heartbeat_interval,
+                                   self.pace().heartbeat_interval,
                                    row.foreign if row else [], self.cluster_id,
                                    same=held == assignment.rev)
         if report is not None:
@@ -664,8 +666,8 @@ class Server:
         Counted over a window, not per plan: an overloaded server hears its nodes late
         in waves, and a 5,000-node server on a busy machine marked 1,900 live nodes down
         in passes of a few hundred each, none of them a third."""
-        now = time.monotonic()
-        cut = now - 2 * self.config.node_timeout
+        now, timeout = time.monotonic(), self.pace().node_timeout
+        cut = now - 2 * timeout
         self._downed = {n: at for n, at in self._downed.items()
                         if at >= cut and n in desired.nodes}
         down = going | set(self._downed)
@@ -681,10 +683,9 @@ class Server:
             log.warning("%d of %d ready nodes fell silent within %.0f s: not marking them "
                         "down for up to %.0f s (a partition or this server's overload is "
                         "likelier than that many dead nodes)", len(down), ready,
-                        2 * self.config.node_timeout,
-                        MASS_SILENCE_HOLDS * self.config.node_timeout)
+                        2 * timeout, MASS_SILENCE_HOLDS * timeout)
         # Silent for that long, they are down after all.
-        if now - self._held_since < MASS_SILENCE_HOLDS * self.config.node_timeout:
+        if now - self._held_since < MASS_SILENCE_HOLDS * timeout:
             return True
         self._downed.update((n, now) for n in going if n not in self._downed)
         return False
@@ -959,7 +960,7 @@ class Server:
 
     def recent_lag(self) -> float:
         """Seconds the event loop was late over the last two node timeouts."""
-        cut = time.monotonic() - 2 * self.config.node_timeout
+        cut = time.monotonic() - 2 * self.pace().node_timeout
         while self._lags and self._lags[0][0] < cut:
             self._lags.popleft()
         return sum(late for _, late in self._lags)
@@ -972,7 +973,8 @@ class Server:
         server at its start heard every node every 15 s instead of 5, with a loop that
         was never late, and marked the slowest hundreds down). Dead nodes add no gap:
         the live ones' gaps stay the interval."""
-        cut = time.monotonic() - 2 * self.config.node_timeout
+        pace = self.pace()
+        cut = time.monotonic() - 2 * pace.node_timeout
         gaps = self._gaps
         while gaps and gaps[0][0] < cut:
             gaps.popleft()
@@ -980,7 +982,7 @@ class Server:
             return 0.0
         step = max(1, len(gaps) // GAP_SAMPLES_USED)  # (a sample is enough)
         median = statistics.median(gap for _, gap in itertools.islice(gaps, 0, None, step))
-        return max(0.0, median - self.config.heartbeat_interval)
+        return max(0.0, median - pace.heartbeat_interval)
 
     def node_timeout(self) -> float:
         """How long a node may be silent before it is down: node_timeout, plus the time
@@ -989,7 +991,13 @@ class Server:
         server's queue are not silence: 10,000 placements at once on 5,000 nodes made
         the server answer heartbeats seconds late, and it had marked thousands of live
         nodes down."""
-        return self.config.node_timeout + max(self.recent_lag(), self.heard_late())
+        return self.pace().node_timeout + max(self.recent_lag(), self.heard_late())
+
+    def pace(self) -> Pace:
+        """The heartbeat interval handed to agents and the node timeout with it, for
+        the cluster's size now (see pace.py)."""
+        self._pace.update(len(self.snapshot.nodes), time.monotonic())
+        return self._pace
 
     # -- leadership -------------------------------------------------------------------
 
@@ -1103,6 +1111,10 @@ class Server:
                                                     "fell behind.", "",
                                                     float(self.log_stats.dropped)),
             "dinp_server_leader": ("1 while this server leads.", "", float(self.leading)),
+            "dinp_server_heartbeat_interval_seconds": (
+                "The heartbeat interval handed to agents now (longer than "
+                "heartbeat_interval past max_heartbeats_per_second).", "",
+                self.pace().heartbeat_interval),
             "dinp_server_node_timeout_seconds": (
                 "How long a node may be silent before it is marked down now: node_timeout "
                 "plus how late this server was lately (its loop, or hearing its nodes).",
