@@ -137,6 +137,11 @@ EVENTS: sqlalchemy.Table = EventRow.__table__  # type: ignore[attr-defined]
 
 # Rows held longer than this are read again even if their counter did not move.
 RELOAD_SECONDS = 60.0
+# How held instance rows are checked after RELOAD_SECONDS: their count, the newest row's
+# time, the memory they reserve (see Store._read_instances).
+INSTANCE_SUMMARY = sqlalchemy.select(
+    sqlalchemy.func.count(), sqlalchemy.func.max(col(InstanceRow.created_at)),
+    sqlalchemy.func.sum(col(InstanceRow.memory_mb)))
 
 
 def _holds(held: _DesiredRows | _Instances, rev: int | None) -> bool:
@@ -183,6 +188,14 @@ class _Instances:
     @functools.cached_property
     def placed(self) -> tuple[Placed, ...]:
         return tuple(self.by_id.values())
+
+    @functools.cached_property
+    def summary(self) -> tuple[int, float | None, int | None]:
+        """What INSTANCE_SUMMARY gives for these rows."""
+        if not self.by_id:
+            return 0, None, None
+        rows = self.by_id.values()
+        return (len(rows), max(p.created for p in rows), sum(p.memory_mb for p in rows))
 
 
 class _RowCache(Generic[M]):
@@ -486,12 +499,26 @@ class Store:
         held = self._instances
         if held is not None and _holds(held, rev):
             return held.placed
+        if held is not None and rev is not None and held.rev == rev:
+            # Held past RELOAD_SECONDS, the counter unmoved: the rows are read again only
+            # if their count, newest row or memory differ (a writer that does not count).
+            # Reading 150,000 rows every minute held the database thread for seconds,
+            # and the API's calls behind it answered 503.
+            count, newest, memory = s.execute(INSTANCE_SUMMARY).one()
+            if (count, newest, int(memory) if memory is not None else None) == held.summary:
+                held.read_at = time.monotonic()
+                return held.placed
         rows = s.execute(sqlalchemy.select(*(col(c) for c in (
             InstanceRow.id, InstanceRow.app, InstanceRow.release, InstanceRow.node,
             InstanceRow.memory_mb, InstanceRow.created_at))))
         by_id = {r[0]: Placed(*r) for r in rows}
-        self._instances = _Instances(rev, by_id) if rev is not None else None
-        return tuple(by_id.values())
+        if rev is None:
+            self._instances = None
+            return tuple(by_id.values())
+        # The held tuple itself: the next snapshot gives the same object, and what is
+        # cached on it (the last plan, routes, assignments) stands.
+        self._instances = _Instances(rev, by_id)
+        return self._instances.placed
 
     @staticmethod
     def _count_instance_change(s: Session) -> int | None:
