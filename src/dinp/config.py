@@ -24,7 +24,31 @@ DEFAULT_CONFIG_PATHS = (Path("dinp.toml"), Path("/etc/dinp/dinp.toml"))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ServerConfig:
+class AcmeSettings:
+    """The ACME keys: [server] and [up] (which runs a server) both take them."""
+
+    # ACME (RFC 8555): certificates for the custom domains added with --tls, ordered by
+    # the leading server. The directory's URL (empty: off), the account's contact e-mail,
+    # a CA bundle (PEM file) for the directory's own HTTPS when a private CA serves it,
+    # the fraction of a certificate's lifetime after which it is renewed, the wait after
+    # a failed order (doubled with each failure in a row, up to acme_retry_max), the
+    # longest one order may take, and how often the leader looks for work (seconds).
+    acme_directory: str = ""
+    acme_email: str = ""
+    acme_ca_bundle: str = ""
+    acme_renew_after: float = 2 / 3
+    acme_retry_base: float = 60.0
+    acme_retry_max: float = 21600.0
+    acme_timeout: float = 90.0
+    acme_interval: float = 10.0
+
+    def acme(self) -> dict[str, Any]:
+        """The ACME keys, as ServerConfig names them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(AcmeSettings)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerConfig(AcmeSettings):
     api_listen: str = "127.0.0.1:7070"
     database_url: str = "sqlite:///dinp.db"
     # Empty: keep the route table in this process only (the default of `dinp up`).
@@ -58,20 +82,6 @@ class ServerConfig:
     # name when it listens on every address).
     lease_ttl: float = 5.0
     advertise_url: str = ""
-    # ACME (RFC 8555): certificates for the custom domains added with --tls, ordered by
-    # the leading server. The directory's URL (empty: off), the account's contact e-mail,
-    # a CA bundle (PEM file) for the directory's own HTTPS when a private CA serves it,
-    # the fraction of a certificate's lifetime after which it is renewed, the wait after
-    # a failed order (doubled with each failure in a row, up to acme_retry_max), the
-    # longest one order may take, and how often the leader looks for work (seconds).
-    acme_directory: str = ""
-    acme_email: str = ""
-    acme_ca_bundle: str = ""
-    acme_renew_after: float = 2 / 3
-    acme_retry_base: float = 60.0
-    acme_retry_max: float = 21600.0
-    acme_timeout: float = 90.0
-    acme_interval: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -165,7 +175,7 @@ class RouterConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class UpConfig:
+class UpConfig(AcmeSettings):
     """`dinp up`: every role in one process, state in one directory."""
 
     state_dir: str = "~/.local/share/dinp"
@@ -184,20 +194,7 @@ class UpConfig:
     https_port: int = 0
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # Certificates of the custom domains added with --tls, as in [server].
-    acme_directory: str = ""
-    acme_email: str = ""
-    acme_ca_bundle: str = ""
-    acme_renew_after: float = 2 / 3
-    acme_retry_base: float = 60.0
-    acme_retry_max: float = 21600.0
-    acme_timeout: float = 90.0
-    acme_interval: float = 10.0
-
-    def acme(self) -> dict[str, Any]:
-        """The ACME keys, as ServerConfig names them."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name.startswith("acme_")}
+    # (The ACME keys of the custom domains added with --tls, as in [server].)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
