@@ -454,6 +454,7 @@ class Result:
     nodes: int
     instances: int
     interval: float
+    handed: float = 0.0  # the interval the server hands out (it stretches past its limit)
     hb_rate: float = 0.0
     hb_p50: float = 0.0
     hb_p99: float = 0.0
@@ -621,6 +622,7 @@ def _measure(sut: ServerUnderTest, rs: RedisServer, workers: Workers, db_url: st
     result.reconcile_mean = s / n if n else float("nan")
     result.reconcile_max = slowest_bucket(before, after, "dinp_server_reconcile_seconds")
     result.cpu = 100 * (cpu1 - cpu0) / (t1 - t0)
+    result.handed = metric(after, "dinp_server_heartbeat_interval_seconds")
     result.rss = sut.rss_mb()
     print(f"  steady: {result.hb_rate:.0f} heartbeats/s, p50 {1000 * result.hb_p50:.1f} ms, "
           f"p99 {1000 * result.hb_p99:.1f} ms, {result.hb_failed} failed; reconcile "
@@ -714,7 +716,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     rows: list[tuple[str, list[str], str]] = [
         ("instances (seeded, healthy)", [f"{r.instances:,}" for r in results], ""),
         ("heartbeats/s (interval the server hands out)",
-         [f"{r.hb_rate:,.0f} ({r.interval:g} s)" for r in results], ""),
+         [f"{r.hb_rate:,.0f} ({r.handed or r.interval:g} s)" for r in results], ""),
         ("heartbeat latency p50", [f"{1000 * r.hb_p50:.1f} ms" for r in results], ""),
         ("heartbeat latency p99", [f"{1000 * r.hb_p99:.1f} ms" for r in results],
          "< 100 ms"),
