@@ -47,3 +47,21 @@ def test_a_bad_certificate_file_names_the_tls_flags(
                        tls_cert_file=str(tmp_path / "c.pem")))
     assert "cannot use the TLS certificate" in said
     assert "--tls-cert" in said and "tls_key_file its" not in said
+
+
+def test_a_second_dinp_up_on_one_state_directory_is_refused_before_it_touches_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It would share the SQLite database and could replace the running one's local CA:
+    refused at once, naming the running one's pid; free again once that one stops."""
+    import os
+
+    held = up.lock_state(tmp_path)
+    try:
+        before = sorted(p.name for p in tmp_path.iterdir())
+        error = refusal(tmp_path, monkeypatch, https_port=1)
+        assert f"another dinp up (pid {os.getpid()})" in error.message
+        assert "--state-dir" in (error.hint or "")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing made
+    finally:
+        os.close(held)
+    os.close(up.lock_state(tmp_path))  # the first one stopped: free

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import logging
+import os
 import secrets
 import threading
 from pathlib import Path
@@ -51,6 +53,27 @@ class TeeRouteStore:
 
     def router_revisions(self) -> dict[str, int]:
         return self.redis.router_revisions()
+
+
+def lock_state(state: Path) -> int:
+    """Hold `<state>/up.lock` for as long as this process runs (the descriptor returned;
+    the system frees it when the process ends, however it ends). A second `dinp up` on
+    the same state directory is refused before it touches anything: it would share the
+    SQLite database and could replace the running one's local CA before failing on the
+    taken ports."""
+    path = state / "up.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(f"another dinp up (pid {holder}) runs with the state directory "
+                          f"{state}", hint=f"Stop it (kill {holder}, or `make stop`), or give "
+                          "this one its own --state-dir.") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def _secret(path: Path) -> str:
@@ -102,6 +125,14 @@ def _router_config(conf: UpConfig, state: Path) -> tuple[RouterConfig, LocalCA |
 async def serve(conf: UpConfig) -> None:
     state = Path(conf.state_dir).expanduser().resolve()
     state.mkdir(parents=True, exist_ok=True)
+    lock = lock_state(state)
+    try:
+        await _serve(conf, state)
+    finally:
+        os.close(lock)
+
+
+async def _serve(conf: UpConfig, state: Path) -> None:
     api_url = f"http://127.0.0.1:{conf.api_port}"
     admin_token = _secret(state / "admin.token")
     server_conf = ServerConfig(
