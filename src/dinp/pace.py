@@ -10,7 +10,7 @@ for silence that much longer. A smaller cluster gets the configured values uncha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -20,8 +20,11 @@ class Pace:
     interval: float  # heartbeat_interval, as configured
     timeout: float  # node_timeout, as configured
     max_rate: float  # max_heartbeats_per_second; 0: no limit
-    _current: float = 0.0
-    _lower_since: float | None = None
+    _current: float = field(init=False)
+    _lower_since: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._current = self.interval
 
     def update(self, nodes: int, now: float) -> None:
         """Follow the cluster's size. The interval grows at once (the timeout grows with
@@ -32,7 +35,7 @@ class Pace:
         want = self.interval
         if self.max_rate > 0:
             want = max(want, nodes / self.max_rate)
-        current = self._current or self.interval
+        current = self._current
         if want >= current:
             self._current, self._lower_since = want, None
         elif self._lower_since is None:
@@ -42,7 +45,7 @@ class Pace:
 
     @property
     def heartbeat_interval(self) -> float:
-        return self._current or self.interval
+        return self._current
 
     @property
     def node_timeout(self) -> float:
@@ -50,7 +53,3 @@ class Pace:
         if self.interval <= 0:
             return self.timeout
         return self.timeout * self.heartbeat_interval / self.interval
-
-    @property
-    def stretched(self) -> bool:
-        return self.heartbeat_interval > self.interval

@@ -677,20 +677,21 @@ class Server:
         ready += sum(1 for n in self._downed if desired.nodes[n].status == scheduler.DOWN)
         if len(down) <= max(2, ready // 3):
             self._held_since = None
-            self._downed.update((n, now) for n in going if n not in self._downed)
-            return False
-        if self._held_since is None:
-            self._held_since = now
-            self.metrics.held_down.inc(len(going))
-            log.warning("%d of %d ready nodes fell silent within %.0f s: not marking them "
-                        "down for up to %.0f s (a partition or this server's overload is "
-                        "likelier than that many dead nodes)", len(down), ready,
-                        2 * timeout, MASS_SILENCE_HOLDS * timeout)
-        # Silent for that long, they are down after all.
-        if now - self._held_since < MASS_SILENCE_HOLDS * timeout:
-            return True
-        self._downed.update((n, now) for n in going if n not in self._downed)
-        return False
+            held = False
+        else:
+            if self._held_since is None:
+                self._held_since = now
+                self.metrics.held_down.inc(len(going))
+                log.warning("%d of %d ready nodes fell silent within %.0f s: not marking "
+                            "them down for up to %.0f s (a partition or this server's "
+                            "overload is likelier than that many dead nodes)", len(down),
+                            ready, 2 * timeout, MASS_SILENCE_HOLDS * timeout)
+            # Silent for that long, they are down after all.
+            held = now - self._held_since < MASS_SILENCE_HOLDS * timeout
+        if not held:
+            for node in going:
+                self._downed.setdefault(node, now)
+        return held
 
     async def _judge_rollouts(self, real: Real) -> None:
         """Record each rollout that ended: deployed, or failed (halted: the app goes back
