@@ -149,6 +149,11 @@ class Unavailable(DinpError):
     http_status = 503
 
 
+class Contended(Unavailable):
+    """The database ended a change in a deadlock with another one at the same time (a
+    MySQL deadlock): the change was rolled back whole, and may be made again."""
+
+
 class NotLeaderYet(Unavailable):
     """No server holds the leader lease at this moment (a takeover under way)."""
 

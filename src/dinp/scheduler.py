@@ -375,6 +375,8 @@ def _plan_app(
         ledger.add(node, app.name, app.memory_mb)
         yield Place(app.name, app.release, node, app.memory_mb)
 
+    if not leaving:
+        return  # (a settled app: its health is not looked at, 150,000 times a pass)
     # Replaced instances go once enough current ones serve; unhealthy ones go first.
     keep = max(0, app.instances - sum(1 for i in current if real.healthy(i)))
     ranked_leaving = sorted(leaving, key=lambda i: (real.healthy(i), i.created, i.id))

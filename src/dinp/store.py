@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from sqlmodel import Session, SQLModel, col, select
 from dinp import acme_orders, migrations, quotas, rollouts
 from dinp import releases as rel
 from dinp.access import DEFAULT_TEAM, SYSTEM, Actor
-from dinp.errors import Conflict, DinpError, NotFound, Unavailable
+from dinp.errors import Conflict, Contended, DinpError, NotFound, Unavailable
 from dinp.models import (
     AcmeAccountRow,
     AppRow,
@@ -134,6 +135,9 @@ APPS: sqlalchemy.Table = AppRow.__table__  # type: ignore[attr-defined]
 NODES: sqlalchemy.Table = NodeRow.__table__  # type: ignore[attr-defined]
 RELEASES: sqlalchemy.Table = ReleaseRow.__table__  # type: ignore[attr-defined]
 EVENTS: sqlalchemy.Table = EventRow.__table__  # type: ignore[attr-defined]
+
+# MySQL's error for a transaction it rolled back to end a deadlock (ER_LOCK_DEADLOCK).
+MYSQL_DEADLOCK = 1213
 
 # Rows held longer than this are read again even if their counter did not move.
 RELOAD_SECONDS = 60.0
@@ -279,6 +283,13 @@ class Store:
         self._releases = _RowCache(ReleaseRow, ("app", "version"),
                                    ("id", "status", "failure"))
         self._specs: dict[tuple[str, int], tuple[ReleaseRow, ReleaseSpec]] = {}
+        # Guards what is held above: the server calls a Store from several threads (the
+        # API's writes beside the reconcile's snapshots), and a snapshot and a write's
+        # patch of the held instance rows must not interleave.
+        self._held_lock = threading.Lock()
+        # The last snapshot's instance rows, other rows, and the releases made of them.
+        self._last: tuple[tuple[Placed, ...], _DesiredRows,
+                          dict[tuple[str, int], ReleaseSpec]] | None = None
 
     # -- connection -----------------------------------------------------------------
 
@@ -316,6 +327,11 @@ class Store:
             yield
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
             reason = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+            orig = getattr(exc, "orig", None)
+            if orig is not None and getattr(orig, "args", (None,))[:1] == (MYSQL_DEADLOCK,):
+                raise Contended(
+                    f"database {self.safe_url} ended this change in a deadlock with "
+                    "another one; nothing was changed", hint="Try again.") from exc
             raise Unavailable(
                 f"database {self.safe_url} is unreachable: {reason}",
                 hint="Check that the database runs and database_url (DINP_DATABASE_URL) "
@@ -422,28 +438,40 @@ class Store:
         credentials) while its desired_rev stands. Every write made through a Store
         session moves them (see _count_writes), and held rows are read again after
         RELOAD_SECONDS in any case."""
-        with self.session() as s:
+        with self._held_lock, self.session() as s:
             revs = s.execute(sqlalchemy.select(
                 col(ClusterRow.instances_rev), col(ClusterRow.desired_rev)).where(
                 col(ClusterRow.key) == 1)).first()
             instances = self._read_instances(s, revs[0] if revs else None)
             rows = self._read_desired(s, revs[1] if revs else None)
-            apps = rows.apps
-            wanted = {(i.app, i.release) for i in instances if i.app in apps}
-            missing = sorted(wanted - rows.releases.keys())
-            extra = self._releases.read(s, lambda q: q.where(
-                tuple_(RELEASES.c.app, RELEASES.c.version).in_(missing)),
-                keep=True) if missing else {}
-            releases: dict[tuple[str, int], ReleaseSpec] = {}
-            for app, version in wanted:
-                row = rows.releases.get((app, version)) or extra.get((app, version))
-                if row is not None:  # (else the app's own settings stand in: server.py)
-                    releases[(app, version)] = self._spec(row, apps[app])
+            last = self._last
+            if last is not None and last[0] is instances and last[1] is rows:
+                releases = last[2]  # the same rows as the last snapshot's: its releases
+            else:
+                releases = self._placed_releases(s, instances, rows)
+                self._last = (instances, rows, releases)
             certs = self._served_certs(s, {d for names in rows.domains.values()
                                            for d in names})
         desired = Desired(apps=rows.app_specs, instances=instances, nodes=rows.node_specs)
-        return Snapshot(desired, apps, rows.nodes, releases, rows.recent, rows.domains,
+        return Snapshot(desired, rows.apps, rows.nodes, releases, rows.recent, rows.domains,
                         rows.generations, certs)
+
+    def _placed_releases(self, s: Session, instances: tuple[Placed, ...],
+                         rows: _DesiredRows) -> dict[tuple[str, int], ReleaseSpec]:
+        """What each release that instance rows place runs (older releases read only
+        while instances of them are placed)."""
+        apps = rows.apps
+        wanted = {(i.app, i.release) for i in instances if i.app in apps}
+        missing = sorted(wanted - rows.releases.keys())
+        extra = self._releases.read(s, lambda q: q.where(
+            tuple_(RELEASES.c.app, RELEASES.c.version).in_(missing)),
+            keep=True) if missing else {}
+        releases: dict[tuple[str, int], ReleaseSpec] = {}
+        for app, version in wanted:
+            row = rows.releases.get((app, version)) or extra.get((app, version))
+            if row is not None:  # (else the app's own settings stand in: server.py)
+                releases[(app, version)] = self._spec(row, apps[app])
+        return releases
 
     def _read_desired(self, s: Session, rev: int | None) -> _DesiredRows:
         """The rows of desired state besides instances: those held here while the
@@ -534,11 +562,20 @@ class Store:
                          removed: Callable[[Placed], bool] | None = None) -> None:
         """After a committed write that moved instances_rev to `rev`: bring the rows
         held here along, if they were the ones just before it; else forget them (the
-        next snapshot reads them all)."""
-        held = self._instances
-        if held is None or rev is None or held.rev != rev - 1:
-            self._instances = None
-            return
+        next snapshot reads them all). Rows a snapshot read after the write committed
+        (in another thread) include it already."""
+        with self._held_lock:
+            held = self._instances
+            if held is not None and rev is not None and held.rev >= rev:
+                return
+            if held is None or rev is None or held.rev != rev - 1:
+                self._instances = None
+                return
+            self._instances = self._patched(held, rev, added, removed)
+
+    @staticmethod
+    def _patched(held: _Instances, rev: int, added: Sequence[Placed],
+                 removed: Callable[[Placed], bool] | None) -> _Instances:
         by_id = held.by_id
         if removed is not None:
             by_id = {k: v for k, v in by_id.items() if not removed(v)}
@@ -546,7 +583,7 @@ class Store:
             by_id = dict(by_id)
         for p in added:
             by_id[p.id] = p
-        self._instances = _Instances(rev, by_id, held.read_at)
+        return _Instances(rev, by_id, held.read_at)
 
     def _served_certs(self, s: Session, routed: set[str]) -> dict[str, TlsPair]:
         """The valid certificates of routed domains, their PEM read only when their row
@@ -686,13 +723,26 @@ class Store:
     @staticmethod
     def _check_quota(s: Session, team: str | None, before: quotas.Usage,
                      after: quotas.Usage) -> None:
-        """Refuse a change that takes the app's team past its quota (the team's row is
-        locked until the change commits, so two changes at once are counted in turn)."""
+        """Refuse a change that takes the app's team past its quota. The team's row is
+        locked until the change commits: for a team with a quota, exclusively, so two
+        changes at once are counted in turn; for one without, shared, so creates in it
+        do not wait on each other's commits (a hundred at once took seconds in turn)
+        while the team can be deleted or given a quota only between them."""
         if team is None:
             return
-        row = s.exec(select(TeamRow).where(TeamRow.name == team).with_for_update()).first()
-        if row is None and team == DEFAULT_TEAM:  # made on first use, without a quota
-            s.add(TeamRow(name=team))
+        query = select(TeamRow).where(TeamRow.name == team)
+        ahead = s.exec(query).first()  # (a plain read: which lock the change needs)
+        limited = ahead is not None and (ahead.instances_quota, ahead.memory_quota_mb) \
+            != (None, None)
+        row = s.exec(query.with_for_update(read=not limited)
+                     .execution_options(populate_existing=True)).first()
+        if row is None and team == DEFAULT_TEAM:
+            # Made on first use, without a quota. Two creates at once (API threads, two
+            # servers) may both get here: the second insert is ignored, not an error
+            # that would say the app exists.
+            s.execute(insert(TeamRow).values(name=team, created_at=time.time())
+                      .prefix_with("IGNORE", dialect="mysql")
+                      .prefix_with("OR IGNORE", dialect="sqlite"))
             return
         if row is None:
             raise NotFound(f"no team named {team!r}", hint="`dinp team list` shows them.")

@@ -75,10 +75,10 @@ class Api:
 @contextlib.asynccontextmanager
 async def running_api(database_url: str, redis_url: str, node_timeout: float = 30.0,
                       heartbeat_interval: float = 2.0,
-                      router_sync_timeout: float = 5.0,
+                      router_sync_timeout: float = 5.0, store_class: type[Store] = Store,
                       **settings: Any) -> AsyncIterator[Api]:
     """`settings`: more ServerConfig keys."""
-    store = Store(database_url)
+    store = store_class(database_url)
     Accounts(store).ensure_defaults(ADMIN)
     route_store = RedisRouteStore(redis_url)
     config = ServerConfig(cluster_token=CLUSTER, redis_url=redis_url,

@@ -15,12 +15,13 @@ import dataclasses
 import itertools
 import logging
 import os
+import random
 import secrets
 import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,7 +29,15 @@ from typing import Any, TypeVar
 from dinp import acme_orders, const, rollouts, routes, scheduler
 from dinp.accounts import Accounts
 from dinp.config import ServerConfig, split_hostport
-from dinp.errors import DinpError, NodeTaken, NotFound, ReportNeeded, Unavailable, WrongCluster
+from dinp.errors import (
+    Contended,
+    DinpError,
+    NodeTaken,
+    NotFound,
+    ReportNeeded,
+    Unavailable,
+    WrongCluster,
+)
 from dinp.logs import LogStats
 from dinp.metrics import ServerMetrics
 from dinp.models import AppRow
@@ -46,6 +55,11 @@ T = TypeVar("T")
 AssignmentInput = tuple[scheduler.Placed, ReleaseSpec, float]
 # An instance whose container exited this many times in a row is crash-looping.
 CRASH_LOOP = 3
+# Threads for the API's and the heartbeats' database calls (a server's MySQL pool
+# holds 5 connections and lends 10 more).
+API_DB_THREADS = 4
+# Tries of a database call that ended in a deadlock.
+CONTENDED_TRIES = 4
 # The reconcile's own reads and writes may take longer than an API call's (a large
 # cluster's snapshot); a hung database still pauses it within this.
 RECONCILE_DB_SECONDS = 30.0
@@ -97,6 +111,23 @@ class NodeAssignment:
         else:
             body["instances"] = [a.to_json() for a in self.instances]
         return body
+
+
+def _retried(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn`, made again when the database ended it in a deadlock (rolled back whole):
+    InnoDB ends one of two transactions that lock rows in crossed order, and the API's
+    threads write at once. The last try's error stands."""
+    for attempt in range(1, CONTENDED_TRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Contended:
+            time.sleep(random.uniform(0, 0.02 * attempt))
+    return fn(*args, **kwargs)
+
+
+def kept(before: Mapping[Any, Any], now: Mapping[Any, Any]) -> bool:
+    """Whether every entry `before` is in `now`, equal (what `now` adds besides is new)."""
+    return all(k in now and now[k] == v for k, v in before.items())
 
 
 def same_inputs(last: tuple[Any, ...] | None, inputs: tuple[Any, ...]) -> bool:
@@ -169,7 +200,13 @@ class Server:
         # The table published before this server started (see _carry_over).
         self.inherited = inherited or routes.RouteTable()
         self.routes_published = False
+        # The reconcile's reads and writes take one thread; the API's calls and the
+        # heartbeats' take others, so a create does not wait behind a 10,000-row plan
+        # (nor behind another create's commit). SQLite takes one writer at a time: one
+        # thread for all.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dinp-db")
+        self._api_executor = self._executor if store.engine.dialect.name == "sqlite" \
+            else ThreadPoolExecutor(API_DB_THREADS, thread_name_prefix="dinp-api")
         # The lease's own thread: a renewal queued behind a flood of API calls would make a
         # lone, healthy server give up leading (and answer 503) for no reason.
         self._lease_executor = ThreadPoolExecutor(1, thread_name_prefix="dinp-lease")
@@ -224,29 +261,37 @@ class Server:
         # The read of desired state writers share (desired_changed), and whether it began.
         self._refresh: tuple[asyncio.Future[Snapshot], threading.Event] | None = None
         # The instance rows, releases and app settings the assignments were made from.
-        self._assigned_from: tuple[object, ...] | None = None
+        self._assigned_from: tuple[tuple[scheduler.Placed, ...],
+                                   Mapping[tuple[str, int], ReleaseSpec],
+                                   dict[str, tuple[Any, ...]]] | None = None
+        # Those instance rows by id, and by node then id (for the nodes a change touches).
+        self._assigned_rows: dict[str, scheduler.Placed] = {}
+        self._assigned_by_node: dict[str, dict[str, scheduler.Placed]] = {}
         self._update_assignments()
 
     # -- helpers ----------------------------------------------------------------------
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking store call on the single worker thread, for an API request or
-        a heartbeat: given up after database_timeout (a hung database answers 503 in
-        seconds, not after the driver's own timeouts)."""
-        return await self.db_within(self.config.database_timeout, fn, *args, **kwargs)
+        """Run a blocking store call for an API request or a heartbeat on the API's
+        database threads: given up after database_timeout (a hung database answers 503
+        in seconds, not after the driver's own timeouts)."""
+        return await self._run_within(self._api_executor, self.config.database_timeout,
+                                      fn, *args, **kwargs)
 
     async def db_within(self, seconds: float, fn: Callable[..., T], *args: Any,
                         **kwargs: Any) -> T:
-        """Run a blocking store call on the single worker thread, giving up after
-        `seconds`. A call still waiting its turn then is cancelled and never runs, so a
-        refused request changes nothing later; only a call the database was already
-        running may still complete, and the error says so."""
+        """Run a blocking store call of the reconcile on its own database thread,
+        giving up after `seconds`."""
         return await self._run_within(self._executor, seconds, fn, *args, **kwargs)
 
     async def _run_within(self, executor: ThreadPoolExecutor, seconds: float,
                           fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn` on `executor`, giving up after `seconds`. A call still waiting its
+        turn then is cancelled and never runs, so a refused request changes nothing
+        later; only a call the database was already running may still complete, and
+        the error says so."""
         loop = asyncio.get_running_loop()
-        future = executor.submit(fn, *args, **kwargs)
+        future = executor.submit(_retried, fn, *args, **kwargs)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future, loop=loop), seconds)
         except TimeoutError:
@@ -264,21 +309,35 @@ class Server:
 
     async def desired_changed(self) -> None:
         """After a write: read the new desired state (the API answers from it) and
-        reconcile now. Writers that arrive together share one read: a read that has not
-        begun yet sees every write made before it, so a writer joins it instead of
-        queueing its own (a hundred `app create`s at once read the state a few times,
-        not a hundred)."""
+        reconcile now. Writers that arrive together share one read, made on the
+        reconcile's thread: a read that has not begun yet sees every write made before
+        it, so a writer joins it instead of queueing its own (a hundred `app create`s
+        at once read the state a few times, not a hundred). A writer waits for that
+        read at most database_timeout: its write is made, so it answers all the same
+        (and the server's reads show the change once the read ends) rather than a 503
+        that would make its client send a done write again."""
         pending = self._refresh
         if pending is None or pending[1].is_set() or pending[0].done():
             begun = threading.Event()
-            task = asyncio.ensure_future(self.db(self._snapshot_from_now, begun))
+            task = asyncio.ensure_future(self.db_within(
+                RECONCILE_DB_SECONDS, self._snapshot_from_now, begun))
+            task.add_done_callback(self._refreshed)
             pending = self._refresh = (task, begun)
         try:
-            self.snapshot = await asyncio.shield(pending[0])
+            await asyncio.wait_for(asyncio.shield(pending[0]), self.config.database_timeout)
+        except TimeoutError:
+            log.info("the read of desired state after a write takes longer than %g s: "
+                     "answered before it ends", self.config.database_timeout)
         finally:
             if self._refresh is pending and pending[0].done():
                 self._refresh = None
         self.wake()
+
+    def _refreshed(self, task: asyncio.Future[Snapshot]) -> None:
+        """A shared read after writes ended: the server answers from it (its error, if
+        any, went to the writers waiting for it)."""
+        if not task.cancelled() and task.exception() is None:
+            self.snapshot = task.result()
 
     def _snapshot_from_now(self, begun: threading.Event) -> Snapshot:
         """A snapshot, marking `begun` as it starts (in the database thread): writers
@@ -539,33 +598,57 @@ class Server:
 
         Made again only where its inputs changed: not at all when the snapshot's
         instance rows, releases and app settings are the ones of the last call (a
-        steady pass), else node by node (a placement changes the assignment of the
-        nodes it touches, and only theirs get a new revision and JSON)."""
+        steady pass); only for the nodes of the rows added or removed when just the
+        rows changed (a placement changes the assignment of the nodes it touches, and
+        only theirs get a new revision and JSON); for every node else (a release or
+        an app's settings changed)."""
         snapshot = self.snapshot
         apps, releases = snapshot.apps, snapshot.releases
         settings = {name: (a.stop_grace, a.image, a.env_json, a.port, a.memory_mb,
                            a.health_path) for name, a in apps.items()}
-        inputs = (snapshot.desired.instances, releases, settings)
-        if same_inputs(self._assigned_from, inputs):
+        instances = snapshot.desired.instances
+        last = self._assigned_from
+        if same_inputs(last, (instances, releases, settings)):
             return
-        self._assigned_from = inputs
-        per_node: dict[str, list[AssignmentInput]] = {}
-        for inst in sorted(snapshot.desired.instances, key=lambda i: i.id):
-            app = apps.get(inst.app)
-            if app is None:
+        rows = {i.id: i for i in instances if i.app in apps}
+        held, by_node = self._assigned_rows, self._assigned_by_node
+        touched: set[str] | None = None  # None: every node
+        if last is not None and kept(last[1], releases) and kept(last[2], settings):
+            added, gone = rows.keys() - held.keys(), held.keys() - rows.keys()
+            touched = {rows[k].node for k in added} | {held[k].node for k in gone}
+            for k in gone:
+                node_rows = by_node[held[k].node]
+                del node_rows[k]
+                if not node_rows:
+                    del by_node[held[k].node]
+            for k in added:
+                by_node.setdefault(rows[k].node, {})[k] = rows[k]
+        else:
+            by_node = {}
+            for inst in instances:
+                if inst.id in rows:
+                    by_node.setdefault(inst.node, {})[inst.id] = inst
+        self._assigned_from = (instances, releases, settings)
+        self._assigned_rows, self._assigned_by_node = rows, by_node
+        before = self.assignments
+        new = dict(before) if touched is not None else {}
+        for node in touched if touched is not None else by_node:
+            placed = by_node.get(node)
+            if not placed:
+                new.pop(node, None)
                 continue
-            # (A missing release row must not unassign a running instance: the app's.)
-            release = releases.get((inst.app, inst.release)) or ReleaseSpec(
-                app.image, app.env, app.port, app.memory_mb, app.health_path)
-            per_node.setdefault(inst.node, []).append((inst, release, app.stop_grace))
-        new: dict[str, NodeAssignment] = {}
-        for node, wanted in per_node.items():
-            old = self.assignments.get(node)
+            wanted: list[AssignmentInput] = []
+            for inst in sorted(placed.values(), key=lambda i: i.id):
+                app = apps[inst.app]
+                # (A missing release row must not unassign a running instance: the app's.)
+                release = releases.get((inst.app, inst.release)) or ReleaseSpec(
+                    app.image, app.env, app.port, app.memory_mb, app.health_path)
+                wanted.append((inst, release, app.stop_grace))
+            old = before.get(node)
             new[node] = old if old is not None and old.inputs == wanted else \
                 NodeAssignment.made(wanted)
-        changed = {n for n in set(new) | set(self.assignments)
-                   if (new.get(n) and new[n].rev) != (self.assignments.get(n)
-                                                      and self.assignments[n].rev)}
+        changed = {n for n in (touched if touched is not None else set(new) | set(before))
+                   if (new.get(n) and new[n].rev) != (before.get(n) and before[n].rev)}
         self.assignments = new
         if changed:
             event, self._assignments_changed = self._assignments_changed, asyncio.Event()
@@ -1163,6 +1246,7 @@ class Server:
         self.certifier.close()
         self.flush_events()
         self._lease_executor.shutdown(wait=True, cancel_futures=True)
+        self._api_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 

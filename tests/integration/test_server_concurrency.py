@@ -1,0 +1,187 @@
+"""The server's database calls from several threads at once (the API's beside the
+reconcile's), against real databases: what many writes at once leave behind must be
+what one at a time would."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import sqlalchemy.event
+
+from dinp.roles.server import Server
+from dinp.routes import RedisRouteStore
+from dinp.scheduler import Place
+from dinp.store import Snapshot, Store
+from tests.integration.test_api import GOOD, Api, run
+
+APPS = 24
+
+
+def _rows(snapshot: Snapshot) -> list[tuple[Any, ...]]:
+    return sorted((i.id, i.app, i.release, i.node) for i in snapshot.desired.instances)
+
+
+def _assigned(server: Server) -> dict[str, tuple[str, list[tuple[str, str, int]]]]:
+    return {node: (a.rev, [(i.id, i.image, i.release) for i in a.instances])
+            for node, a in server.assignments.items()}
+
+
+def test_many_creates_at_once_all_land_and_every_one_is_placed(
+        mysql_url: str, redis_url: str) -> None:
+    """Two dozen creates at once on a new database (whose default team the first of them
+    makes), with reconcile passes running meanwhile: every create answers 201, every
+    app gets its instances, and the rows the server holds are the database's."""
+    async def body(api: Api) -> None:
+        await api.heartbeat(capacity_mb=1 << 20)
+        for n in (2, 3):
+            await api.heartbeat(f"n{n}", capacity_mb=1 << 20)
+
+        async def create(k: int) -> int:
+            status, answer = await api.call("POST", "/apps", body={
+                **GOOD, "name": f"app{k:02d}", "instances": 3, "memory": "64m"})
+            assert status == 201, answer
+            return status
+
+        async def reconcile_meanwhile(done: asyncio.Event) -> int:
+            passes = 0
+            while not done.is_set():
+                await api.server.reconcile_once()
+                passes += 1
+            return passes
+
+        done = asyncio.Event()
+        passes = asyncio.ensure_future(reconcile_meanwhile(done))
+        assert await asyncio.gather(*(create(k) for k in range(APPS))) == [201] * APPS
+        done.set()
+        assert await passes >= 1
+        await api.server.reconcile_once()
+
+        status, listed = await api.call("GET", "/apps")
+        assert status == 200
+        assert sorted(a["name"] for a in listed) == [f"app{k:02d}" for k in range(APPS)]
+        held = api.store.snapshot()
+        fresh = Store(api.store.url)
+        try:
+            assert _rows(held) == _rows(fresh.snapshot())
+        finally:
+            fresh.close()
+        per_app: dict[str, int] = {}
+        for inst in held.desired.instances:
+            per_app[inst.app] = per_app.get(inst.app, 0) + 1
+        assert per_app == {f"app{k:02d}": 3 for k in range(APPS)}
+        assigned = sum(len(a.instances) for a in api.server.assignments.values())
+        assert assigned == 3 * APPS
+
+    run(mysql_url, redis_url, body)
+
+
+def test_assignments_kept_up_change_by_change_are_the_ones_made_afresh(
+        mysql_url: str, redis_url: str) -> None:
+    """The server makes again only the assignments of nodes a change touches: after
+    placements, removals, a deploy and a settings change, every node's assignment (its
+    revision and instances) is the one a server started now makes from the database."""
+    async def body(api: Api) -> None:
+        for n in (1, 2, 3):
+            await api.heartbeat(f"n{n}" if n > 1 else "n1", capacity_mb=1 << 20)
+
+        async def check() -> None:
+            await api.server.reconcile_once()
+            restarted = Server(api.server.config, Store(api.store.url),
+                               RedisRouteStore(api.server.config.redis_url))
+            try:
+                assert _assigned(api.server) == _assigned(restarted)
+            finally:
+                restarted.close()
+
+        for name in ("web", "shop"):
+            assert (await api.call("POST", "/apps", body={
+                **GOOD, "name": name, "instances": 4, "memory": "64m"}))[0] == 201
+        await check()
+        assert (await api.call("POST", "/apps/web/scale", body={"instances": 2}))[0] == 200
+        await api.server.reconcile_once()  # (the removal waits for a table without them)
+        await check()
+        assert (await api.call("POST", "/apps/shop/deploy",
+                               body={"env": {"COLOR": "blue"}}))[0] in (200, 201)
+        await check()
+        assert (await api.call("POST", "/apps/web/settings",
+                               body={"stop_grace": 3}))[0] == 200
+        await check()
+        assert (await api.call("DELETE", "/apps/web"))[0] in (200, 204)
+        await check()
+        assert {i.app for a in api.server.assignments.values() for i in a.instances} == {"shop"}
+
+    run(mysql_url, redis_url, body)
+
+
+def test_a_late_patch_keeps_rows_a_snapshot_in_another_thread_read_already(
+        db_url: str) -> None:
+    """A write's patch of the held instance rows that arrives after a snapshot (in
+    another thread) read the rows the write made leaves them held: the next snapshot
+    reads no instance rows, and gives what the database holds."""
+    store, other = Store(db_url), Store(db_url)
+    try:
+        store.cluster_id()
+        store.upsert_node(name="n1", address="127.0.0.2", capacity_mb=1 << 20)
+        store.create_app(name="web", image="127.0.0.1:5000/hello:2", instances=1,
+                         memory_mb=8, port=8080, env={}, health_path=None)
+        store.apply([Place("web", 1, "n1", 8)])
+        store.snapshot()
+        other.apply([Place("web", 1, "n1", 8)])  # as if this store's own, not patched yet
+        with store.session() as s:
+            rev = s.execute(sqlalchemy.text("SELECT instances_rev FROM cluster")).scalar()
+        assert len(store.snapshot().desired.instances) == 2  # read: the counter moved
+        store._patch_instances(rev)  # the write's patch, after the snapshot
+        statements: list[str] = []
+        sqlalchemy.event.listen(store.engine, "before_cursor_execute",
+                                lambda conn, cursor, sql, *_: statements.append(sql))
+        assert _rows(store.snapshot()) == _rows(other.snapshot())
+        assert not [s for s in statements if "FROM instances" in s]
+    finally:
+        store.close()
+        other.close()
+
+
+class SlowReads(Store):
+    """A real store whose snapshots take `delay` seconds once `slow` is set: a database
+    that answers, slowly."""
+
+    delay = 2.0
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.slow = threading.Event()
+
+    def snapshot(self) -> Snapshot:
+        if self.slow.is_set():
+            time.sleep(self.delay)
+        return super().snapshot()
+
+
+def test_a_write_answers_though_the_read_after_it_is_slow(
+        sqlite_url: str, redis_url: str) -> None:
+    """The read of desired state after a write outlasts database_timeout: the write is
+    made, so it answers 201 (not a 503 that would make a client send it again), and the
+    server's reads show the app once that read ends."""
+    async def body(api: Api) -> None:
+        store = api.store
+        assert isinstance(store, SlowReads)
+        store.slow.set()
+        started = time.monotonic()
+        status, answer = await api.call("POST", "/apps", body={**GOOD, "instances": 1})
+        took = time.monotonic() - started
+        assert status == 201, answer
+        assert answer["name"] == "web"
+        assert took < store.delay  # answered before the slow read ended
+        deadline = time.monotonic() + 10
+        while (await api.call("GET", "/apps/web"))[0] != 200:
+            assert time.monotonic() < deadline, "the app never showed"
+            await asyncio.sleep(0.1)
+        store.slow.clear()
+        # A write whose read is quick shows at once, as before.
+        assert (await api.call("POST", "/apps", body={**GOOD, "name": "shop"}))[0] == 201
+        assert (await api.call("GET", "/apps/shop"))[0] == 200
+
+    run(sqlite_url, redis_url, body, database_timeout=0.5, store_class=SlowReads)
