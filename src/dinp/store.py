@@ -326,9 +326,9 @@ class Store:
         try:
             yield
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
-            reason = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
             orig = getattr(exc, "orig", None)
-            if orig is not None and getattr(orig, "args", (None,))[:1] == (MYSQL_DEADLOCK,):
+            reason = str(orig) if orig else str(exc)
+            if orig is not None and getattr(orig, "args", ())[:1] == (MYSQL_DEADLOCK,):
                 raise Contended(
                     f"database {self.safe_url} ended this change in a deadlock with "
                     "another one; nothing was changed", hint="Try again.") from exc
@@ -732,8 +732,7 @@ class Store:
             return
         query = select(TeamRow).where(TeamRow.name == team)
         ahead = s.exec(query).first()  # (a plain read: which lock the change needs)
-        limited = ahead is not None and (ahead.instances_quota, ahead.memory_quota_mb) \
-            != (None, None)
+        limited = ahead is not None and _quota(ahead) != quotas.Quota()
         row = s.exec(query.with_for_update(read=not limited)
                      .execution_options(populate_existing=True)).first()
         if row is None and team == DEFAULT_TEAM:
@@ -746,7 +745,7 @@ class Store:
             return
         if row is None:
             raise NotFound(f"no team named {team!r}", hint="`dinp team list` shows them.")
-        quota = quotas.Quota(instances=row.instances_quota, memory_mb=row.memory_quota_mb)
+        quota = _quota(row)
         if quota == quotas.Quota():
             return
         used = quotas.Usage()
@@ -1212,6 +1211,10 @@ def _later(before: float | None) -> float:
     changed row by it)."""
     now = time.time()
     return now if before is None or now > before else before + 1e-6
+
+
+def _quota(row: TeamRow) -> quotas.Quota:
+    return quotas.Quota(instances=row.instances_quota, memory_mb=row.memory_quota_mb)
 
 
 def _chunks(items: list[T], size: int = 1000) -> Iterator[list[T]]:
