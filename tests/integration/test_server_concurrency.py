@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
 
 import sqlalchemy.event
 
@@ -16,12 +15,9 @@ from dinp.routes import RedisRouteStore
 from dinp.scheduler import Place
 from dinp.store import Snapshot, Store
 from tests.integration.test_api import GOOD, Api, run
+from tests.integration.test_store import _rows
 
 APPS = 24
-
-
-def _rows(snapshot: Snapshot) -> list[tuple[Any, ...]]:
-    return sorted((i.id, i.app, i.release, i.node) for i in snapshot.desired.instances)
 
 
 def _assigned(server: Server) -> dict[str, tuple[str, list[tuple[str, str, int]]]]:
