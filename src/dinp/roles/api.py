@@ -133,7 +133,7 @@ async def create_app(request: web.Request) -> web.Response:
     who = principal(request)
     team = _team_for_new_app(who, data.get("team"))
     app = await server.db(server.store.create_app, **spec, team=team, actor=actor(request))
-    await server.desired_changed()
+    await server.desired_changed(lambda snapshot: snapshot.apps.get(app.name) is app)
     log.info("app %s created: %s x%d", app.name, app.image, app.instances)
     return web.json_response(server.app_view(app, detail=True), status=201)
 

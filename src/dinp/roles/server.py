@@ -307,15 +307,25 @@ class Server:
         """Ask for a reconcile now instead of at the next tick."""
         self._wake.set()
 
-    async def desired_changed(self) -> None:
-        """After a write: read the new desired state (the API answers from it) and
-        reconcile now. Writers that arrive together share one read, made on the
-        reconcile's thread: a read that has not begun yet sees every write made before
-        it, so a writer joins it instead of queueing its own (a hundred `app create`s
-        at once read the state a few times, not a hundred). A writer waits for that
-        read at most database_timeout: its write is made, so it answers all the same
-        (and the server's reads show the change once the read ends) rather than a 503
-        that would make its client send a done write again."""
+    async def desired_changed(self, shows: Callable[[Snapshot], bool] | None = None) -> None:
+        """After a write: take the new desired state (the API answers from it) and
+        reconcile now.
+
+        A write the store brought into the rows it holds (an app created: `shows` tells
+        whether a snapshot has it) is answered from them at once, with no read. Else
+        writers that arrive together share one read, made on the reconcile's thread: a
+        read that has not begun yet sees every write made before it, so a writer joins
+        it instead of queueing its own (a hundred `app create`s at once read the state
+        a few times, not a hundred). A writer waits for that read at most
+        database_timeout: its write is made, so it answers all the same (and the
+        server's reads show the change once the read ends) rather than a 503 that would
+        make its client send a done write again."""
+        if shows is not None:
+            held = self.store.held_snapshot()
+            if held is not None and shows(held):
+                self.snapshot = held
+                self.wake()
+                return
         pending = self._refresh
         if pending is None or pending[1].is_set() or pending[0].done():
             begun = threading.Event()
@@ -337,7 +347,13 @@ class Server:
         """A shared read after writes ended: the server answers from it (its error, if
         any, went to the writers waiting for it)."""
         if not task.cancelled() and task.exception() is None:
-            self.snapshot = task.result()
+            self._install(task.result())
+
+    def _install(self, snapshot: Snapshot) -> None:
+        """Answer from `snapshot`, or from the rows the store holds now when they make
+        one: they are never older, and may hold a write that `snapshot`, read before it
+        committed, lacks (an app just created must not vanish from the API)."""
+        self.snapshot = self.store.held_snapshot() or snapshot
 
     def _snapshot_from_now(self, begun: threading.Event) -> Snapshot:
         """A snapshot, marking `begun` as it starts (in the database thread): writers
@@ -692,7 +708,7 @@ class Server:
                 for action in changes:
                     self.metrics.actions.labels(type(action).__name__.lower()).inc()
                 snapshot = await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot)
-            self.snapshot = snapshot
+            self._install(snapshot)
             self._paused("database", "")
         except NotLeader:
             raise
