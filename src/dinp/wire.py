@@ -336,5 +336,15 @@ def parse_assignments(data: object) -> tuple[str, list[Assignment]]:
 
 def assignments_rev(items: list[Assignment]) -> str:
     """A short digest of a node's assignment, so a long-poll knows when it changed."""
-    blob = json.dumps([a.to_json() for a in items], sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return assignments_rev_of([assignment_text(a) for a in items])
+
+
+def assignment_text(item: Assignment) -> str:
+    """One instance's part of what assignments_rev digests."""
+    return json.dumps(item.to_json(), sort_keys=True)
+
+
+def assignments_rev_of(texts: list[str]) -> str:
+    """assignments_rev of the items whose assignment_text these are (as json.dumps
+    joins a list)."""
+    return hashlib.sha256(f"[{', '.join(texts)}]".encode()).hexdigest()[:16]

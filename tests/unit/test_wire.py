@@ -3,6 +3,8 @@ without it gets."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +17,7 @@ from dinp.wire import (
     ContainerInfo,
     Failure,
     Heartbeat,
+    assignments_rev,
     parse_assignments,
     parse_beat,
     parse_heartbeat,
@@ -101,3 +104,16 @@ def test_the_report_digest_ignores_memory_figures_and_nothing_else() -> None:
                     replace(hb, containers=()), replace(hb, capacity_mb=2048),
                     replace(hb, failures={"x": Failure("boom")}), replace(hb, logs_port=7)):
         assert changed.state_digest() != hb.state_digest()
+
+
+def test_an_assignment_revision_is_the_digest_of_its_whole_json() -> None:
+    """Made from each instance's own text (the server keeps those), the revision is
+    still the digest of the whole list as JSON: a server of an earlier dinp gave the
+    same one, so agents holding it are not sent their instances again on an upgrade."""
+    items = [Assignment(id=f"a{k}", app="web", release=k, image="reg/web:1", memory_mb=64,
+                        port=8080, env={"B": "2", "A": "1"}, health_path=None,
+                        stop_grace=None if k else 3.0) for k in range(3)]
+    whole = json.dumps([a.to_json() for a in items], sort_keys=True).encode()
+    assert assignments_rev(items) == hashlib.sha256(whole).hexdigest()[:16]
+    assert assignments_rev([]) == hashlib.sha256(b"[]").hexdigest()[:16]
+    assert assignments_rev(items[:2]) != assignments_rev(items)
