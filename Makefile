@@ -6,9 +6,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
-# Test workers, one test file each (PYTEST_WORKERS=2 halves the suite's time on 2 cores,
-# but the timing-sensitive end-to-end tests then share the CPU: CI runs them one at a time).
-PYTEST_WORKERS ?= 1
 
 .PHONY: help setup venv services images demo stop test test-unit lint bench clean bench-router bench-scale docs screenshots
 
@@ -36,7 +33,7 @@ stop: ## Stop the demo's `dinp up` and remove its containers
 	@bash scripts/demo.sh stop
 
 test: setup ## Run the whole test suite (PYTEST_ARGS='-k foo' to pass arguments)
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	@bash scripts/test.sh $(PYTEST_ARGS)
 
 test-unit: venv ## Run the unit tests only (no services needed)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
