@@ -1,7 +1,8 @@
 """How far one `dinp server` goes: simulated nodes speaking the real heartbeat protocol.
 
     .venv/bin/python benchmarks/scale.py [--nodes 100,1000,5000] [--per-node 30]
-        [--place 10000] [--seconds 20] [--interval 5] [--workers 2] [--update-doc]
+        [--place 10000] [--seconds 20] [--interval 5] [--workers 2]
+        [--max-heartbeats-per-second R] [--update-doc]
 
 (`make bench-scale` runs it with --update-doc, which rewrites the table in
 docs/performance.md.)
@@ -384,7 +385,7 @@ class ServerUnderTest:
 
 @contextlib.contextmanager
 def server_process(work: Path, db_url: str, redis_url: str, cluster_token: str,
-                   interval: float) -> Iterator[ServerUnderTest]:
+                   interval: float, max_rate: float | None = None) -> Iterator[ServerUnderTest]:
     work.mkdir(parents=True, exist_ok=True)
     port, metrics_port = free_port(), free_port()
     admin = secrets.token_hex(16)
@@ -394,6 +395,8 @@ def server_process(work: Path, db_url: str, redis_url: str, cluster_token: str,
                    DINP_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                    DINP_HEARTBEAT_INTERVAL=f"{interval:g}",
                    DINP_NODE_TIMEOUT=f"{3 * interval:g}")
+    if max_rate is not None:
+        env["DINP_MAX_HEARTBEATS_PER_SECOND"] = f"{max_rate:g}"
     proc = Proc("server", ["server"], env, work / "server.log").start()
     sut = ServerUnderTest(proc, f"http://127.0.0.1:{port}",
                           f"http://127.0.0.1:{metrics_port}/metrics", admin, cluster_token)
@@ -560,7 +563,7 @@ def run_size(nodes: int, interval: float, args: argparse.Namespace, work: Path) 
         agents = seed(db_url, nodes, args.per_node, cluster_token)
         print(f"  seeded the database in {time.perf_counter() - t:.1f} s", flush=True)
         with server_process(work / f"n{nodes}", db_url, rs.url, cluster_token,
-                            interval) as sut:
+                            interval, args.max_heartbeats_per_second) as sut:
             result.rss_start = sut.rss_mb()
             workers = Workers(sut.url, agents, args.workers, interval)
             try:
@@ -749,7 +752,10 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         f"{os.cpu_count()} cores, Python {platform.python_version()}: `make bench-scale` "
         f"(`benchmarks/scale.py --nodes {','.join(str(r.nodes) for r in results)} "
         f"--per-node {args.per_node} --place {args.place} --seconds {args.seconds:g} "
-        f"--interval {args.interval} --workers {args.workers}`). Steady state over "
+        f"--interval {args.interval} --workers {args.workers}"
+        + (f" --max-heartbeats-per-second {args.max_heartbeats_per_second:g}"
+           if args.max_heartbeats_per_second is not None else "")
+        + "`). Steady state over "
         f"{args.seconds:g} s; failed heartbeats: {failed}.",
         "",
         "| measure | " + " | ".join(cols) + " | goal |",
@@ -783,6 +789,9 @@ def main() -> None:
                         help="the server's heartbeat_interval in s (node_timeout: 3 times "
                         "it), one for all sizes or one per size, comma-separated")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-heartbeats-per-second", type=float, default=None,
+                        help="the server's max_heartbeats_per_second (default: its own, "
+                        "500; past it the server hands out a longer interval)")
     parser.add_argument("--converge-timeout", type=float, default=300.0,
                         help="seconds to wait for every instance to be reported healthy")
     parser.add_argument("--update-doc", action="store_true",
