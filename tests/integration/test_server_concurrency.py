@@ -252,3 +252,27 @@ def test_a_created_app_shows_at_once_though_reads_are_slow(
         assert time.monotonic() - started < store.delay
 
     run(sqlite_url, redis_url, body, database_timeout=5, store_class=SlowReads)
+
+
+def test_a_snapshot_read_before_a_create_does_not_hide_it(
+        db_url: str, redis_url: str) -> None:
+    """A reconcile pass read its snapshot before a create, and installs it after the
+    create answered, at a moment when the store's held rows make no snapshot (another
+    write changed instance rows since): the app still shows, with the pass's rows."""
+    async def body(api: Api) -> None:
+        await api.heartbeat(capacity_mb=1 << 20)
+        assert (await api.call("POST", "/apps", body={**GOOD, "name": "old"}))[0] == 201
+        await api.server.reconcile_once()
+        read_before = await asyncio.to_thread(api.store.snapshot)
+        assert (await api.call("POST", "/apps", body={**GOOD, "name": "shop"}))[0] == 201
+        await asyncio.to_thread(api.store.apply, [Place("old", 1, "n1", 64)])
+        assert api.store.held_snapshot() is None  # (until a snapshot reads them)
+        api.server._install(read_before)
+        status, listed = await api.call("GET", "/apps")
+        assert status == 200 and sorted(a["name"] for a in listed) == ["old", "shop"]
+        assert (await api.call("GET", "/apps/shop"))[0] == 200
+        await api.server.reconcile_once()
+        assert _rows(api.server.snapshot) == _rows(await asyncio.to_thread(
+            Store(api.store.url).snapshot))
+
+    run(db_url, redis_url, body)

@@ -45,7 +45,7 @@ from dinp.pace import Pace
 from dinp.releases import ReleaseSpec
 from dinp.roles.certificates import Certifier
 from dinp.scheduler import ContainerReport, NodeReport, Real, Remove, Unplaceable
-from dinp.store import NotLeader, Snapshot, Store
+from dinp.store import NotLeader, Snapshot, Store, newest
 from dinp.wire import (
     Assignment,
     Beat,
@@ -383,9 +383,11 @@ class Server:
 
     def _install(self, snapshot: Snapshot) -> None:
         """Answer from `snapshot`, or from the rows the store holds now when they make
-        one: they are never older, and may hold a write that `snapshot`, read before it
-        committed, lacks (an app just created must not vanish from the API)."""
-        self.snapshot = self.store.held_snapshot() or snapshot
+        one (they are never older); else from what is newest of it and the snapshot
+        answered from so far: a snapshot read before a write committed must not hide
+        it (an app just created must not vanish from the API)."""
+        held = self.store.held_snapshot()
+        self.snapshot = held if held is not None else newest(self.snapshot, snapshot)
 
     def _snapshot_from_now(self, begun: threading.Event) -> Snapshot:
         """A snapshot, marking `begun` as it starts (in the database thread): writers
@@ -1171,7 +1173,7 @@ class Server:
         node_timeout) before changing anything, keeping the routes published."""
         log.warning("this server (%s) leads now, lease epoch %d", self.server_id, epoch)
         self._forget_reports()
-        self.snapshot = await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot)
+        self._install(await self.db_within(RECONCILE_DB_SECONDS, self.store.snapshot))
         self.owners = {n.name: NodeOwner(n.agent, self.started)
                        for n in self.snapshot.nodes.values() if n.agent}
         with contextlib.suppress(Unavailable):
