@@ -299,6 +299,7 @@ class Server:
         self._assigned_rows: dict[str, scheduler.Placed] = {}
         self._assigned_by_node: dict[str, dict[str, scheduler.Placed]] = {}
         self._assignment_items = AssignmentItems()
+        self._settings_of: tuple[dict[str, AppRow], dict[str, tuple[Any, ...]]] | None = None
         self._update_assignments()
 
     # -- helpers ----------------------------------------------------------------------
@@ -654,8 +655,7 @@ class Server:
         an app's settings changed)."""
         snapshot = self.snapshot
         apps, releases = snapshot.apps, snapshot.releases
-        settings = {name: (a.stop_grace, a.image, a.env_json, a.port, a.memory_mb,
-                           a.health_path) for name, a in apps.items()}
+        settings = self._settings(apps)
         instances = snapshot.desired.instances
         last = self._assigned_from
         if same_inputs(last, (instances, releases, settings)):
@@ -691,11 +691,14 @@ class Server:
                 continue
             wanted: list[AssignmentInput] = []
             for inst in sorted(placed.values(), key=lambda i: i.id):
-                app = apps[inst.app]
-                # (A missing release row must not unassign a running instance: the app's.)
-                release = releases.get((inst.app, inst.release)) or ReleaseSpec(
-                    app.image, app.env, app.port, app.memory_mb, app.health_path)
-                wanted.append((inst, release, app.stop_grace))
+                release = releases.get((inst.app, inst.release))
+                if release is None:
+                    # A missing release row must not unassign a running instance: the
+                    # app's own settings stand in.
+                    app = apps[inst.app]
+                    release = ReleaseSpec(app.image, app.env, app.port, app.memory_mb,
+                                          app.health_path)
+                wanted.append((inst, release, settings[inst.app][0]))
             old = before.get(node)
             new[node] = old if old is not None and old.inputs == wanted else \
                 NodeAssignment.made(wanted, self._assignment_items)
@@ -705,6 +708,18 @@ class Server:
         if changed:
             event, self._assignments_changed = self._assignments_changed, asyncio.Event()
             event.set()
+
+    def _settings(self, apps: dict[str, AppRow]) -> dict[str, tuple[Any, ...]]:
+        """What of each app's row its instances' assignments hold (stop grace first),
+        made again only for other rows: reading ORM attributes of 5,000 apps is not
+        free, and the rows stand while desired state does."""
+        last = self._settings_of
+        if last is not None and last[0] is apps:
+            return last[1]
+        settings = {name: (a.stop_grace, a.image, a.env_json, a.port, a.memory_mb,
+                           a.health_path) for name, a in apps.items()}
+        self._settings_of = (apps, settings)
+        return settings
 
     # -- reconcile --------------------------------------------------------------------
 
