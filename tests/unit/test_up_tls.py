@@ -202,10 +202,19 @@ def test_certificates_are_made_again_before_they_expire(
     assert not hosts.due()
 
 
-@pytest.mark.parametrize("domain", ["", "*.localhost", ".localhost", "a..b"])
+@pytest.mark.parametrize("domain", ["", "*.localhost", ".localhost", "a..b", "a b",
+                                    "shop_x.example", "-a.example", "a-.example",
+                                    "é.example", "a" * 64 + ".example"])
 def test_a_domain_that_cannot_be_a_name_constraint_is_refused(domain: str) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="is not a DNS name"):
         up_tls.check_domain(domain)
+
+
+@pytest.mark.parametrize(("domain", "held"), [("localhost", "localhost"),
+                                              ("Apps.Example.COM.", "apps.example.com"),
+                                              (" dev-1.local ", "dev-1.local")])
+def test_a_domain_is_held_as_its_name_constraint(domain: str, held: str) -> None:
+    assert up_tls.check_domain(domain) == held
 
 
 def test_a_state_directory_it_cannot_write_is_a_clear_error(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import datetime
 import ipaddress
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -240,10 +241,17 @@ def _reissue_at(chain: str) -> datetime.datetime:
     return start + (end - start) * REISSUE_AFTER
 
 
+# One label of a DNS name (RFC 1123); dinp up's domain may be one label ("localhost").
+DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
 def check_domain(domain: str) -> str:
-    """The domain as the CA's name constraint holds it; refused when it cannot be one."""
+    """The domain as the CA's name constraint holds it; refused when it cannot be one
+    (a name constraint holds a DNS name: labels of letters, digits and '-')."""
     value = domain.strip().lower().rstrip(".")
-    if not value or "*" in value or value.startswith(".") or ".." in value:
+    if not value or len(value) > 253 or \
+            not all(DNS_LABEL.fullmatch(label) for label in value.split(".")):
         raise ConfigError(f"domain {domain!r} is not a DNS name dinp up can make a "
-                          "certificate for")
+                          "certificate for (labels of letters, digits and '-', joined "
+                          "by '.')")
     return value
