@@ -146,12 +146,9 @@ def newest(current: Snapshot, offered: Snapshot) -> Snapshot:
         return current
     rows, rest = (offered, current) if offered.instances_rev > current.instances_rev \
         else (current, offered)
-    return Snapshot(
-        Desired(apps=rest.desired.apps, instances=rows.desired.instances,
-                nodes=rest.desired.nodes),
-        rest.apps, rest.nodes, rows.releases, rest.recent, rest.domains,
-        rest.node_generations, rest.certs, rows.grouped,
-        instances_rev=rows.instances_rev, desired_rev=rest.desired_rev)
+    return replace(rest, desired=replace(rest.desired, instances=rows.desired.instances),
+                   releases=rows.releases, grouped=rows.by_app,
+                   instances_rev=rows.instances_rev)
 
 
 def by_app(instances: Sequence[Placed]) -> dict[str, list[Placed]]:

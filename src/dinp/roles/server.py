@@ -299,7 +299,6 @@ class Server:
         self._assigned_rows: dict[str, scheduler.Placed] = {}
         self._assigned_by_node: dict[str, dict[str, scheduler.Placed]] = {}
         self._assignment_items = AssignmentItems()
-        self._settings_of: tuple[dict[str, AppRow], dict[str, tuple[Any, ...]]] | None = None
         self._update_assignments()
 
     # -- helpers ----------------------------------------------------------------------
@@ -655,7 +654,9 @@ class Server:
         an app's settings changed)."""
         snapshot = self.snapshot
         apps, releases = snapshot.apps, snapshot.releases
-        settings = self._settings(apps)
+        # (Stop grace first: each instance's assignment takes it from here.)
+        settings = {name: (a.stop_grace, a.image, a.env_json, a.port, a.memory_mb,
+                           a.health_path) for name, a in apps.items()}
         instances = snapshot.desired.instances
         last = self._assigned_from
         if same_inputs(last, (instances, releases, settings)):
@@ -708,18 +709,6 @@ class Server:
         if changed:
             event, self._assignments_changed = self._assignments_changed, asyncio.Event()
             event.set()
-
-    def _settings(self, apps: dict[str, AppRow]) -> dict[str, tuple[Any, ...]]:
-        """What of each app's row its instances' assignments hold (stop grace first),
-        made again only for other rows: reading ORM attributes of 5,000 apps is not
-        free, and the rows stand while desired state does."""
-        last = self._settings_of
-        if last is not None and last[0] is apps:
-            return last[1]
-        settings = {name: (a.stop_grace, a.image, a.env_json, a.port, a.memory_mb,
-                           a.health_path) for name, a in apps.items()}
-        self._settings_of = (apps, settings)
-        return settings
 
     # -- reconcile --------------------------------------------------------------------
 
