@@ -3,7 +3,8 @@ HTTPS (keep-alive requests, and new TLS handshakes).
 
     .venv/bin/python benchmarks/router.py [--mode plain,tls] [--seconds 5]
         [--concurrency 16,64,256] [--tls-concurrency 16,64] [--tls-key ec|rsa]
-        [--rounds 5] [--baseline-src DIR] [--update-doc]
+        [--tls-tests keepalive,handshakes] [--rounds 5] [--baseline-src DIR]
+        [--update-doc]
 
 (`make bench-router` runs it with --update-doc, which rewrites the tables in
 docs/performance.md: plain HTTP, and HTTPS with the key type measured.)
@@ -33,8 +34,9 @@ The setup, the same for the three proxies:
   requests, (b) `-H "Connection: close"`, a new connection and a full handshake (wrk
   never resumes a session) per request: handshakes per second.
 - `--baseline-src DIR` adds another dinp (DIR is the `src` of another checkout, e.g. the
-  commit before a change) to the plain HTTP rounds, taking turns like the others: a
-  before/after on the same noisy machine.
+  commit before a change) to the rounds, taking turns like the others: a before/after on
+  the same noisy machine. `--tls-tests handshakes` (or `keepalive`) runs one of the two
+  HTTPS tests only.
 
 Missing tools (wrk, nginx-light, caddy, redis-server) are installed with apt-get (as root).
 """
@@ -468,7 +470,8 @@ def verdict(results: dict[Cell, Result], tests: list[tuple[str, int]]) -> str:
             else:
                 parts.append(f"{ours.rps / nginx.rps:.0%} of nginx's req/s")
         if base:
-            parts.append(f"; {ours.rps / base.rps:.2f} times the baseline's req/s, p99 "
+            parts.append(f"{'' if len(parts) == 1 or parts[-1].endswith(';') else '; '}"
+                         f"{ours.rps / base.rps:.2f} times the baseline's req/s, p99 "
                          f"{ours.p99:.2f} vs {base.p99:.2f} ms")
         lines.append("- " + " ".join(parts))
     return "\n".join(lines)
@@ -589,6 +592,8 @@ def main() -> None:
                         help="wrk connections over plain HTTP, comma-separated")
     parser.add_argument("--tls-concurrency", default="16,64",
                         help="wrk connections over HTTPS, comma-separated")
+    parser.add_argument("--tls-tests", default="keepalive,handshakes",
+                        help="the HTTPS tests to run: keepalive, handshakes or both")
     parser.add_argument("--tls-key", choices=["ec", "rsa"], default="ec",
                         help="the certificate's key: ECDSA P-256 or RSA-2048")
     parser.add_argument("--rounds", type=int, default=5, help="runs per cell (best kept)")
@@ -597,7 +602,7 @@ def main() -> None:
     parser.add_argument("--only", default="dinp,caddy,nginx", help="proxies to run")
     parser.add_argument("--baseline-src", default="",
                         help="the src directory of another dinp checkout, measured beside "
-                        "this one over plain HTTP (a before/after)")
+                        "this one (a before/after)")
     parser.add_argument("--update-doc", action="store_true",
                         help=f"write the tables into {DOC.relative_to(ROOT)}")
     args = parser.parse_args()
@@ -621,13 +626,13 @@ def main() -> None:
                 tls = make_certificate(work, args.tls_key) if mode == "tls" else None
                 proxies = [getattr(bench, name)(addrs, tls=tls) for name in names]
                 shown = list(names)
-                if mode == "plain" and args.baseline_src:
-                    proxies.append(bench.dinp(addrs, name="dinp-base",
+                if args.baseline_src:
+                    proxies.append(bench.dinp(addrs, name="dinp-base", tls=tls,
                                               src=str(Path(args.baseline_src).resolve())))
                     shown.append("dinp-base")
                 tests = ([("plain", c) for c in args.concurrency] if mode == "plain" else
                          [(t, c) for t in ("keepalive", "handshakes")
-                          for c in args.tls_concurrency])
+                          if t in args.tls_tests.split(",") for c in args.tls_concurrency])
                 ciphers = ""
                 if tls is not None:
                     ciphers = "; negotiated with an OpenSSL client: " + ", ".join(

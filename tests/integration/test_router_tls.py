@@ -293,6 +293,10 @@ def test_only_tls_12_and_13_with_strong_ciphers_and_alpn_http11() -> None:
         name, version, _ = client.ssl_object.cipher()  # type: ignore[misc]
         assert version == "TLSv1.2" and name.startswith("ECDHE-ECDSA-") and (
             "GCM" in name or "CHACHA20" in name), name
+        # TLS 1.3: Mozilla's order, AES-128 first, whatever order the client offers
+        # (OpenSSL's own clients put AES-256 first).
+        client = await TlsClient.connect(stack, router, "shop.example.com")
+        assert client.ssl_object.cipher()[:2] == ("TLS_AES_128_GCM_SHA256", "TLSv1.3")
         # ALPN: HTTP/1.1 is what the router speaks, whatever else the client offers.
         offers = CA.client_context()
         offers.set_alpn_protocols(["h2", "http/1.1"])
@@ -1053,6 +1057,83 @@ def test_thread_safety_of_a_table_change_during_handshakes(wildcard: dict[str, s
             stop.set()
             await asyncio.to_thread(thread.join, 10)
         assert failures == [] and done > 10, (failures[:3], done)
+
+    run(scenario)
+
+
+class _CountingTransport:
+    """A socket transport whose writes are recorded (everything else passes through)."""
+
+    def __init__(self, raw: asyncio.Transport, writes: list[bytes]) -> None:
+        self._raw = raw
+        self._writes = writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._raw.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_a_closing_response_and_its_close_notify_share_one_send(
+        wildcard: dict[str, str], monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+    """Each write to the socket is a system call (on loopback, the receiver's work too):
+    a response that ends its connection goes out with its close_notify in one, while
+    keep-alive responses each go out at once, nothing held back."""
+    from dinp.router import tls_stream
+
+    sends: list[list[bytes]] = []
+    made = tls_stream.TlsStream.connection_made
+
+    def counted(stream: tls_stream.TlsStream, transport: asyncio.BaseTransport) -> None:
+        sends.append([])
+        made(stream, _CountingTransport(transport, sends[-1]))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tls_stream.TlsStream, "connection_made", counted)
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (web,) = await backends(stack, "web")
+        router = await start_tls_router(stack, tls_table({"web": [web]}), **wildcard)
+
+        def exchange(requests: int) -> tuple[list[bytes], bool]:
+            """`requests` on one connection, the last with Connection: close: what came
+            back, and whether the router ended with a close_notify (not a bare FIN)."""
+            ctx = CA.client_context()
+            ctx.maximum_version = ssl.TLSVersion[version]
+            with socket.create_connection(("127.0.0.1", router.bound_https_port), 5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="web.apps.test",
+                                    suppress_ragged_eofs=False) as conn:
+                bodies = []
+                for i in range(requests):
+                    last = i == requests - 1
+                    conn.sendall(b"GET /n%d HTTP/1.1\r\nHost: web.apps.test\r\n%s\r\n"
+                                 % (i, b"Connection: close\r\n" if last else b""))
+                    got = b""
+                    while b"\r\n\r\n" not in got:
+                        got += conn.recv(65536)
+                    head, _, body = got.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    bodies.append(head)
+                try:
+                    notified = conn.recv(65536) == b""  # close_notify (a FIN alone raises)
+                except ssl.SSLEOFError:
+                    notified = False
+                return bodies, notified
+
+        for requests in (1, 3):
+            sends.clear()
+            bodies, notified = await asyncio.to_thread(exchange, requests)
+            assert len(bodies) == requests and all(b.startswith(b"HTTP/1.1 200") for b in bodies)
+            assert notified
+            (writes,) = sends
+            # The server's handshake flight (TLS 1.2: and its Finished), one send per
+            # keep-alive response, and the last response with the close_notify.
+            handshake = 1 if version == "TLSv1_3" else 2
+            assert len(writes) == handshake + requests, [len(w) for w in writes]
 
     run(scenario)
 

@@ -101,6 +101,10 @@ class Client(Protocol[R_contra]):
 
     def close(self) -> None: ...
 
+    def hold_writes(self, hold: bool) -> None:
+        """TLS only: while held, what is written is encrypted but not sent, so that the
+        close_notify of a close that follows goes out in the same send."""
+
     def set_backend_full(self, full: bool) -> None:
         """The backend's write buffer is full (or no longer): stop (resume) reading."""
 
@@ -436,13 +440,20 @@ class BackendConnection(asyncio.Protocol, Generic[R]):
             return
         if self._framing == _CHUNKED:
             self._out.append(b"0\r\n\r\n")
-        self._flush()
-        self._detach()
-        if keep and req.complete and not req.upgrade:
-            self.pool.put(self)
-        else:
-            self.close()
-        client.response_done(req)
+        held = client.tls  # a close that follows: one send for the end and close_notify
+        if held:
+            client.hold_writes(True)
+        try:
+            self._flush()
+            self._detach()
+            if keep and req.complete and not req.upgrade:
+                self.pool.put(self)
+            else:
+                self.close()
+            client.response_done(req)
+        finally:
+            if held:
+                client.hold_writes(False)
 
     def _parse_error(self, exc: httptools.HttpParserError) -> None:
         if self._head_only:

@@ -31,6 +31,7 @@ import httptools
 from dinp.router.backends import BackendConnection, NoBackend
 from dinp.router.http1 import Stop, connection_tokens
 from dinp.router.proxy import Proxy
+from dinp.router.tls_stream import TlsStream
 
 log = logging.getLogger("dinp.router")
 
@@ -767,6 +768,9 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
+    def hold_writes(self, hold: bool) -> None:
+        """Over plain TCP each write is its own send already (see TlsClientConnection)."""
+
     def abort(self) -> None:
         """Cut the connection: the client must see that a started response is incomplete."""
         self.closed = True
@@ -783,3 +787,10 @@ class TlsClientConnection(ClientConnection):
 
     tls = True
     scheme = b"https"
+    transport: TlsStream
+
+    def hold_writes(self, hold: bool) -> None:
+        if hold:
+            self.transport.cork()
+        else:
+            self.transport.uncork()

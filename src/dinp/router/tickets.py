@@ -4,11 +4,10 @@ session whichever worker the kernel hands its next connection to.
 OpenSSL gives each context random ticket keys of its own, so each worker process could
 only resume the sessions it began itself (with N workers, N-1 of N resumptions would fail),
 and Python's ssl module has no call to set them. They are set here with OpenSSL's
-SSL_CTX_ctrl through ctypes, on the listening context (OpenSSL keeps tickets there, also
-for handshakes whose certificate comes from another context). Before anything is set, the
-context's OpenSSL pointer is checked (the options OpenSSL reports for it must be the ones
-Python reports); where anything does not check out, the worker keeps OpenSSL's own keys
-and says so once: resumption then works within a worker only.
+SSL_CTX_ctrl (`dinp.router.openssl`), on the listening context (OpenSSL keeps tickets
+there, also for handshakes whose certificate comes from another context). Where that call
+cannot be made safely, the worker keeps OpenSSL's own keys and says so once: resumption
+then works within a worker only.
 
 The keys come from a secret the router makes at start (kept in memory only, handed to its
 worker processes as they spawn) and the current period of ROTATION seconds: every worker
@@ -19,19 +18,18 @@ decrypt recorded sessions.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import hmac
 import logging
 import ssl
-import sys
 import time
 from typing import Any
+
+from dinp.router.openssl import OpenSSL, openssl
 
 log = logging.getLogger("dinp.router")
 
 ROTATION = 12 * 3600  # seconds a set of ticket keys is used
-_SET_TICKET_KEYS, _GET_TICKET_KEYS = 59, 58  # SSL_CTRL_SET/GET_TLSEXT_TICKET_KEYS
 _KEYS_SIZE = 80  # OpenSSL's: a 16-byte name, a 32-byte HMAC key, a 32-byte AES key
 
 
@@ -50,41 +48,6 @@ def current_period(now: float | None = None) -> int:
     return int((time.time() if now is None else now) // ROTATION)
 
 
-class _OpenSSL:
-    """The two OpenSSL calls, from the library Python's ssl module is linked with."""
-
-    def __init__(self) -> None:
-        import _ssl
-
-        if sys.implementation.name != "cpython":
-            raise OSError("not CPython: the context's OpenSSL pointer is not known")
-        lib = ctypes.CDLL(_ssl.__file__)  # its dependencies' symbols too (libssl)
-        self.ctrl = lib.SSL_CTX_ctrl
-        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        self.ctrl.restype = ctypes.c_long
-        self.get_options = lib.SSL_CTX_get_options
-        self.get_options.argtypes = [ctypes.c_void_p]
-        self.get_options.restype = ctypes.c_uint64
-
-    def pointer(self, ctx: ssl.SSLContext) -> int:
-        """The SSL_CTX* of a context: the first field after the object's head."""
-        address = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-        if not address or address % ctypes.alignment(ctypes.c_void_p):
-            raise OSError("the context's OpenSSL pointer does not look like one")
-        if self.get_options(address) != ctx.options:
-            raise OSError("the context's OpenSSL pointer does not match its options")
-        return int(address)
-
-    def set_keys(self, ctx: ssl.SSLContext, keys: bytes) -> None:
-        pointer = self.pointer(ctx)
-        if self.ctrl(pointer, _SET_TICKET_KEYS, len(keys),
-                     ctypes.create_string_buffer(keys, len(keys))) != 1:
-            raise OSError("OpenSSL refused the ticket keys")
-        check = ctypes.create_string_buffer(len(keys))
-        if self.ctrl(pointer, _GET_TICKET_KEYS, len(keys), check) != 1 or check.raw != keys:
-            raise OSError("OpenSSL does not hold the ticket keys it was given")
-
-
 class SharedTickets:
     """Keeps the ticket keys of a listening context those of the current period."""
 
@@ -92,14 +55,14 @@ class SharedTickets:
         self.ctx = ctx
         self.secret = secret
         self.period = -1
-        self._openssl: _OpenSSL | None = None
+        self._openssl: OpenSSL | None = None
         self._timer: Any = None
 
     def start(self, loop: Any) -> bool:
         """Set the current keys, and the next ones when their period begins; False (and
         a warning) when they cannot be set."""
         try:
-            self._openssl = _OpenSSL()
+            self._openssl = openssl()
             self._set(current_period())
         except (OSError, AttributeError, ValueError) as exc:
             log.warning("TLS session tickets are not shared by the workers (%s): a client "
@@ -111,7 +74,7 @@ class SharedTickets:
 
     def _set(self, period: int) -> None:
         assert self._openssl is not None
-        self._openssl.set_keys(self.ctx, ticket_keys(self.secret, period))
+        self._openssl.set_ticket_keys(self.ctx, ticket_keys(self.secret, period))
         self.period = period
 
     def _schedule(self) -> None:

@@ -18,7 +18,9 @@ uvloop's TLS transports do the same, and this one exists for what they do not:
   the router answer early and still read what the client sends before closing.
 
 Every write is encrypted and handed to the raw transport at once (one TLS record per
-write, one send); the raw transport's buffer is what flow control watches, both ways.
+write, one send), unless the app corks the stream for a moment (the end of a response
+and the close that follows it share a send); the raw transport's buffer is what flow
+control watches, both ways.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class TlsStream(asyncio.Protocol, asyncio.Transport):
         # TLS 1.3: the session ticket made at the end of the handshake waits for the
         # first response.
         self._holding = False
+        self._corked = False  # writes wait in the outgoing buffer (see cork)
         self._started = 0.0
 
     # --- the raw transport's protocol ---
@@ -199,7 +202,19 @@ class TlsStream(asyncio.Protocol, asyncio.Transport):
             self.abort()
             return
         self._holding = False
-        self.raw.write(self._outgoing.read())
+        if not self._corked:
+            self.raw.write(self._outgoing.read())
+
+    def cork(self) -> None:
+        """Keep what is written encrypted in the outgoing buffer until `uncork`: a close
+        in between sends it with its close_notify, in one send instead of two (one
+        system call less for every connection that ends after its response)."""
+        self._corked = True
+
+    def uncork(self) -> None:
+        self._corked = False
+        if not self._closing and not self._holding and self._outgoing.pending:
+            self._flush()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
