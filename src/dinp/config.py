@@ -360,18 +360,59 @@ def load(
             f"known: {', '.join(sorted(names))}"
         )
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for name in names:
         kind = hints[name]
         if isinstance(kind, types.UnionType):  # pragma: no cover - no optional keys yet
             kind = typing.get_args(kind)[0]
         if name in file_values:
-            values[name] = _coerce(name, kind, file_values[name], str(path))
+            sources[name] = str(path)
+            values[name] = _coerce(name, kind, file_values[name], sources[name])
         env_name = ENV_PREFIX + name.upper()
         if env_name in env:
-            values[name] = _coerce(name, kind, env[env_name], f"${env_name}")
+            sources[name] = f"${env_name}"
+            values[name] = _coerce(name, kind, env[env_name], sources[name])
         if flags and flags.get(name) is not None:
-            values[name] = _coerce(name, kind, flags[name], f"--{name.replace('_', '-')}")
+            sources[name] = f"--{name.replace('_', '-')}"
+            values[name] = _coerce(name, kind, flags[name], sources[name])
+        if name in values and kind in (int, float):
+            _check_number(name, values[name], sources[name])
     return cls(**values)
+
+
+# Number keys that 0 would break: a loop that never waits, a timeout that cuts every
+# call, a limit that refuses everything. Every other number key takes 0 (the comment
+# beside it says what 0 means), and no number key takes a negative value.
+POSITIVE = frozenset({
+    # server (and up's ACME keys)
+    "node_timeout", "reconcile_interval", "heartbeat_interval", "router_sync_timeout",
+    "database_timeout", "session_ttl", "lease_ttl", "acme_renew_after", "acme_retry_base",
+    "acme_retry_max", "acme_timeout", "acme_interval",
+    # agent
+    "health_interval", "start_timeout", "pids_limit", "tmp_size_mb",
+    # router
+    "resync_interval", "connect_timeout", "backend_timeout", "client_timeout",
+    "header_timeout", "max_header_size", "max_request_line",
+    # build
+    "max_unpacked_mb", "max_files", "max_upload_mb", "max_builds",
+})
+# Keys that are fractions (of a certificate's lifetime).
+FRACTIONS = frozenset({"acme_renew_after"})
+
+
+def _check_number(name: str, value: float, source: str) -> None:
+    """A number key's value in its range; ConfigError naming where it came from."""
+    if value != value or value in (float("inf"), float("-inf")):  # nan, inf
+        raise ConfigError(f"{source}: {name} = {value!r} is not a finite number")
+    if name.endswith("_port") and not 0 <= value <= 65535:
+        raise ConfigError(f"{source}: {name} = {value!r} is not a port (0-65535)")
+    if name in FRACTIONS and not 0 < value < 1:
+        raise ConfigError(f"{source}: {name} = {value!r} must be between 0 and 1 "
+                          "(a fraction of the certificate's lifetime, such as 0.66)")
+    if name in POSITIVE and value <= 0:
+        raise ConfigError(f"{source}: {name} = {value!r} must be more than 0")
+    if value < 0:
+        raise ConfigError(f"{source}: {name} = {value!r} must not be negative")
 
 
 def split_hostport(value: str, *, default_port: int) -> tuple[str, int]:

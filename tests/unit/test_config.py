@@ -160,6 +160,54 @@ def test_bad_type_in_flag_names_the_flag() -> None:
         load(ServerConfig, "server", env={}, flags={"node_timeout": "later"})
 
 
+@pytest.mark.parametrize(
+    ("cls", "section", "line", "says"),
+    [
+        (ServerConfig, "server", "reconcile_interval = 0",
+         "reconcile_interval = 0.0 must be more than 0"),
+        (ServerConfig, "server", "database_timeout = -2", "must be more than 0"),
+        (ServerConfig, "server", "max_heartbeats_per_second = -1", "must not be negative"),
+        (ServerConfig, "server", "acme_renew_after = 1.5", "between 0 and 1"),
+        (ServerConfig, "server", "node_timeout = nan", "not a finite number"),
+        (ServerConfig, "server", "lease_ttl = inf", "not a finite number"),
+        (AgentConfig, "agent", "capacity_mb = -512", "must not be negative"),
+        (AgentConfig, "agent", "pids_limit = 0", "must be more than 0"),
+        (RouterConfig, "router", "workers = -1", "must not be negative"),
+        (RouterConfig, "router", "header_timeout = 0", "must be more than 0"),
+        (RouterConfig, "router", "https_port = 70000", "not a port"),
+        (UpConfig, "up", "http_port = -80", "not a port"),
+        (BuildConfig, "build", "max_builds = 0", "must be more than 0"),
+    ],
+)
+def test_a_number_out_of_its_range_is_an_error(tmp_path: Path, cls: type, section: str,
+                                               line: str, says: str) -> None:
+    """0 or a negative value would make a loop spin, a timeout cut every call or a limit
+    refuse everything: the role does not start, and says which key and where."""
+    path = write(tmp_path, f"[{section}]\n{line}\n")
+    with pytest.raises(ConfigError, match=says) as caught:
+        load(cls, section, path=path, env={})
+    assert str(path) in str(caught.value) and line.split(" = ")[0] in str(caught.value)
+
+
+def test_a_number_out_of_range_names_its_variable_or_flag() -> None:
+    with pytest.raises(ConfigError, match=r"\$DINP_HEARTBEAT_INTERVAL: heartbeat_interval"):
+        load(AgentConfig, "agent", env={"DINP_HEARTBEAT_INTERVAL": "-1"})
+    with pytest.raises(ConfigError, match="--client-timeout: client_timeout"):
+        load(RouterConfig, "router", env={}, flags={"client_timeout": 0})
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "key"),
+    [(RouterConfig, "router", "workers"), (RouterConfig, "router", "fail_timeout"),
+     (AgentConfig, "agent", "capacity_mb"), (AgentConfig, "agent", "stop_timeout"),
+     (ServerConfig, "server", "max_heartbeats_per_second"), (UpConfig, "up", "https_port")],
+)
+def test_zero_is_taken_where_it_means_something(cls: type, section: str, key: str) -> None:
+    """0: one worker per core, never skip a failed instance, the machine's memory, stop at
+    once, no heartbeat limit, no HTTPS."""
+    assert getattr(load(cls, section, env={f"DINP_{key.upper()}": "0"}), key) == 0
+
+
 def test_section_that_is_not_a_table_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "server = 3\n")
     with pytest.raises(ConfigError, match="must be a table"):
