@@ -470,8 +470,9 @@ def verdict(results: dict[Cell, Result], tests: list[tuple[str, int]]) -> str:
             else:
                 parts.append(f"{ours.rps / nginx.rps:.0%} of nginx's req/s")
         if base:
-            parts.append(f"{'' if len(parts) == 1 or parts[-1].endswith(';') else '; '}"
-                         f"{ours.rps / base.rps:.2f} times the baseline's req/s, p99 "
+            if len(parts) > 1 and not parts[-1].endswith(";"):
+                parts[-1] += ";"
+            parts.append(f"{ours.rps / base.rps:.2f} times the baseline's req/s, p99 "
                          f"{ours.p99:.2f} vs {base.p99:.2f} ms")
         lines.append("- " + " ".join(parts))
     return "\n".join(lines)
