@@ -311,12 +311,14 @@ def _coerce(name: str, kind: Any, raw: Any, source: str) -> Any:
                 return False
             raise ValueError(raw)
         if kind is int and not isinstance(raw, bool):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)  # 0.5 is no count, and inf none either
             return int(raw)
         if kind is float and not isinstance(raw, bool):
             return float(raw)
         if kind is str:
             return str(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     raise ConfigError(f"{source}: {name} = {raw!r} is not a valid {kind.__name__}")
 

@@ -1112,11 +1112,14 @@ def test_a_closing_response_and_its_close_notify_share_one_send(
                                  % (i, b"Connection: close\r\n" if last else b""))
                     got = b""
                     while b"\r\n\r\n" not in got:
-                        got += conn.recv(65536)
+                        got += (more := conn.recv(65536))
+                        assert more, f"closed before the response head: {got!r}"
                     head, _, body = got.partition(b"\r\n\r\n")
+                    assert b"content-length:" in head.lower(), head
                     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                     while len(body) < length:
-                        body += conn.recv(65536)
+                        body += (more := conn.recv(65536))
+                        assert more, f"closed before the response body: {got!r}"
                     bodies.append(head)
                 try:
                     notified = conn.recv(65536) == b""  # close_notify (a FIN alone raises)
@@ -1131,7 +1134,8 @@ def test_a_closing_response_and_its_close_notify_share_one_send(
             assert notified
             (writes,) = sends
             # The server's handshake flight (TLS 1.2: and its Finished), one send per
-            # keep-alive response, and the last response with the close_notify.
+            # keep-alive response, and the last response with the close_notify (the test
+            # backend, aiohttp, sends each small response in one write: one read here).
             handshake = 1 if version == "TLSv1_3" else 2
             assert len(writes) == handshake + requests, [len(w) for w in writes]
 

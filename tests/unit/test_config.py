@@ -142,12 +142,16 @@ def test_key_of_another_role_is_unknown_in_this_section(tmp_path: Path) -> None:
         'node_timeout = "soon"',
         "node_timeout = true",  # a bool is not a number
         "node_timeout = [1]",
+        "pids_limit = 0.5",  # an int key: no fraction, and no infinity
+        "pids_limit = inf",
     ],
 )
 def test_bad_type_in_file_is_an_error(tmp_path: Path, line: str) -> None:
-    path = write(tmp_path, f"[server]\n{line}\n")
-    with pytest.raises(ConfigError, match="node_timeout"):
-        load(ServerConfig, "server", path=path, env={})
+    key = line.split(" = ")[0]
+    cls, section = (AgentConfig, "agent") if key == "pids_limit" else (ServerConfig, "server")
+    path = write(tmp_path, f"[{section}]\n{line}\n")
+    with pytest.raises(ConfigError, match=key):
+        load(cls, section, path=path, env={})
 
 
 def test_bad_type_in_env_names_the_variable() -> None:

@@ -60,15 +60,19 @@ class OpenSSL:
             raise OSError(f"OpenSSL refused the TLS 1.3 cipher suites {suites}")
 
 
-_loaded: OpenSSL | None = None
+_loaded: OpenSSL | OSError | None = None
 
 
 def openssl() -> OpenSSL:
-    """The calls, loaded once per process; OSError when they cannot be."""
+    """The calls, loaded once per process (a failure too); OSError when they cannot be."""
     global _loaded
     if _loaded is None:
         try:
             _loaded = OpenSSL()
         except AttributeError as exc:  # a symbol missing: another OpenSSL
-            raise OSError(f"OpenSSL lacks a call the router uses ({exc})") from exc
+            _loaded = OSError(f"OpenSSL lacks a call the router uses ({exc})")
+        except OSError as exc:
+            _loaded = exc
+    if isinstance(_loaded, OSError):
+        raise _loaded
     return _loaded
