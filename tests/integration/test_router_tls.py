@@ -1097,19 +1097,19 @@ def test_a_closing_response_and_its_close_notify_share_one_send(
         (web,) = await backends(stack, "web")
         router = await start_tls_router(stack, tls_table({"web": [web]}), **wildcard)
 
-        def exchange(requests: int) -> tuple[list[bytes], bool]:
+        def exchange(requests: int, host: str = "web.apps.test") -> tuple[list[bytes], bool]:
             """`requests` on one connection, the last with Connection: close: what came
             back, and whether the router ended with a close_notify (not a bare FIN)."""
             ctx = CA.client_context()
             ctx.maximum_version = ssl.TLSVersion[version]
             with socket.create_connection(("127.0.0.1", router.bound_https_port), 5) as raw, \
-                    ctx.wrap_socket(raw, server_hostname="web.apps.test",
+                    ctx.wrap_socket(raw, server_hostname=host,
                                     suppress_ragged_eofs=False) as conn:
                 bodies = []
                 for i in range(requests):
                     last = i == requests - 1
-                    conn.sendall(b"GET /n%d HTTP/1.1\r\nHost: web.apps.test\r\n%s\r\n"
-                                 % (i, b"Connection: close\r\n" if last else b""))
+                    conn.sendall(b"GET /n%d HTTP/1.1\r\nHost: %s\r\n%s\r\n"
+                                 % (i, host.encode(), b"Connection: close\r\n" if last else b""))
                     got = b""
                     while b"\r\n\r\n" not in got:
                         got += (more := conn.recv(65536))
@@ -1138,6 +1138,13 @@ def test_a_closing_response_and_its_close_notify_share_one_send(
             # backend, aiohttp, sends each small response in one write: one read here).
             handshake = 1 if version == "TLSv1_3" else 2
             assert len(writes) == handshake + requests, [len(w) for w in writes]
+
+        # The router's own answer (no app at this name: 404) the same way.
+        sends.clear()
+        bodies, notified = await asyncio.to_thread(exchange, 2, "nope.apps.test")
+        assert [b[:12] for b in bodies] == [b"HTTP/1.1 404"] * 2 and notified
+        (writes,) = sends
+        assert len(writes) == (1 if version == "TLSv1_3" else 2) + 2, [len(w) for w in writes]
 
     run(scenario)
 

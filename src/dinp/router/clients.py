@@ -668,11 +668,19 @@ class ClientConnection(asyncio.Protocol):
         req.status = status
         keep = (req.keep_alive and req.complete and status != 400 and not self._raw
                 and not self.proxy.closing)
-        req.sent = self._write_response(status, body, headers + req.hsts, keep=keep,
-                                        http10=req.http10, head_only=req.method == b"HEAD",
-                                        content_type=content_type, error=error)
-        req.close_after = not keep
-        self.response_done(req)
+        held = self.tls  # a close that follows: one send for the answer and close_notify
+        if held:
+            self.hold_writes(True)
+        try:
+            req.sent = self._write_response(status, body, headers + req.hsts, keep=keep,
+                                            http10=req.http10,
+                                            head_only=req.method == b"HEAD",
+                                            content_type=content_type, error=error)
+            req.close_after = not keep
+            self.response_done(req)
+        finally:
+            if held:
+                self.hold_writes(False)
 
     def _write_error(self, status: int, message: str, *, keep: bool) -> int:
         return self._write_response(status, error_page(status, message), b"", keep=keep,
