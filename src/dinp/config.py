@@ -9,6 +9,7 @@ one name, so one environment variable sets them for all.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -404,7 +405,7 @@ FRACTIONS = frozenset({"acme_renew_after"})
 
 def _check_number(name: str, value: float, source: str) -> None:
     """A number key's value in its range; ConfigError naming where it came from."""
-    if value != value or value in (float("inf"), float("-inf")):  # nan, inf
+    if not math.isfinite(value):
         raise ConfigError(f"{source}: {name} = {value!r} is not a finite number")
     if name.endswith("_port") and not 0 <= value <= 65535:
         raise ConfigError(f"{source}: {name} = {value!r} is not a port (0-65535)")

@@ -60,19 +60,20 @@ class OpenSSL:
             raise OSError(f"OpenSSL refused the TLS 1.3 cipher suites {suites}")
 
 
-_loaded: OpenSSL | OSError | None = None
+_loaded: OpenSSL | None = None
+_failed = ""  # why the calls cannot be loaded (once found, not tried again)
 
 
 def openssl() -> OpenSSL:
-    """The calls, loaded once per process (a failure too); OSError when they cannot be."""
-    global _loaded
-    if _loaded is None:
+    """The calls, loaded once per process; OSError when they cannot be."""
+    global _loaded, _failed
+    if _loaded is None and not _failed:
         try:
             _loaded = OpenSSL()
         except AttributeError as exc:  # a symbol missing: another OpenSSL
-            _loaded = OSError(f"OpenSSL lacks a call the router uses ({exc})")
+            _failed = f"OpenSSL lacks a call the router uses ({exc})"
         except OSError as exc:
-            _loaded = exc
-    if isinstance(_loaded, OSError):
-        raise _loaded
+            _failed = str(exc)
+    if _loaded is None:
+        raise OSError(_failed)
     return _loaded
