@@ -3,7 +3,7 @@ HTTPS (keep-alive requests, and new TLS handshakes).
 
     .venv/bin/python benchmarks/router.py [--mode plain,tls] [--seconds 5]
         [--concurrency 16,64,256] [--tls-concurrency 16,64] [--tls-key ec|rsa]
-        [--tls-tests keepalive,handshakes] [--rounds 5] [--baseline-src DIR]
+        [--tls-tests keepalive,handshakes,full] [--rounds 5] [--baseline-src DIR]
         [--update-doc]
 
 (`make bench-router` runs it with --update-doc, which rewrites the tables in
@@ -31,14 +31,23 @@ The setup, the same for the three proxies:
   P-256, or RSA-2048 with `--tls-key rsa`, made for the run), TLS 1.2 and 1.3 with
   Mozilla's "intermediate" ciphers, session tickets on, towards the same backend over
   plain HTTP. wrk connects to https://localhost (SNI `localhost`): (a) keep-alive
-  requests, (b) `-H "Connection: close"`, a new connection and a full handshake (wrk
-  never resumes a session) per request: handshakes per second.
+  requests; (b) `-H "Connection: close"`, a new connection and handshake per request:
+  handshakes per second. wrk resumes: each connection offers the session ticket of the
+  one before it on the same slot, so (b) is resumed handshakes (TLS 1.3 PSK with
+  ECDHE: no certificate, no signature), a returning client's. (c) the same with wrk
+  forgetting the session before each handshake (benchmarks/wrk_no_resumption.c, built
+  with cc and loaded into wrk): full handshakes, a new visitor's, or any client's that
+  keeps no sessions (curl, most HTTP libraries, health checks). Before measuring, wrk is
+  tried against a TLS server of the benchmark's own, which checks that (b) resumes and
+  (c) does not. In (c) with ECDSA the load core (wrk's side of the handshake) can
+  saturate before the proxy: then compare the CPU per request.
 - `--baseline-src DIR` adds another dinp (DIR is the `src` of another checkout, e.g. the
   commit before a change) to the rounds, taking turns like the others: a before/after on
-  the same noisy machine. `--tls-tests handshakes` (or `keepalive`) runs one of the two
-  HTTPS tests only.
+  the same noisy machine. `--tls-tests handshakes` (or `keepalive`, `full`, or a
+  comma-separated list) runs those HTTPS tests only.
 
-Missing tools (wrk, nginx-light, caddy, redis-server) are installed with apt-get (as root).
+Missing tools (wrk, nginx-light, caddy, redis-server, gcc) are installed with apt-get (as
+root).
 """
 
 from __future__ import annotations
@@ -75,7 +84,8 @@ DOC = ROOT / "docs" / "performance.md"
 MARKERS = {"plain": "bench-router", "tls-ec": "bench-router-tls",
            "tls-rsa": "bench-router-tls-rsa"}
 PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "caddy": "caddy",
-            "redis-server": "redis-server"}
+            "redis-server": "redis-server", "cc": "gcc"}
+NO_RESUMPTION = ROOT / "benchmarks" / "wrk_no_resumption.c"
 
 
 def free_port() -> int:
@@ -351,22 +361,82 @@ http {{
     # -- measuring ---------------------------------------------------------------------------
 
     def wrk(self, proxy: Proxy, connections: int, seconds: int, *,
-            handshakes: bool = False) -> Result:
-        """A wrk run; `handshakes`: a new connection (and TLS handshake) per request."""
+            close: bool = False, resume: bool = True) -> Result:
+        """A wrk run; `close`: a new connection (and TLS handshake) per request;
+        `resume=False`: wrk keeps no TLS sessions (every handshake is a full one)."""
         if proxy.tls:
-            target = ["-H", "Connection: close"] if handshakes else []
+            target = ["-H", "Connection: close"] if close else []
             target.append(f"https://{TLS_HOST}:{proxy.port}/")
         else:
             target = ["-H", f"Host: {HOST}", f"http://127.0.0.1:{proxy.port}/"]
         before = proxy.cpu_seconds()
         started = time.monotonic()
-        out = subprocess.run(
-            ["taskset", "-c", str(self.args.load_cpu), shutil.which("wrk") or "wrk", "-t1",
-             f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", *target],
-            check=True, capture_output=True, text=True,
-        ).stdout
+        out = self.run_wrk([f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout",
+                            "5s", *target], resume=resume)
         cpu = (proxy.cpu_seconds() - before) / (time.monotonic() - started)
         return Result.parse(out, cpu)
+
+    def run_wrk(self, argv: list[str], *, resume: bool = True) -> str:
+        """wrk's output (one thread, on the load core)."""
+        env = None if resume else dict(os.environ, LD_PRELOAD=str(self.no_resumption()))
+        return subprocess.run(
+            ["taskset", "-c", str(self.args.load_cpu), shutil.which("wrk") or "wrk", "-t1",
+             *argv], check=True, capture_output=True, text=True, env=env).stdout
+
+    def no_resumption(self) -> Path:
+        """wrk_no_resumption.c built for this run (once)."""
+        lib = self.work / "wrk_no_resumption.so"
+        if not lib.exists():
+            subprocess.run([shutil.which("cc") or "cc", "-shared", "-fPIC", "-O2", "-o",
+                            str(lib), str(NO_RESUMPTION), "-ldl"], check=True)
+        return lib
+
+    def check_resumption(self, tls: Path) -> None:
+        """That wrk resumes its TLS sessions, and does not with wrk_no_resumption: against
+        a TLS server of the benchmark's own that counts the handshakes it resumed."""
+        import ssl
+        import threading
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tls / "cert.pem", tls / "key.pem")
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(0.2)
+        counts = {True: 0, False: 0}
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    raw, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                raw.settimeout(2)
+                with contextlib.suppress(OSError), \
+                        ctx.wrap_socket(raw, server_side=True) as conn:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                                 b"Connection: close\r\n\r\nok")
+                    counts[bool(conn.session_reused)] += 1
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        url = f"https://{TLS_HOST}:{listener.getsockname()[1]}/"
+        seen = {}
+        try:
+            for resume in (True, False):
+                counts[True] = counts[False] = 0
+                self.run_wrk(["-c1", "-d1s", "-H", "Connection: close", url], resume=resume)
+                seen[resume] = dict(counts)
+        finally:
+            stop.set()
+            thread.join()
+            listener.close()
+        resumed, full = seen[True], seen[False]
+        if resumed[True] < 10 * max(resumed[False], 1) or full[True] or full[False] < 10:
+            raise RuntimeError(
+                "wrk's TLS sessions are not as this benchmark assumes (resumed, full): "
+                f"with resumption {resumed[True]} resumed and {resumed[False]} full "
+                f"handshakes, without {full[True]} and {full[False]}")
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -429,7 +499,8 @@ def versions() -> str:
 
 
 Cell = tuple[str, str, int]  # (test, proxy, connections)
-TESTS = {"plain": "plain HTTP", "keepalive": "HTTPS keep-alive", "handshakes": "new TLS handshakes"}
+TESTS = {"plain": "plain HTTP", "keepalive": "HTTPS keep-alive",
+         "handshakes": "TLS handshakes, resumed", "full": "TLS handshakes, full"}
 
 
 def table(results: dict[Cell, Result], names: list[str], tests: list[tuple[str, int]]) -> str:
@@ -450,8 +521,8 @@ def table(results: dict[Cell, Result], names: list[str], tests: list[tuple[str, 
 
 def verdict(results: dict[Cell, Result], tests: list[tuple[str, int]]) -> str:
     """The goals, per test and concurrency: more req/s than Caddy and a lower p99 than
-    Caddy's; over plain HTTP also at least 60% of nginx's req/s; and the dinp before a
-    change (--baseline-src) as a ratio."""
+    Caddy's (and the CPU each used per request); over plain HTTP also at least 60% of
+    nginx's req/s; and the dinp before a change (--baseline-src) as a ratio."""
     lines = []
     for test, c in tests:
         ours = results[(test, "dinp", c)]
@@ -462,7 +533,10 @@ def verdict(results: dict[Cell, Result], tests: list[tuple[str, int]]) -> str:
             faster = "met" if ours.rps >= caddy.rps else "NOT met"
             lower = "met" if ours.p99 < caddy.p99 else "NOT met"
             parts.append(f"{ours.rps / caddy.rps:.2f} times Caddy's req/s ({faster}), "
-                         f"p99 {ours.p99:.2f} ms vs Caddy's {caddy.p99:.2f} ms ({lower});")
+                         f"p99 {ours.p99:.2f} ms vs Caddy's {caddy.p99:.2f} ms ({lower}),")
+            # What decides where the load core saturates first (the proxy CPU under 100%).
+            parts.append(f"CPU per request {ours.cpu * 1e6 / ours.rps:.0f} µs vs Caddy's "
+                         f"{caddy.cpu * 1e6 / caddy.rps:.0f} µs;")
         if nginx:
             if test == "plain":
                 share = "met" if ours.rps >= 0.6 * nginx.rps else "NOT met"
@@ -570,13 +644,15 @@ def measure(bench: Bench, proxies: list[Proxy], tests: list[tuple[str, int]],
             rounds: int, seconds: int) -> dict[Cell, Result]:
     """Every proxy on every (test, connections), taking turns, `rounds` times."""
     for proxy in proxies:  # warm up: pools filled, caches hot
-        bench.wrk(proxy, max(c for _, c in tests), 1)
+        bench.wrk(proxy, max(c for _, c in tests), 1, close=any(
+            t in ("handshakes", "full") for t, _ in tests))
     runs: dict[Cell, list[Result]] = {}
     for round_ in range(rounds):
         for test, c in tests:
             shift = (round_ + c) % len(proxies)
             for proxy in proxies[shift:] + proxies[:shift]:
-                result = bench.wrk(proxy, c, seconds, handshakes=test == "handshakes")
+                result = bench.wrk(proxy, c, seconds, close=test in ("handshakes", "full"),
+                                   resume=test != "full")
                 runs.setdefault((test, proxy.name, c), []).append(result)
                 print(f"round {round_ + 1}/{rounds} {TESTS[test]:<18} c={c:<4} "
                       f"{proxy.name:<9} {result.rps:>9,.0f} req/s  p50 {result.p50:6.2f} ms"
@@ -593,8 +669,9 @@ def main() -> None:
                         help="wrk connections over plain HTTP, comma-separated")
     parser.add_argument("--tls-concurrency", default="16,64",
                         help="wrk connections over HTTPS, comma-separated")
-    parser.add_argument("--tls-tests", default="keepalive,handshakes",
-                        help="the HTTPS tests to run: keepalive, handshakes or both")
+    parser.add_argument("--tls-tests", default="keepalive,handshakes,full",
+                        help="the HTTPS tests to run (comma-separated): keepalive, "
+                        "handshakes (resumed), full (full handshakes)")
     parser.add_argument("--tls-key", choices=["ec", "rsa"], default="ec",
                         help="the certificate's key: ECDSA P-256 or RSA-2048")
     parser.add_argument("--rounds", type=int, default=5, help="runs per cell (best kept)")
@@ -625,6 +702,8 @@ def main() -> None:
             for mode in modes:
                 addrs = bench.backend()
                 tls = make_certificate(work, args.tls_key) if mode == "tls" else None
+                if tls is not None and {"handshakes", "full"} & set(args.tls_tests.split(",")):
+                    bench.check_resumption(tls)
                 proxies = [getattr(bench, name)(addrs, tls=tls) for name in names]
                 shown = list(names)
                 if args.baseline_src:
@@ -632,7 +711,7 @@ def main() -> None:
                                               src=str(Path(args.baseline_src).resolve())))
                     shown.append("dinp-base")
                 tests = ([("plain", c) for c in args.concurrency] if mode == "plain" else
-                         [(t, c) for t in ("keepalive", "handshakes")
+                         [(t, c) for t in ("keepalive", "handshakes", "full")
                           if t in args.tls_tests.split(",") for c in args.tls_concurrency])
                 ciphers = ""
                 if tls is not None:
