@@ -501,6 +501,7 @@ def versions() -> str:
 Cell = tuple[str, str, int]  # (test, proxy, connections)
 TESTS = {"plain": "plain HTTP", "keepalive": "HTTPS keep-alive",
          "handshakes": "TLS handshakes, resumed", "full": "TLS handshakes, full"}
+HANDSHAKES = ("handshakes", "full")  # the tests with a new connection per request
 
 
 def table(results: dict[Cell, Result], names: list[str], tests: list[tuple[str, int]]) -> str:
@@ -644,17 +645,17 @@ def measure(bench: Bench, proxies: list[Proxy], tests: list[tuple[str, int]],
             rounds: int, seconds: int) -> dict[Cell, Result]:
     """Every proxy on every (test, connections), taking turns, `rounds` times."""
     for proxy in proxies:  # warm up: pools filled, caches hot
-        bench.wrk(proxy, max(c for _, c in tests), 1, close=any(
-            t in ("handshakes", "full") for t, _ in tests))
+        bench.wrk(proxy, max(c for _, c in tests), 1,
+                  close=any(t in HANDSHAKES for t, _ in tests))
     runs: dict[Cell, list[Result]] = {}
     for round_ in range(rounds):
         for test, c in tests:
             shift = (round_ + c) % len(proxies)
             for proxy in proxies[shift:] + proxies[:shift]:
-                result = bench.wrk(proxy, c, seconds, close=test in ("handshakes", "full"),
+                result = bench.wrk(proxy, c, seconds, close=test in HANDSHAKES,
                                    resume=test != "full")
                 runs.setdefault((test, proxy.name, c), []).append(result)
-                print(f"round {round_ + 1}/{rounds} {TESTS[test]:<18} c={c:<4} "
+                print(f"round {round_ + 1}/{rounds} {TESTS[test]:<23} c={c:<4} "
                       f"{proxy.name:<9} {result.rps:>9,.0f} req/s  p50 {result.p50:6.2f} ms"
                       f"  p99 {result.p99:6.2f} ms  cpu {result.cpu:4.0%}"
                       f"{f'  errors {result.errors}' if result.errors else ''}", flush=True)
@@ -687,6 +688,7 @@ def main() -> None:
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.tls_concurrency = [int(c) for c in args.tls_concurrency.split(",")]
     modes = [m for m in ("plain", "tls") if m in args.mode.split(",")]
+    tls_tests = [t for t in ("keepalive", *HANDSHAKES) if t in args.tls_tests.split(",")]
     names = [n for n in ("dinp", "caddy", "nginx") if n in args.only.split(",")]
     if "dinp" not in names:
         sys.exit("--only must include dinp: the ratios are to it")
@@ -702,7 +704,7 @@ def main() -> None:
             for mode in modes:
                 addrs = bench.backend()
                 tls = make_certificate(work, args.tls_key) if mode == "tls" else None
-                if tls is not None and {"handshakes", "full"} & set(args.tls_tests.split(",")):
+                if tls is not None and set(HANDSHAKES) & set(tls_tests):
                     bench.check_resumption(tls)
                 proxies = [getattr(bench, name)(addrs, tls=tls) for name in names]
                 shown = list(names)
@@ -711,8 +713,7 @@ def main() -> None:
                                               src=str(Path(args.baseline_src).resolve())))
                     shown.append("dinp-base")
                 tests = ([("plain", c) for c in args.concurrency] if mode == "plain" else
-                         [(t, c) for t in ("keepalive", "handshakes", "full")
-                          if t in args.tls_tests.split(",") for c in args.tls_concurrency])
+                         [(t, c) for t in tls_tests for c in args.tls_concurrency])
                 ciphers = ""
                 if tls is not None:
                     ciphers = "; negotiated with an OpenSSL client: " + ", ".join(
