@@ -4,7 +4,7 @@ HTTPS (keep-alive requests, and new TLS handshakes).
     .venv/bin/python benchmarks/router.py [--mode plain,tls] [--seconds 5]
         [--concurrency 16,64,256] [--tls-concurrency 16,64] [--tls-key ec|rsa]
         [--tls-tests keepalive,handshakes,full] [--rounds 5] [--baseline-src DIR]
-        [--update-doc]
+        [--profile] [--update-doc]
 
 (`make bench-router` runs it with --update-doc, which rewrites the tables in
 docs/performance.md: plain HTTP, and HTTPS with the key type measured.)
@@ -45,9 +45,13 @@ The setup, the same for the three proxies:
   commit before a change) to the rounds, taking turns like the others: a before/after on
   the same noisy machine. `--tls-tests handshakes` (or `keepalive`, `full`, or a
   comma-separated list) runs those HTTPS tests only.
+- `--profile`: after the rounds, one more run of each proxy in each test under perf
+  (benchmarks/cpu_split.py): its CPU per request split into OpenSSL, the C library, the
+  kernel and its own code. What OpenSSL and the kernel take is what any proxy on them
+  pays; what is left is the room a proxy's own code has.
 
-Missing tools (wrk, nginx-light, caddy, redis-server, gcc) are installed with apt-get (as
-root).
+Missing tools (wrk, nginx-light, caddy, redis-server, gcc; linux-perf for --profile) are
+installed with apt-get (as root).
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+import cpu_split  # noqa: E402  (benchmarks/, beside this file)
+
 from dinp.routes import RedisRouteStore, RouteTable  # noqa: E402
 
 DINP = str(Path(sys.executable).parent / "dinp")
@@ -94,8 +100,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ensure_tools() -> None:
-    missing = [pkg for tool, pkg in PACKAGES.items()
+def ensure_tools(extra: dict[str, str] | None = None) -> None:
+    missing = [pkg for tool, pkg in {**PACKAGES, **(extra or {})}.items()
                if not (shutil.which(tool) or Path("/usr/sbin", tool).exists())]
     if not missing:
         return
@@ -662,6 +668,34 @@ def measure(bench: Bench, proxies: list[Proxy], tests: list[tuple[str, int]],
     return {key: Result.best(rs) for key, rs in runs.items()}
 
 
+def profile(bench: Bench, proxies: list[Proxy], tests: list[tuple[str, int]],
+            seconds: int) -> str:
+    """One more run of each proxy in each test (at its first concurrency) under perf: its
+    CPU per request, split into OpenSSL, the C library, the kernel and its own code."""
+    lines = ["| test | connections | proxy | µs of CPU per request | "
+             + " | ".join(cpu_split.COLUMNS) + " |",
+             "|---|---:|---|---:|" + "---:|" * len(cpu_split.COLUMNS)]
+    firsts: dict[str, int] = {}
+    for test, c in tests:
+        firsts.setdefault(test, c)
+    for test, c in firsts.items():
+        for proxy in proxies:
+            data = bench.work / f"perf-{proxy.name}-{test}.data"
+            perf = cpu_split.record(proxy.pids(), seconds, data)
+            result = bench.wrk(proxy, c, seconds, close=test in HANDSHAKES,
+                               resume=test != "full")
+            perf.wait()
+            split = cpu_split.shares(data)
+            per_request = result.cpu * 1e6 / result.rps
+            cells = " | ".join(f"{per_request * split[k]:.0f} ({split[k]:.0%})"
+                               for k in cpu_split.COLUMNS)
+            lines.append(f"| {TESTS[test]} | {c} | {proxy.name} | {per_request:.0f} | "
+                         f"{cells} |")
+            print(f"profiled {TESTS[test]:<23} c={c:<4} {proxy.name:<9} "
+                  f"{per_request:.0f} µs per request", flush=True)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", default="plain,tls", help="plain, tls or both")
@@ -682,6 +716,9 @@ def main() -> None:
     parser.add_argument("--baseline-src", default="",
                         help="the src directory of another dinp checkout, measured beside "
                         "this one (a before/after)")
+    parser.add_argument("--profile", action="store_true",
+                        help="then one more run per proxy and test under perf: where its "
+                        "CPU goes (OpenSSL, C library, kernel, its own code)")
     parser.add_argument("--update-doc", action="store_true",
                         help=f"write the tables into {DOC.relative_to(ROOT)}")
     args = parser.parse_args()
@@ -692,7 +729,7 @@ def main() -> None:
     names = [n for n in ("dinp", "caddy", "nginx") if n in args.only.split(",")]
     if "dinp" not in names:
         sys.exit("--only must include dinp: the ratios are to it")
-    ensure_tools()
+    ensure_tools({"perf": "linux-perf"} if args.profile else None)
     extra = [a for a in sys.argv[1:] if a != "--update-doc"]
     command = " ".join(["benchmarks/router.py", *sys.argv[1:]])
     if os.environ.get("MAKELEVEL"):
@@ -719,6 +756,7 @@ def main() -> None:
                     ciphers = "; negotiated with an OpenSSL client: " + ", ".join(
                         f"{p.name} {negotiated(p.port, tls)}" for p in proxies)
                 results = measure(bench, proxies, tests, args.rounds, args.seconds)
+                split = profile(bench, proxies, tests, args.seconds) if args.profile else ""
                 bench.stop_all()  # the next mode starts afresh, the same way
                 bench.procs.clear()
                 when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -729,11 +767,16 @@ def main() -> None:
                           f" wrk and the backend on CPU {args.load_cpu}{key}).\n{versions()}"
                           f"{ciphers}.\n\n{table(results, shown, tests)}\n\n"
                           f"{verdict(results, tests)}")
+                marker = MARKERS["plain" if tls is None else f"tls-{args.tls_key}"]
+                reports.append((marker, report))
+                if split:
+                    report += f"\n\nWhere the CPU went, µs per request (share):\n\n{split}"
+                    reports.append((f"{marker}-profile", f"Measured {when} with `{command}`"
+                                    f" (perf record -e cpu-clock, {args.seconds:g} s per "
+                                    f"proxy and test).\n\n{split}"))
                 print()
                 print(report)
                 print()
-                reports.append((MARKERS["plain" if tls is None else f"tls-{args.tls_key}"],
-                                report))
         except BaseException:
             bench.stop_all()
             for log in sorted(work.glob("*.log")):
