@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import http.client
 import json
 import os
 import re
@@ -617,6 +618,125 @@ def _resumptions(ca: CertAuthority, port: int, name: str, count: int) -> list[bo
             tls.recv(65536)
             reused.append(tls.session_reused)
     return reused
+
+
+def test_renewed_certificate_files_serve_without_a_restart(redis: RedisServer,
+                                                           tmp_path: Path) -> None:
+    """The operator's certificate renewed while `dinp router --workers 2` runs, both ways
+    renewals happen: files rewritten one after the other (the certificate first: until
+    its key follows, the pair does not load, and the one before serves on, said once in
+    the log and by a metric), and certbot's symlinks pointed at new files. Each time every
+    worker serves the new one within seconds, and a connection made before keeps
+    working."""
+    from cryptography import x509
+
+    ca = CertAuthority.make()
+    archive, live = tmp_path / "archive", tmp_path / "live"
+    archive.mkdir()
+    live.mkdir()
+    cert_file, key_file = live / "fullchain.pem", live / "privkey.pem"
+    first_cert, first_key = ca.files(archive, "1", "*.apps.test")
+    cert_file.symlink_to(first_cert)
+    key_file.symlink_to(first_key)
+    (tmp_path / "ca.pem").write_text(ca.cert_pem)
+    https_port = free_port()
+
+    def leaf(chain: str) -> x509.Certificate:
+        return x509.load_pem_x509_certificates(chain.encode())[0]
+
+    def served() -> set[int]:
+        """The serials new connections get (eight: the kernel spreads them over both
+        workers)."""
+        ctx = ca.client_context()
+        serials = set()
+        for _ in range(8):
+            with socket.create_connection(("127.0.0.1", https_port), 5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="web.apps.test") as tls:
+                der = tls.getpeercert(binary_form=True)
+                assert der is not None
+                serials.add(x509.load_der_x509_certificate(der).serial_number)
+        return serials
+
+    async def until(check: Any, what: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not await check():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.2)
+
+    async def scenario(stack: contextlib.AsyncExitStack) -> None:
+        (b,) = await backends(stack, "web")
+        await publish(redis.url, table({"web": [b]}, domain="apps.test"))
+        router = await stack.enter_async_context(router_process(
+            tmp_path, redis.url, "--workers", "2", "--https-listen",
+            f"127.0.0.1:{https_port}", "--tls-cert", str(cert_file), "--tls-key",
+            str(key_file)))
+        first = leaf(first_cert.read_text())
+        assert await asyncio.to_thread(served) == {first.serial_number}
+        metrics = await router.metrics()
+        assert metrics["dinp_router_tls_file_expiry_timestamp_seconds"] == \
+            first.not_valid_after_utc.timestamp()
+        assert metrics["dinp_router_tls_file_stale"] == 0
+
+        # A keep-alive connection from before the renewals: it keeps the certificate
+        # it began with, and keeps working.
+        kept = http.client.HTTPConnection("web.apps.test", https_port, timeout=5)
+        kept.sock = ca.client_context().wrap_socket(
+            socket.create_connection(("127.0.0.1", https_port), 5),
+            server_hostname="web.apps.test")
+        stack.callback(kept.close)
+        tls = kept.sock
+
+        def ask() -> tuple[int, int]:
+            kept.request("GET", "/")
+            resp = kept.getresponse()
+            resp.read()
+            assert kept.sock is tls  # the same connection, not a new one
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return resp.status, x509.load_der_x509_certificate(der).serial_number
+
+        assert await asyncio.to_thread(ask) == (200, first.serial_number)
+
+        # Rewritten in place, the certificate first, its key not yet: the new certificate
+        # with the old key does not load, and the old pair serves on.
+        chain, key = ca.issue("*.apps.test", days=60)
+        second = leaf(chain)
+        first_cert.write_text(chain)
+
+        async def stale() -> bool:
+            return (await router.metrics())["dinp_router_tls_file_stale"] == 1
+
+        await until(stale, "the stale files to be seen")
+        assert await asyncio.to_thread(served) == {first.serial_number}
+        await asyncio.sleep(5)  # two more looks: the failure is not logged again
+        refusals = router.log.read_text().count("the certificate loaded before serves on")
+        assert refusals == 2, router.log.read_text()  # once per worker
+
+        first_key.write_text(key)  # the key follows: the pair loads in every worker
+
+        async def serving(cert: x509.Certificate) -> bool:
+            metrics = await router.metrics()
+            return (await asyncio.to_thread(served) == {cert.serial_number}
+                    and metrics["dinp_router_tls_file_stale"] == 0
+                    and metrics["dinp_router_tls_file_expiry_timestamp_seconds"]
+                    == cert.not_valid_after_utc.timestamp())
+
+        await until(lambda: serving(second), "the rewritten pair to serve")
+        assert await asyncio.to_thread(ask) == (200, first.serial_number)
+
+        # certbot's way: new files in the archive, the live symlinks pointed at them.
+        third_cert, third_key = ca.files(archive, "3", "*.apps.test")
+        for link, target in ((cert_file, third_cert), (key_file, third_key)):
+            link.with_suffix(".new").symlink_to(target)
+            os.replace(link.with_suffix(".new"), link)
+        await until(lambda: serving(leaf(third_cert.read_text())), "the new links to serve")
+        assert await asyncio.to_thread(ask) == (200, first.serial_number)
+        log = router.log.read_text()
+        assert log.count("changed: serving it") == 4, log  # two renewals, two workers
+        assert "BEGIN" not in log and "PRIVATE" not in log
+        assert await router.stop() == 0
+
+    run(scenario, timeout=90)
 
 
 class _Localhost(AbstractResolver):

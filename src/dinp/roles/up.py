@@ -157,6 +157,8 @@ async def _serve(conf: UpConfig, state: Path) -> None:
                               policy=Policy(network=conf.app_network))
     )
     router = Router(router_conf)
+    if router.proxy.cert_files is not None:
+        router.proxy.cert_files.warn_expiry()
     try:
         # The server publishes from a worker thread; the router lives on this loop. The
         # local CA's certificates for app hosts are made there too, off the loop.

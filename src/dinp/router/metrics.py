@@ -51,6 +51,10 @@ class WorkerStats(TypedDict):
     tls_refused: int  # TLS handshakes refused: no certificate for the name asked
     tls_certificates: int  # domains of the table with a certificate in use
     tls_certificates_refused: int  # domains of the table whose certificate is left out
+    # When the operator's certificate in use expires (Unix time; the soonest of the
+    # workers'), None without one; and whether its files changed and do not load.
+    tls_file_expires: float | None
+    tls_file_stale: bool
 
 
 class AppCounters:
@@ -135,6 +139,9 @@ def merge(workers: list[WorkerStats]) -> WorkerStats:
         "tls_certificates": min((s["tls_certificates"] for s in workers), default=0),
         "tls_certificates_refused": max((s["tls_certificates_refused"] for s in workers),
                                         default=0),
+        "tls_file_expires": min((e for s in workers
+                                 if (e := s["tls_file_expires"]) is not None), default=None),
+        "tls_file_stale": any(s["tls_file_stale"] for s in workers),
     }
 
 
@@ -217,6 +224,15 @@ def render(totals: WorkerStats) -> str:
          "Instances skipped for fail_timeout after a failure.", totals["backends_down"]),
         ("dinp_router_workers", "Worker processes answering.", totals["workers"]),
     ]
+    if totals["tls_file_expires"] is not None:  # only with the operator's certificate
+        gauges += [
+            ("dinp_router_tls_file_expiry_timestamp_seconds",
+             "When the certificate of tls_cert_file in use expires (Unix time; the "
+             "soonest of the workers').", totals["tls_file_expires"]),
+            ("dinp_router_tls_file_stale",
+             "1 when the files of tls_cert_file changed and do not load: the certificate "
+             "loaded before serves on (see the log).", int(totals["tls_file_stale"])),
+        ]
     for name, doc, value in gauges:
         family(name, "gauge", doc)
         lines.append(f"{name} {_num(value)}")

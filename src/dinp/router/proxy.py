@@ -21,9 +21,10 @@ from dinp.errors import ConfigError
 from dinp.router.accesslog import AccessLog
 from dinp.router.backends import BackendPool
 from dinp.router.balancer import Balancer
+from dinp.router.cert_files import CertFiles
 from dinp.router.metrics import Metrics, WorkerStats
 from dinp.router.routing import RouteCache
-from dinp.router.tls import CertStore, load_files
+from dinp.router.tls import CertStore
 from dinp.routes import RouteTable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -115,9 +116,11 @@ class Proxy:
                                 connect_timeout=config.connect_timeout)
         self.access_log = access_log
         self.trusted = Trust(trusted_networks(config.trusted_proxies))
-        wildcard = (load_files(config.tls_cert_file, config.tls_key_file)
-                    if config.tls_cert_file else None)
-        self.certs = CertStore(self.metrics, wildcard)
+        # The operator's certificate, reloaded when its files change (once started).
+        self.cert_files = (CertFiles(config.tls_cert_file, config.tls_key_file)
+                           if config.tls_cert_file else None)
+        self.certs = CertStore(self.metrics, self.cert_files.certificate
+                               if self.cert_files is not None else None)
         self.certs.listeners.append(self.routes.flush)
         self.connections: set[Connection] = set()
         self.closing = False  # see begin_closing
@@ -133,9 +136,13 @@ class Proxy:
             self.loop = self.balancer.loop = self.pool.loop = asyncio.get_running_loop()
         if self._tick is None:
             self._tick = self.loop.call_later(self.tick, self._on_tick)
+        if self.cert_files is not None:
+            self.cert_files.start(self.loop, self.certs.set_wildcard)
 
     def stop(self) -> None:
         self.certs.close()
+        if self.cert_files is not None:
+            self.cert_files.stop()
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
@@ -171,7 +178,7 @@ class Proxy:
 
     def stats(self) -> WorkerStats:
         now = self.loop.time() if self.loop is not None else 0.0
-        routes = self.routes
+        routes, files = self.routes, self.cert_files
         return {
             "apps": self.metrics.stats(),
             "connections": len(self.connections),
@@ -188,4 +195,6 @@ class Proxy:
             "tls_refused": self.metrics.tls_refused,
             "tls_certificates": self.certs.loaded,
             "tls_certificates_refused": self.certs.refused,
+            "tls_file_expires": files.expires if files is not None else None,
+            "tls_file_stale": files is not None and files.stale,
         }

@@ -25,9 +25,9 @@ from dinp.config import RouterConfig, split_hostport
 from dinp.errors import ConfigError, Unavailable
 from dinp.lifecycle import cannot_listen, run_until_stopped, start_site
 from dinp.router.admin import admin_app
+from dinp.router.cert_files import CertFiles
 from dinp.router.metrics import WorkerStats
 from dinp.router.proxy import trusted_networks
-from dinp.router.tls import load_files
 from dinp.router.worker import SHUTDOWN_GRACE, Router, open_access_log, run_worker
 from dinp.routes import redact
 
@@ -270,7 +270,7 @@ def check_config(config: RouterConfig) -> None:
     if config.access_log:
         open_access_log(config.access_log).close()
     if config.tls_cert_file:
-        load_files(config.tls_cert_file, config.tls_key_file)
+        CertFiles(config.tls_cert_file, config.tls_key_file).warn_expiry()
         if not config.https_listen:
             log.warning("tls_cert_file is set but https_listen is not: no TLS listener")
     trusted_networks(config.trusted_proxies)

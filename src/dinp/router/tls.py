@@ -185,10 +185,17 @@ def load_files(cert_file: str, key_file: str) -> Certificate:
     return Certificate(ctx, names, expires)
 
 
+# OpenSSL's reasons, said for the operator who has to fix the files.
+_REASONS = {
+    "KEY_VALUES_MISMATCH": "the key is not the certificate's (KEY_VALUES_MISMATCH)",
+    None: "a file is not PEM that OpenSSL can read, or is empty (PEM lib)",
+}
+
+
 def _why(exc: BaseException) -> str:
     """What went wrong, in a line that cannot hold key material."""
     if isinstance(exc, ssl.SSLError):
-        return exc.reason or exc.__class__.__name__
+        return _REASONS.get(exc.reason) or exc.reason
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
@@ -354,8 +361,17 @@ class CertStore:
 
     def _apply(self, built: _Built) -> None:
         self._built = built
-        self._chosen = {}
         self.ready.set()
+        self._changed()
+
+    def set_wildcard(self, wildcard: Certificate) -> None:
+        """Serve the operator's certificate `wildcard` (reloaded from its files) from the
+        next handshake on; connections already made keep theirs."""
+        self.wildcard = wildcard
+        self._changed()
+
+    def _changed(self) -> None:
+        self._chosen = {}
         for listener in self.listeners:
             listener()
 

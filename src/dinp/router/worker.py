@@ -292,6 +292,8 @@ async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bo
         gc.collect()
         gc.freeze()
         if admin:
+            if router.proxy.cert_files is not None:
+                router.proxy.cert_files.warn_expiry()
             log.info("router serving on http://%s:%d%s, admin on %s, routes from %s "
                      "(%d hosts)", http_host, router.bound_http_port, https, admin_url,
                      redis_url, len(router.table))
