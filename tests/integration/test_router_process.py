@@ -644,12 +644,11 @@ def test_renewed_certificate_files_serve_without_a_restart(redis: RedisServer,
     def leaf(chain: str) -> x509.Certificate:
         return x509.load_pem_x509_certificates(chain.encode())[0]
 
-    def served() -> set[int]:
-        """The serials new connections get (eight: the kernel spreads them over both
-        workers)."""
+    def served(connections: int = 8) -> set[int]:
+        """The serials new connections get (the kernel spreads them over both workers)."""
         ctx = ca.client_context()
         serials = set()
-        for _ in range(8):
+        for _ in range(connections):
             with socket.create_connection(("127.0.0.1", https_port), 5) as raw, \
                     ctx.wrap_socket(raw, server_hostname="web.apps.test") as tls:
                 der = tls.getpeercert(binary_form=True)
@@ -725,18 +724,43 @@ def test_renewed_certificate_files_serve_without_a_restart(redis: RedisServer,
         assert await asyncio.to_thread(ask) == (200, first.serial_number)
 
         # certbot's way: new files in the archive, the live symlinks pointed at them.
-        third_cert, third_key = ca.files(archive, "3", "*.apps.test")
+        third_chain, third_pem = ca.issue("*.apps.test", days=90)
+        third_cert, third_key = archive / "3.crt", archive / "3.key"
+        third_cert.write_text(third_chain)
+        third_key.write_text(third_pem)
         for link, target in ((cert_file, third_cert), (key_file, third_key)):
             link.with_suffix(".new").symlink_to(target)
             os.replace(link.with_suffix(".new"), link)
         await until(lambda: serving(leaf(third_cert.read_text())), "the new links to serve")
         assert await asyncio.to_thread(ask) == (200, first.serial_number)
+
+        async def logged() -> bool:  # two renewals, two workers
+            return router.log.read_text().count("changed: serving it") == 4
+
+        await until(logged, "each worker to log each renewal")
+
+        # The files broken, then a worker killed: the one its supervisor starts in its
+        # place gets the pair in use from it, and serves.
+        third_key.write_text("not a key")
+        await until(stale, "the broken files to be seen")
+        killed = router.workers()[0]
+        os.kill(killed, signal.SIGKILL)
+
+        async def replaced() -> bool:
+            workers = router.workers()
+            return (len(workers) == 2 and killed not in workers
+                    and (await router.metrics())["dinp_router_workers"] == 2
+                    and (await router.health_status())[0] == 200)
+
+        await until(replaced, "the killed worker to be replaced", timeout=30)
+        third = leaf(third_chain)
+        # 32 new connections: all of them on the old worker would be a 1 in 2**31 chance.
+        assert await asyncio.to_thread(served, 32) == {third.serial_number}
         log = router.log.read_text()
-        assert log.count("changed: serving it") == 4, log  # two renewals, two workers
         assert "BEGIN" not in log and "PRIVATE" not in log
         assert await router.stop() == 0
 
-    run(scenario, timeout=90)
+    run(scenario, timeout=120)
 
 
 class _Localhost(AbstractResolver):

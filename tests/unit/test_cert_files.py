@@ -1,7 +1,7 @@
 """The operator's certificate files, watched (router/cert_files.py): when a change is
-loaded, what happens to files that do not load, and the expiry warnings. Each look is
-made by hand here (the timer's interval is the integration test's business), on real
-files."""
+loaded, what happens to files that do not load (also when they come back), a pair handed
+over by a supervisor, and the expiry warnings. Each look is made by hand here, on real
+files (the watcher's interval is the integration test's business)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def watching(cert: Path, key: Path) -> Iterator[tuple[cert_files.CertFiles, list
     """The files loaded and watched (on the running loop), and what is served from them."""
     files = cert_files.CertFiles(str(cert), str(key))
     served: list[Certificate] = []
-    files.start(asyncio.get_running_loop(), served.append)
+    files.start(served.append)
     try:
         yield files, served
     finally:
@@ -40,11 +40,8 @@ def watching(cert: Path, key: Path) -> Iterator[tuple[cert_files.CertFiles, list
 
 
 async def settle(files: cert_files.CertFiles) -> None:
-    """One look, and the load it may start."""
-    files._look()
-    task = files._task
-    if task is not None:
-        await task
+    """One look (the watcher's own come every CHECK_INTERVAL, longer than a test)."""
+    await files.look()
 
 
 def test_a_change_is_loaded_once_it_holds_still(tmp_path: Path) -> None:
@@ -98,6 +95,13 @@ def test_files_that_do_not_load_leave_the_certificate_in_use(
             key.write_text(original[1])
             await settle(files)
             assert not files.stale and served == [] and files.certificate is first
+            os.remove(key)  # the files refused last, again: stale at once, said no more
+            await settle(files)
+            assert files.stale and served == []
+            assert len([r for r in caplog.records if "serves on" in r.getMessage()]) == 2
+            key.write_text(original[1])
+            await settle(files)
+            assert not files.stale
             # A pair that loads after files that did not: served.
             chain, pem = CA.issue("*.apps.test", "apps.test")
             key.write_text(other_key)
@@ -114,11 +118,44 @@ def test_files_that_do_not_load_leave_the_certificate_in_use(
     run(scenario())
 
 
+def test_a_pair_handed_over_serves_while_the_files_do_not_load(tmp_path: Path) -> None:
+    """A worker its supervisor restarts while the files are broken gets the pair in use."""
+    cert, key = CA.files(tmp_path, "site", "*.apps.test")
+    supervisor = cert_files.CertFiles(str(cert), str(key), tell=False)
+    key.write_text("broken")
+
+    async def scenario() -> None:
+        worker = cert_files.CertFiles(str(cert), str(key), texts=supervisor.texts)
+        assert worker.certificate.names == ("*.apps.test",)
+        await settle(worker)
+        await settle(worker)
+        assert worker.stale and worker.certificate.names == ("*.apps.test",)
+        chain, pem = CA.issue("*.apps.test", "apps.test")
+        cert.write_text(chain)
+        key.write_text(pem)
+        await settle(worker)
+        await settle(worker)
+        assert not worker.stale and worker.certificate.names == ("*.apps.test", "apps.test")
+        assert worker.texts == (chain, pem)
+
+    run(scenario())
+    with pytest.raises(ConfigError):  # without the pair, the files must load
+        cert_files.CertFiles(str(cert), str(tmp_path / "none.key"))
+
+
+def test_the_key_may_be_in_the_certificate_file(tmp_path: Path) -> None:
+    chain, pem = CA.issue("*.apps.test")
+    both = tmp_path / "both.pem"
+    both.write_text(chain + pem)
+    files = cert_files.CertFiles(str(both), "")
+    assert files.certificate.names == ("*.apps.test",) and files.texts == (chain + pem,) * 2
+
+
 def test_the_files_must_load_at_start(tmp_path: Path) -> None:
     cert, key = CA.files(tmp_path, "site", "*.apps.test")
     key.write_text("not a key")
-    with pytest.raises(ConfigError, match=r"cannot use the TLS certificate .*: a file is "
-                       r"not PEM that OpenSSL can read"):
+    with pytest.raises(ConfigError, match=r"cannot use the TLS certificate .*: not PEM "
+                       r"that OpenSSL can read"):
         cert_files.CertFiles(str(cert), str(key))
 
 

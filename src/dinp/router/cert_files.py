@@ -5,18 +5,21 @@ Renewals replace these files while the router runs: certbot points the symlinks 
 `live/` at new files, a Kubernetes secret volume swaps its directory, an operator copies a
 certificate and then its key. A router that kept the certificate it started with would
 serve it until it expired, the failure nobody sees coming (nginx and HAProxy need a reload
-for it). So every CHECK_INTERVAL seconds each worker reads both files (through symlinks;
-a few kilobytes) and compares their digest with that of the files in use: timestamps
-would miss a file rewritten within their granularity, and would reload a file merely
-touched. A change is loaded once it has held still for one more look, so a pair written
-one file after the other is not tried half-way, and it is loaded in a thread, never on a
-handshake.
+for it). So every CHECK_INTERVAL seconds each worker reads both files in a thread
+(through symlinks; a few kilobytes) and compares their digest with that of the pair in
+use: timestamps would miss a file rewritten within their granularity, and would reload a
+file merely touched. A change is loaded once it has held still for one more look, so a
+pair written one file after the other is not tried half-way, and what is loaded is the
+very text that was compared, in a thread, never on a handshake.
 
 Files that do not load (the key of another certificate, a broken or empty file, a file
-gone) never replace a certificate that works: the one loaded before serves on, the log
-says once what is wrong with those files, and `dinp_router_tls_file_stale` is 1 until
-files that load are there. `dinp_router_tls_file_expiry_timestamp_seconds` is when the
-certificate in use expires, for an alert well before it does.
+gone) never replace a certificate that works: the one loaded before serves on, each
+worker logs once what is wrong with those files, and `dinp_router_tls_file_stale` is 1
+until files that load are there. The supervisor of several workers watches them too,
+quietly, and hands the pair in use to a worker it (re)starts, so a worker restarted while
+the files are broken still serves. `dinp_router_tls_file_expiry_timestamp_seconds` is when
+the certificate in use expires, for an alert well before it does; one process per router
+also logs a warning when it is 14 days or less away, at start and once a day.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import datetime
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,19 +39,40 @@ log = logging.getLogger("dinp.router")
 
 CHECK_INTERVAL = 2.0  # seconds between two looks at the files
 EXPIRY_WARNING = datetime.timedelta(days=14)  # a certificate this close to its end is logged
+WARN_EVERY = 86400.0  # seconds between two such warnings
 
+Texts = tuple[str, str]  # (certificate chain, key) PEM
 # The files' contents, as a digest per file (None: it cannot be read).
 Stamp = tuple[bytes | None, ...]
 
 
-def stamp(*paths: str) -> Stamp:
-    out: list[bytes | None] = []
-    for path in paths:
+def _digest(data: bytes | None) -> bytes | None:
+    return None if data is None else hashlib.sha256(data).digest()
+
+
+def read(cert_file: str, key_file: str) -> tuple[Stamp, Texts | None]:
+    """The files' digests and their PEM texts (None if one cannot be read as text)."""
+    raw: list[bytes | None] = []
+    for path in (cert_file, key_file) if key_file else (cert_file,):
         try:
-            out.append(hashlib.sha256(Path(path).read_bytes()).digest())
+            raw.append(Path(path).read_bytes())
         except OSError:
-            out.append(None)
-    return tuple(out)
+            raw.append(None)
+    stamp = tuple(_digest(b) for b in raw)
+    try:
+        texts = [b.decode() for b in raw if b is not None]
+    except UnicodeDecodeError:
+        return stamp, None
+    if len(texts) != len(raw):
+        return stamp, None
+    return stamp, (texts[0], texts[-1])  # the key in the certificate's file: the same text
+
+
+def stamp_of(texts: Texts, key_file: str) -> Stamp:
+    """The digests of files holding `texts`."""
+    if not key_file:
+        return (_digest(texts[0].encode()),)
+    return _digest(texts[0].encode()), _digest(texts[1].encode())
 
 
 def expiry_warning(cert: Certificate, cert_file: str, now: datetime.datetime | None = None,
@@ -65,22 +90,29 @@ def expiry_warning(cert: Certificate, cert_file: str, now: datetime.datetime | N
 
 
 class CertFiles:
-    """The operator's certificate, loaded from its files now (ConfigError if they do not
-    load) and again whenever they change, once `start`ed."""
+    """The operator's certificate, loaded now (ConfigError if it does not load) from its
+    files, or from `texts` (the pair a supervisor holds), and again whenever the files
+    change, once `start`ed. `tell`: log what changes and what does not load (a worker
+    does, its supervisor does not); `warn_daily`: log the expiry warning once a day (one
+    process per router does)."""
 
-    def __init__(self, cert_file: str, key_file: str) -> None:
+    def __init__(self, cert_file: str, key_file: str, *, texts: Texts | None = None,
+                 tell: bool = True, warn_daily: bool = False) -> None:
         self.cert_file, self.key_file = cert_file, key_file
-        self._paths = (cert_file, key_file) if key_file else (cert_file,)
-        # Taken before reading: a change made while the files are read is seen after.
-        self._stamp = stamp(*self._paths)
-        self.certificate = load_files(cert_file, key_file)
+        self.tell, self.warn_daily = tell, warn_daily
+        if texts is None:
+            self._stamp, texts = read(cert_file, key_file)
+        else:
+            self._stamp = stamp_of(texts, key_file)
+        self.certificate = load_files(cert_file, key_file, texts)  # None: reads, to say why
+        assert texts is not None  # it loaded, so it was read
+        self.texts: Texts = texts  # the pair in use
         self.stale = False  # the files changed and do not load: the one before serves
         self._seen: Stamp | None = None  # a change seen at the last look, not yet loaded
         self._refused: Stamp | None = None  # files that did not load (said once)
         self._serve: Callable[[Certificate], None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._warned = time.monotonic()
 
     @property
     def expires(self) -> float | None:
@@ -90,65 +122,66 @@ class CertFiles:
 
     def warn_expiry(self) -> None:
         """Log a warning if the certificate in use has expired or soon will."""
+        self._warned = time.monotonic()
         warning = expiry_warning(self.certificate, self.cert_file)
         if warning:
             log.warning("%s", warning)
 
-    def start(self, loop: asyncio.AbstractEventLoop,
-              serve: Callable[[Certificate], None]) -> None:
-        """Look at the files from now on; `serve` is given each certificate reloaded."""
-        if self._loop is not None:
-            return
-        self._loop, self._serve = loop, serve
-        self._schedule()
+    def start(self, serve: Callable[[Certificate], None] | None = None) -> None:
+        """Look at the files from now on (on the running loop); `serve` is given each
+        certificate reloaded."""
+        if self._task is None:
+            self._serve = serve
+            self._task = asyncio.get_running_loop().create_task(self._watch(),
+                                                                name="dinp-tls-files")
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._task is not None:
             self._task.cancel()
-        self._loop = None
+            self._task = None
 
-    def _schedule(self) -> None:
-        if self._loop is not None:
-            self._timer = self._loop.call_later(CHECK_INTERVAL, self._look)
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            try:
+                await self.look()
+            except Exception:  # a bug must not stop the watching for good
+                log.exception("router bug while watching %s", self.cert_file)
+            if self.warn_daily and time.monotonic() - self._warned >= WARN_EVERY:
+                self.warn_expiry()
 
-    def _look(self) -> None:
-        now = stamp(*self._paths)
-        if now == self._stamp:  # the files in use (again)
+    async def look(self) -> None:
+        """One look at the files: load them if they changed and have held still since
+        the last look."""
+        now, texts = await asyncio.to_thread(read, self.cert_file, self.key_file)
+        if now == self._stamp:  # the pair in use (again)
             self._seen, self.stale = None, False
         elif now == self._refused:  # already tried, and said why
-            self._seen = None
+            self._seen, self.stale = None, True
         elif now != self._seen:  # changed since the last look: wait until it holds still
             self._seen = now
         else:
-            assert self._loop is not None
             self._seen = None
-            self._task = self._loop.create_task(self._load(now), name="dinp-tls-files")
-            return  # _load schedules the next look
-        self._schedule()
+            await self._load(now, texts)
 
-    async def _load(self, now: Stamp) -> None:
+    async def _load(self, now: Stamp, texts: Texts | None) -> None:
         try:
-            cert = await asyncio.to_thread(load_files, self.cert_file, self.key_file)
+            cert = await asyncio.to_thread(load_files, self.cert_file, self.key_file, texts)
         except ConfigError as exc:
             self._refused, self.stale = now, True
-            log.error("%s; the certificate loaded before serves on until files that load "
-                      "are there", exc.message)
-        except Exception:  # a bug must not stop the watching for good
-            log.exception("router bug while reloading %s", self.cert_file)
-            self._refused, self.stale = now, True
-        else:
-            self._stamp, self._refused, self.stale = now, None, False
-            self.certificate = cert
-            if self._serve is not None:
-                self._serve(cert)
+            if self.tell:
+                log.error("%s; the certificate loaded before serves on until files that "
+                          "load are there", exc.message)
+            return
+        assert texts is not None  # it loaded, so it was read
+        self._stamp, self._refused, self.stale = now, None, False
+        self.certificate, self.texts = cert, texts
+        if self._serve is not None:
+            self._serve(cert)
+        if self.tell:
             until = (cert.expires.strftime("%Y-%m-%d %H:%M UTC") if cert.expires
                      else "no expiry given")
             log.info("the TLS certificate %s changed: serving it (%s; valid until %s)",
                      self.cert_file, ", ".join(cert.names), until)
+        if self.warn_daily:
             self.warn_expiry()
-        finally:
-            self._task = None
-            self._schedule()

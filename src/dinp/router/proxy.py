@@ -105,7 +105,8 @@ class Proxy:
     """What every connection of one router worker shares. `config` gives the limits and
     timeouts (the data plane reads only those fields of it)."""
 
-    def __init__(self, config: RouterConfig, *, access_log: AccessLog | None = None) -> None:
+    def __init__(self, config: RouterConfig, *, access_log: AccessLog | None = None,
+                 wildcard_texts: tuple[str, str] | None = None) -> None:
         self.config = config
         self.tick = tick_interval(config)
         self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
@@ -116,8 +117,10 @@ class Proxy:
                                 connect_timeout=config.connect_timeout)
         self.access_log = access_log
         self.trusted = Trust(trusted_networks(config.trusted_proxies))
-        # The operator's certificate, reloaded when its files change (once started).
-        self.cert_files = (CertFiles(config.tls_cert_file, config.tls_key_file)
+        # The operator's certificate, reloaded when its files change (once started);
+        # `wildcard_texts`: the pair in use, from a supervisor (see cert_files.py).
+        self.cert_files = (CertFiles(config.tls_cert_file, config.tls_key_file,
+                                     texts=wildcard_texts)
                            if config.tls_cert_file else None)
         self.certs = CertStore(self.metrics, self.cert_files.certificate
                                if self.cert_files is not None else None)
@@ -137,7 +140,7 @@ class Proxy:
         if self._tick is None:
             self._tick = self.loop.call_later(self.tick, self._on_tick)
         if self.cert_files is not None:
-            self.cert_files.start(self.loop, self.certs.set_wildcard)
+            self.cert_files.start(self.certs.set_wildcard)
 
     def stop(self) -> None:
         self.certs.close()

@@ -60,7 +60,8 @@ def _log_setup() -> tuple[int, bool]:
 
 
 def worker_main(config: RouterConfig, index: int, control: socket.socket, level: int,
-                json_logs: bool, ticket_secret: bytes) -> None:
+                json_logs: bool, ticket_secret: bytes,
+                wildcard_texts: tuple[str, str] | None = None) -> None:
     """A worker process (spawned by the Supervisor): one Router on uvloop until SIGTERM
     or until its supervisor goes away (its control socket closes)."""
     import uvloop
@@ -71,10 +72,11 @@ def worker_main(config: RouterConfig, index: int, control: socket.socket, level:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(verbose=level <= logging.DEBUG, quiet=level >= logging.WARNING,
                   json_logs=json_logs)
-    uvloop.run(_worker(config, control, ticket_secret))
+    uvloop.run(_worker(config, control, ticket_secret, wildcard_texts))
 
 
-async def _worker(config: RouterConfig, control: socket.socket, ticket_secret: bytes) -> None:
+async def _worker(config: RouterConfig, control: socket.socket, ticket_secret: bytes,
+                  wildcard_texts: tuple[str, str] | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -101,7 +103,8 @@ async def _worker(config: RouterConfig, control: socket.socket, ticket_secret: b
     stop_tasks: list[asyncio.Task[None]] = []
     try:
         await run_worker(config, stop=stop.wait(), admin=False, reuse_port=True,
-                         on_ready=answer, ticket_secret=ticket_secret)
+                         on_ready=answer, ticket_secret=ticket_secret,
+                         wildcard_texts=wildcard_texts)
     finally:
         for task in stop_tasks:
             task.cancel()
@@ -118,14 +121,16 @@ class WorkerProcess:
         self._lock = asyncio.Lock()
         self._asked = 0  # questions asked on the control socket
 
-    async def start(self, config: RouterConfig, ticket_secret: bytes) -> None:
+    async def start(self, config: RouterConfig, ticket_secret: bytes,
+                    wildcard_texts: tuple[str, str] | None = None) -> None:
         parent, child = socket.socketpair()
         level, json_logs = _log_setup()
         ctx = multiprocessing.get_context("spawn")
-        # The secret goes through the spawn pipe: never in argv, the environment or a file.
+        # The secret and the certificate's key go through the spawn pipe: never in argv,
+        # the environment or a file.
         self.process = ctx.Process(
             target=worker_main, args=(config, self.index, child, level, json_logs,
-                                      ticket_secret),
+                                      ticket_secret, wildcard_texts),
             name=f"dinp-router-{self.index}", daemon=True,
         )
         self.process.start()
@@ -188,11 +193,14 @@ class Supervisor:
         # What every worker's TLS session ticket keys come from, for as long as this runs:
         # any worker, a restarted one too, resumes the sessions of any other.
         self.ticket_secret = os.urandom(32)
+        # The operator's certificate, watched quietly: the pair in use goes to each worker
+        # started, so one restarted while its files are broken still serves.
+        self.cert_files: CertFiles | None = None
 
     async def run(self) -> None:
         config = self.config
         host, port = split_hostport(config.http_listen, default_port=8080)
-        check_config(config)  # refused here, not by each worker as it starts
+        self.cert_files = check_config(config)  # refused here, not by each worker
         # Holding the ports (bound, not listening: they take no connections) makes the
         # start fail early when one is taken, and resolves port 0 for the workers.
         holders = [_reserve(host, port, "http_listen")]
@@ -208,8 +216,11 @@ class Supervisor:
                                              https_listen=_hostport(https_host, https_port))
                 https = f", https://{https_host}:{https_port}"
             runner: web.AppRunner | None = None
+            if self.cert_files is not None:
+                self.cert_files.warn_expiry()
+                self.cert_files.start()
             for worker in self.workers:
-                await worker.start(config, self.ticket_secret)
+                await worker.start(config, self.ticket_secret, self._wildcard_texts())
             await self._wait_ready()
             admin_url = "disabled"
             if config.admin_listen:
@@ -224,6 +235,8 @@ class Supervisor:
             await run_until_stopped(self._supervise(config))
         finally:
             self.stopping = True
+            if self.cert_files is not None:
+                self.cert_files.stop()
             log.info("router stopping")
             await asyncio.gather(*(w.stop(SHUTDOWN_GRACE) for w in self.workers))
             if runner is not None:
@@ -254,26 +267,32 @@ class Supervisor:
                     await worker.stop(0)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
-                    await worker.start(config, self.ticket_secret)
+                    await worker.start(config, self.ticket_secret, self._wildcard_texts())
                     continue
             if all(w.alive for w in self.workers):
                 backoff = max(1.0, backoff / 2)
+
+    def _wildcard_texts(self) -> tuple[str, str] | None:
+        return self.cert_files.texts if self.cert_files is not None else None
 
     async def stats(self) -> list[WorkerStats]:
         answers = await asyncio.gather(*(w.stats() for w in self.workers))
         return [a for a in answers if a is not None]
 
 
-def check_config(config: RouterConfig) -> None:
+def check_config(config: RouterConfig) -> CertFiles | None:
     """Refuse a configuration the workers would refuse, before any starts: the access log,
-    the operator's certificate, trusted_proxies."""
+    the operator's certificate (loaded: it is returned, to be watched), trusted_proxies."""
     if config.access_log:
         open_access_log(config.access_log).close()
+    files = None
     if config.tls_cert_file:
-        CertFiles(config.tls_cert_file, config.tls_key_file).warn_expiry()
+        files = CertFiles(config.tls_cert_file, config.tls_key_file, tell=False,
+                          warn_daily=True)
         if not config.https_listen:
             log.warning("tls_cert_file is set but https_listen is not: no TLS listener")
     trusted_networks(config.trusted_proxies)
+    return files
 
 
 def _reserve(host: str, port: int, key: str) -> socket.socket:

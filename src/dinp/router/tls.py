@@ -166,14 +166,17 @@ def covers(names: tuple[str, ...], host: str) -> bool:
     return bool(label) and bool(parent) and label != "*" and f"*.{parent}" in names
 
 
-def load_files(cert_file: str, key_file: str) -> Certificate:
+def load_files(cert_file: str, key_file: str, texts: tuple[str, str] | None = None,
+               ) -> Certificate:
     """The operator's certificate from its files (the key from the certificate's file
-    when `key_file` is empty); ConfigError saying what is wrong, never the key."""
+    when `key_file` is empty), or from `texts`, the (certificate, key) PEM read from them
+    before; ConfigError saying what is wrong, never the key."""
     try:
-        text = Path(cert_file).read_text()
-        names, expires = read_certificate(text)
-        ctx = server_context()
-        ctx.load_cert_chain(cert_file, key_file or None, password=_no_password)
+        if texts is None:
+            cert = Path(cert_file).read_text()
+            texts = cert, Path(key_file).read_text() if key_file else cert
+        names, expires = read_certificate(texts[0])
+        ctx = load_pair(*texts)
     except (OSError, ValueError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot use the TLS certificate {cert_file}"
                           f"{f' with key {key_file}' if key_file else ''}: {_why(exc)}",
@@ -188,7 +191,7 @@ def load_files(cert_file: str, key_file: str) -> Certificate:
 # OpenSSL's reasons, said for the operator who has to fix the files.
 _REASONS = {
     "KEY_VALUES_MISMATCH": "the key is not the certificate's (KEY_VALUES_MISMATCH)",
-    None: "a file is not PEM that OpenSSL can read, or is empty (PEM lib)",
+    None: "not PEM that OpenSSL can read, or empty (PEM lib)",
 }
 
 

@@ -44,12 +44,14 @@ def open_access_log(path: str) -> AccessLog:
 class Router:
     """One router: its listeners, its route table and its pool of backend connections.
     `config` gives its limits, timeouts and access log (RouterConfig's defaults without
-    one); `overrides` replace single fields of it (connect_timeout=…)."""
+    one); `overrides` replace single fields of it (connect_timeout=…); `wildcard_texts`:
+    the operator's certificate as its supervisor holds it (else read from its files)."""
 
-    def __init__(self, config: RouterConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: RouterConfig | None = None, *,
+                 wildcard_texts: tuple[str, str] | None = None, **overrides: Any) -> None:
         config = dataclasses.replace(config or RouterConfig(), **overrides)
         access_log = open_access_log(config.access_log) if config.access_log else None
-        self.proxy = Proxy(config, access_log=access_log)
+        self.proxy = Proxy(config, access_log=access_log, wildcard_texts=wildcard_texts)
         # Set by whoever feeds the table from Redis, so /health can tell whether it is live.
         self.follower: RedisRouteFollower | None = None
         self.bound_http_port: int | None = None
@@ -247,18 +249,19 @@ async def _until(stop: Awaitable[object], watch: Awaitable[None]) -> None:
 async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bool,
                      reuse_port: bool = False,
                      on_ready: Callable[[Router], Awaitable[None]] | None = None,
-                     ticket_secret: bytes | None = None) -> None:
+                     ticket_secret: bytes | None = None,
+                     wildcard_texts: tuple[str, str] | None = None) -> None:
     """One router with its Redis follower, until `stop` completes (or a signal, when it
     serves the admin port itself, as a single process does). `ticket_secret`: what the
     TLS session ticket keys come from (the same for every worker of a router; a new one
-    without).
+    without); `wildcard_texts`: the operator's certificate, from the supervisor.
 
     It waits up to connect_timeout for the first table; if Redis does not answer by then
     it listens anyway, not ready: /health and every request answer 503 (with
     Retry-After) until the first table arrives, never 404 "no such app".
     """
     http_host, http_port = split_hostport(config.http_listen, default_port=8080)
-    router = Router(config)
+    router = Router(config, wildcard_texts=wildcard_texts)
     router.ticket_secret = ticket_secret or os.urandom(32)
     follower = RedisRouteFollower(config.redis_url, router.set_table,
                                   resync_interval=config.resync_interval)
@@ -292,7 +295,8 @@ async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bo
         gc.collect()
         gc.freeze()
         if admin:
-            if router.proxy.cert_files is not None:
+            if router.proxy.cert_files is not None:  # the one process: it warns
+                router.proxy.cert_files.warn_daily = True
                 router.proxy.cert_files.warn_expiry()
             log.info("router serving on http://%s:%d%s, admin on %s, routes from %s "
                      "(%d hosts)", http_host, router.bound_http_port, https, admin_url,
