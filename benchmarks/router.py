@@ -382,6 +382,11 @@ http {{
         cpu = (proxy.cpu_seconds() - before) / (time.monotonic() - started)
         return Result.parse(out, cpu)
 
+    def test(self, proxy: Proxy, test: str, connections: int, seconds: int) -> Result:
+        """A wrk run of one of TESTS."""
+        return self.wrk(proxy, connections, seconds, close=test in HANDSHAKES,
+                        resume=test != "full")
+
     def run_wrk(self, argv: list[str], *, resume: bool = True) -> str:
         """wrk's output (one thread, on the load core)."""
         env = None if resume else dict(os.environ, LD_PRELOAD=str(self.no_resumption()))
@@ -658,8 +663,7 @@ def measure(bench: Bench, proxies: list[Proxy], tests: list[tuple[str, int]],
         for test, c in tests:
             shift = (round_ + c) % len(proxies)
             for proxy in proxies[shift:] + proxies[:shift]:
-                result = bench.wrk(proxy, c, seconds, close=test in HANDSHAKES,
-                                   resume=test != "full")
+                result = bench.test(proxy, test, c, seconds)
                 runs.setdefault((test, proxy.name, c), []).append(result)
                 print(f"round {round_ + 1}/{rounds} {TESTS[test]:<23} c={c:<4} "
                       f"{proxy.name:<9} {result.rps:>9,.0f} req/s  p50 {result.p50:6.2f} ms"
@@ -682,8 +686,7 @@ def profile(bench: Bench, proxies: list[Proxy], tests: list[tuple[str, int]],
         for proxy in proxies:
             data = bench.work / f"perf-{proxy.name}-{test}.data"
             perf = cpu_split.record(proxy.pids(), seconds, data)
-            result = bench.wrk(proxy, c, seconds, close=test in HANDSHAKES,
-                               resume=test != "full")
+            result = bench.test(proxy, test, c, seconds)
             perf.wait()
             split = cpu_split.shares(data)
             per_request = result.cpu * 1e6 / result.rps

@@ -158,8 +158,7 @@ async def _serve(conf: UpConfig, state: Path) -> None:
     )
     router = Router(router_conf)
     if router.proxy.cert_files is not None:
-        router.proxy.cert_files.warn_daily = True
-        router.proxy.cert_files.warn_expiry()
+        router.proxy.cert_files.warn_for_router()
     try:
         # The server publishes from a worker thread; the router lives on this loop. The
         # local CA's certificates for app hosts are made there too, off the loop.

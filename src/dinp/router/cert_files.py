@@ -6,11 +6,11 @@ Renewals replace these files while the router runs: certbot points the symlinks 
 certificate and then its key. A router that kept the certificate it started with would
 serve it until it expired, the failure nobody sees coming (nginx and HAProxy need a reload
 for it). So every CHECK_INTERVAL seconds each worker reads both files in a thread
-(through symlinks; a few kilobytes) and compares their digest with that of the pair in
-use: timestamps would miss a file rewritten within their granularity, and would reload a
-file merely touched. A change is loaded once it has held still for one more look, so a
-pair written one file after the other is not tried half-way, and what is loaded is the
-very text that was compared, in a thread, never on a handshake.
+(through symlinks; a few kilobytes) and compares them with the pair in use: timestamps
+would miss a file rewritten within their granularity, and would reload a file merely
+touched. A change is loaded once it has held still for one more look, so a pair written
+one file after the other is not tried half-way, and what is loaded is the very text that
+was compared, in a thread, never on a handshake.
 
 Files that do not load (the key of another certificate, a broken or empty file, a file
 gone) never replace a certificate that works: the one loaded before serves on, each
@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from dinp.errors import ConfigError
-from dinp.router.tls import Certificate, load_files
+from dinp.router.tls import Certificate, load_files, read_files
 
 log = logging.getLogger("dinp.router")
 
@@ -42,37 +40,8 @@ EXPIRY_WARNING = datetime.timedelta(days=14)  # a certificate this close to its 
 WARN_EVERY = 86400.0  # seconds between two such warnings
 
 Texts = tuple[str, str]  # (certificate chain, key) PEM
-# The files' contents, as a digest per file (None: it cannot be read).
-Stamp = tuple[bytes | None, ...]
-
-
-def _digest(data: bytes | None) -> bytes | None:
-    return None if data is None else hashlib.sha256(data).digest()
-
-
-def read(cert_file: str, key_file: str) -> tuple[Stamp, Texts | None]:
-    """The files' digests and their PEM texts (None if one cannot be read as text)."""
-    raw: list[bytes | None] = []
-    for path in (cert_file, key_file) if key_file else (cert_file,):
-        try:
-            raw.append(Path(path).read_bytes())
-        except OSError:
-            raw.append(None)
-    stamp = tuple(_digest(b) for b in raw)
-    try:
-        texts = [b.decode() for b in raw if b is not None]
-    except UnicodeDecodeError:
-        return stamp, None
-    if len(texts) != len(raw):
-        return stamp, None
-    return stamp, (texts[0], texts[-1])  # the key in the certificate's file: the same text
-
-
-def stamp_of(texts: Texts, key_file: str) -> Stamp:
-    """The digests of files holding `texts`."""
-    if not key_file:
-        return (_digest(texts[0].encode()),)
-    return _digest(texts[0].encode()), _digest(texts[1].encode())
+# What a look finds: the files' texts, or why they cannot be read.
+Found = Texts | str
 
 
 def expiry_warning(cert: Certificate, cert_file: str, now: datetime.datetime | None = None,
@@ -93,23 +62,19 @@ class CertFiles:
     """The operator's certificate, loaded now (ConfigError if it does not load) from its
     files, or from `texts` (the pair a supervisor holds), and again whenever the files
     change, once `start`ed. `tell`: log what changes and what does not load (a worker
-    does, its supervisor does not); `warn_daily`: log the expiry warning once a day (one
-    process per router does)."""
+    does, its supervisor does not). One process per router warns of the expiry
+    (`warn_for_router`)."""
 
     def __init__(self, cert_file: str, key_file: str, *, texts: Texts | None = None,
-                 tell: bool = True, warn_daily: bool = False) -> None:
+                 tell: bool = True) -> None:
         self.cert_file, self.key_file = cert_file, key_file
-        self.tell, self.warn_daily = tell, warn_daily
-        if texts is None:
-            self._stamp, texts = read(cert_file, key_file)
-        else:
-            self._stamp = stamp_of(texts, key_file)
-        self.certificate = load_files(cert_file, key_file, texts)  # None: reads, to say why
-        assert texts is not None  # it loaded, so it was read
-        self.texts: Texts = texts  # the pair in use
+        self.tell = tell
+        self.warn_daily = False  # see warn_for_router
+        self.texts: Texts = texts or read_files(cert_file, key_file)  # the pair in use
+        self.certificate = load_files(cert_file, key_file, self.texts)
         self.stale = False  # the files changed and do not load: the one before serves
-        self._seen: Stamp | None = None  # a change seen at the last look, not yet loaded
-        self._refused: Stamp | None = None  # files that did not load (said once)
+        self._seen: Found | None = None  # a change seen at the last look, not yet loaded
+        self._refused: Found | None = None  # files that did not load (said once)
         self._serve: Callable[[Certificate], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._warned = time.monotonic()
@@ -119,6 +84,11 @@ class CertFiles:
         """When the certificate in use expires (a Unix time), if it says."""
         expires = self.certificate.expires
         return expires.timestamp() if expires is not None else None
+
+    def warn_for_router(self) -> None:
+        """Be the process of the router that warns of the expiry: now, and daily."""
+        self.warn_daily = True
+        self.warn_expiry()
 
     def warn_expiry(self) -> None:
         """Log a warning if the certificate in use has expired or soon will."""
@@ -150,11 +120,17 @@ class CertFiles:
             if self.warn_daily and time.monotonic() - self._warned >= WARN_EVERY:
                 self.warn_expiry()
 
+    def _read(self) -> Found:
+        try:
+            return read_files(self.cert_file, self.key_file)
+        except ConfigError as exc:
+            return exc.message
+
     async def look(self) -> None:
         """One look at the files: load them if they changed and have held still since
         the last look."""
-        now, texts = await asyncio.to_thread(read, self.cert_file, self.key_file)
-        if now == self._stamp:  # the pair in use (again)
+        now = await asyncio.to_thread(self._read)
+        if now == self.texts:  # the pair in use (again)
             self._seen, self.stale = None, False
         elif now == self._refused:  # already tried, and said why
             self._seen, self.stale = None, True
@@ -162,20 +138,21 @@ class CertFiles:
             self._seen = now
         else:
             self._seen = None
-            await self._load(now, texts)
+            await self._load(now)
 
-    async def _load(self, now: Stamp, texts: Texts | None) -> None:
+    async def _load(self, now: Found) -> None:
         try:
-            cert = await asyncio.to_thread(load_files, self.cert_file, self.key_file, texts)
+            if isinstance(now, str):  # not readable: why
+                raise ConfigError(now)
+            cert = await asyncio.to_thread(load_files, self.cert_file, self.key_file, now)
         except ConfigError as exc:
             self._refused, self.stale = now, True
             if self.tell:
                 log.error("%s; the certificate loaded before serves on until files that "
                           "load are there", exc.message)
             return
-        assert texts is not None  # it loaded, so it was read
-        self._stamp, self._refused, self.stale = now, None, False
-        self.certificate, self.texts = cert, texts
+        self.texts, self.certificate = now, cert
+        self._refused, self.stale = None, False
         if self._serve is not None:
             self._serve(cert)
         if self.tell:

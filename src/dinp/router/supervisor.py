@@ -217,7 +217,6 @@ class Supervisor:
                 https = f", https://{https_host}:{https_port}"
             runner: web.AppRunner | None = None
             if self.cert_files is not None:
-                self.cert_files.warn_expiry()
                 self.cert_files.start()
             for worker in self.workers:
                 await worker.start(config, self.ticket_secret, self._wildcard_texts())
@@ -287,8 +286,8 @@ def check_config(config: RouterConfig) -> CertFiles | None:
         open_access_log(config.access_log).close()
     files = None
     if config.tls_cert_file:
-        files = CertFiles(config.tls_cert_file, config.tls_key_file, tell=False,
-                          warn_daily=True)
+        files = CertFiles(config.tls_cert_file, config.tls_key_file, tell=False)
+        files.warn_for_router()
         if not config.https_listen:
             log.warning("tls_cert_file is set but https_listen is not: no TLS listener")
     trusted_networks(config.trusted_proxies)

@@ -166,26 +166,38 @@ def covers(names: tuple[str, ...], host: str) -> bool:
     return bool(label) and bool(parent) and label != "*" and f"*.{parent}" in names
 
 
+def read_files(cert_file: str, key_file: str) -> tuple[str, str]:
+    """The operator's (certificate, key) PEM texts (the key from the certificate's file
+    when `key_file` is empty); ConfigError saying why they cannot be read."""
+    try:
+        cert = Path(cert_file).read_text()
+        return cert, Path(key_file).read_text() if key_file else cert
+    except (OSError, ValueError) as exc:
+        raise _unusable(cert_file, key_file, exc) from exc
+
+
 def load_files(cert_file: str, key_file: str, texts: tuple[str, str] | None = None,
                ) -> Certificate:
-    """The operator's certificate from its files (the key from the certificate's file
-    when `key_file` is empty), or from `texts`, the (certificate, key) PEM read from them
-    before; ConfigError saying what is wrong, never the key."""
+    """The operator's certificate from its files, or from `texts`, their PEM texts read
+    before (read_files); ConfigError saying what is wrong, never the key."""
+    if texts is None:
+        texts = read_files(cert_file, key_file)
     try:
-        if texts is None:
-            cert = Path(cert_file).read_text()
-            texts = cert, Path(key_file).read_text() if key_file else cert
         names, expires = read_certificate(texts[0])
         ctx = load_pair(*texts)
     except (OSError, ValueError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot use the TLS certificate {cert_file}"
-                          f"{f' with key {key_file}' if key_file else ''}: {_why(exc)}",
-                          hint="tls_cert_file is the PEM chain (the certificate first), "
-                               "tls_key_file its unencrypted private key.") from exc
+        raise _unusable(cert_file, key_file, exc) from exc
     if not names:
         raise ConfigError(f"the TLS certificate {cert_file} names no DNS name "
                           "(subjectAltName): no handshake could use it")
     return Certificate(ctx, names, expires)
+
+
+def _unusable(cert_file: str, key_file: str, exc: BaseException) -> ConfigError:
+    return ConfigError(f"cannot use the TLS certificate {cert_file}"
+                       f"{f' with key {key_file}' if key_file else ''}: {_why(exc)}",
+                       hint="tls_cert_file is the PEM chain (the certificate first), "
+                            "tls_key_file its unencrypted private key.")
 
 
 # OpenSSL's reasons, said for the operator who has to fix the files.

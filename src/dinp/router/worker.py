@@ -296,8 +296,7 @@ async def run_worker(config: RouterConfig, *, stop: Awaitable[object], admin: bo
         gc.freeze()
         if admin:
             if router.proxy.cert_files is not None:  # the one process: it warns
-                router.proxy.cert_files.warn_daily = True
-                router.proxy.cert_files.warn_expiry()
+                router.proxy.cert_files.warn_for_router()
             log.info("router serving on http://%s:%d%s, admin on %s, routes from %s "
                      "(%d hosts)", http_host, router.bound_http_port, https, admin_url,
                      redis_url, len(router.table))
